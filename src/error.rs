@@ -3,7 +3,17 @@
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Bundle(#[from] crate::bundle::Error),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
     Etcd(#[from] crate::etcd::Error),
+    #[error(transparent)]
+    Node(#[from] crate::node::Error),
+    #[error(transparent)]
+    Ops(#[from] crate::ops::Error),
     #[error("{0}")]
     Usage(String),
 }
@@ -12,8 +22,12 @@ impl Error {
     /// Exit codes are part of the CLI contract (README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) => 2,
+            Error::Usage(_) | Error::Config(_) => 2,
+            Error::Store(_) => 3,
+            Error::Bundle(_) => 4,
             Error::Etcd(_) => 5,
+            Error::Node(_) => 6,
+            Error::Ops(error) => error.exit_code(),
         }
     }
 }

@@ -3,8 +3,16 @@
 //! The module map and the rules between modules are in DESIGN.md: lower modules (`bundle`, `store`,
 //! `etcd`, `host`) know nothing of kubeadm or boot; `ops` composes them; `cli` parses arguments.
 
+pub mod bundle;
+pub mod cli;
+pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod host;
+pub mod logger;
+pub mod node;
+pub mod ops;
 pub mod rt;
+pub mod store;
 
 pub use error::Error;

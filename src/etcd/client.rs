@@ -1,7 +1,255 @@
 //! Talking to a live etcd over mTLS: status, member list, key reads and the streamed snapshot.
 
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, SnapshotStreaming, TlsOptions};
+
+use crate::rt;
+
+/// The snapshot stream ends with sha256(db) as a message of its own.
+const TRAILER_BYTES: u64 = 32;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to etcd at {endpoint}: {message}. Check that etcd is running and that the client certificate is the one kubeadm made for it")]
-    Connect { endpoint: String, message: String },
+    #[error("reading the etcd client credential {path}: {source}. Point --cacert/--cert/--key at kubeadm's etcd client pair (pki/etcd/healthcheck-client.* or pki/apiserver-etcd-client.*)")]
+    Credential {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("etcd at {endpoint}: {step} failed: {message}. Check that etcd is running, that the endpoint is right, and that the client certificate was signed by etcd's CA")]
+    Request {
+        endpoint: String,
+        step: &'static str,
+        message: String,
+    },
+    #[error("etcd at {endpoint}: {step} got no answer within {seconds} s. Check that etcd is running and reachable")]
+    Timeout {
+        endpoint: String,
+        step: &'static str,
+        seconds: u64,
+    },
+    #[error("etcd at {endpoint}: the snapshot stream carried no data")]
+    EmptySnapshot { endpoint: String },
+}
+
+/// The files of an etcd client certificate pair and the CA that signed etcd's serving certificate.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStatus {
+    pub version: String,
+    pub db_size: u64,
+    pub revision: i64,
+    pub member_id: u64,
+    pub cluster_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+pub struct EtcdClient {
+    client: Client,
+    endpoint: String,
+}
+
+impl EtcdClient {
+    pub fn connect(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Self, ClientError> {
+        let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        if let Some(files) = tls {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| ClientError::Credential {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let config = TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(read(&files.ca)?))
+                .identity(Identity::from_pem(read(&files.cert)?, read(&files.key)?));
+            options = options.with_tls(config);
+        }
+        let endpoint = endpoint.to_string();
+        let client = rt::block_on(async {
+            tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                Client::connect([endpoint.as_str()], Some(options)),
+            )
+            .await
+        })
+        .map_err(|_| ClientError::Timeout {
+            endpoint: endpoint.clone(),
+            step: "connect",
+            seconds: CONNECT_TIMEOUT.as_secs(),
+        })?
+        .map_err(|e| request_error(&endpoint, "connect", e))?;
+        Ok(EtcdClient { client, endpoint })
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    pub fn status(&mut self) -> Result<ServerStatus, ClientError> {
+        let endpoint = self.endpoint.clone();
+        let status = self.bounded("status", |c| Box::pin(async move { c.status().await }))?;
+        let header = status
+            .header()
+            .cloned()
+            .ok_or_else(|| ClientError::Request {
+                endpoint,
+                step: "status",
+                message: "the response has no header".to_string(),
+            })?;
+        Ok(ServerStatus {
+            version: status.version().to_string(),
+            db_size: status.db_size().max(0) as u64,
+            revision: header.revision(),
+            member_id: header.member_id(),
+            cluster_id: header.cluster_id(),
+        })
+    }
+
+    pub fn members(&mut self) -> Result<Vec<MemberInfo>, ClientError> {
+        let list = self.bounded("member list", |c| {
+            Box::pin(async move { c.member_list().await })
+        })?;
+        Ok(list
+            .members()
+            .iter()
+            .map(|m| MemberInfo {
+                id: m.id(),
+                name: m.name().to_string(),
+                peer_urls: m.peer_urls().to_vec(),
+                client_urls: m.client_urls().to_vec(),
+                is_learner: m.is_learner(),
+            })
+            .collect())
+    }
+
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        let key = key.to_vec();
+        let response = self.bounded("get", |c| Box::pin(async move { c.get(key, None).await }))?;
+        Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
+    }
+
+    /// Starts a snapshot and waits for its first chunk, which tells the total size.
+    pub fn snapshot(&mut self) -> Result<SnapshotReader, ClientError> {
+        let endpoint = self.endpoint.clone();
+        let mut stream =
+            self.bounded("snapshot", |c| Box::pin(async move { c.snapshot().await }))?;
+        loop {
+            let first = rt::block_on(stream.message())
+                .map_err(|e| request_error(&endpoint, "snapshot", e))?
+                .ok_or_else(|| ClientError::EmptySnapshot {
+                    endpoint: endpoint.clone(),
+                })?;
+            // etcd 3.6 may lead with a message that carries only its version.
+            if first.blob().is_empty() {
+                continue;
+            }
+            let size = first.blob().len() as u64 + first.remaining_bytes() + TRAILER_BYTES;
+            return Ok(SnapshotReader {
+                stream,
+                chunk: first.blob().to_vec(),
+                offset: 0,
+                received: first.blob().len() as u64,
+                size,
+                endpoint,
+            });
+        }
+    }
+
+    fn bounded<T>(
+        &mut self,
+        step: &'static str,
+        call: impl FnOnce(
+            &mut Client,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, etcd_client::Error>> + Send + '_>,
+        >,
+    ) -> Result<T, ClientError> {
+        let endpoint = self.endpoint.clone();
+        let future = call(&mut self.client);
+        rt::block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, future).await })
+            .map_err(|_| ClientError::Timeout {
+                endpoint: endpoint.clone(),
+                step,
+                seconds: REQUEST_TIMEOUT.as_secs(),
+            })?
+            .map_err(|e| request_error(&endpoint, step, e))
+    }
+}
+
+fn request_error(endpoint: &str, step: &'static str, error: etcd_client::Error) -> ClientError {
+    // tonic's Display stops at "transport error"; the cause chain says what actually failed.
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    ClientError::Request {
+        endpoint: endpoint.to_string(),
+        step,
+        message,
+    }
+}
+
+/// The snapshot as a byte stream: the db, then its sha256 trailer, exactly as etcd sends it.
+pub struct SnapshotReader {
+    stream: SnapshotStreaming,
+    chunk: Vec<u8>,
+    offset: usize,
+    received: u64,
+    size: u64,
+    endpoint: String,
+}
+
+impl SnapshotReader {
+    /// Total bytes the stream will yield, trailer included.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Read for SnapshotReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.chunk.len() {
+            let next = rt::block_on(self.stream.message()).map_err(|e| {
+                io::Error::other(request_error(&self.endpoint, "snapshot stream", e).to_string())
+            })?;
+            let Some(message) = next else {
+                return Ok(0);
+            };
+            self.received += message.blob().len() as u64;
+            if self.received > self.size {
+                return Err(io::Error::other(format!(
+                    "etcd at {} sent {} snapshot bytes, more than the {} it announced",
+                    self.endpoint, self.received, self.size
+                )));
+            }
+            self.chunk = message.blob().to_vec();
+            self.offset = 0;
+        }
+        let n = buf.len().min(self.chunk.len() - self.offset);
+        buf[..n].copy_from_slice(&self.chunk[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
 }

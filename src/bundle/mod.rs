@@ -1,0 +1,68 @@
+//! The bundle FORMAT (version 1): a tar stream compressed with zstd.
+//!
+//! Entry order: `cpr/manifest.json`, then every file of the manifest in its order, then
+//! `etcd/snapshot.db` exactly as etcd streamed it (sha256 trailer included). Readers trust nothing
+//! until it has been checked against the manifest; see `reader`.
+
+pub mod manifest;
+pub mod name;
+pub mod reader;
+mod trailer;
+pub mod writer;
+
+pub use manifest::{FileEntry, Manifest, SnapshotEntry};
+pub use reader::{read_bundle, read_manifest, Discard, Extract, Sink};
+pub use writer::{write_bundle, WriteOptions, WriteStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bundle {bundle}: reading the archive failed at {at}: {source}. The bundle is truncated or corrupt; use an older bundle (`cpr list`)")]
+    Read {
+        bundle: String,
+        at: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle {bundle}: the first entry must be {}, found {found:?}. This is not a cpr bundle, or it is damaged", manifest::MANIFEST_PATH)]
+    NoManifest { bundle: String, found: String },
+    #[error("bundle {bundle}: the manifest is not valid JSON of the bundle format ({message}). The bundle is damaged or was not written by cpr")]
+    ManifestParse { bundle: String, message: String },
+    #[error("bundle {bundle}: the manifest is invalid: {message}. Refusing to read further")]
+    ManifestInvalid { bundle: String, message: String },
+    #[error("bundle {bundle}: format version {found:?} is not supported (this cpr reads {supported}). Use the cpr release that wrote it, or a newer cpr")]
+    UnsupportedVersion {
+        bundle: String,
+        found: String,
+        supported: String,
+    },
+    #[error("bundle {bundle}: entry {path:?}: {why}. The bundle does not match its manifest; refusing it")]
+    UnexpectedEntry {
+        bundle: String,
+        path: String,
+        why: String,
+    },
+    #[error("bundle {bundle}: {path} has sha256 {actual}, the manifest says {expected}. The bundle is corrupt or was tampered with; use another bundle")]
+    DigestMismatch {
+        bundle: String,
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("bundle {bundle}: the etcd snapshot's sha256 trailer does not match its contents. The snapshot is corrupt; use another bundle")]
+    SnapshotTrailer { bundle: String },
+    #[error("bundle {bundle}: writing {path} failed: {source}")]
+    Write {
+        bundle: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle {bundle}: the etcd snapshot stream ended after {got} of {expected} bytes. etcd stopped sending; check etcd's health and run the backup again")]
+    SnapshotShort {
+        bundle: String,
+        got: u64,
+        expected: u64,
+    },
+    #[error("invalid bundle name {name:?}: {why}")]
+    Name { name: String, why: String },
+}

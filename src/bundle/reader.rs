@@ -1,0 +1,286 @@
+//! Streaming bundle reader: every entry is checked against the manifest before a sink may keep it.
+//!
+//! The reader accepts exactly the entry sequence the writer produces: the manifest, its files in order,
+//! the snapshot, the end of the archive. Anything else — links, devices, directories, unknown or
+//! duplicate paths, sizes that differ from the manifest, bytes after the end — is refused. Sizes are
+//! bounded by the manifest, so a decompression bomb cannot grow past what the manifest admits.
+
+use sha2::{Digest, Sha256};
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use super::manifest::{FileEntry, Manifest, SnapshotEntry, MANIFEST_PATH, MAX_MANIFEST_BYTES};
+use super::trailer::TrailerReader;
+use super::Error;
+
+/// zstd windows above 128 MiB are refused: the writer never uses them, and they cost memory.
+const MAX_WINDOW_LOG: u32 = 27;
+/// tar pads its end to a 10 KiB record; anything much beyond that is not a cpr bundle.
+const MAX_TRAILING_BYTES: u64 = 64 << 10;
+
+/// Receives the verified-so-far contents. `data` yields exactly the manifest's size; its digest is
+/// checked once the sink returns, so a sink must keep what it writes out of live paths.
+pub trait Sink {
+    fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()>;
+    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()>;
+}
+
+/// Reads and checks everything, keeping nothing.
+pub struct Discard;
+
+impl Sink for Discard {
+    fn file(&mut self, _: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+
+    fn snapshot(&mut self, _: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+}
+
+/// Writes every file below `root` (a fresh staging directory) with the manifest's mode, and its owner
+/// when running as root; the snapshot goes to `<root>/etcd/snapshot.db`. Files are fsynced.
+pub struct Extract {
+    root: PathBuf,
+    chown: bool,
+}
+
+impl Extract {
+    pub fn new(root: &Path) -> Self {
+        Extract {
+            root: root.to_path_buf(),
+            chown: nix::unistd::Uid::effective().is_root(),
+        }
+    }
+
+    fn create(&self, relative: &str, mode: u32) -> io::Result<(PathBuf, File)> {
+        let path = self.root.join(relative);
+        if let Some(parent) = path.parent() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)?;
+        }
+        // create_new: a second entry can never replace a file the first one wrote.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&path)?;
+        Ok((path, file))
+    }
+}
+
+impl Sink for Extract {
+    fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        let (path, mut file) = self.create(&entry.path, entry.mode)?;
+        io::copy(data, &mut file)?;
+        // The umask may have narrowed the create mode; the manifest's mode is what was backed up.
+        fs::set_permissions(
+            &path,
+            std::os::unix::fs::PermissionsExt::from_mode(entry.mode),
+        )?;
+        if self.chown {
+            std::os::unix::fs::chown(&path, Some(entry.uid), Some(entry.gid))?;
+        }
+        file.sync_all()
+    }
+
+    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        let (_, mut file) = self.create(&entry.path, 0o600)?;
+        io::copy(data, &mut io::BufWriter::with_capacity(1 << 20, &mut file))?;
+        file.sync_all()
+    }
+}
+
+/// Reads only the manifest: `cpr inspect` never decompresses past the first entry.
+pub fn read_manifest<R: Read>(input: R, bundle: &str) -> Result<Manifest, Error> {
+    let mut decoder = decoder(input, bundle)?;
+    let mut archive = tar::Archive::new(&mut decoder);
+    let mut entries = archive
+        .entries()
+        .map_err(read_err(bundle, "archive start"))?;
+    manifest_entry(&mut entries, bundle)
+}
+
+/// Reads a whole bundle, checking every entry, every digest and the snapshot trailer, and hands the
+/// contents to `sink`. Returns the manifest once everything has been checked.
+pub fn read_bundle<R: Read>(
+    input: R,
+    bundle: &str,
+    sink: &mut dyn Sink,
+) -> Result<Manifest, Error> {
+    let mut decoder = decoder(input, bundle)?;
+    let manifest = {
+        let mut archive = tar::Archive::new(&mut decoder);
+        let mut entries = archive
+            .entries()
+            .map_err(read_err(bundle, "archive start"))?;
+        let manifest = manifest_entry(&mut entries, bundle)?;
+        for file in &manifest.files {
+            let entry = expect_entry(&mut entries, &file.path, file.size, bundle)?;
+            let mut hashing = HashingReader {
+                inner: entry,
+                hasher: Sha256::new(),
+            };
+            sink.file(file, &mut hashing)
+                .and_then(|()| io::copy(&mut hashing, &mut io::sink()).map(drop))
+                .map_err(read_err(bundle, &file.path))?;
+            let actual = hex::encode(hashing.hasher.finalize());
+            if actual != file.sha256 {
+                return Err(Error::DigestMismatch {
+                    bundle: bundle.to_string(),
+                    path: file.path.clone(),
+                    expected: file.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        let snapshot = &manifest.snapshot;
+        let entry = expect_entry(&mut entries, &snapshot.path, snapshot.size, bundle)?;
+        let mut checked = TrailerReader::new(entry);
+        sink.snapshot(snapshot, &mut checked)
+            .and_then(|()| io::copy(&mut checked, &mut io::sink()).map(drop))
+            .map_err(read_err(bundle, &snapshot.path))?;
+        if !checked.matches() {
+            return Err(Error::SnapshotTrailer {
+                bundle: bundle.to_string(),
+            });
+        }
+        if let Some(extra) = entries.next() {
+            let path = extra
+                .ok()
+                .and_then(|e| e.path().ok().map(|p| p.display().to_string()))
+                .unwrap_or_default();
+            return Err(Error::UnexpectedEntry {
+                bundle: bundle.to_string(),
+                path,
+                why: "an entry follows the etcd snapshot, which must be last".to_string(),
+            });
+        }
+        manifest
+    };
+    // Reading to the end makes zstd check its frame checksum.
+    let trailing = io::copy(
+        &mut (&mut decoder).take(MAX_TRAILING_BYTES + 1),
+        &mut io::sink(),
+    )
+    .map_err(read_err(bundle, "end of archive"))?;
+    if trailing > MAX_TRAILING_BYTES {
+        return Err(Error::UnexpectedEntry {
+            bundle: bundle.to_string(),
+            path: String::new(),
+            why: format!("more than {MAX_TRAILING_BYTES} bytes follow the end of the archive"),
+        });
+    }
+    Ok(manifest)
+}
+
+type Entries<'a, R> = tar::Entries<'a, R>;
+
+fn decoder<R: Read>(
+    input: R,
+    bundle: &str,
+) -> Result<zstd::Decoder<'static, io::BufReader<R>>, Error> {
+    let mut decoder = zstd::Decoder::new(input).map_err(read_err(bundle, "zstd start"))?;
+    decoder
+        .window_log_max(MAX_WINDOW_LOG)
+        .map_err(read_err(bundle, "zstd start"))?;
+    Ok(decoder)
+}
+
+fn manifest_entry<R: Read>(entries: &mut Entries<'_, R>, bundle: &str) -> Result<Manifest, Error> {
+    let mut entry = match entries.next() {
+        Some(entry) => entry.map_err(read_err(bundle, MANIFEST_PATH))?,
+        None => {
+            return Err(Error::NoManifest {
+                bundle: bundle.to_string(),
+                found: "an empty archive".to_string(),
+            })
+        }
+    };
+    let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if path != MANIFEST_PATH || entry.header().entry_type() != tar::EntryType::Regular {
+        return Err(Error::NoManifest {
+            bundle: bundle.to_string(),
+            found: path,
+        });
+    }
+    if entry.size() > MAX_MANIFEST_BYTES {
+        return Err(Error::ManifestInvalid {
+            bundle: bundle.to_string(),
+            message: format!(
+                "the manifest claims {} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+                entry.size()
+            ),
+        });
+    }
+    let mut bytes = Vec::with_capacity(entry.size() as usize);
+    entry
+        .read_to_end(&mut bytes)
+        .map_err(read_err(bundle, MANIFEST_PATH))?;
+    Manifest::from_json(&bytes, bundle)
+}
+
+fn expect_entry<'a, R: Read>(
+    entries: &mut Entries<'a, R>,
+    path: &str,
+    size: u64,
+    bundle: &str,
+) -> Result<tar::Entry<'a, R>, Error> {
+    let unexpected = |found: String, why: String| Error::UnexpectedEntry {
+        bundle: bundle.to_string(),
+        path: found,
+        why,
+    };
+    let entry = match entries.next() {
+        Some(entry) => entry.map_err(read_err(bundle, path))?,
+        None => {
+            return Err(unexpected(
+                path.to_string(),
+                "the archive ends before this entry".to_string(),
+            ))
+        }
+    };
+    let found = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if found != path {
+        return Err(unexpected(
+            found,
+            format!("expected {path:?} here, as the manifest lists it"),
+        ));
+    }
+    let kind = entry.header().entry_type();
+    if kind != tar::EntryType::Regular {
+        return Err(unexpected(
+            found,
+            format!("is a {kind:?} entry; only regular files are allowed"),
+        ));
+    }
+    if entry.size() != size {
+        return Err(unexpected(
+            found,
+            format!("is {} bytes, the manifest says {size}", entry.size()),
+        ));
+    }
+    Ok(entry)
+}
+
+fn read_err(bundle: &str, at: &str) -> impl FnOnce(io::Error) -> Error {
+    let (bundle, at) = (bundle.to_string(), at.to_string());
+    move |source| Error::Read { bundle, at, source }
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}

@@ -1,0 +1,99 @@
+//! `cpr backup`.
+
+use argh::FromArgs;
+use std::path::PathBuf;
+
+use super::{load_config, open_store, Output};
+use crate::etcd::client::TlsFiles;
+use crate::node::layout;
+use crate::ops::backup::{backup, BackupRequest};
+use crate::Error;
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "backup")]
+/// Back up this control-plane node (etcd snapshot, pki, static pods, kubeadm and kubelet config) to a store.
+pub struct BackupCmd {
+    /// store URL: a directory, file:///dir, http(s)://host/path, s3://bucket/prefix[?endpoint=&region=&path-style=true]
+    #[argh(option)]
+    pub store: Option<String>,
+    /// the node's filesystem root (default /)
+    #[argh(option, default = "PathBuf::from(\"/\")")]
+    pub root: PathBuf,
+    /// config file (default <root>/etc/cpr/config.yaml)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// cluster name in the bundle name (default: the ClusterConfiguration's clusterName, else "kubernetes")
+    #[argh(option)]
+    pub cluster: Option<String>,
+    /// etcd client URL (default: the loopback URL from the etcd static pod manifest)
+    #[argh(option)]
+    pub endpoint: Option<String>,
+    /// the CA that signed etcd's serving certificate (default: from the etcd manifest)
+    #[argh(option)]
+    pub cacert: Option<PathBuf>,
+    /// client certificate (default: kubeadm's etcd healthcheck-client, else apiserver-etcd-client)
+    #[argh(option)]
+    pub cert: Option<PathBuf>,
+    /// client key, with --cert
+    #[argh(option)]
+    pub key: Option<PathBuf>,
+    /// a ClusterConfiguration YAML file to use instead of the kubeadm-config ConfigMap in etcd
+    #[argh(option)]
+    pub cluster_config: Option<PathBuf>,
+    /// kube-apiserver's --etcd-prefix (default /registry)
+    #[argh(option, default = "layout::DEFAULT_ETCD_PREFIX.to_string()")]
+    pub etcd_prefix: String,
+    /// zstd level 1-19 (default 3)
+    #[argh(option)]
+    pub zstd_level: Option<i32>,
+    /// zstd worker threads (default: the number of CPUs)
+    #[argh(option)]
+    pub zstd_threads: Option<u32>,
+    /// text (default) or json
+    #[argh(option, default = "Output::Text")]
+    pub output: Output,
+}
+
+pub fn run(cmd: BackupCmd) -> Result<(), Error> {
+    let (config, config_path) = load_config(cmd.config.as_deref(), &cmd.root)?;
+    let store = open_store(cmd.store, &config, &config_path)?;
+    let tls = match (cmd.cacert, cmd.cert, cmd.key) {
+        (None, None, None) => None,
+        (Some(ca), Some(cert), Some(key)) => Some(TlsFiles { ca, cert, key }),
+        _ => {
+            return Err(Error::Usage(
+                "--cacert, --cert and --key go together: give all three or none".to_string(),
+            ))
+        }
+    };
+    let zstd_level = cmd.zstd_level.or(config.backup.zstd_level).unwrap_or(3);
+    if !(1..=19).contains(&zstd_level) {
+        return Err(Error::Usage(format!(
+            "--zstd-level must be 1 to 19, not {zstd_level}"
+        )));
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let request = BackupRequest {
+        root: cmd.root,
+        store: store.as_ref(),
+        cluster: cmd.cluster.or(config.backup.cluster),
+        endpoint: cmd.endpoint,
+        tls,
+        cluster_config: cmd.cluster_config,
+        etcd_prefix: cmd.etcd_prefix,
+        zstd_level,
+        zstd_threads: cmd
+            .zstd_threads
+            .or(config.backup.zstd_threads)
+            .unwrap_or(cpus),
+    };
+    let report = backup(&request)?;
+    match cmd.output {
+        Output::Text => println!("{}", report.summary()),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `cpr inspect`: print a bundle's manifest without reading past it.
+
+use argh::FromArgs;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use super::{open_bundle, Output};
+use crate::bundle::{read_manifest, Manifest};
+use crate::ops::backup::human_bytes;
+use crate::Error;
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "inspect")]
+/// Print a bundle's manifest (reads only the first entry).
+pub struct InspectCmd {
+    /// a bundle file, or a bundle name in the store, or "latest"
+    #[argh(positional)]
+    pub bundle: String,
+    /// store URL (see cpr backup --help)
+    #[argh(option)]
+    pub store: Option<String>,
+    /// config file (default /etc/cpr/config.yaml)
+    #[argh(option)]
+    pub config: Option<PathBuf>,
+    /// with "latest": the cluster (default: any)
+    #[argh(option)]
+    pub cluster: Option<String>,
+    /// with "latest": the node (default: this host's name)
+    #[argh(option)]
+    pub node: Option<String>,
+    /// text (default) or json
+    #[argh(option, default = "Output::Text")]
+    pub output: Output,
+}
+
+pub fn run(cmd: InspectCmd) -> Result<(), Error> {
+    let (name, input) = open_bundle(
+        &cmd.bundle,
+        cmd.store,
+        cmd.config.as_deref(),
+        cmd.cluster.as_deref(),
+        cmd.node.as_deref(),
+    )?;
+    let manifest = read_manifest(input, &name)?;
+    match cmd.output {
+        Output::Json => println!(
+            "{}",
+            String::from_utf8_lossy(&manifest.to_json()).trim_end()
+        ),
+        Output::Text => print!("{}", describe(&name, &manifest)),
+    }
+    Ok(())
+}
+
+fn describe(name: &str, m: &Manifest) -> String {
+    let mut out = String::new();
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_string());
+    let _ = writeln!(out, "bundle      {name}");
+    let _ = writeln!(
+        out,
+        "created     {} by cpr {} (format {})",
+        m.created_at, m.cpr_version, m.format_version
+    );
+    let _ = writeln!(
+        out,
+        "cluster     {}  kubernetes {}  endpoint {}  pods {}  services {}  kubeadm {}",
+        m.cluster.name,
+        opt(&m.cluster.kubernetes_version),
+        opt(&m.cluster.control_plane_endpoint),
+        opt(&m.cluster.pod_subnet),
+        opt(&m.cluster.service_subnet),
+        opt(&m.cluster.kubeadm_api_version)
+    );
+    let _ = writeln!(
+        out,
+        "node        {}  hostname {}  ips {}  advertise {}:{}",
+        m.node.name,
+        m.node.hostname,
+        m.node.ips.join(","),
+        opt(&m.node.advertise_address),
+        m.node.bind_port.map_or("-".to_string(), |p| p.to_string())
+    );
+    let _ = writeln!(
+        out,
+        "etcd        {}  member {} ({})  cluster {}  revision {}  db {}",
+        m.etcd.version,
+        m.etcd.member_name,
+        m.etcd.member_id,
+        m.etcd.cluster_id,
+        m.etcd.revision,
+        human_bytes(m.etcd.db_size)
+    );
+    for member in &m.etcd.members {
+        let _ = writeln!(
+            out,
+            "  member    {} ({})  peers {}{}",
+            member.name,
+            member.id,
+            member.peer_urls.join(","),
+            if member.is_learner { "  learner" } else { "" }
+        );
+    }
+    let _ = writeln!(out, "files       {}", m.files.len());
+    for file in &m.files {
+        let _ = writeln!(
+            out,
+            "  {:04o} {:>5}:{:<5} {:>10}  {}  {}",
+            file.mode,
+            file.uid,
+            file.gid,
+            human_bytes(file.size),
+            &file.sha256[..12],
+            file.path
+        );
+    }
+    let _ = writeln!(
+        out,
+        "snapshot    {}  {}",
+        m.snapshot.path,
+        human_bytes(m.snapshot.size)
+    );
+    out
+}

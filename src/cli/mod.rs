@@ -1,0 +1,178 @@
+//! Argument parsing (argh): one file per subcommand, each with `run(args) -> Result`.
+
+use argh::FromArgs;
+use std::path::{Path, PathBuf};
+
+use crate::config::{self, ConfigFile};
+use crate::node::layout;
+use crate::store::{self, Store};
+use crate::Error;
+
+pub mod backup;
+pub mod inspect;
+pub mod list;
+pub mod verify;
+
+#[derive(FromArgs, Debug)]
+/// cpr backs up a kubeadm control-plane node and restores a replacement node from the backup.
+pub struct Cpr {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Backup(backup::BackupCmd),
+    List(list::ListCmd),
+    Inspect(inspect::InspectCmd),
+    Verify(verify::VerifyCmd),
+}
+
+pub fn run(cpr: Cpr) -> Result<(), Error> {
+    match cpr.command {
+        Command::Backup(cmd) => backup::run(cmd),
+        Command::List(cmd) => list::run(cmd),
+        Command::Inspect(cmd) => inspect::run(cmd),
+        Command::Verify(cmd) => verify::run(cmd),
+    }
+}
+
+/// argh only accepts `--flag value`; operators and scripts also write `--flag=value`.
+pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut positional_only = false;
+    for arg in args {
+        if positional_only {
+            out.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            positional_only = true;
+            out.push(arg);
+        } else if let Some((flag, value)) =
+            arg.strip_prefix("--").and_then(|rest| rest.split_once('='))
+        {
+            out.push(format!("--{flag}"));
+            out.push(value.to_string());
+        } else {
+            out.push(arg);
+        }
+    }
+    out
+}
+
+/// `--output text|json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+impl std::str::FromStr for Output {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "text" => Ok(Output::Text),
+            "json" => Ok(Output::Json),
+            other => Err(format!("--output takes text or json, not {other:?}")),
+        }
+    }
+}
+
+/// The config file: `--config` (must exist) or `<root>/etc/cpr/config.yaml` (may be absent).
+pub fn load_config(flag: Option<&Path>, root: &Path) -> Result<(ConfigFile, PathBuf), Error> {
+    let (path, required) = match flag {
+        Some(path) => (path.to_path_buf(), true),
+        None => (layout::Layout::new(root).path(layout::CPR_CONFIG), false),
+    };
+    Ok((ConfigFile::load(&path, required)?, path))
+}
+
+/// Opens the store named by `--store`, `CPR_STORE` or the config file, in that order.
+pub fn open_store(
+    flag: Option<String>,
+    config: &ConfigFile,
+    config_path: &Path,
+) -> Result<Box<dyn Store>, Error> {
+    let url = config::pick(flag, "CPR_STORE", config.store.url.as_ref()).ok_or_else(|| {
+        config::Error::NoStore {
+            path: config_path.to_path_buf(),
+        }
+    })?;
+    Ok(store::open(&url, &store_options(config))?)
+}
+
+/// A bundle given on the command line: a local file, or a name (or "latest") in the store.
+pub fn open_bundle(
+    bundle: &str,
+    store_flag: Option<String>,
+    config_flag: Option<&Path>,
+    cluster: Option<&str>,
+    node: Option<&str>,
+) -> Result<(String, Box<dyn std::io::Read + Send>), Error> {
+    if store_flag.is_none() && Path::new(bundle).is_file() {
+        let file = std::fs::File::open(bundle).map_err(|source| crate::ops::Error::Read {
+            path: PathBuf::from(bundle),
+            source,
+        })?;
+        return Ok((bundle.to_string(), Box::new(file)));
+    }
+    let (config, config_path) = load_config(config_flag, Path::new("/"))?;
+    let store = open_store(store_flag, &config, &config_path)?;
+    let name = if bundle == "latest" {
+        let node = node.map(String::from).unwrap_or_else(crate::host::hostname);
+        let mut names = store::bundles(store.as_ref(), cluster, Some(&node))?;
+        names.pop().ok_or_else(|| {
+            Error::Usage(format!(
+                "no bundle for node {node} in {}; pass --node or --cluster, or name a bundle (cpr list)",
+                store.location()
+            ))
+        })?
+    } else {
+        bundle.to_string()
+    };
+    let input = store.open(&name)?;
+    Ok((name, input))
+}
+
+fn store_options(config: &ConfigFile) -> store::StoreOptions {
+    store::StoreOptions {
+        ca_file: config.store.ca_file.clone(),
+        s3_endpoint: config.store.s3.endpoint.clone(),
+        s3_region: config.store.s3.region.clone(),
+        s3_path_style: config.store.s3.path_style,
+        ..store::StoreOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_flag_equals_value_but_not_positionals() {
+        let args = [
+            "backup",
+            "--store=s3://b/p?region=x=y",
+            "--root",
+            "/",
+            "--",
+            "--not=a-flag",
+        ]
+        .map(String::from);
+        assert_eq!(
+            normalize_args(args),
+            vec![
+                "backup",
+                "--store",
+                "s3://b/p?region=x=y",
+                "--root",
+                "/",
+                "--",
+                "--not=a-flag"
+            ]
+        );
+    }
+}

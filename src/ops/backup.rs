@@ -1,0 +1,407 @@
+//! `cpr backup`: read the node's kubeadm files, stream an etcd snapshot over mTLS, write one bundle.
+
+use sha2::{Digest, Sha256};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use time::OffsetDateTime;
+
+use super::Error;
+use crate::bundle::manifest::{
+    self, Cluster, Etcd, FileEntry, Manifest, Member, Node, SnapshotEntry,
+};
+use crate::bundle::name::BundleName;
+use crate::bundle::{write_bundle, WriteOptions};
+use crate::etcd::client::{EtcdClient, MemberInfo, TlsFiles};
+use crate::node::kubeadm_config::{self, ClusterInfo};
+use crate::node::layout::{self, Layout};
+use crate::node::StaticPod;
+use crate::store::Store;
+
+const DEFAULT_CLUSTER_NAME: &str = "kubernetes";
+
+pub struct BackupRequest<'a> {
+    pub root: PathBuf,
+    pub store: &'a dyn Store,
+    /// Overrides the ClusterConfiguration's clusterName in the bundle name.
+    pub cluster: Option<String>,
+    /// Overrides the client URL read from the etcd manifest.
+    pub endpoint: Option<String>,
+    /// Overrides the CA and client pair found under the root.
+    pub tls: Option<TlsFiles>,
+    /// A ClusterConfiguration file to use instead of the ConfigMap in etcd.
+    pub cluster_config: Option<PathBuf>,
+    pub etcd_prefix: String,
+    pub zstd_level: i32,
+    pub zstd_threads: u32,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupReport {
+    pub bundle: String,
+    pub store: String,
+    pub size: u64,
+    pub db_size: u64,
+    pub revision: i64,
+    pub files: usize,
+    #[serde(serialize_with = "seconds")]
+    pub duration: Duration,
+}
+
+fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+impl BackupReport {
+    /// One line an operator can read in a log: name, size, revision, duration, throughput.
+    pub fn summary(&self) -> String {
+        let secs = self.duration.as_secs_f64().max(1e-3);
+        format!(
+            "backup {} to {}: {} (etcd db {}), revision {}, {} files, {:.1} s, {}/s",
+            self.bundle,
+            self.store,
+            human_bytes(self.size),
+            human_bytes(self.db_size),
+            self.revision,
+            self.files,
+            secs,
+            human_bytes((self.db_size as f64 / secs) as u64)
+        )
+    }
+}
+
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
+    let started = Instant::now();
+    let layout = Layout::new(&request.root);
+    let etcd_pod = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))?;
+    let apiserver_pod = StaticPod::load(&layout.path(layout::APISERVER_MANIFEST)).ok();
+
+    let mut files = collect_files(&layout)?;
+
+    let endpoint = match &request.endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => client_endpoint(&etcd_pod)?,
+    };
+    let tls = match &request.tls {
+        Some(tls) => Some(tls.clone()),
+        None if endpoint.starts_with("https://") => Some(client_tls(&layout, &etcd_pod)?),
+        None => None,
+    };
+    log::info!("backup: connecting to etcd at {endpoint}");
+    let mut client =
+        EtcdClient::connect(&endpoint, tls.as_ref()).map_err(crate::etcd::Error::from)?;
+    let status = client.status().map_err(crate::etcd::Error::from)?;
+    let members = client.members().map_err(crate::etcd::Error::from)?;
+
+    let (cluster_yaml, origin) = match &request.cluster_config {
+        Some(path) => (
+            fs::read_to_string(path).map_err(|source| Error::Read {
+                path: path.clone(),
+                source,
+            })?,
+            path.display().to_string(),
+        ),
+        None => {
+            let key = format!(
+                "{}/{}",
+                request.etcd_prefix.trim_end_matches('/'),
+                layout::KUBEADM_CONFIG_MAP
+            );
+            let value = client
+                .get(key.as_bytes())
+                .map_err(crate::etcd::Error::from)?
+                .ok_or_else(|| crate::node::Error::KubeadmConfig {
+                    key: key.clone(),
+                    why: "the key does not exist; is --etcd-prefix right? Pass the ClusterConfiguration with --cluster-config FILE otherwise".to_string(),
+                })?;
+            (kubeadm_config::cluster_configuration(&value, &key)?, key)
+        }
+    };
+    let cluster_info = kubeadm_config::cluster_info(&cluster_yaml, &origin)?;
+    files.push(CollectedFile::new(
+        layout::CLUSTER_CONFIGURATION_ENTRY,
+        cluster_yaml.into_bytes(),
+        0o600,
+        0,
+        0,
+    ));
+
+    let created = OffsetDateTime::now_utc();
+    let cluster_name = request
+        .cluster
+        .clone()
+        .or_else(|| cluster_info.cluster_name.clone())
+        .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string());
+    let node_name = etcd_pod.required_flag("name")?.to_string();
+    let name = BundleName::new(&cluster_name, &node_name, created, false)?;
+    let bundle = name.to_string();
+
+    let mut snapshot = client.snapshot().map_err(crate::etcd::Error::from)?;
+    let manifest = Manifest {
+        format_version: Manifest::format_version(),
+        cpr_version: env!("CARGO_PKG_VERSION").to_string(),
+        created_at: created
+            .format(&time::format_description::well_known::Rfc3339)
+            .expect("UTC times always format"),
+        cluster: cluster(&cluster_name, &cluster_info),
+        node: node(&node_name, apiserver_pod.as_ref(), &layout),
+        etcd: etcd(&etcd_pod, &status, &members),
+        files: files.iter().map(|f| f.entry.clone()).collect(),
+        snapshot: SnapshotEntry {
+            path: manifest::SNAPSHOT_PATH.to_string(),
+            size: snapshot.size(),
+        },
+    };
+    let options = WriteOptions {
+        zstd_level: request.zstd_level,
+        zstd_threads: request.zstd_threads,
+        mtime: created.unix_timestamp().max(0) as u64,
+    };
+    log::info!(
+        "backup: writing {bundle} to {} (etcd db {}, revision {})",
+        request.store.location(),
+        human_bytes(snapshot.size()),
+        status.revision
+    );
+    let upload = request.store.create(&bundle)?;
+    let contents: Vec<Vec<u8>> = files.into_iter().map(|f| f.data).collect();
+    let (upload, _) = write_bundle(
+        upload,
+        &manifest,
+        &contents,
+        &mut snapshot,
+        &options,
+        &bundle,
+    )?;
+    let stored = upload.commit()?;
+    Ok(BackupReport {
+        bundle,
+        store: request.store.location(),
+        size: stored.size,
+        db_size: manifest.snapshot.size,
+        revision: status.revision,
+        files: manifest.files.len(),
+        duration: started.elapsed(),
+    })
+}
+
+struct CollectedFile {
+    entry: FileEntry,
+    data: Vec<u8>,
+}
+
+impl CollectedFile {
+    fn new(path: &str, data: Vec<u8>, mode: u32, uid: u32, gid: u32) -> Self {
+        CollectedFile {
+            entry: FileEntry {
+                path: path.to_string(),
+                size: data.len() as u64,
+                mode,
+                uid,
+                gid,
+                sha256: hex::encode(Sha256::digest(&data)),
+            },
+            data,
+        }
+    }
+}
+
+/// pki (recursively), static pod manifests, kubeconfigs and the kubelet's kubeadm-written config.
+fn collect_files(layout: &Layout) -> Result<Vec<CollectedFile>, Error> {
+    let mut paths = Vec::new();
+    walk(layout, layout::PKI_DIR, true, &mut paths)?;
+    walk(layout, layout::MANIFESTS_DIR, false, &mut paths)?;
+    let mut kubeconfigs = Vec::new();
+    walk(layout, layout::KUBERNETES_DIR, false, &mut kubeconfigs)?;
+    paths.extend(kubeconfigs.into_iter().filter(|p| p.ends_with(".conf")));
+    for optional in [layout::KUBELET_CONFIG, layout::KUBEADM_FLAGS] {
+        if layout.path(optional).is_file() {
+            paths.push(optional.to_string());
+        } else {
+            log::warn!(
+                "backup: {} is missing; the bundle will not carry it",
+                layout.path(optional).display()
+            );
+        }
+    }
+    paths
+        .into_iter()
+        .map(|relative| read_file(layout, &relative))
+        .collect()
+}
+
+/// Regular files below `dir`, as bundle paths, sorted. Symlinks are followed: the content is what
+/// kubeadm reads.
+fn walk(layout: &Layout, dir: &str, recurse: bool, out: &mut Vec<String>) -> Result<(), Error> {
+    let path = layout.path(dir);
+    let read_err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    let mut names: Vec<String> = fs::read_dir(&path)
+        .map_err(read_err)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()
+        .map_err(read_err)?;
+    names.sort();
+    for name in names {
+        let relative = format!("{dir}/{name}");
+        let meta = fs::metadata(layout.path(&relative)).map_err(|source| Error::Read {
+            path: layout.path(&relative),
+            source,
+        })?;
+        if meta.is_dir() {
+            if recurse {
+                walk(layout, &relative, true, out)?;
+            }
+        } else if meta.is_file() {
+            out.push(relative);
+        } else {
+            log::warn!(
+                "backup: skipping {}: not a regular file",
+                layout.path(&relative).display()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn read_file(layout: &Layout, relative: &str) -> Result<CollectedFile, Error> {
+    let path = layout.path(relative);
+    let read_err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    let file = fs::File::open(&path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
+    if meta.len() > manifest::MAX_FILE_BYTES {
+        return Err(Error::TooLarge {
+            path: path.clone(),
+            size: meta.len(),
+            limit: manifest::MAX_FILE_BYTES,
+        });
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    file.take(manifest::MAX_FILE_BYTES + 1)
+        .read_to_end(&mut data)
+        .map_err(read_err)?;
+    Ok(CollectedFile::new(
+        relative,
+        data,
+        meta.mode() & 0o777,
+        meta.uid(),
+        meta.gid(),
+    ))
+}
+
+/// A loopback client URL if etcd listens on one (kubeadm always adds https://127.0.0.1:2379).
+fn client_endpoint(pod: &StaticPod) -> Result<String, Error> {
+    let listen = pod.list_flag("listen-client-urls");
+    let advertise = pod.list_flag("advertise-client-urls");
+    listen
+        .iter()
+        .find(|u| u.contains("://127.") || u.contains("://[::1]") || u.contains("://localhost"))
+        .or_else(|| advertise.first())
+        .cloned()
+        .ok_or_else(|| {
+            Error::Node(crate::node::Error::Manifest {
+                path: pod.path.clone(),
+                why: "etcd has neither --listen-client-urls nor --advertise-client-urls; pass --endpoint".to_string(),
+            })
+        })
+}
+
+fn client_tls(layout: &Layout, pod: &StaticPod) -> Result<TlsFiles, Error> {
+    let ca = layout.path(pod.flag("trusted-ca-file").unwrap_or(layout::ETCD_CA_CERT));
+    let (cert, key) = layout::ETCD_CLIENT_PAIRS
+        .iter()
+        .map(|(cert, key)| (layout.path(cert), layout.path(key)))
+        .find(|(cert, key)| cert.is_file() && key.is_file())
+        .ok_or_else(|| Error::NoClientCertificate {
+            pki: layout.path(layout::PKI_DIR),
+        })?;
+    Ok(TlsFiles { ca, cert, key })
+}
+
+fn cluster(name: &str, info: &ClusterInfo) -> Cluster {
+    Cluster {
+        name: name.to_string(),
+        kubernetes_version: info.kubernetes_version.clone(),
+        control_plane_endpoint: info.control_plane_endpoint.clone(),
+        pod_subnet: info.pod_subnet.clone(),
+        service_subnet: info.service_subnet.clone(),
+        kubeadm_api_version: info.api_version.clone(),
+    }
+}
+
+fn node(name: &str, apiserver: Option<&StaticPod>, layout: &Layout) -> Node {
+    Node {
+        name: name.to_string(),
+        hostname: crate::host::hostname(),
+        ips: crate::host::local_ips()
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect(),
+        advertise_address: apiserver
+            .and_then(|p| p.flag("advertise-address"))
+            .map(String::from),
+        bind_port: apiserver
+            .and_then(|p| p.flag("secure-port"))
+            .and_then(|p| p.parse().ok()),
+        cri_socket: cri_socket(&layout.path(layout::KUBEADM_FLAGS)),
+    }
+}
+
+/// kubeadm writes `KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///… …"`.
+fn cri_socket(flags_env: &Path) -> Option<String> {
+    let text = fs::read_to_string(flags_env).ok()?;
+    text.split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|word| word.strip_prefix("--container-runtime-endpoint="))
+        .map(String::from)
+}
+
+fn etcd(
+    pod: &StaticPod,
+    status: &crate::etcd::client::ServerStatus,
+    members: &[MemberInfo],
+) -> Etcd {
+    Etcd {
+        version: status.version.clone(),
+        member_name: pod.flag("name").unwrap_or_default().to_string(),
+        member_id: format!("{:x}", status.member_id),
+        cluster_id: format!("{:x}", status.cluster_id),
+        peer_urls: pod.list_flag("initial-advertise-peer-urls"),
+        client_urls: pod.list_flag("advertise-client-urls"),
+        members: members
+            .iter()
+            .map(|m| Member {
+                id: format!("{:x}", m.id),
+                name: m.name.clone(),
+                peer_urls: m.peer_urls.clone(),
+                client_urls: m.client_urls.clone(),
+                is_learner: m.is_learner,
+            })
+            .collect(),
+        revision: status.revision,
+        db_size: status.db_size,
+        data_dir: pod.flag("data-dir").map(String::from),
+    }
+}
