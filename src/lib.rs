@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod fsutil;
 pub mod etcd;
 pub mod host;
 pub mod logger;

@@ -23,6 +23,11 @@ const MAX_TRAILING_BYTES: u64 = 64 << 10;
 /// Receives the verified-so-far contents. `data` yields exactly the manifest's size; its digest is
 /// checked once the sink returns, so a sink must keep what it writes out of live paths.
 pub trait Sink {
+    /// Called once the manifest has been read and validated, before any other entry: a sink can
+    /// refuse the bundle here without reading the rest.
+    fn manifest(&mut self, _manifest: &Manifest) -> io::Result<()> {
+        Ok(())
+    }
     fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()>;
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()>;
 }
@@ -119,6 +124,8 @@ pub fn read_bundle<R: Read>(
             .entries()
             .map_err(read_err(bundle, "archive start"))?;
         let manifest = manifest_entry(&mut entries, bundle)?;
+        sink.manifest(&manifest)
+            .map_err(read_err(bundle, MANIFEST_PATH))?;
         for file in &manifest.files {
             let entry = expect_entry(&mut entries, &file.path, file.size, bundle)?;
             let mut hashing = HashingReader {

@@ -1,5 +1,7 @@
 //! The kubeadm NODE: where kubeadm keeps things, what its manifests say, who the node is.
 
+pub mod certs;
+pub mod identity;
 pub mod kubeadm_config;
 pub mod layout;
 pub mod pod;
@@ -21,6 +23,8 @@ pub enum Error {
     },
     #[error("static pod manifest {path}: {why}. Fix the manifest or point --root at the node's filesystem")]
     Manifest { path: PathBuf, why: String },
+    #[error("certificate {path}: {why}")]
+    Certificate { path: PathBuf, why: String },
     #[error("kubeadm ClusterConfiguration at {key}: {why}")]
     KubeadmConfig { key: String, why: String },
 }

@@ -1,0 +1,506 @@
+//! `cpr restore`, phase 1 of a recovery: pick the newest bundle of this node that verifies, check
+//! that this machine is that node, stage everything beside the live paths (the etcd data dir rebuilt
+//! natively straight from the download), then swap pki and the etcd data dir in, moving the old ones
+//! aside. Phase 2 (`cpr finish`) needs the normal OS and runs afterwards.
+
+use std::fs;
+use std::io::{self, Read};
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use time::OffsetDateTime;
+
+use super::state::{self, Phase, State};
+use super::Error;
+use crate::bundle::manifest::{FileEntry, Manifest, SnapshotEntry};
+use crate::bundle::name::BundleName;
+use crate::bundle::{read_bundle, Extract, Sink};
+use crate::etcd::restore::{ensure_not_in_use, restore_from_reader, RestoreOptions, Restored};
+use crate::fsutil;
+use crate::node::identity::{self, Expected, Machine, Mismatch};
+use crate::node::layout::{self, Layout};
+use crate::store::{index, Store};
+
+/// etcd's recovery guide for Kubernetes suggests a bump far above any revision a watcher has seen,
+/// so every informer and watch cache relists instead of trusting what it holds.
+pub const DEFAULT_BUMP_REVISION: u64 = 1_000_000_000;
+const STAGING_DIR: &str = "staging";
+const STAGED_BUNDLE: &str = "bundle";
+const STAGED_MANIFEST: &str = "manifest.json";
+const NEW_SUFFIX: &str = ".cpr-new";
+
+pub struct RestoreRequest<'a> {
+    pub root: PathBuf,
+    pub store: &'a dyn Store,
+    /// A bundle name; `None` takes the newest bundle of this node that verifies.
+    pub bundle: Option<String>,
+    pub cluster: Option<String>,
+    /// The node whose bundles to consider; `None` means the machine's hostname.
+    pub node: Option<String>,
+    pub machine: Machine,
+    pub force_identity: bool,
+    /// `None` restores the revision as it was (not recommended: watch caches would stay stale).
+    pub bump_revision: Option<u64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreReport {
+    pub bundle: String,
+    pub revision: i64,
+    pub bumped_revision: Option<u64>,
+    pub data_dir: PathBuf,
+    pub moved_aside: Vec<PathBuf>,
+    /// Newer bundles that failed verification, with the reason.
+    pub skipped: Vec<(String, String)>,
+    /// Phase 1 had already completed; nothing changed.
+    pub already_done: bool,
+}
+
+pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
+    let layout = Layout::new(&request.root);
+    if let Some(state) = State::load(&layout)? {
+        if state.phase >= Phase::Restored {
+            log::info!(
+                "restore: {} was already restored from {} ({}); nothing to do",
+                request.root.display(),
+                state.bundle,
+                state::state_path(&layout).display()
+            );
+            return Ok(report(&layout, &state, Vec::new(), true));
+        }
+        log::info!("restore: resuming the swap of {} staged by an earlier run", state.bundle);
+        return swap_in(&layout, state, Vec::new());
+    }
+
+    let candidates = candidates(request)?;
+    let stamp = BundleName::new("x", "x", OffsetDateTime::now_utc(), false)?.stamp;
+    let mut skipped = Vec::new();
+    for name in &candidates {
+        clear_staging(&layout)?;
+        match stage(request, &layout, name) {
+            Ok((manifest, restored)) => {
+                let state = State {
+                    version: state::STATE_VERSION,
+                    bundle: name.clone(),
+                    store: request.store.location(),
+                    stamp: stamp.clone(),
+                    phase: Phase::Staged,
+                    revision: restored.revision,
+                    bumped_revision: restored.bumped_revision,
+                    moved_aside: Vec::new(),
+                };
+                log::info!(
+                    "restore: {name} verified and staged (etcd revision {}, {} files)",
+                    restored.revision,
+                    manifest.files.len()
+                );
+                state.save(&layout)?;
+                return swap_in(&layout, state, skipped);
+            }
+            Err(error) if falls_back(&error) && request.bundle.is_none() => {
+                log::warn!("restore: skipping {name}: {error}");
+                skipped.push((name.clone(), error.to_string()));
+                clear_staging(&layout)?;
+            }
+            Err(error) => {
+                clear_staging(&layout)?;
+                return Err(error);
+            }
+        }
+    }
+    Err(Error::NoUsableBundle {
+        store: request.store.location(),
+        tried: skipped
+            .iter()
+            .map(|(name, why)| format!("{name}: {why}"))
+            .collect(),
+    })
+}
+
+/// A damaged bundle is worth skipping for an older one; an unreachable store, a full disk or a
+/// machine that is not the node would fail the same way for every bundle.
+fn falls_back(error: &Error) -> bool {
+    match error {
+        Error::Bundle(_) => true,
+        Error::Etcd(e) => e.is_bad_snapshot(),
+        _ => false,
+    }
+}
+
+/// Bundle names to try, newest first.
+fn candidates(request: &RestoreRequest<'_>) -> Result<Vec<String>, Error> {
+    if let Some(name) = &request.bundle {
+        return Ok(vec![name.clone()]);
+    }
+    let node = request
+        .node
+        .clone()
+        .unwrap_or_else(|| request.machine.hostname.split('.').next().unwrap_or_default().to_string());
+    let clusters = match &request.cluster {
+        Some(cluster) => vec![cluster.clone()],
+        None => clusters_of(request.store, &node)?,
+    };
+    let mut names = Vec::new();
+    for cluster in &clusters {
+        names.extend(index::list_bundles(request.store, cluster, &node)?.into_iter().map(|e| e.name));
+    }
+    // Names end in a UTC stamp: the newest sorts last whatever the cluster.
+    names.sort_by(|a, b| stamp_of(b).cmp(stamp_of(a)));
+    if names.is_empty() {
+        return Err(Error::NoBundle {
+            store: request.store.location(),
+            node,
+        });
+    }
+    Ok(names)
+}
+
+fn stamp_of(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
+}
+
+/// The clusters under which `node` has bundles, from the store's listing.
+fn clusters_of(store: &dyn Store, node: &str) -> Result<Vec<String>, Error> {
+    let mut clusters: Vec<String> = store
+        .list("")?
+        .into_iter()
+        .filter_map(|o| BundleName::parse(&o.name).ok())
+        .filter(|n| n.node == node)
+        .map(|n| n.cluster)
+        .collect();
+    clusters.sort();
+    clusters.dedup();
+    Ok(clusters)
+}
+
+fn staging(layout: &Layout) -> PathBuf {
+    state::state_dir(layout).join(STAGING_DIR)
+}
+
+/// Removes what an earlier, unfinished attempt staged: it is cpr's own scratch, never live data.
+fn clear_staging(layout: &Layout) -> Result<(), Error> {
+    let mut scratch = vec![staging(layout), new_path(&layout.path(layout::PKI_DIR))];
+    if let Ok(text) = fs::read(staging(layout).join(STAGED_MANIFEST)) {
+        if let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) {
+            scratch.push(etcd_target(&data_dir(layout, &manifest)));
+        }
+    }
+    for path in scratch {
+        match fs::remove_dir_all(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(source) => return Err(Error::Write { path, source }),
+        }
+    }
+    Ok(())
+}
+
+fn new_path(live: &Path) -> PathBuf {
+    let name = live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    live.with_file_name(format!(".{name}{NEW_SUFFIX}"))
+}
+
+fn data_dir(layout: &Layout, manifest: &Manifest) -> PathBuf {
+    layout.path(manifest.etcd.data_dir.as_deref().unwrap_or(layout::DEFAULT_ETCD_DATA_DIR))
+}
+
+/// Where the native restore builds the new data dir: beside the live one, on the same file system.
+/// When the data dir is itself a mount point it cannot be renamed, so its `member` dir is swapped.
+fn etcd_target(data_dir: &Path) -> PathBuf {
+    if is_mount_point(data_dir) {
+        data_dir.join(NEW_SUFFIX)
+    } else {
+        new_path(data_dir)
+    }
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    match (fs::metadata(path), path.parent().map(fs::metadata)) {
+        (Ok(dir), Some(Ok(parent))) => dir.dev() != parent.dev(),
+        _ => false,
+    }
+}
+
+/// Downloads, verifies and stages one bundle. Nothing live changes.
+fn stage(request: &RestoreRequest<'_>, layout: &Layout, name: &str) -> Result<(Manifest, Restored), Error> {
+    let staging = staging(layout);
+    state::ensure_dir(&staging)?;
+    log::info!("restore: fetching {name} from {}", request.store.location());
+    let input = request.store.open(name, None)?;
+    let mut sink = RestoreSink {
+        request,
+        layout,
+        files: Extract::new(&staging.join(STAGED_BUNDLE)),
+        staging: staging.clone(),
+        failure: None,
+        restored: None,
+        manifest: None,
+    };
+    let result = read_bundle(input, name, &mut sink);
+    if let Some(failure) = sink.failure.take() {
+        return Err(failure);
+    }
+    let manifest = result?;
+    let restored = sink.restored.take().expect("a verified bundle has a snapshot");
+    materialize_pki(layout, &staging.join(STAGED_BUNDLE))?;
+    fsutil::sync_tree(&staging).map_err(|source| Error::Write {
+        path: staging.clone(),
+        source,
+    })?;
+    Ok((manifest, restored))
+}
+
+/// Sees the bundle as it streams in: checks identity on the manifest (before downloading the rest),
+/// extracts files to staging, and feeds the snapshot straight into the native etcd restore.
+struct RestoreSink<'a> {
+    request: &'a RestoreRequest<'a>,
+    layout: &'a Layout,
+    files: Extract,
+    staging: PathBuf,
+    /// The real reason when a sink step fails; the reader only sees a generic I/O error.
+    failure: Option<Error>,
+    restored: Option<Restored>,
+    manifest: Option<Manifest>,
+}
+
+impl RestoreSink<'_> {
+    fn fail(&mut self, error: Error) -> io::Error {
+        let message = error.to_string();
+        self.failure = Some(error);
+        io::Error::other(message)
+    }
+
+    fn check_identity(&self, manifest: &Manifest, pki: &Path) -> Result<(), Error> {
+        let expected = Expected {
+            node_name: manifest.node.name.clone(),
+            hostname: manifest.node.hostname.clone(),
+            advertise_address: manifest
+                .node
+                .advertise_address
+                .as_deref()
+                .and_then(|a| a.parse::<IpAddr>().ok()),
+        };
+        let mismatches = identity::check(&self.request.machine, &expected, pki)?;
+        refuse_or_warn(mismatches, self.request.force_identity)
+    }
+}
+
+fn refuse_or_warn(mismatches: Vec<Mismatch>, force: bool) -> Result<(), Error> {
+    if mismatches.is_empty() {
+        return Ok(());
+    }
+    if force {
+        for mismatch in &mismatches {
+            log::warn!("restore: identity differs (continuing, --force-identity): {mismatch}");
+        }
+        return Ok(());
+    }
+    Err(Error::Identity {
+        differences: mismatches.iter().map(|m| m.to_string()).collect(),
+    })
+}
+
+impl Sink for RestoreSink<'_> {
+    fn manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
+        let staged = self.staging.join(STAGED_MANIFEST);
+        let written = fsutil::write_atomic(&staged, &manifest.to_json(), 0o600)
+            .map_err(|source| Error::Write { path: staged, source });
+        // No certificate is staged yet: this checks names and addresses only.
+        let checked = written.and_then(|()| self.check_identity(manifest, Path::new("/nonexistent")));
+        match checked {
+            Ok(()) => {
+                self.manifest = Some(manifest.clone());
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        self.files.file(entry, data)
+    }
+
+    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        let manifest = self.manifest.clone().expect("the manifest comes first");
+        let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
+        if let Err(error) = self.check_identity(&manifest, &pki) {
+            return Err(self.fail(error));
+        }
+        let live = data_dir(self.layout, &manifest);
+        let result = ensure_not_in_use(&live)
+            .and_then(|()| {
+                let options = etcd_options(&manifest, self.request.bump_revision);
+                log::info!(
+                    "restore: rebuilding the etcd data dir for member {} (peer URLs {}){}",
+                    options.name,
+                    options.initial_advertise_peer_urls,
+                    match options.bump_revision {
+                        Some(bump) => format!(", revision bumped by {bump} and marked compacted"),
+                        None => String::new(),
+                    }
+                );
+                restore_from_reader(data, entry.size, Path::new(&entry.path), &etcd_target(&live), &options)
+            })
+            .map_err(Error::from);
+        match result {
+            Ok(restored) => {
+                self.restored = Some(restored);
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+}
+
+/// The member as the backed-up node knew it. A cluster that had several members comes back as a
+/// one-member cluster (etcd's disaster-recovery procedure); the others rejoin with `kubeadm join`.
+fn etcd_options(manifest: &Manifest, bump_revision: Option<u64>) -> RestoreOptions {
+    let name = manifest.etcd.member_name.clone();
+    let peers = manifest.etcd.peer_urls.join(",");
+    if manifest.etcd.members.len() > 1 {
+        log::warn!(
+            "restore: the backup's etcd cluster had {} members; restoring {name} as a single-member cluster",
+            manifest.etcd.members.len()
+        );
+    }
+    RestoreOptions {
+        initial_cluster: manifest
+            .etcd
+            .peer_urls
+            .iter()
+            .map(|url| format!("{name}={url}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        initial_advertise_peer_urls: peers,
+        name,
+        bump_revision,
+        ..RestoreOptions::default()
+    }
+}
+
+/// pki must be renamed into place, so it is built beside the live one from the staged copy.
+fn materialize_pki(layout: &Layout, bundle_dir: &Path) -> Result<(), Error> {
+    let from = bundle_dir.join(layout::PKI_DIR);
+    let to = new_path(&layout.path(layout::PKI_DIR));
+    copy_tree(&from, &to).map_err(|source| Error::Write { path: to.clone(), source })?;
+    fsutil::sync_tree(&to).map_err(|source| Error::Write { path: to, source })
+}
+
+/// Copies a staged tree, keeping file modes and owners; directories get kubeadm's 0755.
+fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    fs::DirBuilder::new().mode(0o755).create(to)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let meta = entry.metadata()?;
+        if meta.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            fs::copy(entry.path(), &target)?;
+            fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o777))?;
+            if nix::unistd::Uid::effective().is_root() {
+                std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One tree to put in place: `new` becomes `live`, an existing `live` becomes `old`.
+struct Swap {
+    live: PathBuf,
+    new: PathBuf,
+    old: PathBuf,
+}
+
+impl Swap {
+    fn for_dir(live: PathBuf, new: PathBuf, stamp: &str) -> Swap {
+        let old = fsutil::sibling(&live, &format!(".cpr-old-{stamp}"));
+        Swap { live, new, old }
+    }
+
+    /// Idempotent: a run killed between the two renames is completed by the next one.
+    fn apply(&self) -> Result<Option<PathBuf>, Error> {
+        let write_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Write { path, source }
+        };
+        if fs::symlink_metadata(&self.new).is_err() {
+            return Ok(self.old.exists().then(|| self.old.clone()));
+        }
+        if fs::symlink_metadata(&self.live).is_ok() {
+            if self.old.exists() {
+                return Err(Error::SwapConflict {
+                    live: self.live.clone(),
+                    old: self.old.clone(),
+                });
+            }
+            fsutil::rename_durable(&self.live, &self.old).map_err(write_err(&self.live))?;
+        }
+        fsutil::rename_durable(&self.new, &self.live).map_err(write_err(&self.live))?;
+        Ok(self.old.exists().then(|| self.old.clone()))
+    }
+}
+
+fn swap_in(layout: &Layout, mut state: State, skipped: Vec<(String, String)>) -> Result<RestoreReport, Error> {
+    let text = fs::read(staging(layout).join(STAGED_MANIFEST)).map_err(|source| Error::Read {
+        path: staging(layout).join(STAGED_MANIFEST),
+        source,
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| Error::State {
+        path: staging(layout).join(STAGED_MANIFEST),
+        why: e.to_string(),
+    })?;
+    let live_data = data_dir(layout, &manifest);
+    ensure_not_in_use(&live_data)?;
+    let pki = layout.path(layout::PKI_DIR);
+    let target = etcd_target(&live_data);
+    let etcd = if target.starts_with(&live_data) {
+        Swap::for_dir(live_data.join("member"), target.join("member"), &state.stamp)
+    } else {
+        Swap::for_dir(live_data.clone(), target.clone(), &state.stamp)
+    };
+    if let Some(parent) = pki.parent() {
+        state::ensure_dir(parent)?;
+    }
+    for swap in [Swap::for_dir(pki.clone(), new_path(&pki), &state.stamp), etcd] {
+        if let Some(old) = swap.apply()? {
+            log::info!("restore: moved {} aside to {}", swap.live.display(), old.display());
+            if !state.moved_aside.contains(&old) {
+                state.moved_aside.push(old);
+            }
+        }
+    }
+    if target.starts_with(&live_data) {
+        let _ = fs::remove_dir(&target);
+    }
+    state.phase = Phase::Restored;
+    state.save(layout)?;
+    log::info!(
+        "restore: pki and the etcd data dir {} are in place (revision {}{})",
+        live_data.display(),
+        state.revision,
+        state.bumped_revision.map(|r| format!(", now {r}")).unwrap_or_default()
+    );
+    Ok(report(layout, &state, skipped, false))
+}
+
+fn report(layout: &Layout, state: &State, skipped: Vec<(String, String)>, already_done: bool) -> RestoreReport {
+    let manifest = fs::read(staging(layout).join(STAGED_MANIFEST))
+        .ok()
+        .and_then(|text| serde_json::from_slice::<Manifest>(&text).ok());
+    RestoreReport {
+        bundle: state.bundle.clone(),
+        revision: state.revision,
+        bumped_revision: state.bumped_revision,
+        data_dir: manifest
+            .map(|m| data_dir(layout, &m))
+            .unwrap_or_else(|| layout.path(layout::DEFAULT_ETCD_DATA_DIR)),
+        moved_aside: state.moved_aside.clone(),
+        skipped,
+        already_done,
+    }
+}
