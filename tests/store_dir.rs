@@ -18,7 +18,11 @@ fn dir_store(root: &Path) -> Box<dyn Store> {
 
 fn read_all(store: &dyn Store, name: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    store.open(name, None).unwrap().read_to_end(&mut out).unwrap();
+    store
+        .open(name, None)
+        .unwrap()
+        .read_to_end(&mut out)
+        .unwrap();
     out
 }
 
@@ -51,7 +55,10 @@ fn round_trip_with_private_permissions() {
 
     store.delete(name).unwrap();
     store.delete(name).unwrap(); // idempotent
-    assert!(matches!(store.open(name, None), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.open(name, None),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]
@@ -65,15 +72,26 @@ fn listing_filters_by_prefix_and_ignores_part_files() {
     }
     // What a crash in the middle of an upload leaves behind.
     fs::write(tmp.path().join("c/a/3.part"), b"half").unwrap();
-    let mut names: Vec<_> = store.list("c/a/").unwrap().into_iter().map(|o| o.name).collect();
+    let mut names: Vec<_> = store
+        .list("c/a/")
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
     names.sort();
     assert_eq!(names, ["c/a/1", "c/a/2"]);
     assert_eq!(store.list("c/").unwrap().len(), 3);
     assert_eq!(store.list("").unwrap().len(), 4);
     assert_eq!(store.list("c/a/1").unwrap()[0].size, 5);
     assert!(store.list("nothing/").unwrap().is_empty());
-    assert!(matches!(store.create("c/a/3.part"), Err(Error::Name { .. })));
-    assert!(matches!(store.open("../etc/passwd", None), Err(Error::Name { .. })));
+    assert!(matches!(
+        store.create("c/a/3.part"),
+        Err(Error::Name { .. })
+    ));
+    assert!(matches!(
+        store.open("../etc/passwd", None),
+        Err(Error::Name { .. })
+    ));
 }
 
 #[test]
@@ -97,7 +115,10 @@ fn dropped_or_failed_upload_leaves_nothing() {
     drop(upload);
     assert_eq!(read_all(&*store, name), b"complete");
 
-    assert!(matches!(store.open(name, Some(3)), Err(Error::TooLarge { .. })));
+    assert!(matches!(
+        store.open(name, Some(3)),
+        Err(Error::TooLarge { .. })
+    ));
 }
 
 /// Mounts a 1 MiB tmpfs; without the privilege to mount, points the `.part` at /dev/full instead, which
@@ -127,13 +148,18 @@ fn disk_full_is_a_clear_error_and_leaves_no_part() {
     let failure = (0..64).find_map(|_| upload.write_all(&chunk).err());
     let failure = match failure {
         Some(e) => store::Error::from_io("writing", name, e),
-        None => upload.commit().expect_err("4 MiB fit on a 1 MiB file system"),
+        None => upload
+            .commit()
+            .expect_err("4 MiB fit on a 1 MiB file system"),
     };
     let message = failure.to_string();
     assert!(matches!(failure, Error::DiskFull { .. }), "{failure:?}");
     assert!(message.contains("file system is full"), "{message}");
     assert!(!mnt.join(name).exists());
-    assert!(!mnt.join(format!("{name}.part")).exists(), "a .part was left behind");
+    assert!(
+        !mnt.join(format!("{name}.part")).exists(),
+        "a .part was left behind"
+    );
 }
 
 struct Unmount(std::path::PathBuf);
@@ -187,7 +213,11 @@ fn index_is_reconciled_with_the_listing() {
 
     let index = index::read(&*store, "c", "n").unwrap();
     let names: Vec<_> = index.bundles.iter().map(|e| e.name.as_str()).collect();
-    assert_eq!(names, ["c/n/20231231T000000Z.tar.zst", old, new], "sorted, newest last");
+    assert_eq!(
+        names,
+        ["c/n/20231231T000000Z.tar.zst", old, new],
+        "sorted, newest last"
+    );
 
     let bundles = index::list_bundles(&*store, "c", "n").unwrap();
     let seen: Vec<_> = bundles
@@ -202,7 +232,10 @@ fn index_is_reconciled_with_the_listing() {
             (new, Some(30), 6, false, false),
         ]
     );
-    assert_eq!(bundles[1].created.to_string(), "2024-01-02 0:00:00.0 +00:00:00");
+    assert_eq!(
+        bundles[1].created.to_string(),
+        "2024-01-02 0:00:00.0 +00:00:00"
+    );
 
     index::remove(&*store, "c", "n", &[old]).unwrap();
     assert_eq!(index::read(&*store, "c", "n").unwrap().bundles.len(), 2);

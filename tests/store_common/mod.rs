@@ -32,7 +32,10 @@ pub fn require_python_module(module: &str, package: &str) {
         .args(["-c", &format!("import {module}")])
         .status()
         .is_ok_and(|s| s.success());
-    assert!(ok, "Python module `{module}` is missing: pip install {package} (scripts/test does)");
+    assert!(
+        ok,
+        "Python module `{module}` is missing: pip install {package} (scripts/test does)"
+    );
 }
 
 /// A loopback port nobody listens on at the moment of the call.
@@ -64,7 +67,10 @@ impl Server {
             if let Ok(Some(status)) = server.child.try_wait() {
                 panic!("{what} exited with {status} before listening on {addr}");
             }
-            assert!(Instant::now() < deadline, "{what} did not listen on {addr} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {addr} within 30 s"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         server
