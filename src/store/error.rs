@@ -121,6 +121,9 @@ impl Error {
             409 => "The server's state conflicts with the request (a missing bucket or parent collection?)",
             413 => "The server refuses objects this large (nginx: client_max_body_size)",
             408 | 429 | 500..=599 => "The server failed or is overloaded; try again later or check its logs",
+            404 if detail.starts_with("NoSuchBucket") => {
+                "Check the bucket name in the store URL and the endpoint and region, or create the bucket"
+            }
             _ => "Check the store URL",
         };
         let detail = if detail.is_empty() {

@@ -73,15 +73,10 @@ impl Store for HttpStore {
         max_size: Option<u64>,
     ) -> Result<Box<dyn Read + Send>, Error> {
         let url = self.url(name)?;
+        let shown = redact(&url);
         let client = self.net.client().clone();
         let request = Box::new(move || client.get(url.clone()));
-        let download = Download::start(
-            self.net.clone(),
-            Dialect::Http,
-            redact(&self.url(name)?),
-            request,
-            max_size,
-        )?;
+        let download = Download::start(self.net.clone(), Dialect::Http, shown, request, max_size)?;
         Ok(Box::new(download))
     }
 

@@ -91,7 +91,7 @@ pub fn fast_options() -> StoreOptions {
         io_timeout: Duration::from_secs(20),
         retries: 3,
         retry_delay: Duration::from_millis(50),
-        progress_interval: Duration::from_millis(200),
+        progress_interval: Duration::from_millis(20),
         ..StoreOptions::default()
     }
 }
