@@ -3,27 +3,17 @@
 mod store_common;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use cpr::store::index::{self, IndexEntry};
+use cpr::store::index;
 use cpr::store::{self, Error, Store};
-use store_common::{data, fast_options};
+use store_common::{data, entry, fast_options, get, names, put};
 
 fn dir_store(root: &Path) -> Box<dyn Store> {
     store::open(&format!("file://{}", root.display()), &fast_options()).unwrap()
-}
-
-fn read_all(store: &dyn Store, name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    store
-        .open(name, None)
-        .unwrap()
-        .read_to_end(&mut out)
-        .unwrap();
-    out
 }
 
 fn mode(path: &Path) -> u32 {
@@ -44,14 +34,14 @@ fn round_trip_with_private_permissions() {
     assert!(!root.join(name).exists(), "visible before commit");
     let info = upload.commit().unwrap();
     assert_eq!((info.name.as_str(), info.size), (name, body.len() as u64));
-    assert_eq!(read_all(&*store, name), body);
+    assert_eq!(get(&*store, name).unwrap(), body);
     assert_eq!(mode(&root.join(name)), 0o600);
     for dir in ["", "c1", "c1/node-a"] {
         assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
     }
     // A plain path names the same store.
     let same = store::open(root.to_str().unwrap(), &fast_options()).unwrap();
-    assert_eq!(read_all(&*same, name), body);
+    assert_eq!(get(&*same, name).unwrap(), body);
 
     store.delete(name).unwrap();
     store.delete(name).unwrap(); // idempotent
@@ -66,20 +56,11 @@ fn listing_filters_by_prefix_and_ignores_part_files() {
     let tmp = tempfile::tempdir().unwrap();
     let store = dir_store(tmp.path());
     for name in ["c/a/1", "c/a/2", "c/b/1", "other"] {
-        let mut upload = store.create(name).unwrap();
-        upload.write_all(name.as_bytes()).unwrap();
-        upload.commit().unwrap();
+        put(&*store, name, name.as_bytes());
     }
     // What a crash in the middle of an upload leaves behind.
     fs::write(tmp.path().join("c/a/3.part"), b"half").unwrap();
-    let mut names: Vec<_> = store
-        .list("c/a/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
-    names.sort();
-    assert_eq!(names, ["c/a/1", "c/a/2"]);
+    assert_eq!(names(&*store, "c/a/"), ["c/a/1", "c/a/2"]);
     assert_eq!(store.list("c/").unwrap().len(), 3);
     assert_eq!(store.list("").unwrap().len(), 4);
     assert_eq!(store.list("c/a/1").unwrap()[0].size, 5);
@@ -113,7 +94,7 @@ fn dropped_or_failed_upload_leaves_nothing() {
     let mut upload = store.create(name).unwrap();
     upload.write_all(b"abandoned").unwrap();
     drop(upload);
-    assert_eq!(read_all(&*store, name), b"complete");
+    assert_eq!(get(&*store, name).unwrap(), b"complete");
 
     assert!(matches!(
         store.open(name, Some(3)),
@@ -170,25 +151,6 @@ impl Drop for Unmount {
     }
 }
 
-fn entry(name: &str, revision: u64) -> IndexEntry {
-    IndexEntry {
-        name: name.into(),
-        size: 0,
-        created: time::OffsetDateTime::UNIX_EPOCH,
-        node: "n".into(),
-        revision: Some(revision),
-        encrypted: false,
-        signed: false,
-        extra: Default::default(),
-    }
-}
-
-fn put(store: &dyn Store, name: &str, body: &[u8]) {
-    let mut upload = store.create(name).unwrap();
-    upload.write_all(body).unwrap();
-    upload.commit().unwrap();
-}
-
 #[test]
 fn index_is_reconciled_with_the_listing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -201,14 +163,20 @@ fn index_is_reconciled_with_the_listing() {
         "c/n/20240103T000000Z.tar.zst",
     );
     put(&*store, new, b"newest");
-    index::append(&*store, "c", "n", entry(new, 30)).unwrap();
+    index::append(&*store, "c", "n", entry(new, 0, 30)).unwrap();
     put(&*store, old, b"old");
-    index::append(&*store, "c", "n", entry(old, 10)).unwrap();
+    index::append(&*store, "c", "n", entry(old, 0, 10)).unwrap();
     // Uploaded, but the index update was lost; signed.
     put(&*store, mid, b"middle");
     put(&*store, &format!("{mid}.minisig"), b"sig");
     // Indexed, but the object was removed by hand.
-    index::append(&*store, "c", "n", entry("c/n/20231231T000000Z.tar.zst", 5)).unwrap();
+    index::append(
+        &*store,
+        "c",
+        "n",
+        entry("c/n/20231231T000000Z.tar.zst", 0, 5),
+    )
+    .unwrap();
     fs::write(tmp.path().join("c/n/20240104T000000Z.tar.zst.part"), b"x").unwrap();
 
     let index = index::read(&*store, "c", "n").unwrap();

@@ -4,13 +4,15 @@
 mod store_common;
 
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cpr::store::index::{self, IndexEntry};
+use cpr::store::index;
 use cpr::store::{self, Error, Store, StoreOptions};
-use store_common::{data, fast_options, fixture, free_port, init_logging, require, Server};
+use store_common::{
+    data, entry, fast_options, fixture, free_port, get, init_logging, put, require, Server,
+};
 
 struct Nginx {
     _server: Server,
@@ -88,24 +90,6 @@ fn open(url: &str) -> Box<dyn Store> {
     store::open(url, &fast_options()).unwrap()
 }
 
-fn put(store: &dyn Store, name: &str, body: &[u8]) {
-    let mut upload = store.create(name).unwrap();
-    for piece in body.chunks(70_000) {
-        upload.write_all(piece).unwrap();
-    }
-    let info = upload.commit().unwrap();
-    assert_eq!(info.size, body.len() as u64);
-}
-
-fn get(store: &dyn Store, name: &str) -> Result<Vec<u8>, Error> {
-    let mut reader = store.open(name, None)?;
-    let mut out = Vec::new();
-    reader
-        .read_to_end(&mut out)
-        .map_err(|e| Error::from_io("reading", name, e))?;
-    Ok(out)
-}
-
 #[test]
 fn put_get_delete_through_nginx() {
     init_logging();
@@ -145,19 +129,6 @@ fn dropped_upload_never_appears_on_nginx() {
     assert!(matches!(get(&*store, name), Err(Error::NotFound { .. })));
 }
 
-fn entry(name: &str, size: usize) -> IndexEntry {
-    IndexEntry {
-        name: name.into(),
-        size: size as u64,
-        created: time::OffsetDateTime::now_utc(),
-        node: "n".into(),
-        revision: Some(42),
-        encrypted: false,
-        signed: false,
-        extra: Default::default(),
-    }
-}
-
 #[test]
 fn index_written_to_nginx_is_served_by_a_read_only_server() {
     let tmp = tempfile::tempdir().unwrap();
@@ -170,7 +141,7 @@ fn index_written_to_nginx_is_served_by_a_read_only_server() {
     for (i, name) in names.iter().enumerate() {
         let body = data(1000 + i, i as u64);
         put(&*writable, name, &body);
-        index::append(&*writable, "c", "n", entry(name, body.len())).unwrap();
+        index::append(&*writable, "c", "n", entry(name, body.len() as u64, 42)).unwrap();
     }
 
     require("python3", "the apt package python3");

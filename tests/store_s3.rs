@@ -3,12 +3,14 @@
 
 mod store_common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 
-use cpr::store::index::{self, IndexEntry};
+use cpr::store::index;
 use cpr::store::{self, Error, S3Credentials, Store, StoreOptions};
-use store_common::{data, fast_options, fixture, free_port, init_logging, require, Server};
+use store_common::{
+    data, entry, fast_options, fixture, free_port, get, init_logging, names, put, require, Server,
+};
 
 const BUCKET: &str = "cpr-test";
 const SECRET: &str = "s3cr3t-that-must-never-be-printed";
@@ -75,24 +77,6 @@ impl Moto {
     }
 }
 
-fn put(store: &dyn Store, name: &str, body: &[u8]) {
-    let mut upload = store.create(name).unwrap();
-    for piece in body.chunks(1 << 20) {
-        upload.write_all(piece).unwrap();
-    }
-    assert_eq!(upload.commit().unwrap().size, body.len() as u64);
-}
-
-fn get(store: &dyn Store, name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    store
-        .open(name, None)
-        .unwrap()
-        .read_to_end(&mut out)
-        .unwrap();
-    out
-}
-
 #[test]
 fn multipart_round_trip_checked_with_boto3() {
     init_logging();
@@ -110,7 +94,7 @@ fn multipart_round_trip_checked_with_boto3() {
         "3 parts of 8 MiB"
     );
     assert_eq!(moto.check(&["uploads"]), "0");
-    assert_eq!(get(&*store, name), body);
+    assert_eq!(get(&*store, name).unwrap(), body);
 
     let listed = store.list("c/n/").unwrap();
     assert_eq!(listed.len(), 1);
@@ -137,17 +121,7 @@ fn small_object_and_index_in_a_bucket_root() {
         moto.check(&["sha256", name]),
         format!("5 {}", store_common::sha256_hex(b"small"))
     );
-    let entry = IndexEntry {
-        name: name.into(),
-        size: 5,
-        created: time::OffsetDateTime::now_utc(),
-        node: "n".into(),
-        revision: Some(9),
-        encrypted: false,
-        signed: false,
-        extra: Default::default(),
-    };
-    index::append(&*store, "c", "n", entry.clone()).unwrap();
+    index::append(&*store, "c", "n", entry(name, 5, 9)).unwrap();
     assert!(moto
         .check(&["sha256", "c/n/index.json"])
         .starts_with(char::is_numeric));
@@ -162,13 +136,7 @@ fn listing_follows_pagination() {
     moto.check(&["put-many", "pre/c/n/obj", "1005"]);
     moto.check(&["put-many", "pre/c/other/obj", "3"]);
     let store = moto.store("pre");
-    let mut names: Vec<_> = store
-        .list("c/n/")
-        .unwrap()
-        .into_iter()
-        .map(|o| o.name)
-        .collect();
-    names.sort();
+    let names = names(&*store, "c/n/");
     assert_eq!(names.len(), 1005);
     assert_eq!(names[0], "c/n/obj0000");
     assert_eq!(names[1004], "c/n/obj1004");

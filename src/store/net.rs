@@ -589,21 +589,31 @@ impl Upload for StreamingUpload {
         // Closing the channel ends the body; only now may the server complete the object.
         self.tx = None;
         self.finish()?;
-        Ok(ObjectInfo {
-            name: std::mem::take(&mut self.name),
-            size: self.written,
-            modified: Some(SystemTime::now()),
-        })
+        Ok(uploaded(std::mem::take(&mut self.name), self.written))
     }
 }
 
 impl Drop for StreamingUpload {
     fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            // Cancel the request and wait until it is gone *before* the channel closes: a closed
-            // channel would end the body normally and complete a truncated object.
-            task.abort();
-            let _ = rt::block_on(task);
-        }
+        // The request must be gone *before* the channel closes: a closed channel would end the body
+        // normally and complete a truncated object.
+        cancel(self.task.take());
+    }
+}
+
+/// What `Upload::commit` reports for an object a server just stored.
+pub(crate) fn uploaded(name: String, size: u64) -> ObjectInfo {
+    ObjectInfo {
+        name,
+        size,
+        modified: Some(SystemTime::now()),
+    }
+}
+
+/// Cancels a request running on the runtime and waits until it is dropped, connection included.
+pub(crate) fn cancel<T>(task: Option<JoinHandle<T>>) {
+    if let Some(task) = task {
+        task.abort();
+        let _ = rt::block_on(task);
     }
 }

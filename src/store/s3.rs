@@ -16,7 +16,7 @@ use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use tokio::task::JoinHandle;
 use url::Url;
 
-use super::net::{redact, redact_str, Dialect, Download, Net};
+use super::net::{cancel, redact, redact_str, uploaded, Dialect, Download, Net};
 use super::progress::Progress;
 use super::{check_name, Error, ObjectInfo, Store, StoreOptions, Upload};
 use crate::rt;
@@ -401,20 +401,13 @@ impl Upload for S3Upload {
             Some(id) => self.complete(&id)?,
         }
         self.completed = true;
-        Ok(ObjectInfo {
-            name: std::mem::take(&mut self.name),
-            size: self.written,
-            modified: Some(SystemTime::now()),
-        })
+        Ok(uploaded(std::mem::take(&mut self.name), self.written))
     }
 }
 
 impl Drop for S3Upload {
     fn drop(&mut self) {
-        if let Some(task) = self.in_flight.take() {
-            task.abort();
-            let _ = rt::block_on(task);
-        }
+        cancel(self.in_flight.take());
         let Some(upload_id) = self.upload_id.as_deref().filter(|_| !self.completed) else {
             return;
         };

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use cpr::store::StoreOptions;
+use std::io::{Read, Write};
+
+use cpr::store::index::IndexEntry;
+use cpr::store::{Error, Store, StoreOptions};
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -131,4 +134,48 @@ pub fn init_logging() {
     if log::set_logger(&Stderr).is_ok() {
         log::set_max_level(log::LevelFilter::Info);
     }
+}
+
+/// Writes `body` in pieces, as a streaming producer would, and commits.
+pub fn put(store: &dyn Store, name: &str, body: &[u8]) {
+    let mut upload = store.create(name).unwrap();
+    for piece in body.chunks(70_000) {
+        upload.write_all(piece).unwrap();
+    }
+    assert_eq!(upload.commit().unwrap().size, body.len() as u64);
+}
+
+/// The whole object, or the store error that stopped the read.
+pub fn get(store: &dyn Store, name: &str) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    store
+        .open(name, None)?
+        .read_to_end(&mut out)
+        .map_err(|e| Error::from_io("reading", name, e))?;
+    Ok(out)
+}
+
+pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
+    IndexEntry {
+        name: name.into(),
+        size,
+        created: time::OffsetDateTime::UNIX_EPOCH,
+        node: "n".into(),
+        revision: Some(revision),
+        encrypted: false,
+        signed: false,
+        extra: Default::default(),
+    }
+}
+
+/// The names `list(prefix)` returns, sorted.
+pub fn names(store: &dyn Store, prefix: &str) -> Vec<String> {
+    let mut names: Vec<_> = store
+        .list(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
 }
