@@ -45,10 +45,7 @@ fn round_trip_with_private_permissions() {
 
     store.delete(name).unwrap();
     store.delete(name).unwrap(); // idempotent
-    assert!(matches!(
-        store.open(name, None),
-        Err(Error::NotFound { .. })
-    ));
+    assert!(matches!(store.open(name), Err(Error::NotFound { .. })));
 }
 
 #[test]
@@ -70,7 +67,7 @@ fn listing_filters_by_prefix_and_ignores_part_files() {
         Err(Error::Name { .. })
     ));
     assert!(matches!(
-        store.open("../etc/passwd", None),
+        store.open("../etc/passwd"),
         Err(Error::Name { .. })
     ));
 }
@@ -97,7 +94,7 @@ fn dropped_or_failed_upload_leaves_nothing() {
     assert_eq!(get(&*store, name).unwrap(), b"complete");
 
     assert!(matches!(
-        store.open(name, Some(3)),
+        store.open_limited(name, Some(3)),
         Err(Error::TooLarge { .. })
     ));
 }

@@ -239,7 +239,7 @@ fn endless_body_is_refused_beyond_the_expected_size() {
     let tmp = tempfile::tempdir().unwrap();
     let (server, _) = flaky(tmp.path(), "endless", b"");
     let store = open(&format!("http://127.0.0.1:{}", server.port));
-    let mut reader = store.open("b", Some(1 << 20)).unwrap();
+    let mut reader = store.open_limited("b", Some(1 << 20)).unwrap();
     let err = std::io::copy(&mut reader, &mut std::io::sink()).unwrap_err();
     let err = Error::from_io("reading", "b", err);
     assert!(

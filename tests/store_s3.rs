@@ -107,7 +107,7 @@ fn multipart_round_trip_checked_with_boto3() {
     store.delete(name).unwrap();
     store.delete(name).unwrap();
     assert_eq!(moto.check(&["sha256", &key]), "missing");
-    let err = store.open(name, None).err().expect("deleted");
+    let err = store.open(name).err().expect("deleted");
     assert!(matches!(err, Error::NotFound { .. }), "{err}");
 }
 

@@ -21,6 +21,7 @@ use std::time::SystemTime;
 
 pub use error::Error;
 pub use options::{S3Credentials, StoreOptions};
+pub use progress::human_bytes;
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,15 +46,15 @@ impl Progress {
         } else {
             0.0
         };
-        let mut line = format!("{} {}: {}", self.verb, self.what, human(self.done as f64));
+        let mut line = format!("{} {}: {}", self.verb, self.what, human_bytes(self.done));
         if let Some(total) = self.total.filter(|&t| t > 0) {
             line += &format!(
                 " of {} ({:.0}%)",
-                human(total as f64),
+                human_bytes(total),
                 self.done as f64 * 100.0 / total as f64
             );
         }
-        line += &format!(", {}/s", human(rate));
+        line += &format!(", {}/s", human_bytes(rate as u64));
         if let Some(total) = self.total {
             if rate > 0.0 && total > self.done {
                 line += &format!(", ETA {}s", ((total - self.done) as f64 / rate).ceil());
@@ -64,16 +64,17 @@ impl Progress {
     }
 }
 
-fn human(bytes: f64) -> String {
+/// A byte count for people: `512 B`, `1.5 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
+    let mut value = bytes as f64;
     let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
         value /= 1024.0;
         unit += 1;
     }
     if unit == 0 {
-        format!("{value:.0} B")
+        format!("{bytes} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
     }

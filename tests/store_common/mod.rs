@@ -149,7 +149,7 @@ pub fn put(store: &dyn Store, name: &str, body: &[u8]) {
 pub fn get(store: &dyn Store, name: &str) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     store
-        .open(name, None)?
+        .open(name)?
         .read_to_end(&mut out)
         .map_err(|e| Error::from_io("reading", name, e))?;
     Ok(out)
