@@ -12,7 +12,15 @@ fn json(out: &std::process::Output) -> Value {
 }
 
 fn backup(node: &KubeadmNode, store: &str) -> Value {
-    json(&cpr(&["backup", "--root", node.root().to_str().unwrap(), "--store", store, "--output", "json"]))
+    json(&cpr(&[
+        "backup",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--store",
+        store,
+        "--output",
+        "json",
+    ]))
 }
 
 /// The snapshot inside a bundle file, extracted with the standard tools an operator would use.
@@ -44,25 +52,38 @@ fn backup_matches_live_etcd(version: EtcdVersion) {
     let live_revision = node.revision();
     assert_eq!(report["revision"].as_i64(), Some(live_revision), "{report}");
     let name = report["bundle"].as_str().unwrap().to_string();
-    assert!(name.starts_with(&format!("{CLUSTER}/{NODE_NAME}/")), "{name}");
+    assert!(
+        name.starts_with(&format!("{CLUSTER}/{NODE_NAME}/")),
+        "{name}"
+    );
     assert!(store.path().join(&name).is_file());
 
     let listed = json(&cpr(&["list", "--store", store_url, "--output", "json"]));
     assert_eq!(listed[0]["name"].as_str(), Some(name.as_str()), "{listed}");
 
-    let manifest = json(&cpr(&["inspect", "--store", store_url, &name, "--output", "json"]));
+    let manifest = json(&cpr(&[
+        "inspect", "--store", store_url, &name, "--output", "json",
+    ]));
     assert_eq!(manifest["node"]["name"], NODE_NAME);
     assert_eq!(manifest["node"]["advertiseAddress"], NODE_IP);
     assert_eq!(manifest["cluster"]["name"], CLUSTER);
     assert_eq!(manifest["cluster"]["kubernetesVersion"], "v1.27.4");
     assert_eq!(manifest["cluster"]["podSubnet"], "192.168.0.0/16");
-    assert_eq!(manifest["cluster"]["kubeadmApiVersion"], "kubeadm.k8s.io/v1beta3");
+    assert_eq!(
+        manifest["cluster"]["kubeadmApiVersion"],
+        "kubeadm.k8s.io/v1beta3"
+    );
     assert_eq!(manifest["etcd"]["memberName"], NODE_NAME);
     assert_eq!(manifest["etcd"]["dataDir"], "/var/lib/etcd");
     let peer = format!("https://{NODE_IP}:{}", node.peer_port);
     assert_eq!(manifest["etcd"]["members"][0]["peerUrls"][0], peer.as_str());
     assert_eq!(manifest["etcd"]["peerUrls"][0], peer.as_str());
-    let files: Vec<&str> = manifest["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    let files: Vec<&str> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
     for expected in [
         "etc/kubernetes/pki/ca.key",
         "etc/kubernetes/pki/etcd/ca.key",
@@ -73,22 +94,43 @@ fn backup_matches_live_etcd(version: EtcdVersion) {
         "var/lib/kubelet/kubeadm-flags.env",
         "kubeadm/cluster-configuration.yaml",
     ] {
-        assert!(files.contains(&expected), "{expected} missing from {files:?}");
+        assert!(
+            files.contains(&expected),
+            "{expected} missing from {files:?}"
+        );
     }
-    let ca_key = manifest["files"].as_array().unwrap().iter().find(|f| f["path"] == "etc/kubernetes/pki/ca.key").unwrap();
+    let ca_key = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "etc/kubernetes/pki/ca.key")
+        .unwrap();
     assert_eq!(ca_key["mode"], 0o600);
 
-    let verified = json(&cpr(&["verify", "--store", store_url, &name, "--output", "json"]));
+    let verified = json(&cpr(&[
+        "verify", "--store", store_url, &name, "--output", "json",
+    ]));
     assert_eq!(verified["ok"], true, "{verified}");
-    assert_eq!(verified["revision"].as_i64(), Some(live_revision), "{verified}");
+    assert_eq!(
+        verified["revision"].as_i64(),
+        Some(live_revision),
+        "{verified}"
+    );
 
     let scratch = tempfile::tempdir().unwrap();
     let snapshot = extract_snapshot(&store.path().join(&name), scratch.path());
     let status = etcdutl_status(&snapshot);
     assert_eq!(status["revision"].as_i64(), Some(live_revision), "{status}");
-    assert_eq!(status["totalKey"], verified["totalKeys"], "{status} vs {verified}");
-    let cluster_config = std::fs::read_to_string(scratch.path().join("kubeadm/cluster-configuration.yaml")).unwrap();
-    assert!(cluster_config.contains("clusterName: prod") && cluster_config.contains("kind: ClusterConfiguration"));
+    assert_eq!(
+        status["totalKey"], verified["totalKeys"],
+        "{status} vs {verified}"
+    );
+    let cluster_config =
+        std::fs::read_to_string(scratch.path().join("kubeadm/cluster-configuration.yaml")).unwrap();
+    assert!(
+        cluster_config.contains("clusterName: prod")
+            && cluster_config.contains("kind: ClusterConfiguration")
+    );
 }
 
 #[test]
@@ -102,7 +144,9 @@ fn backup_of_etcd_3_5_matches_the_live_cluster() {
 }
 
 fn store_is_empty(store: &Path) -> bool {
-    walk(store).iter().all(|p| !p.to_string_lossy().contains(".tar.zst"))
+    walk(store)
+        .iter()
+        .all(|p| !p.to_string_lossy().contains(".tar.zst"))
 }
 
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -127,10 +171,17 @@ fn failures_name_the_step_and_leave_no_bundle() {
 
     // The wrong CA for etcd's serving certificate, and a client certificate etcd's CA never signed.
     let out = cpr(&[
-        "backup", "--root", &root, "--store", store_url,
-        "--cacert", node.pki("ca.crt").to_str().unwrap(),
-        "--cert", node.pki("apiserver.crt").to_str().unwrap(),
-        "--key", node.pki("apiserver.key").to_str().unwrap(),
+        "backup",
+        "--root",
+        &root,
+        "--store",
+        store_url,
+        "--cacert",
+        node.pki("ca.crt").to_str().unwrap(),
+        "--cert",
+        node.pki("apiserver.crt").to_str().unwrap(),
+        "--key",
+        node.pki("apiserver.key").to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains(&node.endpoint()), "{}", stderr(&out));
@@ -151,9 +202,19 @@ fn failures_name_the_step_and_leave_no_bundle() {
 
     // Not a kubeadm node at all.
     let empty = tempfile::tempdir().unwrap();
-    let out = cpr(&["backup", "--root", empty.path().to_str().unwrap(), "--store", store_url]);
+    let out = cpr(&[
+        "backup",
+        "--root",
+        empty.path().to_str().unwrap(),
+        "--store",
+        store_url,
+    ]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
-    assert!(stderr(&out).contains("etc/kubernetes/manifests/etcd.yaml"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("etc/kubernetes/manifests/etcd.yaml"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -179,5 +240,9 @@ fn verify_catches_truncation_and_bit_flips_of_a_real_bundle() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
 
     let out = cpr(&["inspect", damaged.to_str().unwrap(), "--output", "json"]);
-    assert!(out.status.success(), "the manifest at the front is intact: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "the manifest at the front is intact: {}",
+        stderr(&out)
+    );
 }

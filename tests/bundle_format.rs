@@ -1,7 +1,9 @@
 //! The bundle format on its own: round trips, and every way a damaged or crafted bundle is refused.
 
 use cpr::bundle::manifest::{self, Cluster, Etcd, FileEntry, Manifest, Node, SnapshotEntry};
-use cpr::bundle::{read_bundle, read_manifest, write_bundle, Discard, Error, Extract, WriteOptions};
+use cpr::bundle::{
+    read_bundle, read_manifest, write_bundle, Discard, Error, Extract, WriteOptions,
+};
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +11,9 @@ use std::os::unix::fs::PermissionsExt;
 const NAME: &str = "prod/master0/20261124T080000Z.tar.zst";
 
 fn snapshot() -> Vec<u8> {
-    let mut db: Vec<u8> = (0..16384u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let mut db: Vec<u8> = (0..16384u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     let trailer = Sha256::digest(&db);
     db.extend_from_slice(&trailer);
     db
@@ -31,8 +35,16 @@ fn file(path: &str, data: &[u8], mode: u32) -> (FileEntry, Vec<u8>) {
 
 fn sample() -> (Manifest, Vec<Vec<u8>>, Vec<u8>) {
     let files = vec![
-        file("etc/kubernetes/pki/ca.crt", b"-----BEGIN CERTIFICATE-----\n", 0o644),
-        file("etc/kubernetes/pki/ca.key", b"-----BEGIN PRIVATE KEY-----\n", 0o600),
+        file(
+            "etc/kubernetes/pki/ca.crt",
+            b"-----BEGIN CERTIFICATE-----\n",
+            0o644,
+        ),
+        file(
+            "etc/kubernetes/pki/ca.key",
+            b"-----BEGIN PRIVATE KEY-----\n",
+            0o600,
+        ),
         file("etc/kubernetes/manifests/etcd.yaml", b"kind: Pod\n", 0o600),
     ];
     let snap = snapshot();
@@ -68,7 +80,15 @@ fn options() -> WriteOptions {
 
 fn bundle_bytes() -> Vec<u8> {
     let (manifest, files, snap) = sample();
-    let (out, stats) = write_bundle(Vec::new(), &manifest, &files, &mut &snap[..], &options(), NAME).unwrap();
+    let (out, stats) = write_bundle(
+        Vec::new(),
+        &manifest,
+        &files,
+        &mut &snap[..],
+        &options(),
+        NAME,
+    )
+    .unwrap();
     assert!(stats.tar_bytes > snap.len() as u64);
     out
 }
@@ -84,9 +104,15 @@ fn round_trip_extracts_every_file_with_its_mode() {
     for (entry, data) in manifest.files.iter().zip(&files) {
         let path = dir.path().join(&entry.path);
         assert_eq!(&std::fs::read(&path).unwrap(), data);
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, entry.mode);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            entry.mode
+        );
     }
-    assert_eq!(std::fs::read(dir.path().join(manifest::SNAPSHOT_PATH)).unwrap(), snap);
+    assert_eq!(
+        std::fs::read(dir.path().join(manifest::SNAPSHOT_PATH)).unwrap(),
+        snap
+    );
 }
 
 #[test]
@@ -101,7 +127,10 @@ fn standard_tools_open_a_bundle() {
         .output()
         .unwrap();
     let listing = String::from_utf8_lossy(&listing.stdout);
-    let names: Vec<&str> = listing.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    let names: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .collect();
     assert_eq!(
         names,
         [
@@ -112,17 +141,39 @@ fn standard_tools_open_a_bundle() {
             "etcd/snapshot.db"
         ]
     );
-    assert!(listing.contains("-rw-------"), "ca.key keeps mode 0600: {listing}");
+    assert!(
+        listing.contains("-rw-------"),
+        "ca.key keeps mode 0600: {listing}"
+    );
 }
 
 #[test]
 fn writer_refuses_a_short_or_bad_snapshot() {
     let (manifest, files, snap) = sample();
-    let err = write_bundle(Vec::new(), &manifest, &files, &mut &snap[..100], &options(), NAME).unwrap_err();
-    assert!(matches!(err, Error::SnapshotShort { got: 100, .. }), "{err}");
+    let err = write_bundle(
+        Vec::new(),
+        &manifest,
+        &files,
+        &mut &snap[..100],
+        &options(),
+        NAME,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::SnapshotShort { got: 100, .. }),
+        "{err}"
+    );
     let mut bad = snap.clone();
     bad[10] ^= 1;
-    let err = write_bundle(Vec::new(), &manifest, &files, &mut &bad[..], &options(), NAME).unwrap_err();
+    let err = write_bundle(
+        Vec::new(),
+        &manifest,
+        &files,
+        &mut &bad[..],
+        &options(),
+        NAME,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::SnapshotTrailer { .. }), "{err}");
 }
 
@@ -149,11 +200,18 @@ fn every_flipped_byte_is_detected_or_harmless() {
         let mut bad = bytes.clone();
         bad[at] ^= 0x20;
         if read_bundle(&bad[..], NAME, &mut Discard).is_ok() {
-            assert_eq!(zstd::decode_all(&bad[..]).unwrap(), content, "flip at {at} changed content unnoticed");
+            assert_eq!(
+                zstd::decode_all(&bad[..]).unwrap(),
+                content,
+                "flip at {at} changed content unnoticed"
+            );
             harmless += 1;
         }
     }
-    assert!(harmless < 8, "{harmless} flips passed; only frame-header bits may");
+    assert!(
+        harmless < 8,
+        "{harmless} flips passed; only frame-header bits may"
+    );
 }
 
 /// Builds a raw tar + zstd from entries given as (path, type, data), bypassing the writer.
@@ -198,19 +256,43 @@ fn refuses_an_unknown_major_version_before_anything_else() {
 #[test]
 fn refuses_manifests_with_escaping_or_absurd_entries() {
     let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-        ("dot-dot", Box::new(|m| m["files"][0]["path"] = "etc/../../root/.ssh/authorized_keys".into())),
-        ("absolute", Box::new(|m| m["files"][0]["path"] = "/etc/passwd".into())),
-        ("duplicate", Box::new(|m| m["files"][1]["path"] = m["files"][0]["path"].clone())),
-        ("setuid", Box::new(|m| m["files"][0]["mode"] = 0o4755.into())),
-        ("huge file", Box::new(|m| m["files"][0]["size"] = (1u64 << 40).into())),
-        ("huge snapshot", Box::new(|m| m["snapshot"]["size"] = ((1u64 << 50) + 32).into())),
-        ("snapshot elsewhere", Box::new(|m| m["snapshot"]["path"] = "etc/kubernetes/pki/ca.key".into())),
+        (
+            "dot-dot",
+            Box::new(|m| m["files"][0]["path"] = "etc/../../root/.ssh/authorized_keys".into()),
+        ),
+        (
+            "absolute",
+            Box::new(|m| m["files"][0]["path"] = "/etc/passwd".into()),
+        ),
+        (
+            "duplicate",
+            Box::new(|m| m["files"][1]["path"] = m["files"][0]["path"].clone()),
+        ),
+        (
+            "setuid",
+            Box::new(|m| m["files"][0]["mode"] = 0o4755.into()),
+        ),
+        (
+            "huge file",
+            Box::new(|m| m["files"][0]["size"] = (1u64 << 40).into()),
+        ),
+        (
+            "huge snapshot",
+            Box::new(|m| m["snapshot"]["size"] = ((1u64 << 50) + 32).into()),
+        ),
+        (
+            "snapshot elsewhere",
+            Box::new(|m| m["snapshot"]["path"] = "etc/kubernetes/pki/ca.key".into()),
+        ),
     ];
     for (what, edit) in cases {
         let json = manifest_json(|m| edit(m));
         let bytes = craft(&[(manifest::MANIFEST_PATH, tar::EntryType::Regular, &json)]);
         let err = read_manifest(&bytes[..], NAME).unwrap_err();
-        assert!(matches!(err, Error::ManifestInvalid { .. }), "{what}: {err}");
+        assert!(
+            matches!(err, Error::ManifestInvalid { .. }),
+            "{what}: {err}"
+        );
     }
 }
 
@@ -233,7 +315,11 @@ fn refuses_entries_that_differ_from_the_manifest() {
     let mut swapped = good.clone();
     swapped.swap(1, 2);
     let mut extra = good.clone();
-    extra.push(("etc/cron.d/evil", tar::EntryType::Regular, b"* * * * * root sh"));
+    extra.push((
+        "etc/cron.d/evil",
+        tar::EntryType::Regular,
+        b"* * * * * root sh",
+    ));
     let mut missing = good.clone();
     missing.remove(4);
     let mut wrong_content = good.clone();
@@ -251,7 +337,10 @@ fn refuses_entries_that_differ_from_the_manifest() {
         let dir = tempfile::tempdir().unwrap();
         let result = read_bundle(&craft(&entries)[..], NAME, &mut Extract::new(dir.path()));
         assert!(result.is_err(), "{what} was accepted");
-        assert!(!dir.path().join("etc/cron.d/evil").exists(), "{what}: wrote outside the manifest");
+        assert!(
+            !dir.path().join("etc/cron.d/evil").exists(),
+            "{what}: wrote outside the manifest"
+        );
     }
 }
 
@@ -282,7 +371,16 @@ fn inspect_reads_only_the_manifest() {
             },
             ..manifest
         };
-        write_bundle(Vec::new(), &manifest, &files, &mut &db[..], &options(), NAME).unwrap().0
+        write_bundle(
+            Vec::new(),
+            &manifest,
+            &files,
+            &mut &db[..],
+            &options(),
+            NAME,
+        )
+        .unwrap()
+        .0
     };
     assert!(read_manifest(Limited(&big, 0), NAME).is_ok());
     assert!(read_manifest(&bytes[..], NAME).is_ok());

@@ -3,9 +3,25 @@
 //! A store holds objects by name (`<cluster>/<node>/<UTC stamp>.tar.zst[.age]`, plus `.minisig` beside
 //! a signed bundle) and a `<cluster>/<node>/index.json` written after each complete upload, so that a
 //! read-only server can answer "latest" without listing. Stores know bundle *names*, never contents.
+//!
+//! The API is synchronous; network stores run their requests on the process runtime (`crate::rt`), so
+//! a synchronous writer can feed a request body that a runtime worker is sending.
+
+mod dir;
+mod error;
+mod http;
+pub mod index;
+mod net;
+mod options;
+mod progress;
+mod s3;
 
 use std::io::{Read, Write};
 use std::time::SystemTime;
+
+pub use error::Error;
+pub use options::{S3Credentials, StoreOptions};
+pub use progress::human_bytes;
 
 /// One stored object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,47 +35,100 @@ pub struct ObjectInfo {
 pub trait Store: Send + Sync {
     /// The store's location for messages; never contains credentials.
     fn location(&self) -> String;
-    /// Objects whose names start with `prefix`, in no particular order.
+    /// Objects whose names start with `prefix`, in no particular order. An HTTP server cannot list: it
+    /// answers from the `index.json` of the prefix's directory.
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, Error>;
     /// A streaming reader of the whole object; transient failures are retried and resumed inside.
-    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, Error>;
+    fn open(&self, name: &str) -> Result<Box<dyn Read + Send>, Error> {
+        self.open_limited(name, None)
+    }
+    /// `open`, refusing an object (or a server's body) larger than `max_size` instead of reading on:
+    /// pass the size from the listing or index when it is known.
+    fn open_limited(
+        &self,
+        name: &str,
+        max_size: Option<u64>,
+    ) -> Result<Box<dyn Read + Send>, Error>;
     /// A writer whose data becomes visible under `name` only when `Upload::commit` succeeds.
     fn create(&self, name: &str) -> Result<Box<dyn Upload>, Error>;
+    /// Removes the object; removing one that does not exist is not an error.
     fn delete(&self, name: &str) -> Result<(), Error>;
 }
 
 /// An object being written. Dropping it without `commit` leaves nothing visible under the final name.
+/// A failed `write` returns an `io::Error` whose inner error is the `store::Error` that says why.
 pub trait Upload: Write + Send {
     fn commit(self: Box<Self>) -> Result<ObjectInfo, Error>;
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("store {location}: {message}")]
-    Io { location: String, message: String },
+/// Opens the store at `url`: `file:///path` or a plain path, `http://` / `https://`, `s3://bucket/prefix`.
+pub fn open(url: &str, opts: &StoreOptions) -> Result<Box<dyn Store>, Error> {
+    let bad = |reason: &str| Error::Url {
+        url: net::redact_str(url),
+        reason: reason.to_string(),
+    };
+    if url.is_empty() {
+        return Err(bad("empty"));
+    }
+    let Some((scheme, _)) = url.split_once("://") else {
+        return Ok(Box::new(dir::DirStore::new(
+            url.into(),
+            opts.progress_interval,
+        )));
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
+    match scheme.to_ascii_lowercase().as_str() {
+        "file" => {
+            let path = parsed
+                .to_file_path()
+                .map_err(|()| bad("not a local absolute path"))?;
+            Ok(Box::new(dir::DirStore::new(path, opts.progress_interval)))
+        }
+        "http" | "https" => Ok(Box::new(http::HttpStore::new(parsed, opts)?)),
+        "s3" => Ok(Box::new(s3::S3Store::new(&parsed, opts)?)),
+        _ => Err(bad("unknown scheme")),
+    }
 }
 
-#[derive(Debug, Clone, Default)]
-pub struct StoreOptions {
-    pub ca_file: Option<std::path::PathBuf>,
-    pub s3_endpoint: Option<String>,
-    pub s3_region: Option<String>,
-    pub s3_path_style: Option<bool>,
+/// Rejects names that could leave the store's root or hide among temporary files, for every store kind
+/// alike, so a name that works in one store works in all.
+fn check_name(name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("empty")
+    } else if name.starts_with('/') {
+        Some("absolute")
+    } else if name
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        Some("empty, `.` or `..` path component")
+    } else if name.ends_with(dir::PART_SUFFIX) {
+        Some("ends in .part, which marks unfinished uploads")
+    } else if name.chars().any(|c| c.is_control() || c == '\\') {
+        Some("control character or backslash")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::Name {
+            name: name.escape_debug().to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
 }
 
-pub fn open(url: &str, _options: &StoreOptions) -> Result<Box<dyn Store>, Error> {
-    Err(Error::Io {
-        location: url.to_string(),
-        message: "not yet".to_string(),
-    })
-}
-
-/// Bundle names in the store for a cluster and node (either may be open), oldest first.
+/// Bundle names in the store for a cluster and node (either may be open), oldest first. With both
+/// given, they come from `index::list_bundles`, which also works on a read-only HTTP server.
 pub fn bundles(
     store: &dyn Store,
     cluster: Option<&str>,
     node: Option<&str>,
 ) -> Result<Vec<String>, Error> {
+    if let (Some(cluster), Some(node)) = (cluster, node) {
+        let bundles = index::list_bundles(store, cluster, node)?;
+        return Ok(bundles.into_iter().map(|b| b.name).collect());
+    }
     let prefix = cluster.map(|c| format!("{c}/")).unwrap_or_default();
     let mut names: Vec<String> = store
         .list(&prefix)?

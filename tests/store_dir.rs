@@ -1,0 +1,214 @@
+//! The directory store, and the index on top of it.
+
+mod store_common;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+
+use cpr::store::index;
+use cpr::store::{self, Error, Store};
+use store_common::{data, entry, fast_options, get, names, put};
+
+fn dir_store(root: &Path) -> Box<dyn Store> {
+    store::open(&format!("file://{}", root.display()), &fast_options()).unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn round_trip_with_private_permissions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let store = dir_store(&root);
+    let body = data(3 << 20, 1);
+    let name = "c1/node-a/20240101T000000Z.tar.zst";
+    let mut upload = store.create(name).unwrap();
+    for piece in body.chunks(100_000) {
+        upload.write_all(piece).unwrap();
+    }
+    assert!(!root.join(name).exists(), "visible before commit");
+    let info = upload.commit().unwrap();
+    assert_eq!((info.name.as_str(), info.size), (name, body.len() as u64));
+    assert_eq!(get(&*store, name).unwrap(), body);
+    assert_eq!(mode(&root.join(name)), 0o600);
+    for dir in ["", "c1", "c1/node-a"] {
+        assert_eq!(mode(&root.join(dir)), 0o700, "{dir}");
+    }
+    // A plain path names the same store.
+    let same = store::open(root.to_str().unwrap(), &fast_options()).unwrap();
+    assert_eq!(get(&*same, name).unwrap(), body);
+
+    store.delete(name).unwrap();
+    store.delete(name).unwrap(); // idempotent
+    assert!(matches!(store.open(name), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn listing_filters_by_prefix_and_ignores_part_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path());
+    for name in ["c/a/1", "c/a/2", "c/b/1", "other"] {
+        put(&*store, name, name.as_bytes());
+    }
+    // What a crash in the middle of an upload leaves behind.
+    fs::write(tmp.path().join("c/a/3.part"), b"half").unwrap();
+    assert_eq!(names(&*store, "c/a/"), ["c/a/1", "c/a/2"]);
+    assert_eq!(store.list("c/").unwrap().len(), 3);
+    assert_eq!(store.list("").unwrap().len(), 4);
+    assert_eq!(store.list("c/a/1").unwrap()[0].size, 5);
+    assert!(store.list("nothing/").unwrap().is_empty());
+    assert!(matches!(
+        store.create("c/a/3.part"),
+        Err(Error::Name { .. })
+    ));
+    assert!(matches!(
+        store.open("../etc/passwd"),
+        Err(Error::Name { .. })
+    ));
+}
+
+#[test]
+fn dropped_or_failed_upload_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path());
+    let name = "c/n/20240101T000000Z.tar.zst";
+
+    let mut upload = store.create(name).unwrap();
+    upload.write_all(&data(2 << 20, 2)).unwrap();
+    drop(upload);
+    assert!(!tmp.path().join(name).exists());
+    assert!(!tmp.path().join(format!("{name}.part")).exists());
+
+    // A complete object is not disturbed by a later upload that is abandoned.
+    let mut upload = store.create(name).unwrap();
+    upload.write_all(b"complete").unwrap();
+    upload.commit().unwrap();
+    let mut upload = store.create(name).unwrap();
+    upload.write_all(b"abandoned").unwrap();
+    drop(upload);
+    assert_eq!(get(&*store, name).unwrap(), b"complete");
+
+    assert!(matches!(
+        store.open_limited(name, Some(3)),
+        Err(Error::TooLarge { .. })
+    ));
+}
+
+/// Mounts a 1 MiB tmpfs; without the privilege to mount, points the `.part` at /dev/full instead, which
+/// fails every write with ENOSPC the same way.
+#[test]
+fn disk_full_is_a_clear_error_and_leaves_no_part() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mnt = tmp.path().join("small");
+    fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    let _unmount = mounted.then(|| Unmount(mnt.clone()));
+    let name = "c/n/20240101T000000Z.tar.zst";
+    let store = dir_store(&mnt);
+    if mounted {
+        eprintln!("disk full: 1 MiB tmpfs at {}", mnt.display());
+    } else {
+        eprintln!("disk full: cannot mount a tmpfs here; using a .part symlink to /dev/full");
+        fs::create_dir_all(mnt.join("c/n")).unwrap();
+        symlink("/dev/full", mnt.join(format!("{name}.part"))).unwrap();
+    }
+    let mut upload = store.create(name).unwrap();
+    let chunk = data(64 << 10, 3);
+    let failure = (0..64).find_map(|_| upload.write_all(&chunk).err());
+    let failure = match failure {
+        Some(e) => store::Error::from_io("writing", name, e),
+        None => upload
+            .commit()
+            .expect_err("4 MiB fit on a 1 MiB file system"),
+    };
+    let message = failure.to_string();
+    assert!(matches!(failure, Error::DiskFull { .. }), "{failure:?}");
+    assert!(message.contains("file system is full"), "{message}");
+    assert!(!mnt.join(name).exists());
+    assert!(
+        !mnt.join(format!("{name}.part")).exists(),
+        "a .part was left behind"
+    );
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn index_is_reconciled_with_the_listing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path());
+    assert!(index::list_bundles(&*store, "c", "n").unwrap().is_empty());
+
+    let (old, mid, new) = (
+        "c/n/20240101T000000Z.tar.zst",
+        "c/n/20240102T000000Z.tar.zst.age",
+        "c/n/20240103T000000Z.tar.zst",
+    );
+    put(&*store, new, b"newest");
+    index::append(&*store, "c", "n", entry(new, 0, 30)).unwrap();
+    put(&*store, old, b"old");
+    index::append(&*store, "c", "n", entry(old, 0, 10)).unwrap();
+    // Uploaded, but the index update was lost; signed.
+    put(&*store, mid, b"middle");
+    put(&*store, &format!("{mid}.minisig"), b"sig");
+    // Indexed, but the object was removed by hand.
+    index::append(
+        &*store,
+        "c",
+        "n",
+        entry("c/n/20231231T000000Z.tar.zst", 0, 5),
+    )
+    .unwrap();
+    fs::write(tmp.path().join("c/n/20240104T000000Z.tar.zst.part"), b"x").unwrap();
+
+    let index = index::read(&*store, "c", "n").unwrap();
+    let names: Vec<_> = index.bundles.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["c/n/20231231T000000Z.tar.zst", old, new],
+        "sorted, newest last"
+    );
+
+    let bundles = index::list_bundles(&*store, "c", "n").unwrap();
+    let seen: Vec<_> = bundles
+        .iter()
+        .map(|e| (e.name.as_str(), e.revision, e.size, e.encrypted, e.signed))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (old, Some(10), 3, false, false),
+            (mid, None, 6, true, true),
+            (new, Some(30), 6, false, false),
+        ]
+    );
+    assert_eq!(
+        bundles[1].created.to_string(),
+        "2024-01-02 0:00:00.0 +00:00:00"
+    );
+
+    index::remove(&*store, "c", "n", &[old]).unwrap();
+    assert_eq!(index::read(&*store, "c", "n").unwrap().bundles.len(), 2);
+
+    // A corrupt index is reported by `read`, and `list_bundles` falls back to the listing.
+    fs::write(tmp.path().join("c/n/index.json"), b"{not json").unwrap();
+    let err = index::read(&*store, "c", "n").unwrap_err();
+    assert!(matches!(err, Error::Index { .. }), "{err}");
+    assert_eq!(index::list_bundles(&*store, "c", "n").unwrap().len(), 3);
+    assert_eq!(mode(&tmp.path().join("c/n/index.json")), 0o600);
+}

@@ -1,0 +1,307 @@
+//! The HTTP(S) store against real servers on loopback: nginx with WebDAV PUT/DELETE (plain and TLS),
+//! python3's read-only http.server, and a misbehaving server (tests/fixtures/store-flaky-server.py).
+
+mod store_common;
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cpr::store::index;
+use cpr::store::{self, Error, Store, StoreOptions};
+use store_common::{
+    data, entry, fast_options, fixture, free_port, get, init_logging, put, require, Server,
+};
+
+struct Nginx {
+    _server: Server,
+    www: PathBuf,
+    port: u16,
+    /// The TLS listener's port, with `ca.pem` beside the config.
+    tls_port: u16,
+}
+
+/// nginx in single-process mode (so it never switches user) serving `<dir>/www` with PUT and DELETE,
+/// plus a redirect loop at `/loop/`, on plain and TLS loopback ports.
+fn nginx(dir: &Path) -> Nginx {
+    let nginx = require("nginx", "the apt package nginx-light (or nginx)");
+    let www = dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let (cert, key) = tls_files(dir);
+    let d = dir.display();
+    let config = format!(
+        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    client_max_body_size 0;
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert}; ssl_certificate_key {key};
+        root {www};
+        location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}
+        location /loop/ {{ return 302 /loop/; }}
+    }}
+}}
+",
+        cert = cert.display(),
+        key = key.display(),
+        www = www.display(),
+    );
+    fs::write(dir.join("nginx.conf"), config).unwrap();
+    let mut command = Command::new(nginx);
+    command
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir);
+    let server = Server::start(command, port);
+    Nginx {
+        _server: server,
+        www,
+        port,
+        tls_port,
+    }
+}
+
+/// A CA (`<dir>/ca.pem`) and a server certificate for 127.0.0.1 signed by it.
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    (dir.join("server.pem"), dir.join("server.key"))
+}
+
+fn open(url: &str) -> Box<dyn Store> {
+    store::open(url, &fast_options()).unwrap()
+}
+
+#[test]
+fn put_get_delete_through_nginx() {
+    init_logging();
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = nginx(tmp.path());
+    let store = open(&format!("http://127.0.0.1:{}/backups/", nginx.port));
+    let body = data(5 << 20, 1);
+    let name = "c/n/20240101T000000Z.tar.zst";
+    put(&*store, name, &body);
+    assert_eq!(
+        fs::read(nginx.www.join("backups").join(name)).unwrap(),
+        body
+    );
+    assert_eq!(get(&*store, name).unwrap(), body);
+
+    store.delete(name).unwrap();
+    store.delete(name).unwrap();
+    assert!(!nginx.www.join("backups").join(name).exists());
+    let missing = get(&*store, name).unwrap_err();
+    assert!(matches!(missing, Error::NotFound { .. }), "{missing}");
+}
+
+#[test]
+fn dropped_upload_never_appears_on_nginx() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = nginx(tmp.path());
+    let store = open(&format!("http://127.0.0.1:{}", nginx.port));
+    let name = "c/n/20240101T000000Z.tar.zst";
+    let mut upload = store.create(name).unwrap();
+    upload.write_all(&data(3 << 20, 2)).unwrap();
+    drop(upload);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !nginx.www.join(name).exists(),
+        "a cut-off upload became an object"
+    );
+    assert!(matches!(get(&*store, name), Err(Error::NotFound { .. })));
+}
+
+#[test]
+fn index_written_to_nginx_is_served_by_a_read_only_server() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = nginx(tmp.path());
+    let writable = open(&format!("http://127.0.0.1:{}/", nginx.port));
+    let names = [
+        "c/n/20240101T000000Z.tar.zst",
+        "c/n/20240102T000000Z.tar.zst",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let body = data(1000 + i, i as u64);
+        put(&*writable, name, &body);
+        index::append(&*writable, "c", "n", entry(name, body.len() as u64, 42)).unwrap();
+    }
+
+    require("python3", "the apt package python3");
+    let port = free_port();
+    let mut command = Command::new("python3");
+    command
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&nginx.www)
+        .arg(port.to_string());
+    let _server = Server::start(command, port);
+    let read_only = open(&format!("http://127.0.0.1:{port}"));
+
+    let bundles = index::list_bundles(&*read_only, "c", "n").unwrap();
+    let listed: Vec<_> = bundles
+        .iter()
+        .map(|b| (b.name.as_str(), b.size, b.revision))
+        .collect();
+    assert_eq!(
+        listed,
+        [(names[0], 1000, Some(42)), (names[1], 1001, Some(42))]
+    );
+    assert_eq!(get(&*read_only, names[1]).unwrap(), data(1001, 1));
+    assert!(index::list_bundles(&*read_only, "c", "other")
+        .unwrap()
+        .is_empty());
+
+    let mut upload = read_only.create("c/n/x").unwrap();
+    let refused = upload
+        .write_all(b"x")
+        .map_err(|e| Error::from_io("writing", "c/n/x", e))
+        .and_then(|()| upload.commit().map(drop))
+        .unwrap_err();
+    let message = refused.to_string();
+    assert!(
+        matches!(refused, Error::Status { status: 501, .. }),
+        "{refused:?}"
+    );
+    assert!(message.contains("does not allow this method"), "{message}");
+}
+
+fn flaky(dir: &Path, mode: &str, body: &[u8]) -> (Server, PathBuf) {
+    require("python3", "the apt package python3");
+    let (file, log) = (
+        dir.join(format!("{mode}.bin")),
+        dir.join(format!("{mode}.log")),
+    );
+    fs::write(&file, body).unwrap();
+    let port = free_port();
+    let mut command = Command::new("python3");
+    command
+        .arg(fixture("store-flaky-server.py"))
+        .arg(port.to_string())
+        .args([&file, Path::new(mode), &log]);
+    (Server::start(command, port), log)
+}
+
+#[test]
+fn download_resumes_with_range_after_dropped_connections() {
+    init_logging();
+    let tmp = tempfile::tempdir().unwrap();
+    let body = data(3 << 20, 3);
+    let (server, log) = flaky(tmp.path(), "drop", &body);
+    let store = open(&format!("http://127.0.0.1:{}", server.port));
+    assert_eq!(get(&*store, "b").unwrap(), body);
+    let ranges = fs::read_to_string(log).unwrap();
+    let ranges: Vec<_> = ranges.lines().collect();
+    assert_eq!(ranges.len(), 3, "{ranges:?}");
+    assert_eq!(ranges[0], "-");
+    let first = (body.len() / 3) as u64;
+    let second = first + (body.len() as u64 - first) / 3;
+    assert_eq!(ranges[1], format!("bytes={first}-"));
+    assert_eq!(ranges[2], format!("bytes={second}-"));
+}
+
+#[test]
+fn download_resumes_from_a_server_without_range_support() {
+    let tmp = tempfile::tempdir().unwrap();
+    let body = data(1 << 20, 4);
+    let (server, _) = flaky(tmp.path(), "norange", &body);
+    let store = open(&format!("http://127.0.0.1:{}", server.port));
+    assert_eq!(get(&*store, "b").unwrap(), body);
+}
+
+#[test]
+fn download_notices_an_object_that_changed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _) = flaky(tmp.path(), "changing", &data(1 << 20, 5));
+    let store = open(&format!("http://127.0.0.1:{}", server.port));
+    let err = get(&*store, "b").unwrap_err();
+    assert!(matches!(err, Error::Changed { .. }), "{err}");
+}
+
+#[test]
+fn endless_body_is_refused_beyond_the_expected_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (server, _) = flaky(tmp.path(), "endless", b"");
+    let store = open(&format!("http://127.0.0.1:{}", server.port));
+    let mut reader = store.open_limited("b", Some(1 << 20)).unwrap();
+    let err = std::io::copy(&mut reader, &mut std::io::sink()).unwrap_err();
+    let err = Error::from_io("reading", "b", err);
+    assert!(
+        matches!(err, Error::TooLarge { limit: 1048576, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn redirect_loop_and_unreachable_server_are_clear() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = nginx(tmp.path());
+    let store = open(&format!("http://127.0.0.1:{}/loop/", nginx.port));
+    let err = get(&*store, "x").unwrap_err();
+    assert!(matches!(err, Error::Redirects { .. }), "{err:?}");
+    assert!(err.to_string().contains("redirect loop"), "{err}");
+
+    let port = free_port();
+    let store = open(&format!("http://user:hunter2@127.0.0.1:{port}/"));
+    assert!(!store.location().contains("hunter2"));
+    let err = get(&*store, "x").unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(message.contains("cannot reach the server"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[test]
+fn https_with_the_configured_ca_and_refused_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = nginx(tmp.path());
+    let url = format!("https://127.0.0.1:{}/", nginx.tls_port);
+    let with_ca = StoreOptions {
+        ca_file: Some(tmp.path().join("ca.pem")),
+        ..fast_options()
+    };
+    let store = store::open(&url, &with_ca).unwrap();
+    put(&*store, "c/n/a", b"over tls");
+    assert_eq!(get(&*store, "c/n/a").unwrap(), b"over tls");
+
+    // The system roots (or none at all) do not know the test CA.
+    let without = StoreOptions {
+        ca_file: Some("/etc/ssl/certs/ca-certificates.crt".into()),
+        ..fast_options()
+    };
+    let without = if without.ca_file.as_deref().is_some_and(Path::exists) {
+        without
+    } else {
+        fast_options()
+    };
+    let err = get(&*store::open(&url, &without).unwrap(), "c/n/a").unwrap_err();
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let no_certs = tmp.path().join("empty.pem");
+    fs::write(&no_certs, "").unwrap();
+    let bad = StoreOptions {
+        ca_file: Some(no_certs),
+        ..fast_options()
+    };
+    let err = store::open(&url, &bad)
+        .err()
+        .expect("a CA file without certificates");
+    assert!(matches!(err, Error::Tls { .. }), "{err}");
+}
