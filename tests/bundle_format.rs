@@ -255,7 +255,8 @@ fn refuses_an_unknown_major_version_before_anything_else() {
 
 #[test]
 fn refuses_manifests_with_escaping_or_absurd_entries() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "dot-dot",
             Box::new(|m| m["files"][0]["path"] = "etc/../../root/.ssh/authorized_keys".into()),

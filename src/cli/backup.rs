@@ -13,7 +13,7 @@ use crate::Error;
 #[argh(subcommand, name = "backup")]
 /// Back up this control-plane node (etcd snapshot, pki, static pods, kubeadm and kubelet config) to a store.
 pub struct BackupCmd {
-    /// store URL: a directory, file:///dir, http(s)://host/path, s3://bucket/prefix[?endpoint=&region=&path-style=true]
+    /// store URL: a directory, file:///dir, http(s)://host/path or s3://bucket/prefix (S3 endpoint and region from AWS_* or the config file)
     #[argh(option)]
     pub store: Option<String>,
     /// the node's filesystem root (default /)

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use super::{open_bundle, Output};
 use crate::bundle::{read_manifest, Manifest};
-use crate::ops::backup::human_bytes;
+use crate::store::human_bytes;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]

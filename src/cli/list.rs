@@ -4,8 +4,9 @@ use argh::FromArgs;
 use std::path::{Path, PathBuf};
 
 use super::{load_config, open_store, Output};
-use crate::store;
+use crate::store::{self, human_bytes, index::IndexEntry};
 use crate::Error;
+use time::OffsetDateTime;
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "list")]
@@ -31,11 +32,49 @@ pub struct ListCmd {
 pub fn run(cmd: ListCmd) -> Result<(), Error> {
     let (config, config_path) = load_config(cmd.config.as_deref(), Path::new("/"))?;
     let store = open_store(cmd.store, &config, &config_path)?;
-    let mut names = store::bundles(store.as_ref(), cmd.cluster.as_deref(), cmd.node.as_deref())?;
-    names.reverse();
+    let mut entries = store::bundles(store.as_ref(), cmd.cluster.as_deref(), cmd.node.as_deref())?;
+    entries.reverse();
     match cmd.output {
-        Output::Json => println!("{}", serde_json::json!(names)),
-        Output::Text => names.iter().for_each(|n| println!("{n}")),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&entries).expect("index entries serialize")
+        ),
+        Output::Text => print!("{}", table(&entries, OffsetDateTime::now_utc())),
     }
     Ok(())
+}
+
+fn table(entries: &[IndexEntry], now: OffsetDateTime) -> String {
+    let mut out = format!(
+        "{:<52} {:>10} {:<16} {:>12} {:>8}\n",
+        "BUNDLE", "SIZE", "NODE", "REVISION", "AGE"
+    );
+    for entry in entries {
+        let revision = entry.revision.map_or("-".to_string(), |r| r.to_string());
+        let flags = match (entry.encrypted, entry.signed) {
+            (true, true) => " (encrypted, signed)",
+            (true, false) => " (encrypted)",
+            (false, true) => " (signed)",
+            (false, false) => "",
+        };
+        out.push_str(&format!(
+            "{:<52} {:>10} {:<16} {:>12} {:>8}{flags}\n",
+            entry.name,
+            human_bytes(entry.size),
+            entry.node,
+            revision,
+            age(now - entry.created)
+        ));
+    }
+    out
+}
+
+fn age(elapsed: time::Duration) -> String {
+    let secs = elapsed.whole_seconds().max(0);
+    match secs {
+        0..=119 => format!("{secs}s"),
+        120..=7199 => format!("{}m", secs / 60),
+        7200..=172_799 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
 }

@@ -123,8 +123,8 @@ pub fn open_bundle(
     let store = open_store(store_flag, &config, &config_path)?;
     let name = if bundle == "latest" {
         let node = node.map(String::from).unwrap_or_else(crate::host::hostname);
-        let mut names = store::bundles(store.as_ref(), cluster, Some(&node))?;
-        names.pop().ok_or_else(|| {
+        let mut entries = store::bundles(store.as_ref(), cluster, Some(&node))?;
+        entries.pop().map(|e| e.name).ok_or_else(|| {
             Error::Usage(format!(
                 "no bundle for node {node} in {}; pass --node or --cluster, or name a bundle (cpr list)",
                 store.location()
@@ -137,13 +137,21 @@ pub fn open_bundle(
     Ok((name, input))
 }
 
+/// The environment (`AWS_*`) wins over the config file, as for every setting.
 fn store_options(config: &ConfigFile) -> store::StoreOptions {
+    let env = store::StoreOptions::from_env();
     store::StoreOptions {
-        ca_file: config.store.ca_file.clone(),
-        s3_endpoint: config.store.s3.endpoint.clone(),
-        s3_region: config.store.s3.region.clone(),
+        s3_endpoint: env
+            .s3_endpoint
+            .clone()
+            .or_else(|| config.store.s3.endpoint.clone()),
+        s3_region: env
+            .s3_region
+            .clone()
+            .or_else(|| config.store.s3.region.clone()),
         s3_path_style: config.store.s3.path_style,
-        ..store::StoreOptions::default()
+        ca_file: config.store.ca_file.clone(),
+        ..env
     }
 }
 

@@ -43,7 +43,9 @@ pub fn check(machine: &Machine, expected: &Expected, pki: &Path) -> Result<Vec<M
     let short = machine.hostname.split('.').next().unwrap_or_default();
     let same_host = [expected.hostname.as_str(), expected.node_name.as_str()]
         .iter()
-        .any(|name| name.eq_ignore_ascii_case(&machine.hostname) || name.eq_ignore_ascii_case(short));
+        .any(|name| {
+            name.eq_ignore_ascii_case(&machine.hostname) || name.eq_ignore_ascii_case(short)
+        });
     if !same_host {
         mismatches.push(Mismatch {
             what: format!(
@@ -97,7 +99,8 @@ pub fn check(machine: &Machine, expected: &Expected, pki: &Path) -> Result<Vec<M
                 "kube-apiserver's serving certificate is not valid for the name {:?}",
                 expected.node_name
             ),
-            breaks: "kubeadm init refuses an existing apiserver certificate without the node name".to_string(),
+            breaks: "kubeadm init refuses an existing apiserver certificate without the node name"
+                .to_string(),
         });
     }
     Ok(mismatches)
@@ -107,5 +110,8 @@ fn join(ips: &[IpAddr]) -> String {
     if ips.is_empty() {
         return "none".to_string();
     }
-    ips.iter().map(|ip| ip.to_string()).collect::<Vec<_>>().join(", ")
+    ips.iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -18,7 +18,8 @@ use crate::etcd::client::{EtcdClient, MemberInfo, TlsFiles};
 use crate::node::kubeadm_config::{self, ClusterInfo};
 use crate::node::layout::{self, Layout};
 use crate::node::StaticPod;
-use crate::store::Store;
+use crate::store::index::{self, IndexEntry};
+use crate::store::{human_bytes, Store};
 
 const DEFAULT_CLUSTER_NAME: &str = "kubernetes";
 
@@ -70,21 +71,6 @@ impl BackupReport {
             secs,
             human_bytes((self.db_size as f64 / secs) as u64)
         )
-    }
-}
-
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }
 
@@ -192,6 +178,21 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         &bundle,
     )?;
     let stored = upload.commit()?;
+    index::append(
+        request.store,
+        &cluster_name,
+        &node_name,
+        IndexEntry {
+            name: bundle.clone(),
+            size: stored.size,
+            created,
+            node: node_name.clone(),
+            revision: u64::try_from(status.revision).ok(),
+            encrypted: false,
+            signed: false,
+            extra: Default::default(),
+        },
+    )?;
     Ok(BackupReport {
         bundle,
         store: request.store.location(),

@@ -118,25 +118,38 @@ fn check_name(name: &str) -> Result<(), Error> {
     }
 }
 
-/// Bundle names in the store for a cluster and node (either may be open), oldest first. With both
-/// given, they come from `index::list_bundles`, which also works on a read-only HTTP server.
+/// The bundles of the matching nodes, oldest first (names end in a UTC stamp, so this is time order
+/// across clusters too). With both `cluster` and `node` this reads that node's index alone, which is
+/// all a read-only HTTP server offers; otherwise the store's listing finds the nodes.
 pub fn bundles(
     store: &dyn Store,
     cluster: Option<&str>,
     node: Option<&str>,
-) -> Result<Vec<String>, Error> {
-    if let (Some(cluster), Some(node)) = (cluster, node) {
-        let bundles = index::list_bundles(store, cluster, node)?;
-        return Ok(bundles.into_iter().map(|b| b.name).collect());
+) -> Result<Vec<index::IndexEntry>, Error> {
+    let nodes: Vec<(String, String)> = match (cluster, node) {
+        (Some(cluster), Some(node)) => vec![(cluster.to_string(), node.to_string())],
+        _ => {
+            let prefix = cluster.map(|c| format!("{c}/")).unwrap_or_default();
+            let mut nodes: Vec<(String, String)> = store
+                .list(&prefix)?
+                .into_iter()
+                .filter_map(|o| crate::bundle::name::BundleName::parse(&o.name).ok())
+                .filter(|n| node.is_none_or(|node| n.node == node))
+                .map(|n| (n.cluster, n.node))
+                .collect();
+            nodes.sort();
+            nodes.dedup();
+            nodes
+        }
+    };
+    let mut entries = Vec::new();
+    for (cluster, node) in &nodes {
+        entries.extend(index::list_bundles(store, cluster, node)?);
     }
-    let prefix = cluster.map(|c| format!("{c}/")).unwrap_or_default();
-    let mut names: Vec<String> = store
-        .list(&prefix)?
-        .into_iter()
-        .filter_map(|o| crate::bundle::name::BundleName::parse(&o.name).ok())
-        .filter(|n| node.is_none_or(|node| n.node == node))
-        .map(|n| n.to_string())
-        .collect();
-    names.sort_by_key(|n| n.rsplit('/').next().map(String::from));
-    Ok(names)
+    entries.sort_by(|a, b| stamp(&a.name).cmp(stamp(&b.name)));
+    Ok(entries)
+}
+
+fn stamp(name: &str) -> &str {
+    name.rsplit('/').next().unwrap_or(name)
 }
