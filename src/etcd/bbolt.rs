@@ -422,11 +422,12 @@ impl<'f> Db<'f> {
 
     /// Visits every key of every bucket in order (a bucket's name, then its content), checking the
     /// whole tree: page ids in range, each page referenced once (so no cycles), keys strictly
-    /// ascending within each bucket, elements inside their pages.
+    /// ascending within each bucket, elements inside their pages. Returns the pages in use; the
+    /// others are free (what bbolt computes on open when no freelist is persisted).
     pub fn walk(
         &self,
         visit: &mut dyn FnMut(Visit<'_>) -> Result<(), ReadError>,
-    ) -> Result<(), ReadError> {
+    ) -> Result<PageSet, ReadError> {
         let mut seen = vec![0u64; (self.meta.hwm as usize).div_ceil(64)];
         let mut walker = Walker {
             db: self,
@@ -434,7 +435,8 @@ impl<'f> Db<'f> {
             visit,
             descend: true,
         };
-        walker.bucket(BucketRoot::Page(self.meta.root), self.meta.txid % 2, 0)
+        walker.bucket(BucketRoot::Page(self.meta.root), self.meta.txid % 2, 0)?;
+        Ok(PageSet(seen))
     }
 
     /// Copies out the entries of one bucket (nested buckets as their raw values), failing when its
@@ -471,6 +473,17 @@ impl<'f> Db<'f> {
         };
         walker.bucket(root, holder, 0)?;
         Ok(out)
+    }
+}
+
+/// A set of page ids, one bit each.
+pub struct PageSet(Vec<u64>);
+
+impl PageSet {
+    pub fn contains(&self, id: u64) -> bool {
+        self.0
+            .get((id / 64) as usize)
+            .is_some_and(|w| w & (1 << (id % 64)) != 0)
     }
 }
 
