@@ -622,6 +622,8 @@ fn damaged(tmp: &Path, name: &str, damage: impl FnOnce(&mut Vec<u8>)) -> PathBuf
     path
 }
 
+type Damage = Box<dyn FnOnce(&mut Vec<u8>)>;
+
 #[test]
 fn damaged_snapshots_fail_cleanly() {
     let tmp = TempDir::new().unwrap();
@@ -639,7 +641,7 @@ fn damaged_snapshots_fail_cleanly() {
     );
     assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
 
-    let cases: [(&str, &str, Box<dyn FnOnce(&mut Vec<u8>)>); 3] = [
+    let cases: [(&str, &str, Damage); 3] = [
         (
             "bad-meta.db",
             "both meta pages are invalid",
