@@ -9,6 +9,7 @@ use crate::store::{self, Store};
 use crate::Error;
 
 pub mod backup;
+pub mod etcd;
 pub mod inspect;
 pub mod list;
 pub mod verify;
@@ -27,6 +28,7 @@ pub enum Command {
     List(list::ListCmd),
     Inspect(inspect::InspectCmd),
     Verify(verify::VerifyCmd),
+    Etcd(etcd::EtcdCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -35,6 +37,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::List(cmd) => list::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
+        Command::Etcd(cmd) => etcd::run(cmd),
     }
 }
 

@@ -1,0 +1,440 @@
+//! Turning a snapshot into an etcd data dir, like `etcdutl snapshot restore`.
+//!
+//! Everything is built in `<data-dir>.tmp` (and `<wal-dir>.tmp`) on the same filesystem, fsynced,
+//! then renamed into place and the parent fsynced, so a crash or a bad snapshot never leaves a
+//! half-restored data dir where etcd would start from it.
+
+use super::bbolt::Db;
+use super::member::Cluster;
+use super::patch::{Changes, Patch};
+use super::{snap, status, wal, Error};
+use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const TRAILER: u64 = 32;
+/// Copy buffer: large enough for sequential throughput, small against the 64 MiB memory budget.
+const CHUNK: usize = 4 << 20;
+
+/// etcdutl's restore flags, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreOptions {
+    pub name: String,
+    pub initial_cluster: String,
+    pub initial_cluster_token: String,
+    pub initial_advertise_peer_urls: String,
+    /// Defaults to `<data-dir>/member/wal`; a separate dir must not exist yet.
+    pub wal_dir: Option<PathBuf>,
+    pub skip_hash_check: bool,
+    /// `--bump-revision R --mark-compacted`: raise the revision by R and mark everything below compacted.
+    pub bump_revision: Option<u64>,
+}
+
+impl Default for RestoreOptions {
+    fn default() -> Self {
+        RestoreOptions {
+            name: "default".into(),
+            initial_cluster: "default=http://localhost:2380".into(),
+            initial_cluster_token: "etcd-cluster".into(),
+            initial_advertise_peer_urls: "http://localhost:2380".into(),
+            wal_dir: None,
+            skip_hash_check: false,
+            bump_revision: None,
+        }
+    }
+}
+
+/// What a restore produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    pub cluster: Cluster,
+    /// The ID of the member named by `--name`.
+    pub member_id: u64,
+    /// The revision the db had in the snapshot (last key of bucket `key`).
+    pub revision: i64,
+    /// With a bump: the new revision, below which everything reads as compacted.
+    pub bumped_revision: Option<u64>,
+    /// Size of the restored db file.
+    pub db_size: u64,
+}
+
+/// Refuses when an etcd process holds the db of `data_dir` (bbolt takes an flock on it).
+pub fn ensure_not_in_use(data_dir: &Path) -> Result<(), Error> {
+    let db = data_dir.join("member/snap/db");
+    match File::open(&db) {
+        Ok(f) => lock_shared(f, &db).map(drop),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("opening", &db)(e)),
+    }
+}
+
+fn lock_shared(file: File, path: &Path) -> Result<Flock<File>, Error> {
+    Flock::lock(file, FlockArg::LockSharedNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => Error::InUse {
+            path: path.to_path_buf(),
+        },
+        e => Error::io("locking", path)(e.into()),
+    })
+}
+
+/// Restores from a snapshot file (as written by `etcdctl snapshot save`, or a copied
+/// `member/snap/db` with `skip_hash_check`).
+pub fn restore_from_file(
+    snapshot: &Path,
+    data_dir: &Path,
+    opts: &RestoreOptions,
+) -> Result<Restored, Error> {
+    let file = File::open(snapshot).map_err(Error::io("opening snapshot", snapshot))?;
+    // A live etcd's own db changes under us: refuse it rather than copy a torn file.
+    let file = lock_shared(file, snapshot)?;
+    let size = file
+        .metadata()
+        .map_err(Error::io("reading snapshot", snapshot))?
+        .len();
+    restore_from_reader(&*file, size, snapshot, data_dir, opts)
+}
+
+/// Restores from a stream of `size` bytes (a snapshot straight out of a bundle). `source` names the
+/// snapshot in messages. The db is written once, sequentially, hashed on the way, checked against
+/// the sha256 trailer at the end, then checked page by page and patched in place.
+pub fn restore_from_reader(
+    reader: impl Read,
+    size: u64,
+    source: &Path,
+    data_dir: &Path,
+    opts: &RestoreOptions,
+) -> Result<Restored, Error> {
+    let plan = Plan::new(size, source, data_dir, opts)?;
+    let result = plan
+        .build(reader)
+        .and_then(|restored| plan.commit().map(|()| restored));
+    if result.is_err() {
+        plan.clean_up();
+    }
+    result
+}
+
+/// The checked options and the paths of one restore.
+struct Plan<'a> {
+    opts: &'a RestoreOptions,
+    source: &'a Path,
+    size: u64,
+    has_trailer: bool,
+    cluster: Cluster,
+    member_id: u64,
+    data_dir: PathBuf,
+    tmp: PathBuf,
+    /// A separate WAL dir and its temporary twin.
+    wal: Option<(PathBuf, PathBuf)>,
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn invalid(option: &'static str, reason: impl std::fmt::Display) -> Error {
+    Error::InvalidOption {
+        option,
+        reason: reason.to_string(),
+    }
+}
+
+/// Refuses a path that exists and is not an empty directory.
+fn ensure_empty_or_absent(path: &Path) -> Result<bool, Error> {
+    match fs::read_dir(path) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(true),
+            Some(_) => Err(Error::DataDirNotEmpty {
+                path: path.to_path_buf(),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotADirectory => Err(Error::DataDirNotEmpty {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("reading the data dir", path)(e)),
+    }
+}
+
+impl<'a> Plan<'a> {
+    fn new(
+        size: u64,
+        source: &'a Path,
+        data_dir: &Path,
+        opts: &'a RestoreOptions,
+    ) -> Result<Plan<'a>, Error> {
+        let cluster = Cluster::bootstrap(
+            &opts.initial_cluster,
+            &opts.initial_cluster_token,
+            &opts.name,
+            &opts.initial_advertise_peer_urls,
+        )
+        .map_err(|e| invalid("--initial-cluster", e))?;
+        if cluster.members.len() >= 1000 {
+            return Err(invalid(
+                "--initial-cluster",
+                "etcd supports fewer than 1000 members",
+            ));
+        }
+        let member_id = cluster
+            .member(&opts.name)
+            .expect("bootstrap checked the name")
+            .id;
+        if opts.bump_revision == Some(0) {
+            return Err(invalid(
+                "--bump-revision",
+                "must be greater than 0 (with --mark-compacted)",
+            ));
+        }
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("--data-dir", "must not be empty"));
+        }
+        ensure_not_in_use(data_dir)?;
+        ensure_empty_or_absent(data_dir)?;
+        let wal = match &opts.wal_dir {
+            Some(w) if w.symlink_metadata().is_ok() => {
+                return Err(Error::WalDirExists { path: w.clone() })
+            }
+            Some(w) => Some((w.clone(), with_suffix(w, ".tmp"))),
+            None => None,
+        };
+        let has_trailer = size % 512 == TRAILER;
+        if !has_trailer && !opts.skip_hash_check {
+            return Err(Error::MissingHash {
+                path: source.to_path_buf(),
+                size,
+            });
+        }
+        Ok(Plan {
+            opts,
+            source,
+            size,
+            has_trailer,
+            cluster,
+            member_id,
+            data_dir: data_dir.to_path_buf(),
+            tmp: with_suffix(data_dir, ".tmp"),
+            wal,
+        })
+    }
+
+    fn build(&self, reader: impl Read) -> Result<Restored, Error> {
+        for dir in std::iter::once(&self.tmp).chain(self.wal.as_ref().map(|(_, t)| t)) {
+            if dir.symlink_metadata().is_ok() {
+                // etcd's own WAL creation clears a stale `.tmp` the same way: it can only be ours.
+                log::warn!("removing {} left by an interrupted restore", dir.display());
+                fs::remove_dir_all(dir).map_err(Error::io("removing the stale", dir))?;
+            }
+        }
+        let snap_dir = self.tmp.join("member/snap");
+        let mut builder = fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder
+            .create(&snap_dir)
+            .map_err(Error::io("creating", &snap_dir))?;
+
+        let db_path = snap_dir.join("db");
+        let db_file = create(&db_path, 0o600)?;
+        let db_len = if self.has_trailer {
+            self.size - TRAILER
+        } else {
+            self.size
+        };
+        self.copy_db(reader, &db_file, &db_path, db_len)?;
+
+        let read_err = |e| Error::from_read("reading", self.source, e);
+        let db = Db::open(&db_file, db_len).map_err(read_err)?;
+        let before = status::status_of(&db).map_err(read_err)?;
+        let changes = Changes {
+            members: self
+                .cluster
+                .members
+                .iter()
+                .map(|m| (m.hex_id().into_bytes(), m.json().into_bytes()))
+                .collect(),
+            consistent_index: self.cluster.members.len() as u64,
+            term: 1,
+            bump_revision: self.opts.bump_revision,
+        };
+        let patched = Patch::new(&db).apply(&changes).map_err(read_err)?;
+        let ps = db.page_size as u64;
+        db_file
+            .write_all_at(&patched.pages, patched.first_page * ps)
+            .map_err(Error::io("writing", &db_path))?;
+        let db_size = patched.meta.hwm * ps;
+        db_file
+            .set_len(db_size)
+            .map_err(Error::io("writing", &db_path))?;
+        db_file
+            .write_all_at(&patched.meta.page_bytes(), (patched.meta.txid % 2) * ps)
+            .map_err(Error::io("writing", &db_path))?;
+        db_file.sync_all().map_err(Error::io("syncing", &db_path))?;
+
+        let snap_path = snap_dir.join(snap::file_name(changes.consistent_index));
+        write_synced(&snap_path, 0o644, &snap::snap_file(&self.cluster))?;
+
+        let wal_dir = match &self.wal {
+            Some((_, tmp)) => tmp.clone(),
+            None => self.tmp.join("member/wal"),
+        };
+        builder
+            .create(&wal_dir)
+            .map_err(Error::io("creating", &wal_dir))?;
+        let wal_path = wal_dir.join(wal::SEGMENT_NAME);
+        let wal_file = create(&wal_path, 0o600)?;
+        match fallocate(
+            &wal_file,
+            FallocateFlags::empty(),
+            0,
+            wal::SEGMENT_SIZE as i64,
+        ) {
+            Ok(()) => {}
+            // Filesystems without fallocate get a sparse file of the same size and content.
+            Err(nix::errno::Errno::EOPNOTSUPP) => wal_file
+                .set_len(wal::SEGMENT_SIZE)
+                .map_err(Error::io("sizing", &wal_path))?,
+            Err(e) => return Err(Error::io("preallocating", &wal_path)(e.into())),
+        }
+        let records = wal::segment(&self.cluster, self.member_id);
+        wal_file
+            .write_all_at(&records, 0)
+            .map_err(Error::io("writing", &wal_path))?;
+        wal_file
+            .sync_all()
+            .map_err(Error::io("syncing", &wal_path))?;
+
+        for dir in [&wal_dir, &snap_dir, &self.tmp.join("member"), &self.tmp] {
+            sync_dir(dir)?;
+        }
+        Ok(Restored {
+            cluster: self.cluster.clone(),
+            member_id: self.member_id,
+            revision: before.revision,
+            bumped_revision: patched.bumped_to,
+            db_size,
+        })
+    }
+
+    /// Streams the db part of the snapshot into `file`, hashing it, and checks the trailer.
+    fn copy_db(
+        &self,
+        mut reader: impl Read,
+        file: &File,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), Error> {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut out = file;
+        let mut left = len;
+        let short = |e: io::Error| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                io::Error::new(
+                    e.kind(),
+                    format!("the snapshot ends before its announced {} bytes", self.size),
+                )
+            } else {
+                e
+            }
+        };
+        while left > 0 {
+            let n = left.min(CHUNK as u64) as usize;
+            reader
+                .read_exact(&mut buf[..n])
+                .map_err(|e| Error::io("reading", self.source)(short(e)))?;
+            if !self.opts.skip_hash_check {
+                hasher.update(&buf[..n]);
+            }
+            out.write_all(&buf[..n])
+                .map_err(Error::io("writing", path))?;
+            left -= n as u64;
+        }
+        if self.has_trailer {
+            let mut trailer = [0u8; TRAILER as usize];
+            reader
+                .read_exact(&mut trailer)
+                .map_err(|e| Error::io("reading", self.source)(short(e)))?;
+            let actual = hasher.finalize();
+            if !self.opts.skip_hash_check && actual[..] != trailer[..] {
+                return Err(Error::HashMismatch {
+                    path: self.source.to_path_buf(),
+                    expected: hex::encode(trailer),
+                    actual: hex::encode(actual),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames the built dirs into place (WAL dir first: the data dir appearing is the commit).
+    fn commit(&self) -> Result<(), Error> {
+        if let Some((dir, tmp)) = &self.wal {
+            rename_synced(tmp, dir)?;
+        }
+        // rename(2) atomically replaces an empty directory, which etcdutl 3.5 accepts as target.
+        rename_synced(&self.tmp, &self.data_dir)
+    }
+
+    /// Leaves nothing behind after a failed restore (the old data dir, if any, was empty).
+    fn clean_up(&self) {
+        let mut dirs = vec![self.tmp.clone()];
+        if let Some((dir, tmp)) = &self.wal {
+            dirs.push(tmp.clone());
+            // Renamed in place already only when the data dir's rename failed after it.
+            if !self.data_dir.join("member").exists() {
+                dirs.push(dir.clone());
+            }
+        }
+        for d in dirs {
+            if let Err(e) = fs::remove_dir_all(&d) {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!(
+                        "could not remove {} after the failed restore: {e}",
+                        d.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn create(path: &Path, mode: u32) -> Result<File, Error> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(Error::io("creating", path))?;
+    // The umask must not decide the modes etcd expects.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(Error::io("setting the mode of", path))?;
+    Ok(file)
+}
+
+fn write_synced(path: &Path, mode: u32, data: &[u8]) -> Result<(), Error> {
+    let file = create(path, mode)?;
+    file.write_all_at(data, 0)
+        .map_err(Error::io("writing", path))?;
+    file.sync_all().map_err(Error::io("syncing", path))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(Error::io("syncing directory", dir))
+}
+
+fn rename_synced(from: &Path, to: &Path) -> Result<(), Error> {
+    fs::rename(from, to).map_err(Error::io("renaming into place", to))?;
+    let parent = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    sync_dir(parent)
+}
