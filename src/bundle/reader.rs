@@ -94,9 +94,12 @@ impl Sink for Extract {
     }
 
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        let (_, mut file) = self.create(&entry.path, 0o600)?;
-        io::copy(data, &mut io::BufWriter::with_capacity(1 << 20, &mut file))?;
-        file.sync_all()
+        let (_, file) = self.create(&entry.path, 0o600)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        io::copy(data, &mut out)?;
+        out.into_inner()
+            .map_err(io::IntoInnerError::into_error)?
+            .sync_all()
     }
 }
 

@@ -1,15 +1,18 @@
 //! `cpr verify`: check every digest of a bundle and its etcd snapshot, writing only to a temp dir.
 
 use argh::FromArgs;
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
 use super::{open_bundle, Output};
-use crate::bundle::{read_bundle, Discard};
+use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::etcd::snapshot_status;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "verify")]
-/// Check a bundle: manifest, every file digest, the etcd snapshot's sha256 trailer.
+/// Check a bundle: manifest, every file digest, the etcd snapshot's trailer and its bbolt structure.
 pub struct VerifyCmd {
     /// a bundle file, or a bundle name in the store, or "latest"
     #[argh(positional)]
@@ -31,6 +34,23 @@ pub struct VerifyCmd {
     pub output: Output,
 }
 
+/// Keeps only the snapshot, in a private temp dir, for the bbolt check.
+struct SnapshotToFile {
+    path: PathBuf,
+}
+
+impl Sink for SnapshotToFile {
+    fn file(&mut self, _: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+
+    fn snapshot(&mut self, _: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&self.path)?);
+        io::copy(data, &mut out)?;
+        out.flush()
+    }
+}
+
 pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
     let (name, input) = open_bundle(
         &cmd.bundle,
@@ -39,7 +59,26 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
         cmd.cluster.as_deref(),
         cmd.node.as_deref(),
     )?;
-    let manifest = read_bundle(input, &name, &mut Discard)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("cpr-verify.")
+        .tempdir()
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot create a temp dir for verification: {e}; set TMPDIR"
+            ))
+        })?;
+    let mut sink = SnapshotToFile {
+        path: scratch.path().join("snapshot.db"),
+    };
+    let manifest = read_bundle(input, &name, &mut sink)?;
+    let status = snapshot_status(&sink.path)?;
+    if status.revision < manifest.etcd.revision {
+        log::warn!(
+            "verify: {name}: the snapshot's revision {} is below the {} etcd reported when the backup began",
+            status.revision,
+            manifest.etcd.revision
+        );
+    }
     match cmd.output {
         Output::Json => println!(
             "{}",
@@ -48,12 +87,18 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
                 "ok": true,
                 "files": manifest.files.len(),
                 "snapshotSize": manifest.snapshot.size,
+                "revision": status.revision,
+                "totalKeys": status.total_key,
+                "hash": status.hash,
             })
         ),
         Output::Text => println!(
-            "bundle {name}: OK ({} files, snapshot {} bytes, trailer verified)",
+            "bundle {name}: OK — {} files and their digests, etcd snapshot {} bytes (sha256 trailer and bbolt structure checked), revision {}, {} keys, hash {:x}",
             manifest.files.len(),
-            manifest.snapshot.size
+            manifest.snapshot.size,
+            status.revision,
+            status.total_key,
+            status.hash
         ),
     }
     Ok(())

@@ -1,6 +1,8 @@
 //! The operations: `backup`, and (phase 1, phase 2 of a recovery) `restore` and `finish`.
 
 pub mod backup;
+pub mod restore;
+pub mod state;
 
 use std::path::PathBuf;
 
@@ -20,6 +22,24 @@ pub enum Error {
     },
     #[error("no etcd client certificate under {pki} (looked for etcd/healthcheck-client and apiserver-etcd-client). Pass --cacert, --cert and --key")]
     NoClientCertificate { pki: PathBuf },
+    #[error("writing {path}: {source}. Check free space and permissions, then run again: the restore resumes where it stopped")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "recovery state {path}: {why}. Inspect it; remove it only if no restore is in progress"
+    )]
+    State { path: PathBuf, why: String },
+    #[error("no bundle for node {node} in {store}. Check --store, pass --node or --cluster, or list what is there with `cpr list`")]
+    NoBundle { store: String, node: String },
+    #[error("no bundle in {store} verified; every candidate failed:\n  {}", tried.join("\n  "))]
+    NoUsableBundle { store: String, tried: Vec<String> },
+    #[error("this machine is not the node in the bundle:\n  {}\nFix the machine's name and addresses, or pass --force-identity if you know the consequences", differences.join("\n  "))]
+    Identity { differences: Vec<String> },
+    #[error("cannot move {live} aside: {old} already exists. An earlier restore left it; move it away and run again")]
+    SwapConflict { live: PathBuf, old: PathBuf },
     #[error(transparent)]
     Node(#[from] crate::node::Error),
     #[error(transparent)]
@@ -35,6 +55,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Read { .. } | Error::TooLarge { .. } | Error::NoClientCertificate { .. } => 6,
+            Error::Write { .. } | Error::State { .. } | Error::SwapConflict { .. } => 7,
+            Error::Identity { .. } => 8,
+            Error::NoBundle { .. } => 3,
+            Error::NoUsableBundle { .. } => 4,
             Error::Node(_) => 6,
             Error::Etcd(_) => 5,
             Error::Bundle(_) => 4,

@@ -16,6 +16,7 @@ use crate::bundle::manifest::{FileEntry, Manifest, SnapshotEntry};
 use crate::bundle::name::BundleName;
 use crate::bundle::{read_bundle, Extract, Sink};
 use crate::etcd::restore::{ensure_not_in_use, restore_from_reader, RestoreOptions, Restored};
+use crate::etcd::Error as EtcdError;
 use crate::fsutil;
 use crate::node::identity::{self, Expected, Machine, Mismatch};
 use crate::node::layout::{self, Layout};
@@ -69,7 +70,10 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
             );
             return Ok(report(&layout, &state, Vec::new(), true));
         }
-        log::info!("restore: resuming the swap of {} staged by an earlier run", state.bundle);
+        log::info!(
+            "restore: resuming the swap of {} staged by an earlier run",
+            state.bundle
+        );
         return swap_in(&layout, state, Vec::new());
     }
 
@@ -123,7 +127,12 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
 fn falls_back(error: &Error) -> bool {
     match error {
         Error::Bundle(_) => true,
-        Error::Etcd(e) => e.is_bad_snapshot(),
+        Error::Etcd(e) => matches!(
+            e,
+            EtcdError::MissingHash { .. }
+                | EtcdError::HashMismatch { .. }
+                | EtcdError::Corrupt { .. }
+        ),
         _ => false,
     }
 }
@@ -133,17 +142,26 @@ fn candidates(request: &RestoreRequest<'_>) -> Result<Vec<String>, Error> {
     if let Some(name) = &request.bundle {
         return Ok(vec![name.clone()]);
     }
-    let node = request
-        .node
-        .clone()
-        .unwrap_or_else(|| request.machine.hostname.split('.').next().unwrap_or_default().to_string());
+    let node = request.node.clone().unwrap_or_else(|| {
+        request
+            .machine
+            .hostname
+            .split('.')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
     let clusters = match &request.cluster {
         Some(cluster) => vec![cluster.clone()],
         None => clusters_of(request.store, &node)?,
     };
     let mut names = Vec::new();
     for cluster in &clusters {
-        names.extend(index::list_bundles(request.store, cluster, &node)?.into_iter().map(|e| e.name));
+        names.extend(
+            index::list_bundles(request.store, cluster, &node)?
+                .into_iter()
+                .map(|e| e.name),
+        );
     }
     // Names end in a UTC stamp: the newest sorts last whatever the cluster.
     names.sort_by(|a, b| stamp_of(b).cmp(stamp_of(a)));
@@ -197,12 +215,21 @@ fn clear_staging(layout: &Layout) -> Result<(), Error> {
 }
 
 fn new_path(live: &Path) -> PathBuf {
-    let name = live.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     live.with_file_name(format!(".{name}{NEW_SUFFIX}"))
 }
 
 fn data_dir(layout: &Layout, manifest: &Manifest) -> PathBuf {
-    layout.path(manifest.etcd.data_dir.as_deref().unwrap_or(layout::DEFAULT_ETCD_DATA_DIR))
+    layout.path(
+        manifest
+            .etcd
+            .data_dir
+            .as_deref()
+            .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR),
+    )
 }
 
 /// Where the native restore builds the new data dir: beside the live one, on the same file system.
@@ -223,11 +250,15 @@ fn is_mount_point(path: &Path) -> bool {
 }
 
 /// Downloads, verifies and stages one bundle. Nothing live changes.
-fn stage(request: &RestoreRequest<'_>, layout: &Layout, name: &str) -> Result<(Manifest, Restored), Error> {
+fn stage(
+    request: &RestoreRequest<'_>,
+    layout: &Layout,
+    name: &str,
+) -> Result<(Manifest, Restored), Error> {
     let staging = staging(layout);
     state::ensure_dir(&staging)?;
     log::info!("restore: fetching {name} from {}", request.store.location());
-    let input = request.store.open(name, None)?;
+    let input = request.store.open(name)?;
     let mut sink = RestoreSink {
         request,
         layout,
@@ -242,7 +273,10 @@ fn stage(request: &RestoreRequest<'_>, layout: &Layout, name: &str) -> Result<(M
         return Err(failure);
     }
     let manifest = result?;
-    let restored = sink.restored.take().expect("a verified bundle has a snapshot");
+    let restored = sink
+        .restored
+        .take()
+        .expect("a verified bundle has a snapshot");
     materialize_pki(layout, &staging.join(STAGED_BUNDLE))?;
     fsutil::sync_tree(&staging).map_err(|source| Error::Write {
         path: staging.clone(),
@@ -304,10 +338,15 @@ fn refuse_or_warn(mismatches: Vec<Mismatch>, force: bool) -> Result<(), Error> {
 impl Sink for RestoreSink<'_> {
     fn manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
         let staged = self.staging.join(STAGED_MANIFEST);
-        let written = fsutil::write_atomic(&staged, &manifest.to_json(), 0o600)
-            .map_err(|source| Error::Write { path: staged, source });
+        let written = fsutil::write_atomic(&staged, &manifest.to_json(), 0o600).map_err(|source| {
+            Error::Write {
+                path: staged,
+                source,
+            }
+        });
         // No certificate is staged yet: this checks names and addresses only.
-        let checked = written.and_then(|()| self.check_identity(manifest, Path::new("/nonexistent")));
+        let checked =
+            written.and_then(|()| self.check_identity(manifest, Path::new("/nonexistent")));
         match checked {
             Ok(()) => {
                 self.manifest = Some(manifest.clone());
@@ -340,7 +379,13 @@ impl Sink for RestoreSink<'_> {
                         None => String::new(),
                     }
                 );
-                restore_from_reader(data, entry.size, Path::new(&entry.path), &etcd_target(&live), &options)
+                restore_from_reader(
+                    data,
+                    entry.size,
+                    Path::new(&entry.path),
+                    &etcd_target(&live),
+                    &options,
+                )
             })
             .map_err(Error::from);
         match result {
@@ -383,7 +428,10 @@ fn etcd_options(manifest: &Manifest, bump_revision: Option<u64>) -> RestoreOptio
 fn materialize_pki(layout: &Layout, bundle_dir: &Path) -> Result<(), Error> {
     let from = bundle_dir.join(layout::PKI_DIR);
     let to = new_path(&layout.path(layout::PKI_DIR));
-    copy_tree(&from, &to).map_err(|source| Error::Write { path: to.clone(), source })?;
+    copy_tree(&from, &to).map_err(|source| Error::Write {
+        path: to.clone(),
+        source,
+    })?;
     fsutil::sync_tree(&to).map_err(|source| Error::Write { path: to, source })
 }
 
@@ -445,7 +493,11 @@ impl Swap {
     }
 }
 
-fn swap_in(layout: &Layout, mut state: State, skipped: Vec<(String, String)>) -> Result<RestoreReport, Error> {
+fn swap_in(
+    layout: &Layout,
+    mut state: State,
+    skipped: Vec<(String, String)>,
+) -> Result<RestoreReport, Error> {
     let text = fs::read(staging(layout).join(STAGED_MANIFEST)).map_err(|source| Error::Read {
         path: staging(layout).join(STAGED_MANIFEST),
         source,
@@ -459,16 +511,27 @@ fn swap_in(layout: &Layout, mut state: State, skipped: Vec<(String, String)>) ->
     let pki = layout.path(layout::PKI_DIR);
     let target = etcd_target(&live_data);
     let etcd = if target.starts_with(&live_data) {
-        Swap::for_dir(live_data.join("member"), target.join("member"), &state.stamp)
+        Swap::for_dir(
+            live_data.join("member"),
+            target.join("member"),
+            &state.stamp,
+        )
     } else {
         Swap::for_dir(live_data.clone(), target.clone(), &state.stamp)
     };
     if let Some(parent) = pki.parent() {
         state::ensure_dir(parent)?;
     }
-    for swap in [Swap::for_dir(pki.clone(), new_path(&pki), &state.stamp), etcd] {
+    for swap in [
+        Swap::for_dir(pki.clone(), new_path(&pki), &state.stamp),
+        etcd,
+    ] {
         if let Some(old) = swap.apply()? {
-            log::info!("restore: moved {} aside to {}", swap.live.display(), old.display());
+            log::info!(
+                "restore: moved {} aside to {}",
+                swap.live.display(),
+                old.display()
+            );
             if !state.moved_aside.contains(&old) {
                 state.moved_aside.push(old);
             }
@@ -483,12 +546,20 @@ fn swap_in(layout: &Layout, mut state: State, skipped: Vec<(String, String)>) ->
         "restore: pki and the etcd data dir {} are in place (revision {}{})",
         live_data.display(),
         state.revision,
-        state.bumped_revision.map(|r| format!(", now {r}")).unwrap_or_default()
+        state
+            .bumped_revision
+            .map(|r| format!(", now {r}"))
+            .unwrap_or_default()
     );
     Ok(report(layout, &state, skipped, false))
 }
 
-fn report(layout: &Layout, state: &State, skipped: Vec<(String, String)>, already_done: bool) -> RestoreReport {
+fn report(
+    layout: &Layout,
+    state: &State,
+    skipped: Vec<(String, String)>,
+    already_done: bool,
+) -> RestoreReport {
     let manifest = fs::read(staging(layout).join(STAGED_MANIFEST))
         .ok()
         .and_then(|text| serde_json::from_slice::<Manifest>(&text).ok());
