@@ -11,80 +11,8 @@ use std::process::Command;
 use cpr::store::index;
 use cpr::store::{self, Error, Store, StoreOptions};
 use store_common::{
-    data, entry, fast_options, fixture, free_port, get, init_logging, put, require, Server,
+    data, entry, fast_options, fixture, free_port, get, init_logging, nginx, put, require, Server,
 };
-
-struct Nginx {
-    _server: Server,
-    www: PathBuf,
-    port: u16,
-    /// The TLS listener's port, with `ca.pem` beside the config.
-    tls_port: u16,
-}
-
-/// nginx in single-process mode (so it never switches user) serving `<dir>/www` with PUT and DELETE,
-/// plus a redirect loop at `/loop/`, on plain and TLS loopback ports.
-fn nginx(dir: &Path) -> Nginx {
-    let nginx = require("nginx", "the apt package nginx-light (or nginx)");
-    let www = dir.join("www");
-    fs::create_dir_all(&www).unwrap();
-    let (port, tls_port) = (free_port(), free_port());
-    let (cert, key) = tls_files(dir);
-    let d = dir.display();
-    let config = format!(
-        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
-events {{}}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
-    client_max_body_size 0;
-    server {{
-        listen 127.0.0.1:{port};
-        listen 127.0.0.1:{tls_port} ssl;
-        ssl_certificate {cert}; ssl_certificate_key {key};
-        root {www};
-        location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}
-        location /loop/ {{ return 302 /loop/; }}
-    }}
-}}
-",
-        cert = cert.display(),
-        key = key.display(),
-        www = www.display(),
-    );
-    fs::write(dir.join("nginx.conf"), config).unwrap();
-    let mut command = Command::new(nginx);
-    command
-        .arg("-c")
-        .arg(dir.join("nginx.conf"))
-        .arg("-p")
-        .arg(dir);
-    let server = Server::start(command, port);
-    Nginx {
-        _server: server,
-        www,
-        port,
-        tls_port,
-    }
-}
-
-/// A CA (`<dir>/ca.pem`) and a server certificate for 127.0.0.1 signed by it.
-fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    fs::write(dir.join("server.pem"), cert.pem()).unwrap();
-    fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
-    (dir.join("server.pem"), dir.join("server.key"))
-}
 
 fn open(url: &str) -> Box<dyn Store> {
     store::open(url, &fast_options()).unwrap()

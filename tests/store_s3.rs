@@ -4,78 +4,10 @@
 mod store_common;
 
 use std::io::Write;
-use std::process::Command;
 
 use cpr::store::index;
-use cpr::store::{self, Error, S3Credentials, Store, StoreOptions};
-use store_common::{
-    data, entry, fast_options, fixture, free_port, get, init_logging, names, put, require, Server,
-};
-
-const BUCKET: &str = "cpr-test";
-const SECRET: &str = "s3cr3t-that-must-never-be-printed";
-
-struct Moto {
-    _server: Server,
-    endpoint: String,
-}
-
-fn moto() -> Moto {
-    let moto = require("moto_server", "the pip package moto[server]");
-    store_common::require_python_module("boto3", "boto3");
-    let port = free_port();
-    let mut command = Command::new(moto);
-    command
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let moto = Moto {
-        _server: Server::start(command, port),
-        endpoint: format!("http://127.0.0.1:{port}"),
-    };
-    moto.check(&["mkbucket"]);
-    moto
-}
-
-impl Moto {
-    /// Runs the boto3 helper; its output, trimmed.
-    fn check(&self, args: &[&str]) -> String {
-        let out = Command::new("python3")
-            .arg(fixture("store-s3-check.py"))
-            .args([&self.endpoint, BUCKET])
-            .args(args)
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_ENDPOINT_URL")
-            .env_remove("AWS_ENDPOINT_URL_S3")
-            .env("AWS_ACCESS_KEY_ID", "test-key")
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .output()
-            .expect("running python3");
-        assert!(
-            out.status.success(),
-            "store-s3-check.py {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
-    }
-
-    fn options(&self) -> StoreOptions {
-        StoreOptions {
-            s3_endpoint: Some(self.endpoint.clone()),
-            s3_region: Some("us-east-1".into()),
-            s3_credentials: Some(S3Credentials {
-                access_key_id: "test-key".into(),
-                secret_access_key: SECRET.into(),
-                session_token: None,
-            }),
-            ..fast_options()
-        }
-    }
-
-    fn store(&self, prefix: &str) -> Box<dyn Store> {
-        store::open(&format!("s3://{BUCKET}/{prefix}"), &self.options()).unwrap()
-    }
-}
+use cpr::store::{self, Error, StoreOptions};
+use store_common::{data, entry, get, init_logging, moto, names, put, BUCKET, SECRET};
 
 #[test]
 fn multipart_round_trip_checked_with_boto3() {

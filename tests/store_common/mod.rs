@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use std::io::{Read, Write};
 
 use cpr::store::index::IndexEntry;
-use cpr::store::{Error, Store, StoreOptions};
+use cpr::store::{self, Error, S3Credentials, Store, StoreOptions};
+use std::fs;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -178,4 +179,141 @@ pub fn names(store: &dyn Store, prefix: &str) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+pub const BUCKET: &str = "cpr-test";
+pub const SECRET: &str = "s3cr3t-that-must-never-be-printed";
+
+pub struct Nginx {
+    pub _server: Server,
+    pub www: PathBuf,
+    pub port: u16,
+    /// The TLS listener's port, with `ca.pem` beside the config.
+    pub tls_port: u16,
+}
+
+/// nginx in single-process mode (so it never switches user) serving `<dir>/www` with PUT and DELETE,
+/// plus a redirect loop at `/loop/`, on plain and TLS loopback ports.
+pub fn nginx(dir: &Path) -> Nginx {
+    let nginx = require("nginx", "the apt package nginx-light (or nginx)");
+    let www = dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let (port, tls_port) = (free_port(), free_port());
+    let (cert, key) = tls_files(dir);
+    let d = dir.display();
+    let config = format!(
+        "daemon off; master_process off; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{}}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+    client_max_body_size 0;
+    server {{
+        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {cert}; ssl_certificate_key {key};
+        root {www};
+        location / {{ dav_methods PUT DELETE; create_full_put_path on; dav_access user:rw; }}
+        location /loop/ {{ return 302 /loop/; }}
+    }}
+}}
+",
+        cert = cert.display(),
+        key = key.display(),
+        www = www.display(),
+    );
+    fs::write(dir.join("nginx.conf"), config).unwrap();
+    let mut command = Command::new(nginx);
+    command
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(dir);
+    let server = Server::start(command, port);
+    Nginx {
+        _server: server,
+        www,
+        port,
+        tls_port,
+    }
+}
+
+/// A CA (`<dir>/ca.pem`) and a server certificate for 127.0.0.1 signed by it.
+pub fn tls_files(dir: &Path) -> (PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+    (dir.join("server.pem"), dir.join("server.key"))
+}
+
+pub struct Moto {
+    pub _server: Server,
+    pub endpoint: String,
+}
+
+pub fn moto() -> Moto {
+    let moto = require("moto_server", "the pip package moto[server]");
+    require_python_module("boto3", "boto3");
+    let port = free_port();
+    let mut command = Command::new(moto);
+    command
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let moto = Moto {
+        _server: Server::start(command, port),
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
+    moto.check(&["mkbucket"]);
+    moto
+}
+
+impl Moto {
+    /// Runs the boto3 helper; its output, trimmed.
+    pub fn check(&self, args: &[&str]) -> String {
+        let out = Command::new("python3")
+            .arg(fixture("store-s3-check.py"))
+            .args([&self.endpoint, BUCKET])
+            .args(args)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .env("AWS_ACCESS_KEY_ID", "test-key")
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .output()
+            .expect("running python3");
+        assert!(
+            out.status.success(),
+            "store-s3-check.py {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        StoreOptions {
+            s3_endpoint: Some(self.endpoint.clone()),
+            s3_region: Some("us-east-1".into()),
+            s3_credentials: Some(S3Credentials {
+                access_key_id: "test-key".into(),
+                secret_access_key: SECRET.into(),
+                session_token: None,
+            }),
+            ..fast_options()
+        }
+    }
+
+    pub fn store(&self, prefix: &str) -> Box<dyn Store> {
+        store::open(&format!("s3://{BUCKET}/{prefix}"), &self.options()).unwrap()
+    }
 }
