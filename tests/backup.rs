@@ -246,3 +246,26 @@ fn verify_catches_truncation_and_bit_flips_of_a_real_bundle() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_full_disk_fails_the_upload_as_a_store_error_and_leaves_nothing() {
+    let node = KubeadmNode::start(EtcdVersion::V3_5, 5);
+    let tmp = tempfile::tempdir().unwrap();
+    let small = tmp.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16k,mode=0700", "tmpfs"])
+        .arg(&small));
+    let out = cpr(&[
+        "backup",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--store",
+        small.to_str().unwrap(),
+    ]);
+    let left: Vec<_> = walk(&small);
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("full"), "{}", stderr(&out));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -231,8 +231,10 @@ impl SnapshotReader {
 impl Read for SnapshotReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.offset == self.chunk.len() {
+            // The ClientError travels inside the io::Error so the caller can tell etcd's failure
+            // from the destination's.
             let next = rt::block_on(self.stream.message()).map_err(|e| {
-                io::Error::other(request_error(&self.endpoint, "snapshot stream", e).to_string())
+                io::Error::other(request_error(&self.endpoint, "snapshot stream", e))
             })?;
             let Some(message) = next else {
                 return Ok(0);

@@ -14,7 +14,7 @@ use crate::bundle::manifest::{
 };
 use crate::bundle::name::BundleName;
 use crate::bundle::{write_bundle, WriteOptions};
-use crate::etcd::client::{EtcdClient, MemberInfo, TlsFiles};
+use crate::etcd::client::{ClientError, EtcdClient, MemberInfo, TlsFiles};
 use crate::node::kubeadm_config::{self, ClusterInfo};
 use crate::node::layout::{self, Layout};
 use crate::node::StaticPod;
@@ -176,7 +176,8 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         &mut snapshot,
         &options,
         &bundle,
-    )?;
+    )
+    .map_err(|e| blame(e, &bundle))?;
     let stored = upload.commit()?;
     index::append(
         request.store,
@@ -405,4 +406,20 @@ fn etcd(
         db_size: status.db_size,
         data_dir: pod.flag("data-dir").map(String::from),
     }
+}
+
+/// A failed write is reported against what failed: etcd's snapshot stream, the store, or the bundle.
+fn blame(error: crate::bundle::Error, bundle: &str) -> Error {
+    let crate::bundle::Error::Write { source, .. } = error else {
+        return error.into();
+    };
+    let source = match source
+        .into_inner()
+        .map(|inner| inner.downcast::<ClientError>())
+    {
+        Some(Ok(client)) => return crate::etcd::Error::from(*client).into(),
+        Some(Err(inner)) => std::io::Error::other(inner),
+        None => std::io::Error::other("write failed"),
+    };
+    crate::store::Error::from_io("writing", bundle, source).into()
 }
