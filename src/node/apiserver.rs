@@ -1,0 +1,117 @@
+//! kube-apiserver, reached with a kubeconfig's own credentials: readiness and a few read-only lists.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::kubeconfig::Kubeconfig;
+use super::Error;
+use crate::rt;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ApiServer {
+    client: reqwest::Client,
+    server: String,
+}
+
+impl ApiServer {
+    pub fn new(kubeconfig: &Kubeconfig) -> Result<ApiServer, Error> {
+        let tls = |why: String| Error::ApiServer {
+            server: kubeconfig.server.clone(),
+            why,
+        };
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut kubeconfig.ca_pem.as_slice()) {
+            let cert = cert.map_err(|e| tls(format!("the kubeconfig's CA does not parse: {e}")))?;
+            roots.add(cert).map_err(|e| tls(format!("the kubeconfig's CA is unusable: {e}")))?;
+        }
+        let chain = rustls_pemfile::certs(&mut kubeconfig.client_cert_pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| tls(format!("the client certificate does not parse: {e}")))?;
+        let key = rustls_pemfile::private_key(&mut kubeconfig.client_key_pem.as_slice())
+            .ok()
+            .flatten()
+            .ok_or_else(|| tls("the client key does not parse".to_string()))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .map_err(|e| tls(format!("the client certificate and key do not match: {e}")))?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(config)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| tls(e.to_string()))?;
+        Ok(ApiServer {
+            client,
+            server: kubeconfig.server.trim_end_matches('/').to_string(),
+        })
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `GET path` → the body, or why not.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        let url = format!("{}{path}", self.server);
+        rt::block_on(async {
+            let response = self.client.get(&url).send().await.map_err(|e| chain(&e))?;
+            let status = response.status();
+            let body = response.text().await.map_err(|e| chain(&e))?;
+            if status.is_success() {
+                Ok(body)
+            } else {
+                Err(format!("HTTP {status}: {}", body.trim()))
+            }
+        })
+    }
+
+    pub fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {
+        let failed = |why: String| Error::ApiServer {
+            server: format!("{}{path}", self.server),
+            why,
+        };
+        let body = self.get(path).map_err(failed)?;
+        serde_json::from_str(&body).map_err(|e| failed(format!("not JSON: {e}")))
+    }
+
+    /// Polls `/readyz` until it answers 200 or `timeout` passes.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            match self.get("/readyz") {
+                Ok(_) => return Ok(()),
+                Err(why) => {
+                    if why != last {
+                        log::info!("finish: waiting for {}/readyz: {why}", self.server);
+                        last = why;
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::ApiServer {
+                    server: format!("{}/readyz", self.server),
+                    why: format!(
+                        "not ready after {} s (last answer: {last}). Check `crictl ps` and the kube-apiserver and etcd container logs",
+                        timeout.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_secs(2));
+        }
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

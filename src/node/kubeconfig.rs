@@ -1,0 +1,85 @@
+//! kubeconfig files as kubeadm writes them: one cluster, one user, credentials embedded as base64 data.
+
+use base64::Engine;
+use serde_norway::Value;
+use std::path::Path;
+
+use super::Error;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Kubeconfig {
+    pub server: String,
+    pub ca_pem: Vec<u8>,
+    pub client_cert_pem: Vec<u8>,
+    pub client_key_pem: Vec<u8>,
+}
+
+impl std::fmt::Debug for Kubeconfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kubeconfig")
+            .field("server", &self.server)
+            .field("client_key_pem", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+impl Kubeconfig {
+    pub fn load(path: &Path) -> Result<Kubeconfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Reads the current context's cluster and user (the first of each when there is no context).
+    pub fn parse(text: &str, path: &Path) -> Result<Kubeconfig, Error> {
+        let invalid = |why: &str| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            why: why.to_string(),
+        };
+        let doc: Value = serde_norway::from_str(text).map_err(|e| invalid(&e.to_string()))?;
+        let context = doc
+            .get("current-context")
+            .and_then(Value::as_str)
+            .and_then(|name| named(&doc, "contexts", name))
+            .and_then(|c| c.get("context"));
+        let pick = |list: &str, key: &str, inner: &str| {
+            context
+                .and_then(|c| c.get(key))
+                .and_then(Value::as_str)
+                .and_then(|name| named(&doc, list, name))
+                .or_else(|| doc.get(list).and_then(|l| l.get(0)))
+                .and_then(|item| item.get(inner))
+                .cloned()
+        };
+        let cluster = pick("clusters", "cluster", "cluster").ok_or_else(|| invalid("no cluster"))?;
+        let user = pick("users", "user", "user").ok_or_else(|| invalid("no user"))?;
+        let data = |item: &Value, key: &str| -> Result<Vec<u8>, Error> {
+            let text = item
+                .get(key)
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid(&format!("no {key} (cpr reads kubeadm's embedded credentials)")))?;
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|e| invalid(&format!("{key} is not base64: {e}")))
+        };
+        Ok(Kubeconfig {
+            server: cluster
+                .get("server")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("the cluster has no server"))?
+                .to_string(),
+            ca_pem: data(&cluster, "certificate-authority-data")?,
+            client_cert_pem: data(&user, "client-certificate-data")?,
+            client_key_pem: data(&user, "client-key-data")?,
+        })
+    }
+}
+
+fn named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
+    doc.get(list)?
+        .as_sequence()?
+        .iter()
+        .find(|item| item.get("name").and_then(Value::as_str) == Some(name))
+}
