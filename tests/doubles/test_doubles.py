@@ -1,0 +1,285 @@
+"""Self-test of the doubles: they reject what kubeadm rejects and accept a good restore.
+
+Run: python3 -m unittest discover -s tests/doubles
+"""
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import tempfile
+import textwrap
+import unittest
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FIXTURE = os.path.join(HERE, "..", "fixtures", "kubeadm-node")
+KUBEADM = os.path.join(HERE, "kubeadm")
+NODE, IP = "node1", "127.0.0.5"
+RESTORE_IGNORES = ",".join(["DirAvailable--var-lib-etcd"] + [
+    f"FileAvailable--etc-kubernetes-manifests-{c}.yaml"
+    for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")])
+
+
+def config(api="v1beta3", pod_subnet="10.244.0.0/16", data_dir="/var/lib/etcd", extra=""):
+    return textwrap.dedent(f"""\
+        apiVersion: kubeadm.k8s.io/{api}
+        kind: InitConfiguration
+        localAPIEndpoint:
+          advertiseAddress: {IP}
+          bindPort: 6443
+        nodeRegistration:
+          name: {NODE}
+          criSocket: unix:///var/run/containerd/containerd.sock
+          taints:
+          - key: node-role.kubernetes.io/control-plane
+            effect: NoSchedule
+        ---
+        apiVersion: kubeadm.k8s.io/{api}
+        kind: ClusterConfiguration
+        kubernetesVersion: v1.27.4
+        clusterName: kubernetes
+        networking:
+          serviceSubnet: 10.96.0.0/12
+          podSubnet: {pod_subnet}
+          dnsDomain: cluster.local
+        etcd:
+          local:
+            dataDir: {data_dir}
+        """) + extra
+
+
+class Doubles(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.base = tempfile.mkdtemp(prefix="doubles-base-")
+        subprocess.run(["bash", FIXTURE, cls.base, NODE, IP, "2379", "2380"], check=True, capture_output=True)
+        os.makedirs(os.path.join(cls.base, "var/lib/etcd/member/snap"))
+        os.makedirs(os.path.join(cls.base, "proc/sys/net/ipv4"))
+        with open(os.path.join(cls.base, "proc/sys/net/ipv4/ip_forward"), "w") as f:
+            f.write("1\n")
+        # A second CA: what a PKI from another cluster looks like. EC keys keep this fast.
+        cls.other = tempfile.mkdtemp(prefix="doubles-other-ca-")
+        cls.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", f"{cls.other}/ca.key", "-out", f"{cls.other}/ca.crt", "-days", "30",
+                    "-subj", "/CN=kubernetes", "-addext", "basicConstraints=critical,CA:TRUE")
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.base)
+        shutil.rmtree(cls.other)
+
+    @staticmethod
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="doubles-")
+        self.root = os.path.join(self.tmp, "root")
+        shutil.copytree(self.base, self.root, symlinks=True)
+        self.env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, KUBEADM_DOUBLE_SKIP_PORT_CHECKS="1",
+                        KUBEADM_DOUBLE_ALLOW_LOOPBACK="1", KUBEADM_DOUBLE_VERSION="v1.27.4",
+                        PATH=HERE + os.pathsep + os.environ["PATH"])
+        self.env.pop("KUBEADM_DOUBLE_APISERVER", None)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp)
+
+    def kubeadm(self, cfg, *args, **env):
+        path = os.path.join(self.tmp, "kubeadm.yaml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        return subprocess.run([KUBEADM, "init", "--config", path, *args], env=dict(self.env, **env),
+                              capture_output=True, text=True, timeout=60)
+
+    def leaf(self, ca_dir, name, subject, sans):
+        """A leaf for the restored PKI, signed by the CA in ca_dir (ca.crt/ca.key)."""
+        base = os.path.join(self.root, "etc/kubernetes/pki", name)
+        ext = os.path.join(self.tmp, "ext")
+        with open(ext, "w") as f:
+            f.write(f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}\n")
+        self.openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                     base + ".key", "-out", base + ".csr", "-subj", subject)
+        self.openssl("x509", "-req", "-in", base + ".csr", "-CA", f"{ca_dir}/ca.crt", "-CAkey", f"{ca_dir}/ca.key",
+                     "-CAcreateserial", "-CAserial", os.path.join(self.tmp, "srl"), "-days", "30",
+                     "-extfile", ext, "-out", base + ".crt")
+        os.remove(base + ".csr")
+
+    def test_good_restore_config_is_accepted_and_writes_kubeadm_files(self):
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("[certs] Using existing ca certificate authority", r.stdout)
+        self.assertIn("[certs] Using existing apiserver certificate and key on disk", r.stdout)
+        self.assertIn('[kubeconfig] Using existing kubeconfig file: "/etc/kubernetes/admin.conf"', r.stdout)
+        self.assertIn("[WARNING DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty", r.stderr)
+        with open(os.path.join(self.root, "etc/kubernetes/manifests/etcd.yaml")) as f:
+            etcd = f.read()
+        for flag in (f"--name={NODE}", "--data-dir=/var/lib/etcd", f"--initial-advertise-peer-urls=https://{IP}:2380",
+                     f"--initial-cluster={NODE}=https://{IP}:2380",
+                     f"--listen-client-urls=https://127.0.0.1:2379,https://{IP}:2379"):
+            self.assertIn(f"- {flag}\n", etcd)
+        with open(os.path.join(self.root, "etc/kubernetes/manifests/kube-apiserver.yaml")) as f:
+            api = f.read()
+        for flag in (f"--advertise-address={IP}", "--secure-port=6443", "--etcd-servers=https://127.0.0.1:2379"):
+            self.assertIn(f"- {flag}\n", api)
+        with open(os.path.join(self.root, "var/lib/kubelet/kubeadm-flags.env")) as f:
+            self.assertIn("--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock", f.read())
+        with open(os.path.join(self.root, "var/log/kubeadm-double.log")) as f:
+            entry = json.loads(f.readlines()[-1])
+        self.assertEqual(entry["argv"][:2], ["kubeadm", "init"])
+        self.assertIn("kind: ClusterConfiguration", entry["config"])
+        with open(os.path.join(self.root, "var/log/systemctl.log")) as f:
+            self.assertIn(["systemctl", "restart", "kubelet"], [json.loads(l)["argv"] for l in f])
+
+    def test_non_empty_data_dir_needs_the_ignore(self):
+        r = self.kubeadm(config(), "--ignore-preflight-errors=" + RESTORE_IGNORES.split(",", 1)[1])
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("[ERROR DirAvailable--var-lib-etcd]: /var/lib/etcd is not empty", r.stderr)
+        self.assertIn("error execution phase preflight: [preflight] Some fatal errors occurred:", r.stderr)
+        self.assertIn("you can make a check non-fatal with `--ignore-preflight-errors=...`", r.stderr)
+        self.assertFalse(os.path.exists(os.path.join(self.root, "var/lib/kubelet/config.yaml.kubeadm-double.tmp")))
+
+    def test_check_name_follows_the_configured_data_dir(self):
+        os.makedirs(os.path.join(self.root, "data/etcd/member"))
+        r = self.kubeadm(config(data_dir="/data/etcd"), "--ignore-preflight-errors=dIRaVAILABLE--var-lib-etcd")
+        self.assertIn("[ERROR DirAvailable--data-etcd]: /data/etcd is not empty", r.stderr)
+        r = self.kubeadm(config(data_dir="/data/etcd"),
+                         "--ignore-preflight-errors=" + RESTORE_IGNORES.replace("var-lib-etcd", "data-etcd"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+    def test_existing_manifests_need_the_ignore(self):
+        r = self.kubeadm(config(), "--ignore-preflight-errors=DirAvailable--var-lib-etcd")
+        self.assertEqual(r.returncode, 1)
+        for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd"):
+            self.assertIn(f"[ERROR FileAvailable--etc-kubernetes-manifests-{c}.yaml]: "
+                          f"/etc/kubernetes/manifests/{c}.yaml already exists", r.stderr)
+
+    def test_bad_cidr_is_a_validation_error(self):
+        r = self.kubeadm(config(pod_subnet="10.244.0.0/33"), "--ignore-preflight-errors=all")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn('networking.podSubnet: Invalid value: "10.244.0.0/33": couldn\'t parse subnet', r.stderr)
+        r = self.kubeadm(config(pod_subnet="10.244.0.0/25"), "--ignore-preflight-errors=all")
+        self.assertIn("the size of pod subnet with mask 25 is smaller than the size of node subnet with mask 24",
+                      r.stderr)
+
+    def test_api_versions_per_release(self):
+        r = self.kubeadm(config(api="v1beta2"), "--ignore-preflight-errors=all")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('your configuration file uses an old API spec: "kubeadm.k8s.io/v1beta2". Please use kubeadm '
+                      "v1.22 instead", r.stderr)
+        r = self.kubeadm(config(api="v1beta4"), "--ignore-preflight-errors=all")
+        self.assertIn('no kind "ClusterConfiguration" is registered for version "kubeadm.k8s.io/v1beta4"', r.stderr)
+        r = self.kubeadm(config(api="v1beta4"), "--ignore-preflight-errors=all", KUBEADM_DOUBLE_VERSION="v1.29.2")
+        self.assertIn('experimental API spec: "kubeadm.k8s.io/v1beta4" is not allowed', r.stderr)
+        cfg = config(api="v1beta4").replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.31.0")
+        r = self.kubeadm(cfg, f"--ignore-preflight-errors={RESTORE_IGNORES}", KUBEADM_DOUBLE_VERSION="v1.31.0")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("super-admin.conf", r.stdout)
+
+    def test_unknown_field_is_a_warning_for_init(self):
+        r = self.kubeadm(config(extra="unknownField: 1\n"), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('strict decoding error: unknown field "unknownField"', r.stderr)
+
+    def test_all_cannot_be_mixed_with_check_names(self):
+        r = self.kubeadm(config(), "--ignore-preflight-errors=all,DirAvailable--var-lib-etcd")
+        self.assertEqual(r.returncode, 3)
+        self.assertIn("ignore-preflight-errors: Invalid value: \"all,diravailable--var-lib-etcd\": don't specify "
+                      "individual checks if 'all' is used", r.stderr)
+
+    def test_loopback_advertise_address_is_refused_like_kubeadm(self):
+        r = self.kubeadm(config(), "--ignore-preflight-errors=all", KUBEADM_DOUBLE_ALLOW_LOOPBACK="0")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("unable to resolve link-local addresses", r.stderr)
+
+    def test_apiserver_cert_from_another_ca_is_refused(self):
+        self.leaf(self.other, "apiserver", "/CN=kube-apiserver", f"DNS:{NODE},IP:{IP}")
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("error execution phase certs/apiserver: [certs] certificate apiserver not signed by CA "
+                      "certificate ca: x509: certificate signed by unknown authority", r.stderr)
+
+    def test_kubeconfig_with_another_ca_is_refused_and_a_missing_one_is_written(self):
+        os.remove(os.path.join(self.root, "etc/kubernetes/scheduler.conf"))
+        with open(os.path.join(self.root, "etc/kubernetes/admin.conf")) as f:
+            admin = f.read()
+        with open(os.path.join(self.other, "ca.crt"), "rb") as f:
+            other_ca = base64.b64encode(f.read()).decode()
+        admin = "\n".join(l.split(":")[0] + ": " + other_ca if "certificate-authority-data" in l else l
+                          for l in admin.splitlines())
+        with open(os.path.join(self.root, "etc/kubernetes/kubelet.conf"), "w") as f:
+            f.write(admin)
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('a kubeconfig file "/etc/kubernetes/kubelet.conf" exists already but has got the wrong CA cert',
+                      r.stderr)
+
+    def test_wait_control_plane_uses_restored_credentials(self):
+        """kubeadm's certs phase only checks that an existing leaf is signed by the CA (runCertPhase); an
+        apiserver cert without the node IP gets through it and fails once a client dials the advertise address."""
+        server = self.start_apiserver()
+        env = dict(KUBEADM_DOUBLE_APISERVER=server, KUBEADM_DOUBLE_WAIT_SECONDS="3")
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}", **env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("[apiclient] All control plane components are healthy", r.stdout)
+        self.stop_apiserver()
+
+        shutil.copy(os.path.join(self.root, "etc/kubernetes/pki/ca.key"), os.path.join(self.tmp, "ca.key"))
+        shutil.copy(os.path.join(self.root, "etc/kubernetes/pki/ca.crt"), os.path.join(self.tmp, "ca.crt"))
+        self.leaf(self.tmp, "apiserver", "/CN=kube-apiserver", f"DNS:{NODE},DNS:kubernetes,IP:10.96.0.1")
+        server = self.start_apiserver()
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}",
+                         **dict(env, KUBEADM_DOUBLE_APISERVER=server))
+        self.assertIn("[certs] Using existing apiserver certificate and key on disk", r.stdout)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster", r.stderr)
+        self.assertIn("IP address mismatch", r.stderr)
+        self.stop_apiserver()
+
+    def test_fake_apiserver_refuses_a_client_cert_from_another_ca(self):
+        server = self.start_apiserver()
+        pki = os.path.join(self.root, "etc/kubernetes/pki")
+        good = self.curl(server, f"{pki}/apiserver-kubelet-client.crt", f"{pki}/apiserver-kubelet-client.key",
+                         "/api/v1/namespaces/kube-system/pods")
+        pods = json.loads(good)
+        self.assertEqual(pods["kind"], "PodList")
+        self.assertEqual(sorted(p["metadata"]["name"] for p in pods["items"]),
+                         [f"{c}-{NODE}" for c in ("etcd", "kube-apiserver", "kube-controller-manager",
+                                                  "kube-scheduler")])
+        self.assertTrue(all(p["status"]["phase"] == "Running" for p in pods["items"]))
+        nodes = json.loads(self.curl(server, f"{pki}/apiserver-kubelet-client.crt",
+                                     f"{pki}/apiserver-kubelet-client.key", "/api/v1/nodes"))
+        self.assertEqual([n["metadata"]["name"] for n in nodes["items"]], [NODE])
+        self.leaf(self.other, "intruder", "/CN=intruder", "DNS:intruder")
+        with self.assertRaises(OSError):
+            self.curl(server, f"{pki}/intruder.crt", f"{pki}/intruder.key", "/readyz")
+        self.stop_apiserver()
+        self.assertEqual(self.apiserver_exit, 0)
+
+    def test_version_short(self):
+        r = subprocess.run([KUBEADM, "version", "-o", "short"], env=dict(self.env, KUBEADM_DOUBLE_VERSION="v1.30.1"),
+                           capture_output=True, text=True)
+        self.assertEqual(r.stdout, "v1.30.1\n")
+
+    def start_apiserver(self):
+        self.apiserver = subprocess.Popen([os.path.join(HERE, "fake-apiserver"), "--root", self.root, "--listen",
+                                           f"{IP}:0"], stdout=subprocess.PIPE, text=True)
+        line = self.apiserver.stdout.readline()
+        self.assertTrue(line.startswith("listening on "), line)
+        return line.split()[-1]
+
+    def stop_apiserver(self):
+        self.apiserver.terminate()
+        self.apiserver_exit = self.apiserver.wait(timeout=10)
+        self.apiserver.stdout.close()
+
+    def curl(self, server, cert, key, path):
+        ctx = ssl.create_default_context(cafile=os.path.join(self.root, "etc/kubernetes/pki/ca.crt"))
+        ctx.load_cert_chain(cert, key)
+        with urllib.request.urlopen(f"https://{server}{path}", context=ctx, timeout=5) as reply:
+            return reply.read().decode()
+
+
+if __name__ == "__main__":
+    unittest.main()
