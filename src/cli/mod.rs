@@ -10,8 +10,10 @@ use crate::Error;
 
 pub mod backup;
 pub mod etcd;
+pub mod finish;
 pub mod inspect;
 pub mod list;
+pub mod restore;
 pub mod verify;
 
 #[derive(FromArgs, Debug)]
@@ -25,6 +27,8 @@ pub struct Cpr {
 #[argh(subcommand)]
 pub enum Command {
     Backup(backup::BackupCmd),
+    Restore(restore::RestoreCmd),
+    Finish(finish::FinishCmd),
     List(list::ListCmd),
     Inspect(inspect::InspectCmd),
     Verify(verify::VerifyCmd),
@@ -34,6 +38,8 @@ pub enum Command {
 pub fn run(cpr: Cpr) -> Result<(), Error> {
     match cpr.command {
         Command::Backup(cmd) => backup::run(cmd),
+        Command::Restore(cmd) => restore::run(cmd),
+        Command::Finish(cmd) => finish::run(cmd),
         Command::List(cmd) => list::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),

@@ -8,6 +8,7 @@ pub const PKI_DIR: &str = "etc/kubernetes/pki";
 pub const MANIFESTS_DIR: &str = "etc/kubernetes/manifests";
 pub const ETCD_MANIFEST: &str = "etc/kubernetes/manifests/etcd.yaml";
 pub const APISERVER_MANIFEST: &str = "etc/kubernetes/manifests/kube-apiserver.yaml";
+pub const ADMIN_CONF: &str = "etc/kubernetes/admin.conf";
 pub const KUBELET_DIR: &str = "var/lib/kubelet";
 pub const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
 pub const KUBEADM_FLAGS: &str = "var/lib/kubelet/kubeadm-flags.env";

@@ -1,8 +1,11 @@
 //! The kubeadm NODE: where kubeadm keeps things, what its manifests say, who the node is.
 
+pub mod apiserver;
 pub mod certs;
 pub mod identity;
+pub mod kubeadm;
 pub mod kubeadm_config;
+pub mod kubeconfig;
 pub mod layout;
 pub mod pod;
 
@@ -25,6 +28,18 @@ pub enum Error {
     Manifest { path: PathBuf, why: String },
     #[error("certificate {path}: {why}")]
     Certificate { path: PathBuf, why: String },
+    #[error("kubeconfig {path}: {why}")]
+    Kubeconfig { path: PathBuf, why: String },
+    #[error("kube-apiserver at {server}: {why}")]
+    ApiServer { server: String, why: String },
+    #[error("running {command}: {source}. Is it installed and on PATH?")]
+    Run {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kubeadm init failed with exit code {status} (config {config}). Its output above says which check or phase failed; fix that and run `cpr finish` again")]
+    Kubeadm { status: i32, config: PathBuf },
     #[error("kubeadm ClusterConfiguration at {key}: {why}")]
     KubeadmConfig { key: String, why: String },
 }

@@ -315,7 +315,7 @@ fn read_file(layout: &Layout, relative: &str) -> Result<CollectedFile, Error> {
 }
 
 /// A loopback client URL if etcd listens on one (kubeadm always adds https://127.0.0.1:2379).
-fn client_endpoint(pod: &StaticPod) -> Result<String, Error> {
+pub(super) fn client_endpoint(pod: &StaticPod) -> Result<String, Error> {
     let listen = pod.list_flag("listen-client-urls");
     let advertise = pod.list_flag("advertise-client-urls");
     listen
@@ -331,7 +331,7 @@ fn client_endpoint(pod: &StaticPod) -> Result<String, Error> {
         })
 }
 
-fn client_tls(layout: &Layout, pod: &StaticPod) -> Result<TlsFiles, Error> {
+pub(super) fn client_tls(layout: &Layout, pod: &StaticPod) -> Result<TlsFiles, Error> {
     let ca = layout.path(pod.flag("trusted-ca-file").unwrap_or(layout::ETCD_CA_CERT));
     let (cert, key) = layout::ETCD_CLIENT_PAIRS
         .iter()

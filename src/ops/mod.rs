@@ -1,6 +1,7 @@
 //! The operations: `backup`, and (phase 1, phase 2 of a recovery) `restore` and `finish`.
 
 pub mod backup;
+pub mod finish;
 pub mod restore;
 pub mod state;
 
@@ -40,6 +41,8 @@ pub enum Error {
     Identity { differences: Vec<String> },
     #[error("cannot move {live} aside: {old} already exists. An earlier restore left it; move it away and run again")]
     SwapConflict { live: PathBuf, old: PathBuf },
+    #[error("nothing to finish: no completed restore is recorded in {state}. Run `cpr restore` first")]
+    NotRestored { state: PathBuf },
     #[error(transparent)]
     Node(#[from] crate::node::Error),
     #[error(transparent)]
@@ -57,6 +60,7 @@ impl Error {
             Error::Read { .. } | Error::TooLarge { .. } | Error::NoClientCertificate { .. } => 6,
             Error::Write { .. } | Error::State { .. } | Error::SwapConflict { .. } => 7,
             Error::Identity { .. } => 8,
+            Error::NotRestored { .. } => 2,
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
             Error::Node(_) => 6,

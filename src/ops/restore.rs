@@ -196,13 +196,29 @@ fn staging(layout: &Layout) -> PathBuf {
     state::state_dir(layout).join(STAGING_DIR)
 }
 
+/// The verified files of the bundle being restored, under their bundle paths.
+pub fn staged_bundle_dir(layout: &Layout) -> PathBuf {
+    staging(layout).join(STAGED_BUNDLE)
+}
+
+/// The manifest of the bundle being restored.
+pub fn staged_manifest(layout: &Layout) -> Result<Manifest, Error> {
+    let path = staging(layout).join(STAGED_MANIFEST);
+    let text = fs::read(&path).map_err(|source| Error::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| Error::State {
+        path,
+        why: e.to_string(),
+    })
+}
+
 /// Removes what an earlier, unfinished attempt staged: it is cpr's own scratch, never live data.
 fn clear_staging(layout: &Layout) -> Result<(), Error> {
     let mut scratch = vec![staging(layout), new_path(&layout.path(layout::PKI_DIR))];
-    if let Ok(text) = fs::read(staging(layout).join(STAGED_MANIFEST)) {
-        if let Ok(manifest) = serde_json::from_slice::<Manifest>(&text) {
-            scratch.push(etcd_target(&data_dir(layout, &manifest)));
-        }
+    if let Ok(manifest) = staged_manifest(layout) {
+        scratch.push(etcd_target(&data_dir(layout, &manifest)));
     }
     for path in scratch {
         match fs::remove_dir_all(&path) {
@@ -498,14 +514,7 @@ fn swap_in(
     mut state: State,
     skipped: Vec<(String, String)>,
 ) -> Result<RestoreReport, Error> {
-    let text = fs::read(staging(layout).join(STAGED_MANIFEST)).map_err(|source| Error::Read {
-        path: staging(layout).join(STAGED_MANIFEST),
-        source,
-    })?;
-    let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| Error::State {
-        path: staging(layout).join(STAGED_MANIFEST),
-        why: e.to_string(),
-    })?;
+    let manifest = staged_manifest(layout)?;
     let live_data = data_dir(layout, &manifest);
     ensure_not_in_use(&live_data)?;
     let pki = layout.path(layout::PKI_DIR);
@@ -560,9 +569,7 @@ fn report(
     skipped: Vec<(String, String)>,
     already_done: bool,
 ) -> RestoreReport {
-    let manifest = fs::read(staging(layout).join(STAGED_MANIFEST))
-        .ok()
-        .and_then(|text| serde_json::from_slice::<Manifest>(&text).ok());
+    let manifest = staged_manifest(layout).ok();
     RestoreReport {
         bundle: state.bundle.clone(),
         revision: state.revision,

@@ -1,0 +1,57 @@
+//! `cpr finish` (phase 2 of a recovery).
+
+use argh::FromArgs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::Output;
+use crate::ops::finish::{describe, finish, FinishRequest};
+use crate::Error;
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "finish")]
+/// Phase 2 of a recovery: kubeadm init over the restored state, kubeconfigs, custom static pods, health.
+pub struct FinishCmd {
+    /// the node's filesystem root (default /)
+    #[argh(option, default = "PathBuf::from(\"/\")")]
+    pub root: PathBuf,
+    /// the kubeadm binary (default: kubeadm on PATH)
+    #[argh(option, default = "PathBuf::from(\"kubeadm\")")]
+    pub kubeadm: PathBuf,
+    /// seconds to wait for kube-apiserver and etcd (default 300)
+    #[argh(option, default = "300")]
+    pub timeout: u64,
+    /// text (default) or json
+    #[argh(option, default = "Output::Text")]
+    pub output: Output,
+}
+
+/// What `cpr restore` passes on to phase 2.
+pub struct FinishArgs {
+    pub root: PathBuf,
+    pub kubeadm: PathBuf,
+    pub timeout: u64,
+}
+
+pub fn finish_request(args: FinishArgs) -> FinishRequest {
+    FinishRequest {
+        root: args.root,
+        kubeadm: args.kubeadm,
+        systemctl: PathBuf::from("systemctl"),
+        timeout: Duration::from_secs(args.timeout),
+        sudo_user: std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()),
+    }
+}
+
+pub fn run(cmd: FinishCmd) -> Result<(), Error> {
+    let report = finish(&finish_request(FinishArgs {
+        root: cmd.root,
+        kubeadm: cmd.kubeadm,
+        timeout: cmd.timeout,
+    }))?;
+    match cmd.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize")),
+        Output::Text => print!("{}", describe(&report)),
+    }
+    Ok(())
+}

@@ -1,0 +1,321 @@
+//! `cpr finish`, phase 2 of a recovery, on the normal OS: `kubeadm init` over the restored pki and
+//! etcd data, kubeconfigs for root and the sudo user, the custom static pods back, health checks.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::backup::{client_endpoint, client_tls};
+use super::restore::{staged_bundle_dir, staged_manifest};
+use super::state::{self, Phase, State};
+use super::Error;
+use crate::bundle::Manifest;
+use crate::etcd::client::EtcdClient;
+use crate::fsutil;
+use crate::node::apiserver::ApiServer;
+use crate::node::kubeadm::{self, InitNode};
+use crate::node::kubeconfig::Kubeconfig;
+use crate::node::layout::{self, Layout};
+use crate::node::StaticPod;
+
+const KUBEADM_CONFIG: &str = "kubeadm-init.yaml";
+/// kubeadm's own manifests, kept where kubelet does not look, when the backup's version replaces them.
+const GENERATED_DIR: &str = "kubeadm-generated";
+const KUBEADM_MANIFESTS: [&str; 4] = ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"];
+const DEFAULT_BIND_PORT: u16 = 6443;
+
+pub struct FinishRequest {
+    pub root: PathBuf,
+    pub kubeadm: PathBuf,
+    pub systemctl: PathBuf,
+    /// How long to wait for kube-apiserver and etcd to become healthy.
+    pub timeout: Duration,
+    /// The user who ran `sudo cpr …` (`SUDO_USER`): gets `~/.kube/config` too.
+    pub sudo_user: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FinishReport {
+    pub bundle: String,
+    pub already_done: bool,
+    pub moved_aside: Vec<PathBuf>,
+    pub kubeconfigs: Vec<PathBuf>,
+    /// Static pod manifests brought back from the bundle.
+    pub static_pods: Vec<String>,
+    pub apiserver: String,
+    pub etcd_revision: i64,
+    /// `name status` of every Node.
+    pub nodes: Vec<String>,
+    /// `name phase` of every kube-system pod.
+    pub pods: Vec<String>,
+}
+
+pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
+    let layout = Layout::new(&request.root);
+    let mut state = State::load(&layout)?.ok_or_else(|| Error::NotRestored {
+        state: state::state_path(&layout),
+    })?;
+    if state.phase < Phase::Restored {
+        return Err(Error::NotRestored {
+            state: state::state_path(&layout),
+        });
+    }
+    if state.phase == Phase::Finished {
+        log::info!("finish: the recovery from {} already finished; nothing to do", state.bundle);
+        return Ok(FinishReport {
+            bundle: state.bundle.clone(),
+            already_done: true,
+            moved_aside: state.moved_aside.clone(),
+            ..FinishReport::default()
+        });
+    }
+    let manifest = staged_manifest(&layout)?;
+    if state.phase == Phase::Restored {
+        init(request, &layout, &manifest, &mut state)?;
+    }
+    let kubeconfigs = install_kubeconfigs(&layout, request.sudo_user.as_deref())?;
+    let static_pods = restore_static_pods(&layout)?;
+    if !static_pods.is_empty() {
+        restart_kubelet(request)?;
+    }
+    let mut report = health(request, &layout)?;
+    state.phase = Phase::Finished;
+    state.save(&layout)?;
+    report.bundle = state.bundle.clone();
+    report.moved_aside = state.moved_aside.clone();
+    report.kubeconfigs = kubeconfigs;
+    report.static_pods = static_pods;
+    Ok(report)
+}
+
+fn init(request: &FinishRequest, layout: &Layout, manifest: &Manifest, state: &mut State) -> Result<(), Error> {
+    move_aside_stale_manifests(layout, state)?;
+    let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
+    let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
+        path: cluster_path.clone(),
+        source,
+    })?;
+    let address = manifest
+        .node
+        .advertise_address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Error::State {
+            path: cluster_path.clone(),
+            why: "the bundle records no advertise address for the node".to_string(),
+        })?;
+    let node = InitNode {
+        name: manifest.node.name.clone(),
+        advertise_address: address,
+        bind_port: manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT),
+        cri_socket: manifest.node.cri_socket.clone(),
+    };
+    let config = kubeadm::init_config(&node, &cluster, &cluster_path.display().to_string())?;
+    let config_path = state::state_dir(layout).join(KUBEADM_CONFIG);
+    fsutil::write_atomic(&config_path, config.as_bytes(), 0o600).map_err(|source| Error::Write {
+        path: config_path.clone(),
+        source,
+    })?;
+    let data_dir = manifest.etcd.data_dir.as_deref().unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
+    kubeadm::run_init(&request.kubeadm, &config_path, &kubeadm::restore_preflight_ignores(data_dir))?;
+    state.phase = Phase::Initialized;
+    state.save(layout)
+}
+
+/// kubeadm refuses to overwrite control-plane manifests (its FileAvailable checks). Ones left by an
+/// interrupted earlier run, or by whatever the node ran before, are moved aside, never deleted.
+fn move_aside_stale_manifests(layout: &Layout, state: &mut State) -> Result<(), Error> {
+    let dir = layout.path(layout::MANIFESTS_DIR);
+    if !KUBEADM_MANIFESTS.iter().any(|m| dir.join(m).exists()) {
+        return Ok(());
+    }
+    let old = fsutil::sibling(&dir, &format!(".cpr-old-{}", state.stamp));
+    let old = if old.exists() {
+        fsutil::sibling(&dir, &format!(".cpr-old-{}-{}", state.stamp, state.moved_aside.len()))
+    } else {
+        old
+    };
+    fsutil::rename_durable(&dir, &old).map_err(|source| Error::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    log::info!("finish: moved the existing static pod manifests aside to {}", old.display());
+    state.moved_aside.push(old);
+    state.save(layout)
+}
+
+/// admin.conf as `~/.kube/config` for root and for the sudo user (owned by that user).
+fn install_kubeconfigs(layout: &Layout, sudo_user: Option<&str>) -> Result<Vec<PathBuf>, Error> {
+    let admin = layout.path(layout::ADMIN_CONF);
+    let bytes = fs::read(&admin).map_err(|source| Error::Read {
+        path: admin.clone(),
+        source,
+    })?;
+    let mut homes = vec![(layout.path("root"), None)];
+    if let Some(user) = sudo_user.filter(|u| *u != "root") {
+        match passwd_entry(layout, user) {
+            Some((home, uid, gid)) => homes.push((layout.path(&home), Some((uid, gid)))),
+            None => log::warn!("finish: no home directory for SUDO_USER {user} in /etc/passwd; skipping its kubeconfig"),
+        }
+    }
+    let mut installed = Vec::new();
+    for (home, owner) in homes {
+        let dir = home.join(".kube");
+        state::ensure_dir(&dir)?;
+        let path = dir.join("config");
+        fsutil::write_atomic(&path, &bytes, 0o600).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+        if let Some((uid, gid)) = owner {
+            for owned in [&dir, &path] {
+                std::os::unix::fs::chown(owned, Some(uid), Some(gid)).map_err(|source| Error::Write {
+                    path: owned.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        installed.push(path);
+    }
+    Ok(installed)
+}
+
+/// `home, uid, gid` of `user` from `<root>/etc/passwd`.
+fn passwd_entry(layout: &Layout, user: &str) -> Option<(String, u32, u32)> {
+    let text = fs::read_to_string(layout.path("etc/passwd")).ok()?;
+    text.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() >= 7 && fields[0] == user)
+            .then(|| Some((fields[5].to_string(), fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .flatten()
+    })
+}
+
+/// Static pods of the backup that kubeadm did not generate (a second scheduler) or that differ from
+/// what it generated (extra admission plugins) are put back. kubeadm's differing version is kept under
+/// `var/lib/cpr/kubeadm-generated/`: never in the manifests dir, where kubelet would run it.
+fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
+    let staged_dir = staged_bundle_dir(layout).join(layout::MANIFESTS_DIR);
+    let live_dir = layout.path(layout::MANIFESTS_DIR);
+    let mut names: Vec<String> = match fs::read_dir(&staged_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => return Err(Error::Read { path: staged_dir, source }),
+    };
+    names.sort();
+    let mut restored = Vec::new();
+    for name in names {
+        let backed_up = fs::read(staged_dir.join(&name)).map_err(|source| Error::Read {
+            path: staged_dir.join(&name),
+            source,
+        })?;
+        let live = live_dir.join(&name);
+        match fs::read(&live) {
+            Ok(generated) if generated == backed_up => continue,
+            Ok(generated) => {
+                let keep = state::state_dir(layout).join(GENERATED_DIR);
+                state::ensure_dir(&keep)?;
+                fsutil::write_atomic(&keep.join(&name), &generated, 0o600).map_err(|source| Error::Write {
+                    path: keep.join(&name),
+                    source,
+                })?;
+                log::info!(
+                    "finish: {name} differs from what kubeadm generated; restoring the backed-up version (kubeadm's is in {})",
+                    keep.display()
+                );
+            }
+            Err(_) => log::info!("finish: {name} is a custom static pod; restoring it"),
+        }
+        fsutil::write_atomic(&live, &backed_up, 0o600).map_err(|source| Error::Write {
+            path: live.clone(),
+            source,
+        })?;
+        restored.push(name);
+    }
+    Ok(restored)
+}
+
+fn restart_kubelet(request: &FinishRequest) -> Result<(), Error> {
+    let status = std::process::Command::new(&request.systemctl)
+        .args(["restart", "kubelet"])
+        .status()
+        .map_err(|source| crate::node::Error::Run {
+            command: format!("{} restart kubelet", request.systemctl.display()),
+            source,
+        })?;
+    if !status.success() {
+        log::warn!("finish: `systemctl restart kubelet` exited with {status}; kubelet picks up static pod changes on its own within a minute");
+    }
+    Ok(())
+}
+
+/// Waits for kube-apiserver (with admin.conf's credentials) and etcd (with the health-check client),
+/// then lists nodes and kube-system pods.
+fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Error> {
+    let kubeconfig = Kubeconfig::load(&layout.path(layout::ADMIN_CONF))?;
+    let api = ApiServer::new(&kubeconfig)?;
+    api.wait_ready(request.timeout)?;
+    let etcd_pod = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))?;
+    let endpoint = client_endpoint(&etcd_pod)?;
+    let tls = client_tls(layout, &etcd_pod)?;
+    let revision = EtcdClient::connect(&endpoint, Some(&tls))
+        .and_then(|mut client| client.status())
+        .map_err(crate::etcd::Error::from)?
+        .revision;
+    let nodes = api.get_json("/api/v1/nodes")?;
+    let pods = api.get_json("/api/v1/namespaces/kube-system/pods")?;
+    let summarize = |list: &serde_json::Value, state: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+        list["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|item| format!("{} {}", item["metadata"]["name"].as_str().unwrap_or("?"), state(item)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Ok(FinishReport {
+        apiserver: api.server().to_string(),
+        etcd_revision: revision,
+        nodes: summarize(&nodes, &|node| {
+            node["status"]["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
+                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .unwrap_or("Unknown")
+                .to_string()
+        }),
+        pods: summarize(&pods, &|pod| pod["status"]["phase"].as_str().unwrap_or("Unknown").to_string()),
+        ..FinishReport::default()
+    })
+}
+
+/// The report as an operator reads it at the end of a recovery.
+pub fn describe(report: &FinishReport) -> String {
+    if report.already_done {
+        return format!("cpr finish: the recovery from {} had already finished; nothing changed\n", report.bundle);
+    }
+    let mut out = format!(
+        "cpr finish: control plane restored from {}\n  kube-apiserver {} ready, etcd healthy at revision {}\n",
+        report.bundle, report.apiserver, report.etcd_revision
+    );
+    let list = |title: &str, items: &[String]| {
+        if items.is_empty() {
+            String::new()
+        } else {
+            format!("  {title}:\n{}", items.iter().map(|i| format!("    {i}\n")).collect::<String>())
+        }
+    };
+    let paths = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+    out.push_str(&list("nodes", &report.nodes));
+    out.push_str(&list("kube-system pods", &report.pods));
+    out.push_str(&list("static pods restored from the backup", &report.static_pods));
+    out.push_str(&list("kubeconfig installed", &paths(&report.kubeconfigs)));
+    out.push_str(&list("originals moved aside (kept, never deleted)", &paths(&report.moved_aside)));
+    out
+}
