@@ -50,7 +50,10 @@ pub fn run(cmd: FinishCmd) -> Result<(), Error> {
         timeout: cmd.timeout,
     }))?;
     match cmd.output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&report).expect("reports serialize")),
+        Output::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("reports serialize")
+        ),
         Output::Text => print!("{}", describe(&report)),
     }
     Ok(())

@@ -64,13 +64,19 @@ pub struct RestoreCmd {
 
 pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
     if cmd.no_bump_revision && cmd.bump_revision.is_some() {
-        return Err(Error::Usage("--bump-revision and --no-bump-revision exclude each other".to_string()));
+        return Err(Error::Usage(
+            "--bump-revision and --no-bump-revision exclude each other".to_string(),
+        ));
     }
     let (config, config_path) = load_config(cmd.config.as_deref(), &cmd.root)?;
     let store = open_store(cmd.store, &config, &config_path)?;
     let machine = Machine {
         hostname: cmd.hostname.unwrap_or_else(crate::host::hostname),
-        ips: if cmd.ip.is_empty() { crate::host::local_ips() } else { cmd.ip },
+        ips: if cmd.ip.is_empty() {
+            crate::host::local_ips()
+        } else {
+            cmd.ip
+        },
     };
     let request = RestoreRequest {
         root: cmd.root.clone(),
@@ -80,7 +86,8 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
         node: cmd.node,
         machine,
         force_identity: cmd.force_identity,
-        bump_revision: (!cmd.no_bump_revision).then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
+        bump_revision: (!cmd.no_bump_revision)
+            .then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
     };
     let restored = restore(&request)?;
     let finished = if cmd.no_finish {
@@ -95,19 +102,27 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
     match cmd.output {
         Output::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "restore": restored, "finish": finished }))
-                .expect("reports serialize")
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "restore": restored, "finish": finished })
+            )
+            .expect("reports serialize")
         ),
         Output::Text => {
             if restored.already_done {
-                println!("cpr restore: {} was already restored; nothing changed", restored.bundle);
+                println!(
+                    "cpr restore: {} was already restored; nothing changed",
+                    restored.bundle
+                );
             } else {
                 println!(
                     "cpr restore: {} restored into {} (etcd revision {}{})",
                     restored.bundle,
                     restored.data_dir.display(),
                     restored.revision,
-                    restored.bumped_revision.map(|r| format!(", now {r} with older revisions compacted")).unwrap_or_default()
+                    restored
+                        .bumped_revision
+                        .map(|r| format!(", now {r} with older revisions compacted"))
+                        .unwrap_or_default()
                 );
             }
             for (bundle, why) in &restored.skipped {

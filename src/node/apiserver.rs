@@ -23,7 +23,9 @@ impl ApiServer {
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut kubeconfig.ca_pem.as_slice()) {
             let cert = cert.map_err(|e| tls(format!("the kubeconfig's CA does not parse: {e}")))?;
-            roots.add(cert).map_err(|e| tls(format!("the kubeconfig's CA is unusable: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| tls(format!("the kubeconfig's CA is unusable: {e}")))?;
         }
         let chain = rustls_pemfile::certs(&mut kubeconfig.client_cert_pem.as_slice())
             .collect::<Result<Vec<_>, _>>()
@@ -32,12 +34,14 @@ impl ApiServer {
             .ok()
             .flatten()
             .ok_or_else(|| tls("the client key does not parse".to_string()))?;
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| tls(format!("the client certificate and key do not match: {e}")))?;
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| tls(format!("the client certificate and key do not match: {e}")))?;
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
             .timeout(REQUEST_TIMEOUT)

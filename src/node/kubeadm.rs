@@ -17,11 +17,19 @@ pub struct InitNode {
 }
 
 /// The kubeadm config API versions cpr writes an InitConfiguration for.
-const API_VERSIONS: [&str; 3] = ["kubeadm.k8s.io/v1beta2", "kubeadm.k8s.io/v1beta3", "kubeadm.k8s.io/v1beta4"];
+const API_VERSIONS: [&str; 3] = [
+    "kubeadm.k8s.io/v1beta2",
+    "kubeadm.k8s.io/v1beta3",
+    "kubeadm.k8s.io/v1beta4",
+];
 
 /// An InitConfiguration in the backed-up ClusterConfiguration's API version, followed by that
 /// ClusterConfiguration as it was.
-pub fn init_config(node: &InitNode, cluster_configuration: &str, origin: &str) -> Result<String, Error> {
+pub fn init_config(
+    node: &InitNode,
+    cluster_configuration: &str,
+    origin: &str,
+) -> Result<String, Error> {
     let doc: serde_norway::Value =
         serde_norway::from_str(cluster_configuration).map_err(|e| Error::KubeadmConfig {
             key: origin.to_string(),
@@ -98,7 +106,10 @@ mod tests {
 
     #[test]
     fn check_names_follow_kubeadm() {
-        assert_eq!(dir_available_check("/var/lib/etcd"), "DirAvailable--var-lib-etcd");
+        assert_eq!(
+            dir_available_check("/var/lib/etcd"),
+            "DirAvailable--var-lib-etcd"
+        );
         assert_eq!(dir_available_check("/data/etcd"), "DirAvailable--data-etcd");
     }
 
@@ -119,7 +130,10 @@ mod tests {
         assert_eq!(docs[0]["apiVersion"], "kubeadm.k8s.io/v1beta3");
         assert_eq!(docs[0]["kind"], "InitConfiguration");
         assert_eq!(docs[0]["localAPIEndpoint"]["advertiseAddress"], "10.0.1.10");
-        assert_eq!(docs[0]["nodeRegistration"]["criSocket"], "unix:///var/run/containerd/containerd.sock");
+        assert_eq!(
+            docs[0]["nodeRegistration"]["criSocket"],
+            "unix:///var/run/containerd/containerd.sock"
+        );
         assert_eq!(docs[1]["kubernetesVersion"], "v1.27.4");
         let old = cluster.replace("v1beta3", "v1alpha3");
         assert!(init_config(&node, &old, "bundle").is_err());

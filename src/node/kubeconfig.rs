@@ -53,13 +53,15 @@ impl Kubeconfig {
                 .and_then(|item| item.get(inner))
                 .cloned()
         };
-        let cluster = pick("clusters", "cluster", "cluster").ok_or_else(|| invalid("no cluster"))?;
+        let cluster =
+            pick("clusters", "cluster", "cluster").ok_or_else(|| invalid("no cluster"))?;
         let user = pick("users", "user", "user").ok_or_else(|| invalid("no user"))?;
         let data = |item: &Value, key: &str| -> Result<Vec<u8>, Error> {
-            let text = item
-                .get(key)
-                .and_then(Value::as_str)
-                .ok_or_else(|| invalid(&format!("no {key} (cpr reads kubeadm's embedded credentials)")))?;
+            let text = item.get(key).and_then(Value::as_str).ok_or_else(|| {
+                invalid(&format!(
+                    "no {key} (cpr reads kubeadm's embedded credentials)"
+                ))
+            })?;
             base64::engine::general_purpose::STANDARD
                 .decode(text.trim())
                 .map_err(|e| invalid(&format!("{key} is not base64: {e}")))

@@ -21,7 +21,12 @@ use crate::node::StaticPod;
 const KUBEADM_CONFIG: &str = "kubeadm-init.yaml";
 /// kubeadm's own manifests, kept where kubelet does not look, when the backup's version replaces them.
 const GENERATED_DIR: &str = "kubeadm-generated";
-const KUBEADM_MANIFESTS: [&str; 4] = ["etcd.yaml", "kube-apiserver.yaml", "kube-controller-manager.yaml", "kube-scheduler.yaml"];
+const KUBEADM_MANIFESTS: [&str; 4] = [
+    "etcd.yaml",
+    "kube-apiserver.yaml",
+    "kube-controller-manager.yaml",
+    "kube-scheduler.yaml",
+];
 const DEFAULT_BIND_PORT: u16 = 6443;
 
 pub struct FinishRequest {
@@ -62,7 +67,10 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         });
     }
     if state.phase == Phase::Finished {
-        log::info!("finish: the recovery from {} already finished; nothing to do", state.bundle);
+        log::info!(
+            "finish: the recovery from {} already finished; nothing to do",
+            state.bundle
+        );
         return Ok(FinishReport {
             bundle: state.bundle.clone(),
             already_done: true,
@@ -89,7 +97,12 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     Ok(report)
 }
 
-fn init(request: &FinishRequest, layout: &Layout, manifest: &Manifest, state: &mut State) -> Result<(), Error> {
+fn init(
+    request: &FinishRequest,
+    layout: &Layout,
+    manifest: &Manifest,
+    state: &mut State,
+) -> Result<(), Error> {
     move_aside_stale_manifests(layout, state)?;
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
     let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
@@ -113,12 +126,22 @@ fn init(request: &FinishRequest, layout: &Layout, manifest: &Manifest, state: &m
     };
     let config = kubeadm::init_config(&node, &cluster, &cluster_path.display().to_string())?;
     let config_path = state::state_dir(layout).join(KUBEADM_CONFIG);
-    fsutil::write_atomic(&config_path, config.as_bytes(), 0o600).map_err(|source| Error::Write {
-        path: config_path.clone(),
-        source,
+    fsutil::write_atomic(&config_path, config.as_bytes(), 0o600).map_err(|source| {
+        Error::Write {
+            path: config_path.clone(),
+            source,
+        }
     })?;
-    let data_dir = manifest.etcd.data_dir.as_deref().unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
-    kubeadm::run_init(&request.kubeadm, &config_path, &kubeadm::restore_preflight_ignores(data_dir))?;
+    let data_dir = manifest
+        .etcd
+        .data_dir
+        .as_deref()
+        .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
+    kubeadm::run_init(
+        &request.kubeadm,
+        &config_path,
+        &kubeadm::restore_preflight_ignores(data_dir),
+    )?;
     state.phase = Phase::Initialized;
     state.save(layout)
 }
@@ -132,7 +155,10 @@ fn move_aside_stale_manifests(layout: &Layout, state: &mut State) -> Result<(), 
     }
     let old = fsutil::sibling(&dir, &format!(".cpr-old-{}", state.stamp));
     let old = if old.exists() {
-        fsutil::sibling(&dir, &format!(".cpr-old-{}-{}", state.stamp, state.moved_aside.len()))
+        fsutil::sibling(
+            &dir,
+            &format!(".cpr-old-{}-{}", state.stamp, state.moved_aside.len()),
+        )
     } else {
         old
     };
@@ -140,7 +166,10 @@ fn move_aside_stale_manifests(layout: &Layout, state: &mut State) -> Result<(), 
         path: dir.clone(),
         source,
     })?;
-    log::info!("finish: moved the existing static pod manifests aside to {}", old.display());
+    log::info!(
+        "finish: moved the existing static pod manifests aside to {}",
+        old.display()
+    );
     state.moved_aside.push(old);
     state.save(layout)
 }
@@ -170,9 +199,11 @@ fn install_kubeconfigs(layout: &Layout, sudo_user: Option<&str>) -> Result<Vec<P
         })?;
         if let Some((uid, gid)) = owner {
             for owned in [&dir, &path] {
-                std::os::unix::fs::chown(owned, Some(uid), Some(gid)).map_err(|source| Error::Write {
-                    path: owned.to_path_buf(),
-                    source,
+                std::os::unix::fs::chown(owned, Some(uid), Some(gid)).map_err(|source| {
+                    Error::Write {
+                        path: owned.to_path_buf(),
+                        source,
+                    }
                 })?;
             }
         }
@@ -187,7 +218,13 @@ fn passwd_entry(layout: &Layout, user: &str) -> Option<(String, u32, u32)> {
     text.lines().find_map(|line| {
         let fields: Vec<&str> = line.split(':').collect();
         (fields.len() >= 7 && fields[0] == user)
-            .then(|| Some((fields[5].to_string(), fields[2].parse().ok()?, fields[3].parse().ok()?)))
+            .then(|| {
+                Some((
+                    fields[5].to_string(),
+                    fields[2].parse().ok()?,
+                    fields[3].parse().ok()?,
+                ))
+            })
             .flatten()
     })
 }
@@ -204,7 +241,12 @@ fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(Error::Read { path: staged_dir, source }),
+        Err(source) => {
+            return Err(Error::Read {
+                path: staged_dir,
+                source,
+            })
+        }
     };
     names.sort();
     let mut restored = Vec::new();
@@ -219,9 +261,11 @@ fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
             Ok(generated) => {
                 let keep = state::state_dir(layout).join(GENERATED_DIR);
                 state::ensure_dir(&keep)?;
-                fsutil::write_atomic(&keep.join(&name), &generated, 0o600).map_err(|source| Error::Write {
-                    path: keep.join(&name),
-                    source,
+                fsutil::write_atomic(&keep.join(&name), &generated, 0o600).map_err(|source| {
+                    Error::Write {
+                        path: keep.join(&name),
+                        source,
+                    }
                 })?;
                 log::info!(
                     "finish: {name} differs from what kubeadm generated; restoring the backed-up version (kubeadm's is in {})",
@@ -268,17 +312,24 @@ fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Erro
         .revision;
     let nodes = api.get_json("/api/v1/nodes")?;
     let pods = api.get_json("/api/v1/namespaces/kube-system/pods")?;
-    let summarize = |list: &serde_json::Value, state: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
-        list["items"]
-            .as_array()
-            .map(|items| {
-                items
-                    .iter()
-                    .map(|item| format!("{} {}", item["metadata"]["name"].as_str().unwrap_or("?"), state(item)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
+    let summarize =
+        |list: &serde_json::Value, state: &dyn Fn(&serde_json::Value) -> String| -> Vec<String> {
+            list["items"]
+                .as_array()
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|item| {
+                            format!(
+                                "{} {}",
+                                item["metadata"]["name"].as_str().unwrap_or("?"),
+                                state(item)
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
     Ok(FinishReport {
         apiserver: api.server().to_string(),
         etcd_revision: revision,
@@ -286,11 +337,22 @@ fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Erro
             node["status"]["conditions"]
                 .as_array()
                 .and_then(|c| c.iter().find(|c| c["type"] == "Ready"))
-                .map(|c| if c["status"] == "True" { "Ready" } else { "NotReady" })
+                .map(|c| {
+                    if c["status"] == "True" {
+                        "Ready"
+                    } else {
+                        "NotReady"
+                    }
+                })
                 .unwrap_or("Unknown")
                 .to_string()
         }),
-        pods: summarize(&pods, &|pod| pod["status"]["phase"].as_str().unwrap_or("Unknown").to_string()),
+        pods: summarize(&pods, &|pod| {
+            pod["status"]["phase"]
+                .as_str()
+                .unwrap_or("Unknown")
+                .to_string()
+        }),
         ..FinishReport::default()
     })
 }
@@ -298,7 +360,10 @@ fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Erro
 /// The report as an operator reads it at the end of a recovery.
 pub fn describe(report: &FinishReport) -> String {
     if report.already_done {
-        return format!("cpr finish: the recovery from {} had already finished; nothing changed\n", report.bundle);
+        return format!(
+            "cpr finish: the recovery from {} had already finished; nothing changed\n",
+            report.bundle
+        );
     }
     let mut out = format!(
         "cpr finish: control plane restored from {}\n  kube-apiserver {} ready, etcd healthy at revision {}\n",
@@ -308,14 +373,31 @@ pub fn describe(report: &FinishReport) -> String {
         if items.is_empty() {
             String::new()
         } else {
-            format!("  {title}:\n{}", items.iter().map(|i| format!("    {i}\n")).collect::<String>())
+            format!(
+                "  {title}:\n{}",
+                items
+                    .iter()
+                    .map(|i| format!("    {i}\n"))
+                    .collect::<String>()
+            )
         }
     };
-    let paths = |paths: &[PathBuf]| paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+    let paths = |paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+    };
     out.push_str(&list("nodes", &report.nodes));
     out.push_str(&list("kube-system pods", &report.pods));
-    out.push_str(&list("static pods restored from the backup", &report.static_pods));
+    out.push_str(&list(
+        "static pods restored from the backup",
+        &report.static_pods,
+    ));
     out.push_str(&list("kubeconfig installed", &paths(&report.kubeconfigs)));
-    out.push_str(&list("originals moved aside (kept, never deleted)", &paths(&report.moved_aside)));
+    out.push_str(&list(
+        "originals moved aside (kept, never deleted)",
+        &paths(&report.moved_aside),
+    ));
     out
 }

@@ -41,7 +41,9 @@ pub enum Error {
     Identity { differences: Vec<String> },
     #[error("cannot move {live} aside: {old} already exists. An earlier restore left it; move it away and run again")]
     SwapConflict { live: PathBuf, old: PathBuf },
-    #[error("nothing to finish: no completed restore is recorded in {state}. Run `cpr restore` first")]
+    #[error(
+        "nothing to finish: no completed restore is recorded in {state}. Run `cpr restore` first"
+    )]
     NotRestored { state: PathBuf },
     #[error(transparent)]
     Node(#[from] crate::node::Error),

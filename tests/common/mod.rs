@@ -125,7 +125,9 @@ pub fn run(command: &mut Command) -> String {
 
 /// A kubeadm control-plane node under a temp root, with etcd running from its static pod manifest.
 pub struct KubeadmNode {
-    pub dir: tempfile::TempDir,
+    root: PathBuf,
+    /// The temp dir of a node this fixture laid out; an adopted root belongs to someone else.
+    _dir: Option<tempfile::TempDir>,
     pub version: EtcdVersion,
     pub client_port: u16,
     pub peer_port: u16,
@@ -145,7 +147,8 @@ impl KubeadmNode {
             &peer_port.to_string(),
         ]));
         let mut node = KubeadmNode {
-            dir,
+            root: dir.path().to_path_buf(),
+            _dir: Some(dir),
             version,
             client_port,
             peer_port,
@@ -163,8 +166,27 @@ impl KubeadmNode {
         node
     }
 
+    /// Takes over a root laid out elsewhere (a restore target) and starts etcd from its manifest.
+    pub fn adopt(
+        root: &Path,
+        version: EtcdVersion,
+        client_port: u16,
+        peer_port: u16,
+    ) -> KubeadmNode {
+        let mut node = KubeadmNode {
+            root: root.to_path_buf(),
+            _dir: None,
+            version,
+            client_port,
+            peer_port,
+            etcd: None,
+        };
+        node.start_etcd();
+        node
+    }
+
     pub fn root(&self) -> &Path {
-        self.dir.path()
+        &self.root
     }
 
     pub fn endpoint(&self) -> String {
@@ -232,9 +254,9 @@ impl KubeadmNode {
         status[0]["Status"]["header"]["revision"].as_i64().unwrap()
     }
 
-    /// Live keys under `prefix`, from `etcdctl get --count-only`.
+    /// Live keys (every key of a Kubernetes etcd starts with `/`), from `etcdctl get --count-only`.
     pub fn key_count(&self) -> i64 {
-        let out = self.etcdctl(&["get", "", "--prefix", "--count-only", "-w", "json"]);
+        let out = self.etcdctl(&["get", "/", "--prefix", "--keys-only", "-w", "json"]);
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         reply["count"].as_i64().unwrap_or(0)
     }

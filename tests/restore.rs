@@ -1,0 +1,367 @@
+//! `cpr restore` (phase 1) onto a fresh root: real bundles from a real etcd, and a real etcd started on
+//! the restored data dir with kubeadm's flags.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BUMP: i64 = 1_000_000_000;
+
+/// A source node that backed itself up into a directory store, then died.
+struct Backup {
+    node: KubeadmNode,
+    store: tempfile::TempDir,
+    revision: i64,
+    keys: i64,
+    hostname: String,
+}
+
+fn backed_up(version: EtcdVersion, keys: usize) -> Backup {
+    let mut node = KubeadmNode::start(version, keys);
+    let store = tempfile::tempdir().unwrap();
+    ok(&cpr(&[
+        "backup",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+    ]));
+    let (revision, keys) = (node.revision(), node.key_count());
+    node.stop_etcd();
+    let hostname = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    Backup {
+        node,
+        store,
+        revision,
+        keys,
+        hostname,
+    }
+}
+
+impl Backup {
+    fn restore(&self, target: &Path, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "restore",
+            "--store",
+            self.store.path().to_str().unwrap(),
+            "--root",
+            target.to_str().unwrap(),
+            "--node",
+            NODE_NAME,
+            "--hostname",
+            &self.hostname,
+            "--ip",
+            NODE_IP,
+            "--no-finish",
+        ];
+        args.extend_from_slice(extra);
+        cpr(&args)
+    }
+
+    /// Runs etcd as kubelet would from the bundle's own etcd.yaml, on the restored root.
+    fn start_restored_etcd(&self, target: &Path) -> KubeadmNode {
+        let manifests = target.join("etc/kubernetes/manifests");
+        fs::create_dir_all(&manifests).unwrap();
+        fs::copy(
+            self.node.root().join("etc/kubernetes/manifests/etcd.yaml"),
+            manifests.join("etcd.yaml"),
+        )
+        .unwrap();
+        KubeadmNode::adopt(
+            target,
+            self.node.version,
+            self.node.client_port,
+            self.node.peer_port,
+        )
+    }
+}
+
+/// Every file below `dir`, relative, with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((
+                    path.strip_prefix(dir).unwrap().to_path_buf(),
+                    fs::read(&path).unwrap(),
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A provisioned replacement node: kubeadm's packages created the dirs, a stale pki lies around.
+fn fresh_target() -> tempfile::TempDir {
+    let target = tempfile::tempdir().unwrap();
+    let pki = target.path().join("etc/kubernetes/pki");
+    fs::create_dir_all(&pki).unwrap();
+    fs::write(pki.join("stale.crt"), "from the provisioning\n").unwrap();
+    fs::create_dir_all(target.path().join("var/lib")).unwrap();
+    target
+}
+
+#[test]
+fn restore_brings_back_pki_and_an_etcd_that_serves_every_key() {
+    for version in [EtcdVersion::V3_5, EtcdVersion::V3_4] {
+        let backup = backed_up(version, 30);
+        let target = fresh_target();
+        let out = backup.restore(target.path(), &["--output", "json"]);
+        let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+        assert_eq!(
+            report["restore"]["revision"].as_i64(),
+            Some(backup.revision)
+        );
+        assert_eq!(
+            report["restore"]["bumpedRevision"].as_i64(),
+            Some(backup.revision + BUMP)
+        );
+
+        assert_eq!(
+            tree(&target.path().join("etc/kubernetes/pki")),
+            tree(&backup.node.root().join("etc/kubernetes/pki")),
+            "the restored pki is the backed-up one"
+        );
+        let moved = report["restore"]["movedAside"].as_array().unwrap();
+        assert_eq!(moved.len(), 1, "{report}");
+        let old = PathBuf::from(moved[0].as_str().unwrap());
+        assert_eq!(
+            fs::read_to_string(old.join("stale.crt")).unwrap(),
+            "from the provisioning\n"
+        );
+
+        let restored = backup.start_restored_etcd(target.path());
+        assert_eq!(restored.revision(), backup.revision + BUMP, "{version:?}");
+        assert_eq!(restored.key_count(), backup.keys, "{version:?}");
+        let kubeadm_config = restored.etcdctl(&[
+            "get",
+            "/registry/configmaps/kube-system/kubeadm-config",
+            "--print-value-only",
+        ]);
+        assert!(String::from_utf8_lossy(&kubeadm_config.stdout).contains("ClusterConfiguration"));
+        let old_read = restored.etcdctl(&[
+            "get",
+            "/registry",
+            "--prefix",
+            "--rev",
+            &backup.revision.to_string(),
+        ]);
+        assert!(
+            !old_read.status.success(),
+            "a read at the old revision must be refused as compacted"
+        );
+        assert!(
+            String::from_utf8_lossy(&old_read.stderr).contains("compacted"),
+            "{}",
+            String::from_utf8_lossy(&old_read.stderr)
+        );
+        let members = String::from_utf8(restored.etcdctl(&["member", "list"]).stdout).unwrap();
+        assert!(
+            members.contains(NODE_NAME)
+                && members.contains(&format!("https://{NODE_IP}:{}", backup.node.peer_port)),
+            "{members}"
+        );
+        let put = restored.etcdctl(&["put", "/registry/after-restore", "x", "-w", "json"]);
+        let put: Value = serde_json::from_slice(&put.stdout).unwrap();
+        assert_eq!(
+            put["header"]["revision"].as_i64(),
+            Some(backup.revision + BUMP + 1)
+        );
+    }
+}
+
+#[test]
+fn a_second_run_changes_nothing() {
+    let backup = backed_up(EtcdVersion::V3_5, 5);
+    let target = fresh_target();
+    ok(&backup.restore(target.path(), &[]));
+    let before = tree(target.path());
+    let out = backup.restore(target.path(), &[]);
+    assert!(
+        ok(&out).contains("already restored"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(tree(target.path()), before);
+}
+
+#[test]
+fn refusals_name_the_step_and_change_nothing() {
+    let backup = backed_up(EtcdVersion::V3_5, 5);
+    let target = fresh_target();
+    let before = tree(target.path());
+
+    let out = cpr(&[
+        "restore",
+        "--store",
+        backup.store.path().to_str().unwrap(),
+        "--root",
+        target.path().to_str().unwrap(),
+        "--node",
+        NODE_NAME,
+        "--hostname",
+        "someone-else",
+        "--ip",
+        NODE_IP,
+        "--no-finish",
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("someone-else") && stderr(&out).contains("--force-identity"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree(target.path()), before);
+
+    let out = cpr(&[
+        "restore",
+        "--store",
+        backup.store.path().to_str().unwrap(),
+        "--root",
+        target.path().to_str().unwrap(),
+        "--node",
+        NODE_NAME,
+        "--hostname",
+        &backup.hostname,
+        "--ip",
+        "127.0.9.9",
+        "--no-finish",
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(stderr(&out).contains(NODE_IP), "{}", stderr(&out));
+    assert_eq!(tree(target.path()), before);
+
+    let out = cpr(&[
+        "restore",
+        "--store",
+        backup.store.path().to_str().unwrap(),
+        "--root",
+        target.path().to_str().unwrap(),
+        "--node",
+        "nobody",
+        "--no-finish",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nobody"), "{}", stderr(&out));
+
+    let down = format!("http://127.0.0.1:{}/backups", free_port());
+    let out = cpr(&[
+        "restore",
+        "--store",
+        &down,
+        "--root",
+        target.path().to_str().unwrap(),
+        "--cluster",
+        CLUSTER,
+        "--node",
+        NODE_NAME,
+        "--no-finish",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(tree(target.path()), before);
+}
+
+/// Flips a byte inside the compressed snapshot of a stored bundle.
+fn corrupt(bundle: &Path) {
+    let mut bytes = fs::read(bundle).unwrap();
+    let at = bytes.len() - bytes.len() / 5;
+    bytes[at] ^= 0x55;
+    fs::write(bundle, bytes).unwrap();
+}
+
+fn bundles(store: &Path) -> Vec<PathBuf> {
+    let dir = store.join(CLUSTER).join(NODE_NAME);
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn a_corrupt_newest_bundle_falls_back_to_the_next_and_all_corrupt_changes_nothing() {
+    let mut node = KubeadmNode::start(EtcdVersion::V3_5, 10);
+    let store = tempfile::tempdir().unwrap();
+    let backup = |node: &KubeadmNode| {
+        ok(&cpr(&[
+            "backup",
+            "--root",
+            node.root().to_str().unwrap(),
+            "--store",
+            store.path().to_str().unwrap(),
+        ]))
+    };
+    backup(&node);
+    let older_revision = node.revision();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    node.etcdctl(&["put", "/registry/newer", "x"]);
+    backup(&node);
+    node.stop_etcd();
+    let all = bundles(store.path());
+    assert_eq!(all.len(), 2);
+    corrupt(&all[1]);
+    let hostname = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let restore = |target: &Path| {
+        cpr(&[
+            "restore",
+            "--store",
+            store.path().to_str().unwrap(),
+            "--root",
+            target.to_str().unwrap(),
+            "--node",
+            NODE_NAME,
+            "--hostname",
+            &hostname,
+            "--ip",
+            NODE_IP,
+            "--no-finish",
+            "--output",
+            "json",
+        ])
+    };
+    let target = fresh_target();
+    let report: Value = serde_json::from_str(&ok(&restore(target.path()))).unwrap();
+    assert!(
+        all[0].ends_with(report["restore"]["bundle"].as_str().unwrap()),
+        "{report}"
+    );
+    assert_eq!(report["restore"]["revision"].as_i64(), Some(older_revision));
+    assert!(
+        all[1].ends_with(report["restore"]["skipped"][0][0].as_str().unwrap()),
+        "{report}"
+    );
+
+    corrupt(&all[0]);
+    let target = fresh_target();
+    let before = tree(target.path());
+    let out = restore(target.path());
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("every candidate failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        tree(target.path()),
+        before,
+        "live paths and staging are as they were"
+    );
+}
