@@ -137,8 +137,12 @@ pub struct KubeadmNode {
 impl KubeadmNode {
     /// Lays out the node and starts etcd with kubeadm's flags; seeds it with `keys` objects.
     pub fn start(version: EtcdVersion, keys: usize) -> KubeadmNode {
+        Self::start_on(version, keys, free_port(), free_port())
+    }
+
+    /// As `start`, on given ports (kubeadm's 2379/2380 where a test needs kubeadm's defaults).
+    pub fn start_on(version: EtcdVersion, keys: usize, client_port: u16, peer_port: u16) -> KubeadmNode {
         let dir = tempfile::tempdir().unwrap();
-        let (client_port, peer_port) = (free_port(), free_port());
         run(Command::new(fixtures().join("kubeadm-node")).args([
             dir.path().to_str().unwrap(),
             NODE_NAME,

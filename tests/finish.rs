@@ -1,0 +1,200 @@
+//! Phase 2 (`cpr finish`) on a restored root, against the kubeadm double (tests/doubles: kubeadm's
+//! preflight and config rules, read from kubeadm's source), a fake kube-apiserver serving the restored
+//! certificates, and a real etcd that the test starts from the manifest kubeadm wrote, as kubelet would.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn doubles() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
+}
+
+fn hostname() -> String {
+    String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap().trim().to_string()
+}
+
+/// kubelet's part: runs the fake apiserver and, once kubeadm wrote etcd.yaml, a real etcd from it.
+struct Kubelet {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<Child>>>,
+}
+
+impl Kubelet {
+    fn start(root: &Path) -> Kubelet {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (root, flag) = (root.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut children = vec![Command::new(doubles().join("fake-apiserver"))
+                .args(["--root", root.to_str().unwrap(), "--listen", &format!("{NODE_IP}:6443")])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()];
+            let manifest = root.join("etc/kubernetes/manifests/etcd.yaml");
+            while !flag.load(Ordering::SeqCst) {
+                if children.len() == 1 && manifest.exists() {
+                    std::thread::sleep(Duration::from_millis(300));
+                    let log = fs::File::create(root.join("etcd.log")).unwrap();
+                    children.push(
+                        Command::new(fixtures().join("run-static-etcd"))
+                            .arg(&root)
+                            .arg(EtcdVersion::V3_5.etcd())
+                            .stdout(log.try_clone().unwrap())
+                            .stderr(log)
+                            .spawn()
+                            .unwrap(),
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            children
+        });
+        Kubelet { stop, thread: Some(thread) }
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for mut child in self.thread.take().unwrap().join().unwrap_or_default() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn finish_env(root: &Path) -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap())),
+        ("KUBEADM_DOUBLE_ROOT".into(), root.display().to_string()),
+        ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS".into(), "1".into()),
+        ("KUBEADM_DOUBLE_ALLOW_LOOPBACK".into(), "1".into()),
+        ("KUBEADM_DOUBLE_APISERVER".into(), format!("{NODE_IP}:6443")),
+        ("KUBEADM_DOUBLE_WAIT_SECONDS".into(), "60".into()),
+        ("KUBEADM_DOUBLE_HOSTNAME".into(), NODE_NAME.into()),
+        ("SUDO_USER".into(), "operator".into()),
+    ]
+}
+
+fn cpr_in(root: &Path, args: &[&str]) -> std::process::Output {
+    let env = finish_env(root);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    cpr_env(args, &env)
+}
+
+/// A replacement node as provisioning leaves it: an operator account, IP forwarding on.
+fn provisioned_target() -> tempfile::TempDir {
+    let target = tempfile::tempdir().unwrap();
+    let root = target.path();
+    fs::create_dir_all(root.join("proc/sys/net/ipv4")).unwrap();
+    fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").unwrap();
+    fs::create_dir_all(root.join("etc")).unwrap();
+    fs::create_dir_all(root.join("home/operator")).unwrap();
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\noperator:x:4242:4343:Operator:/home/operator:/bin/bash\n",
+    )
+    .unwrap();
+    target
+}
+
+fn log_lines(path: &Path) -> Vec<Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing() {
+    // kubeadm's default etcd ports: the restored member's peer URL must be the one kubeadm writes.
+    let mut source = KubeadmNode::start_on(EtcdVersion::V3_5, 20, 2379, 2380);
+    let manifests = source.root().join("etc/kubernetes/manifests");
+    let second_scheduler = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: second-scheduler\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - kube-scheduler\n    - --scheduler-name=second\n    image: registry.k8s.io/kube-scheduler:v1.27.4\n    name: second-scheduler\n";
+    fs::write(manifests.join("second-scheduler.yaml"), second_scheduler).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    ok(&cpr(&["backup", "--root", source.root().to_str().unwrap(), "--store", store.path().to_str().unwrap()]));
+    source.stop_etcd();
+
+    let target = provisioned_target();
+    let root = target.path();
+    let restore_args = [
+        "restore", "--store", store.path().to_str().unwrap(), "--root", root.to_str().unwrap(), "--node", NODE_NAME,
+        "--hostname", &hostname(), "--ip", NODE_IP, "--timeout", "60",
+    ];
+    ok(&cpr_in(root, &[&restore_args[..], &["--no-finish"]].concat()));
+    let kubelet = Kubelet::start(root);
+    let out = cpr_in(root, &["finish", "--root", root.to_str().unwrap(), "--timeout", "60", "--output", "json"]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+
+    // kubeadm was asked for exactly the restore's exception, with the node and the backed-up cluster config.
+    let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let argv: Vec<&str> = calls[0]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(argv.contains(&"--ignore-preflight-errors=DirAvailable--var-lib-etcd"), "{argv:?}");
+    let config = calls[0]["config"].as_str().unwrap();
+    assert!(config.contains("kind: InitConfiguration") && config.contains(&format!("advertiseAddress: {NODE_IP}")));
+    assert!(config.contains("clusterName: prod") && config.contains("kubeadm.k8s.io/v1beta3"), "{config}");
+
+    // Health, through the restored credentials.
+    assert_eq!(report["apiserver"], format!("https://{NODE_IP}:6443"));
+    assert!(report["etcdRevision"].as_i64().unwrap() > 1_000_000_000, "{report}");
+    assert!(report["nodes"][0].as_str().unwrap().starts_with(NODE_NAME), "{report}");
+    assert!(report["pods"].as_array().unwrap().len() >= 4, "{report}");
+
+    // The custom static pod is back; kubelet was restarted for it.
+    assert_eq!(fs::read_to_string(root.join("etc/kubernetes/manifests/second-scheduler.yaml")).unwrap(), second_scheduler);
+    assert!(report["staticPods"].as_array().unwrap().iter().any(|p| p == "second-scheduler.yaml"), "{report}");
+    let restarts = log_lines(&root.join("var/log/systemctl.log"));
+    assert!(restarts.iter().any(|l| l["argv"].to_string().contains("restart")), "{restarts:?}");
+    // kubeadm's own version of a manifest the backup changed is kept out of kubelet's reach.
+    for kept in fs::read_dir(root.join("var/lib/cpr/kubeadm-generated")).unwrap() {
+        let name = kept.unwrap().file_name();
+        assert_eq!(fs::read(root.join("etc/kubernetes/manifests").join(&name)).unwrap(), fs::read(manifests.join(&name)).unwrap());
+    }
+
+    // admin.conf for root and for the sudo user, owned by that user.
+    let admin = fs::read(root.join("etc/kubernetes/admin.conf")).unwrap();
+    assert_eq!(fs::read(root.join("root/.kube/config")).unwrap(), admin);
+    let users = root.join("home/operator/.kube/config");
+    assert_eq!(fs::read(&users).unwrap(), admin);
+    let meta = fs::metadata(&users).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (4242, 4343, 0o600));
+
+    // Running it again changes nothing: not kubeadm, not a file.
+    let before = snapshot(root);
+    let again = cpr_in(root, &restore_args);
+    assert!(ok(&again).contains("already"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert_eq!(log_lines(&root.join("var/log/kubeadm-double.log")).len(), 1);
+    assert_eq!(snapshot(root), before);
+    drop(kubelet);
+}
+
+/// Paths and contents of what cpr and kubeadm manage (logs and etcd's live files change on their own).
+fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["etc/kubernetes", "root", "home", "var/lib/cpr"] {
+        let mut stack = vec![root.join(dir)];
+        while let Some(d) = stack.pop() {
+            for entry in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    out.push((path.clone(), fs::read(&path).unwrap()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
