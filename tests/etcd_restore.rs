@@ -782,3 +782,65 @@ fn repeated_bumps_split_the_rightmost_leaf() {
             + rounds as usize
     );
 }
+
+fn cpr(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_cpr"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn cli_prints_what_etcdutl_prints_and_checks_flags() {
+    let src = source().path.to_str().unwrap();
+    for format in ["simple", "json"] {
+        let theirs = v35()
+            .util()
+            .args(["snapshot", "status", src, "-w", format])
+            .output()
+            .unwrap();
+        assert_eq!(
+            check(
+                cpr(&["etcd", "snapshot", "status", src, "-w", format]),
+                "cpr status"
+            ),
+            check(theirs, "etcdutl")
+        );
+    }
+    let tmp = TempDir::new().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    for lone in [&["--bump-revision", "5"][..], &["--mark-compacted"]] {
+        let out = cpr(&[
+            &["etcd", "snapshot", "restore", src, "--data-dir", d][..],
+            lone,
+        ]
+        .concat());
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--bump-revision and --mark-compacted")
+        );
+        assert!(!data.exists());
+    }
+    check(
+        cpr(&[
+            "etcd",
+            "snapshot",
+            "restore",
+            src,
+            "--data-dir",
+            d,
+            "--bump-revision",
+            "5",
+            "--mark-compacted",
+        ]),
+        "cpr restore",
+    );
+    let status = etcd::snapshot_status(&data.join("member/snap/db")).unwrap();
+    assert_eq!(status.revision, source().revision + 5);
+}

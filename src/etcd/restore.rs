@@ -14,10 +14,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
 
 const TRAILER: u64 = 32;
 /// Copy buffer: large enough for sequential throughput, small against the 64 MiB memory budget.
 const CHUNK: usize = 4 << 20;
+/// Chunks in flight between the copy loop and the hasher.
+const BUFFERS: usize = 3;
 
 /// etcdutl's restore flags, with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +134,9 @@ struct Plan<'a> {
     wal: Option<(PathBuf, PathBuf)>,
 }
 
+/// `path` with `suffix` appended to its last component (`a/b/` + `.tmp` is `a/b.tmp`, a sibling).
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
+    let mut s = path.components().collect::<PathBuf>().into_os_string();
     s.push(suffix);
     PathBuf::from(s)
 }
@@ -217,7 +221,7 @@ impl<'a> Plan<'a> {
             has_trailer,
             cluster,
             member_id,
-            data_dir: data_dir.to_path_buf(),
+            data_dir: data_dir.components().collect(),
             tmp: with_suffix(data_dir, ".tmp"),
             wal,
         })
@@ -328,10 +332,6 @@ impl<'a> Plan<'a> {
         path: &Path,
         len: u64,
     ) -> Result<(), Error> {
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut out = file;
-        let mut left = len;
         let short = |e: io::Error| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(
@@ -342,24 +342,56 @@ impl<'a> Plan<'a> {
                 e
             }
         };
-        while left > 0 {
-            let n = left.min(CHUNK as u64) as usize;
-            reader
-                .read_exact(&mut buf[..n])
-                .map_err(|e| Error::io("reading", self.source)(short(e)))?;
-            if !self.opts.skip_hash_check {
-                hasher.update(&buf[..n]);
+        let hash = !self.opts.skip_hash_check;
+        // Hashing runs beside the read/write loop (it costs about as much CPU as the copy); the
+        // reader stays on this thread since a stream out of a bundle need not be `Send`.
+        let (actual, copied) = std::thread::scope(|s| {
+            let (to_hasher, chunks) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+            let (recycle, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
+            for _ in 0..BUFFERS {
+                recycle
+                    .send(vec![0u8; CHUNK])
+                    .expect("the pool has room for every buffer");
             }
-            out.write_all(&buf[..n])
-                .map_err(Error::io("writing", path))?;
-            left -= n as u64;
-        }
+            let hasher = s.spawn(move || {
+                let mut hasher = Sha256::new();
+                for (buf, n) in chunks {
+                    if hash {
+                        hasher.update(&buf[..n]);
+                    }
+                    // The copy loop may have stopped on an error; then nobody takes buffers back.
+                    let _ = recycle.send(buf);
+                }
+                hasher.finalize()
+            });
+            let mut copy = || -> Result<(), Error> {
+                let mut out = file;
+                let mut left = len;
+                while left > 0 {
+                    let mut buf = free.recv().expect("the hasher returns every buffer");
+                    let n = left.min(CHUNK as u64) as usize;
+                    reader
+                        .read_exact(&mut buf[..n])
+                        .map_err(|e| Error::io("reading", self.source)(short(e)))?;
+                    out.write_all(&buf[..n])
+                        .map_err(Error::io("writing", path))?;
+                    to_hasher
+                        .send((buf, n))
+                        .expect("the hasher runs until the channel closes");
+                    left -= n as u64;
+                }
+                Ok(())
+            };
+            let copied = copy();
+            drop(to_hasher);
+            (hasher.join().expect("hashing does not panic"), copied)
+        });
+        copied?;
         if self.has_trailer {
             let mut trailer = [0u8; TRAILER as usize];
             reader
                 .read_exact(&mut trailer)
                 .map_err(|e| Error::io("reading", self.source)(short(e)))?;
-            let actual = hasher.finalize();
             if !self.opts.skip_hash_check && actual[..] != trailer[..] {
                 return Err(Error::HashMismatch {
                     path: self.source.to_path_buf(),
