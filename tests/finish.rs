@@ -19,7 +19,10 @@ fn doubles() -> PathBuf {
 }
 
 fn hostname() -> String {
-    String::from_utf8(Command::new("hostname").output().unwrap().stdout).unwrap().trim().to_string()
+    String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
 }
 
 /// kubelet's part: runs the fake apiserver and, once kubeadm wrote etcd.yaml, a real etcd from it.
@@ -34,7 +37,12 @@ impl Kubelet {
         let (root, flag) = (root.to_path_buf(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut children = vec![Command::new(doubles().join("fake-apiserver"))
-                .args(["--root", root.to_str().unwrap(), "--listen", &format!("{NODE_IP}:6443")])
+                .args([
+                    "--root",
+                    root.to_str().unwrap(),
+                    "--listen",
+                    &format!("{NODE_IP}:6443"),
+                ])
                 .stdout(Stdio::null())
                 .spawn()
                 .unwrap()];
@@ -57,7 +65,10 @@ impl Kubelet {
             }
             children
         });
-        Kubelet { stop, thread: Some(thread) }
+        Kubelet {
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -73,7 +84,10 @@ impl Drop for Kubelet {
 
 fn finish_env(root: &Path) -> Vec<(String, String)> {
     vec![
-        ("PATH".into(), format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap())),
+        (
+            "PATH".into(),
+            format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap()),
+        ),
         ("KUBEADM_DOUBLE_ROOT".into(), root.display().to_string()),
         ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS".into(), "1".into()),
         ("KUBEADM_DOUBLE_ALLOW_LOOPBACK".into(), "1".into()),
@@ -122,44 +136,113 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     let second_scheduler = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: second-scheduler\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - kube-scheduler\n    - --scheduler-name=second\n    image: registry.k8s.io/kube-scheduler:v1.27.4\n    name: second-scheduler\n";
     fs::write(manifests.join("second-scheduler.yaml"), second_scheduler).unwrap();
     let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&["backup", "--root", source.root().to_str().unwrap(), "--store", store.path().to_str().unwrap()]));
+    ok(&cpr(&[
+        "backup",
+        "--root",
+        source.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+    ]));
     source.stop_etcd();
 
     let target = provisioned_target();
     let root = target.path();
     let restore_args = [
-        "restore", "--store", store.path().to_str().unwrap(), "--root", root.to_str().unwrap(), "--node", NODE_NAME,
-        "--hostname", &hostname(), "--ip", NODE_IP, "--timeout", "60",
+        "restore",
+        "--store",
+        store.path().to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--node",
+        NODE_NAME,
+        "--hostname",
+        &hostname(),
+        "--ip",
+        NODE_IP,
+        "--timeout",
+        "60",
     ];
-    ok(&cpr_in(root, &[&restore_args[..], &["--no-finish"]].concat()));
+    ok(&cpr_in(
+        root,
+        &[&restore_args[..], &["--no-finish"]].concat(),
+    ));
     let kubelet = Kubelet::start(root);
-    let out = cpr_in(root, &["finish", "--root", root.to_str().unwrap(), "--timeout", "60", "--output", "json"]);
+    let out = cpr_in(
+        root,
+        &[
+            "finish",
+            "--root",
+            root.to_str().unwrap(),
+            "--timeout",
+            "60",
+            "--output",
+            "json",
+        ],
+    );
     let report: Value = serde_json::from_str(&ok(&out)).unwrap();
 
     // kubeadm was asked for exactly the restore's exception, with the node and the backed-up cluster config.
     let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
     assert_eq!(calls.len(), 1, "{calls:?}");
-    let argv: Vec<&str> = calls[0]["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert!(argv.contains(&"--ignore-preflight-errors=DirAvailable--var-lib-etcd"), "{argv:?}");
+    let argv: Vec<&str> = calls[0]["argv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        argv.contains(&"--ignore-preflight-errors=DirAvailable--var-lib-etcd"),
+        "{argv:?}"
+    );
     let config = calls[0]["config"].as_str().unwrap();
-    assert!(config.contains("kind: InitConfiguration") && config.contains(&format!("advertiseAddress: {NODE_IP}")));
-    assert!(config.contains("clusterName: prod") && config.contains("kubeadm.k8s.io/v1beta3"), "{config}");
+    assert!(
+        config.contains("kind: InitConfiguration")
+            && config.contains(&format!("advertiseAddress: {NODE_IP}"))
+    );
+    assert!(
+        config.contains("clusterName: prod") && config.contains("kubeadm.k8s.io/v1beta3"),
+        "{config}"
+    );
 
     // Health, through the restored credentials.
     assert_eq!(report["apiserver"], format!("https://{NODE_IP}:6443"));
-    assert!(report["etcdRevision"].as_i64().unwrap() > 1_000_000_000, "{report}");
-    assert!(report["nodes"][0].as_str().unwrap().starts_with(NODE_NAME), "{report}");
+    assert!(
+        report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
+        "{report}"
+    );
+    assert!(
+        report["nodes"][0].as_str().unwrap().starts_with(NODE_NAME),
+        "{report}"
+    );
     assert!(report["pods"].as_array().unwrap().len() >= 4, "{report}");
 
     // The custom static pod is back; kubelet was restarted for it.
-    assert_eq!(fs::read_to_string(root.join("etc/kubernetes/manifests/second-scheduler.yaml")).unwrap(), second_scheduler);
-    assert!(report["staticPods"].as_array().unwrap().iter().any(|p| p == "second-scheduler.yaml"), "{report}");
+    assert_eq!(
+        fs::read_to_string(root.join("etc/kubernetes/manifests/second-scheduler.yaml")).unwrap(),
+        second_scheduler
+    );
+    assert!(
+        report["staticPods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "second-scheduler.yaml"),
+        "{report}"
+    );
     let restarts = log_lines(&root.join("var/log/systemctl.log"));
-    assert!(restarts.iter().any(|l| l["argv"].to_string().contains("restart")), "{restarts:?}");
+    assert!(
+        restarts
+            .iter()
+            .any(|l| l["argv"].to_string().contains("restart")),
+        "{restarts:?}"
+    );
     // kubeadm's own version of a manifest the backup changed is kept out of kubelet's reach.
     for kept in fs::read_dir(root.join("var/lib/cpr/kubeadm-generated")).unwrap() {
         let name = kept.unwrap().file_name();
-        assert_eq!(fs::read(root.join("etc/kubernetes/manifests").join(&name)).unwrap(), fs::read(manifests.join(&name)).unwrap());
+        assert_eq!(
+            fs::read(root.join("etc/kubernetes/manifests").join(&name)).unwrap(),
+            fs::read(manifests.join(&name)).unwrap()
+        );
     }
 
     // admin.conf for root and for the sudo user, owned by that user.
@@ -168,12 +251,19 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     let users = root.join("home/operator/.kube/config");
     assert_eq!(fs::read(&users).unwrap(), admin);
     let meta = fs::metadata(&users).unwrap();
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (4242, 4343, 0o600));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (4242, 4343, 0o600)
+    );
 
     // Running it again changes nothing: not kubeadm, not a file.
     let before = snapshot(root);
     let again = cpr_in(root, &restore_args);
-    assert!(ok(&again).contains("already"), "{}", String::from_utf8_lossy(&again.stdout));
+    assert!(
+        ok(&again).contains("already"),
+        "{}",
+        String::from_utf8_lossy(&again.stdout)
+    );
     assert_eq!(log_lines(&root.join("var/log/kubeadm-double.log")).len(), 1);
     assert_eq!(snapshot(root), before);
     drop(kubelet);

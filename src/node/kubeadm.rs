@@ -77,14 +77,16 @@ pub fn restore_preflight_ignores(data_dir: &str) -> Vec<String> {
     vec![dir_available_check(data_dir)]
 }
 
-/// Runs `kubeadm init --config CONFIG --ignore-preflight-errors=...`, streaming its output.
+/// Runs `kubeadm init --config CONFIG --ignore-preflight-errors=...`, its output on stderr.
 pub fn run_init(kubeadm: &Path, config: &Path, ignores: &[String]) -> Result<(), Error> {
     let mut command = Command::new(kubeadm);
     command
         .arg("init")
         .arg("--config")
         .arg(config)
-        .arg(format!("--ignore-preflight-errors={}", ignores.join(",")));
+        .arg(format!("--ignore-preflight-errors={}", ignores.join(",")))
+        // cpr's stdout carries its own report (possibly JSON); kubeadm's progress goes with the logs.
+        .stdout(std::process::Stdio::from(std::io::stderr()));
     log::info!("finish: running {command:?}");
     let status = command.status().map_err(|source| Error::Run {
         command: format!("{command:?}"),

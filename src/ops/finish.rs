@@ -306,10 +306,7 @@ fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Erro
     let etcd_pod = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))?;
     let endpoint = client_endpoint(&etcd_pod)?;
     let tls = client_tls(layout, &etcd_pod)?;
-    let revision = EtcdClient::connect(&endpoint, Some(&tls))
-        .and_then(|mut client| client.status())
-        .map_err(crate::etcd::Error::from)?
-        .revision;
+    let revision = wait_for_etcd(&endpoint, &tls, request.timeout)?;
     let nodes = api.get_json("/api/v1/nodes")?;
     let pods = api.get_json("/api/v1/namespaces/kube-system/pods")?;
     let summarize =
@@ -355,6 +352,25 @@ fn health(request: &FinishRequest, layout: &Layout) -> Result<FinishReport, Erro
         }),
         ..FinishReport::default()
     })
+}
+
+/// kubelet may still be (re)starting etcd from its manifest: retry until `timeout`.
+fn wait_for_etcd(
+    endpoint: &str,
+    tls: &crate::etcd::client::TlsFiles,
+    timeout: Duration,
+) -> Result<i64, Error> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        match EtcdClient::connect(endpoint, Some(tls)).and_then(|mut client| client.status()) {
+            Ok(status) => return Ok(status.revision),
+            Err(error) if std::time::Instant::now() >= deadline => {
+                return Err(crate::etcd::Error::from(error).into())
+            }
+            Err(error) => log::info!("finish: waiting for etcd at {endpoint}: {error}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// The report as an operator reads it at the end of a recovery.

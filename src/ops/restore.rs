@@ -444,6 +444,17 @@ fn etcd_options(manifest: &Manifest, bump_revision: Option<u64>) -> RestoreOptio
 fn materialize_pki(layout: &Layout, bundle_dir: &Path) -> Result<(), Error> {
     let from = bundle_dir.join(layout::PKI_DIR);
     let to = new_path(&layout.path(layout::PKI_DIR));
+    if let Some(parent) = to.parent() {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(|source| Error::Write {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+    }
     copy_tree(&from, &to).map_err(|source| Error::Write {
         path: to.clone(),
         source,

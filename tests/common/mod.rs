@@ -141,7 +141,12 @@ impl KubeadmNode {
     }
 
     /// As `start`, on given ports (kubeadm's 2379/2380 where a test needs kubeadm's defaults).
-    pub fn start_on(version: EtcdVersion, keys: usize, client_port: u16, peer_port: u16) -> KubeadmNode {
+    pub fn start_on(
+        version: EtcdVersion,
+        keys: usize,
+        client_port: u16,
+        peer_port: u16,
+    ) -> KubeadmNode {
         let dir = tempfile::tempdir().unwrap();
         run(Command::new(fixtures().join("kubeadm-node")).args([
             dir.path().to_str().unwrap(),
