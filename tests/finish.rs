@@ -128,8 +128,12 @@ fn log_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The tests here use kubeadm's fixed ports (2379, 2380, 6443): one at a time.
+static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing() {
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
     // kubeadm's default etcd ports: the restored member's peer URL must be the one kubeadm writes.
     let mut source = KubeadmNode::start_on(EtcdVersion::V3_5, 20, 2379, 2380);
     let manifests = source.root().join("etc/kubernetes/manifests");
@@ -287,4 +291,111 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     }
     out.sort();
     out
+}
+
+/// The files of a finished recovery that must not depend on where an earlier run was killed.
+fn outcome(root: &Path) -> (Vec<(PathBuf, Vec<u8>)>, Vec<u8>, String) {
+    let manifests = root.join("etc/kubernetes/manifests");
+    let mut files: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| {
+            (
+                p.strip_prefix(root).unwrap().to_path_buf(),
+                fs::read(&p).unwrap(),
+            )
+        })
+        .collect();
+    files.sort();
+    let state: Value =
+        serde_json::from_slice(&fs::read(root.join("var/lib/cpr/state.json")).unwrap()).unwrap();
+    assert_eq!(
+        fs::read(root.join("root/.kube/config")).unwrap(),
+        fs::read(root.join("etc/kubernetes/admin.conf")).unwrap()
+    );
+    (
+        files,
+        fs::read(root.join("etc/kubernetes/pki/ca.crt")).unwrap(),
+        state["phase"].as_str().unwrap().to_string(),
+    )
+}
+
+#[test]
+fn a_finish_killed_at_any_step_converges_when_run_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
+    let mut source = KubeadmNode::start_on(EtcdVersion::V3_5, 10, 2379, 2380);
+    let store = tempfile::tempdir().unwrap();
+    ok(&cpr(&[
+        "backup",
+        "--root",
+        source.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+    ]));
+    source.stop_etcd();
+    let restored = || {
+        let target = provisioned_target();
+        let root = target.path();
+        ok(&cpr_in(
+            root,
+            &[
+                "restore",
+                "--store",
+                store.path().to_str().unwrap(),
+                "--root",
+                root.to_str().unwrap(),
+                "--node",
+                NODE_NAME,
+                "--hostname",
+                &hostname(),
+                "--ip",
+                NODE_IP,
+                "--no-finish",
+            ],
+        ));
+        target
+    };
+    let finish = |root: &Path, env: &[(&str, &str)]| {
+        let mut all = finish_env(root);
+        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        cpr_env(
+            &[
+                "finish",
+                "--root",
+                root.to_str().unwrap(),
+                "--timeout",
+                "60",
+            ],
+            &all,
+        )
+    };
+
+    let reference = restored();
+    let kubelet = Kubelet::start(reference.path());
+    ok(&finish(reference.path(), &[]));
+    drop(kubelet);
+    let expected = outcome(reference.path());
+    assert_eq!(expected.2, "finished");
+
+    for point in [
+        "finish:before-init",
+        "finish:initialized",
+        "finish:static-pods",
+        "finish:healthy",
+    ] {
+        let target = restored();
+        let kubelet = Kubelet::start(target.path());
+        let killed = finish(target.path(), &[("CPR_FAILPOINT", point)]);
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{point} was never reached: {}",
+            stderr(&killed)
+        );
+        ok(&finish(target.path(), &[]));
+        drop(kubelet);
+        assert_eq!(outcome(target.path()), expected, "after a kill at {point}");
+    }
 }

@@ -365,3 +365,78 @@ fn a_corrupt_newest_bundle_falls_back_to_the_next_and_all_corrupt_changes_nothin
         "live paths and staging are as they were"
     );
 }
+
+#[test]
+fn a_restore_killed_at_any_step_converges_when_run_again() {
+    use std::os::unix::process::ExitStatusExt;
+    let backup = backed_up(EtcdVersion::V3_5, 20);
+    let reference = fresh_target();
+    ok(&backup.restore(reference.path(), &[]));
+    let expected_pki = tree(&reference.path().join("etc/kubernetes/pki"));
+    let expected_etcd = tree(&reference.path().join("var/lib/etcd"));
+    for point in [
+        "restore:mid-snapshot",
+        "restore:staged-files",
+        "restore:staged",
+        "restore:state-saved",
+        "restore:moved-aside",
+        "restore:swapped-one",
+        "restore:swapped",
+    ] {
+        let target = fresh_target();
+        let args = [
+            "restore",
+            "--store",
+            backup.store.path().to_str().unwrap(),
+            "--root",
+            target.path().to_str().unwrap(),
+            "--node",
+            NODE_NAME,
+            "--hostname",
+            &backup.hostname,
+            "--ip",
+            NODE_IP,
+            "--no-finish",
+        ];
+        let killed = cpr_env(&args, &[("CPR_FAILPOINT", point)]);
+        assert_eq!(
+            killed.status.signal(),
+            Some(9),
+            "{point} was never reached: {}",
+            stderr(&killed)
+        );
+        ok(&cpr(&args));
+        assert_eq!(
+            tree(&target.path().join("etc/kubernetes/pki")),
+            expected_pki,
+            "pki after a kill at {point}"
+        );
+        assert_eq!(
+            tree(&target.path().join("var/lib/etcd")),
+            expected_etcd,
+            "etcd data after a kill at {point}"
+        );
+        let aside: Vec<PathBuf> = fs::read_dir(target.path().join("etc/kubernetes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("pki.cpr-old-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{point}: {aside:?}");
+        assert_eq!(
+            fs::read_to_string(aside[0].join("stale.crt")).unwrap(),
+            "from the provisioning\n",
+            "{point}"
+        );
+        let leftovers: Vec<PathBuf> = [
+            target.path().join("etc/kubernetes"),
+            target.path().join("var/lib"),
+        ]
+        .iter()
+        .flat_map(|d| fs::read_dir(d).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| {
+            p.to_string_lossy().contains(".cpr-new") || p.to_string_lossy().ends_with(".tmp")
+        })
+        .collect();
+        assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
+    }
+}

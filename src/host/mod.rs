@@ -39,3 +39,13 @@ fn is_link_local(ip: &IpAddr) -> bool {
         IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
+
+/// Crash tests stop cpr dead at named points (`CPR_FAILPOINT=restore:state-saved`) to prove that the
+/// next run converges. SIGKILL, not an error: nothing gets to clean up, as in a power cut.
+pub fn failpoint(name: &str) {
+    static FAILPOINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = FAILPOINT.get_or_init(|| std::env::var("CPR_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}

@@ -12,6 +12,7 @@ use super::Error;
 use crate::bundle::Manifest;
 use crate::etcd::client::EtcdClient;
 use crate::fsutil;
+use crate::host::failpoint;
 use crate::node::apiserver::ApiServer;
 use crate::node::kubeadm::{self, InitNode};
 use crate::node::kubeconfig::Kubeconfig;
@@ -84,10 +85,12 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     }
     let kubeconfigs = install_kubeconfigs(&layout, request.sudo_user.as_deref())?;
     let static_pods = restore_static_pods(&layout)?;
+    failpoint("finish:static-pods");
     if !static_pods.is_empty() {
         restart_kubelet(request)?;
     }
     let mut report = health(request, &layout)?;
+    failpoint("finish:healthy");
     state.phase = Phase::Finished;
     state.save(&layout)?;
     report.bundle = state.bundle.clone();
@@ -137,11 +140,13 @@ fn init(
         .data_dir
         .as_deref()
         .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
+    failpoint("finish:before-init");
     kubeadm::run_init(
         &request.kubeadm,
         &config_path,
         &kubeadm::restore_preflight_ignores(data_dir),
     )?;
+    failpoint("finish:initialized");
     state.phase = Phase::Initialized;
     state.save(layout)
 }

@@ -18,6 +18,7 @@ use crate::bundle::{read_bundle, Extract, Sink};
 use crate::etcd::restore::{ensure_not_in_use, restore_from_reader, RestoreOptions, Restored};
 use crate::etcd::Error as EtcdError;
 use crate::fsutil;
+use crate::host::failpoint;
 use crate::node::identity::{self, Expected, Machine, Mismatch};
 use crate::node::layout::{self, Layout};
 use crate::store::{index, Store};
@@ -100,6 +101,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                     manifest.files.len()
                 );
                 state.save(&layout)?;
+                failpoint("restore:state-saved");
                 return swap_in(&layout, state, skipped);
             }
             Err(error) if falls_back(&error) && request.bundle.is_none() => {
@@ -293,11 +295,13 @@ fn stage(
         .restored
         .take()
         .expect("a verified bundle has a snapshot");
+    failpoint("restore:staged-files");
     materialize_pki(layout, &staging.join(STAGED_BUNDLE))?;
     fsutil::sync_tree(&staging).map_err(|source| Error::Write {
         path: staging.clone(),
         source,
     })?;
+    failpoint("restore:staged");
     Ok((manifest, restored))
 }
 
@@ -395,8 +399,13 @@ impl Sink for RestoreSink<'_> {
                         None => String::new(),
                     }
                 );
+                let mut data = Halfway {
+                    inner: data,
+                    seen: 0,
+                    half: entry.size / 2,
+                };
                 restore_from_reader(
-                    data,
+                    &mut data,
                     entry.size,
                     Path::new(&entry.path),
                     &etcd_target(&live),
@@ -411,6 +420,25 @@ impl Sink for RestoreSink<'_> {
             }
             Err(error) => Err(self.fail(error)),
         }
+    }
+}
+
+/// Passes the snapshot through, tripping the `restore:mid-snapshot` failpoint halfway, so crash tests
+/// can stop a restore in the middle of writing the db.
+struct Halfway<'r> {
+    inner: &'r mut dyn Read,
+    seen: u64,
+    half: u64,
+}
+
+impl Read for Halfway<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if self.seen < self.half && self.seen + n as u64 >= self.half {
+            failpoint("restore:mid-snapshot");
+        }
+        self.seen += n as u64;
+        Ok(n)
     }
 }
 
@@ -514,6 +542,7 @@ impl Swap {
                 });
             }
             fsutil::rename_durable(&self.live, &self.old).map_err(write_err(&self.live))?;
+            failpoint("restore:moved-aside");
         }
         fsutil::rename_durable(&self.new, &self.live).map_err(write_err(&self.live))?;
         Ok(self.old.exists().then(|| self.old.clone()))
@@ -556,10 +585,12 @@ fn swap_in(
                 state.moved_aside.push(old);
             }
         }
+        failpoint("restore:swapped-one");
     }
     if target.starts_with(&live_data) {
         let _ = fs::remove_dir(&target);
     }
+    failpoint("restore:swapped");
     state.phase = Phase::Restored;
     state.save(layout)?;
     log::info!(
