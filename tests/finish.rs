@@ -273,8 +273,10 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     drop(kubelet);
 }
 
+type Files = Vec<(PathBuf, Vec<u8>)>;
+
 /// Paths and contents of what cpr and kubeadm manage (logs and etcd's live files change on their own).
-fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+fn snapshot(root: &Path) -> Files {
     let mut out = Vec::new();
     for dir in ["etc/kubernetes", "root", "home", "var/lib/cpr"] {
         let mut stack = vec![root.join(dir)];
@@ -294,9 +296,9 @@ fn snapshot(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// The files of a finished recovery that must not depend on where an earlier run was killed.
-fn outcome(root: &Path) -> (Vec<(PathBuf, Vec<u8>)>, Vec<u8>, String) {
+fn outcome(root: &Path) -> (Files, Vec<u8>, String) {
     let manifests = root.join("etc/kubernetes/manifests");
-    let mut files: Vec<(PathBuf, Vec<u8>)> = fs::read_dir(&manifests)
+    let mut files: Files = fs::read_dir(&manifests)
         .unwrap()
         .map(|e| e.unwrap().path())
         .map(|p| {
