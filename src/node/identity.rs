@@ -36,9 +36,13 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// Compares the machine with the bundle's node and with the SANs of the restored kube-apiserver and
-/// etcd certificates below `pki` (a staging copy of /etc/kubernetes/pki).
-pub fn check(machine: &Machine, expected: &Expected, pki: &Path) -> Result<Vec<Mismatch>, Error> {
+/// Compares the machine with the bundle's node and, given `pki` (a staging copy of
+/// /etc/kubernetes/pki), with the SANs of the restored kube-apiserver and etcd certificates.
+pub fn check(
+    machine: &Machine,
+    expected: &Expected,
+    pki: Option<&Path>,
+) -> Result<Vec<Mismatch>, Error> {
     let mut mismatches = Vec::new();
     let short = machine.hostname.split('.').next().unwrap_or_default();
     let same_host = [expected.hostname.as_str(), expected.node_name.as_str()]
@@ -72,6 +76,9 @@ pub fn check(machine: &Machine, expected: &Expected, pki: &Path) -> Result<Vec<M
             ),
         });
     }
+    let Some(pki) = pki else {
+        return Ok(mismatches);
+    };
     for (cert, role) in [
         ("apiserver.crt", "kube-apiserver's serving certificate"),
         ("etcd/server.crt", "etcd's serving certificate"),
@@ -114,4 +121,70 @@ fn join(ips: &[IpAddr]) -> String {
         .map(|ip| ip.to_string())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pki_with(sans: &[&str]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let pem = params.self_signed(&key).unwrap().pem();
+        std::fs::create_dir_all(dir.path().join("etcd")).unwrap();
+        for name in ["apiserver.crt", "etcd/server.crt", "etcd/peer.crt"] {
+            std::fs::write(dir.path().join(name), &pem).unwrap();
+        }
+        dir
+    }
+
+    fn node() -> (Machine, Expected) {
+        (
+            Machine {
+                hostname: "master0.example.org".into(),
+                ips: vec!["10.0.1.10".parse().unwrap()],
+            },
+            Expected {
+                node_name: "master0".into(),
+                hostname: "master0".into(),
+                advertise_address: Some("10.0.1.10".parse().unwrap()),
+            },
+        )
+    }
+
+    #[test]
+    fn the_same_node_passes() {
+        let (machine, expected) = node();
+        let pki = pki_with(&["master0", "10.0.1.10", "127.0.0.1"]);
+        assert_eq!(
+            check(&machine, &expected, Some(pki.path())).unwrap(),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn certificates_without_the_address_or_name_are_reported_with_consequences() {
+        let (machine, expected) = node();
+        let pki = pki_with(&["other", "10.0.1.99"]);
+        let found = check(&machine, &expected, Some(pki.path())).unwrap();
+        assert_eq!(found.len(), 4, "{found:#?}");
+        assert!(
+            found[0].what.contains("apiserver.crt") && found[0].breaks.contains("kubeadm init")
+        );
+        assert!(found[3].what.contains("\"master0\""));
+    }
+
+    #[test]
+    fn another_name_or_address_is_reported_before_any_certificate_is_read() {
+        let (mut machine, expected) = node();
+        machine.hostname = "worker3".into();
+        machine.ips = vec!["10.0.1.11".parse().unwrap()];
+        let found = check(&machine, &expected, None).unwrap();
+        assert_eq!(found.len(), 2, "{found:#?}");
+        assert!(found[0].breaks.contains("register a new Node"));
+        assert!(found[1].what.contains("10.0.1.10") && found[1].what.contains("10.0.1.11"));
+    }
 }

@@ -325,7 +325,7 @@ impl RestoreSink<'_> {
         io::Error::other(message)
     }
 
-    fn check_identity(&self, manifest: &Manifest, pki: &Path) -> Result<(), Error> {
+    fn check_identity(&self, manifest: &Manifest, pki: Option<&Path>) -> Result<(), Error> {
         let expected = Expected {
             node_name: manifest.node.name.clone(),
             hostname: manifest.node.hostname.clone(),
@@ -365,8 +365,7 @@ impl Sink for RestoreSink<'_> {
             }
         });
         // No certificate is staged yet: this checks names and addresses only.
-        let checked =
-            written.and_then(|()| self.check_identity(manifest, Path::new("/nonexistent")));
+        let checked = written.and_then(|()| self.check_identity(manifest, None));
         match checked {
             Ok(()) => {
                 self.manifest = Some(manifest.clone());
@@ -383,7 +382,7 @@ impl Sink for RestoreSink<'_> {
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
         let manifest = self.manifest.clone().expect("the manifest comes first");
         let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
-        if let Err(error) = self.check_identity(&manifest, &pki) {
+        if let Err(error) = self.check_identity(&manifest, Some(&pki)) {
             return Err(self.fail(error));
         }
         let live = data_dir(self.layout, &manifest);
