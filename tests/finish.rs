@@ -1,6 +1,9 @@
 //! Phase 2 (`cpr finish`) on a restored root, against the kubeadm double (tests/doubles: kubeadm's
 //! preflight and config rules, read from kubeadm's source), a fake kube-apiserver serving the restored
 //! certificates, and a real etcd that the test starts from the manifest kubeadm wrote, as kubelet would.
+//!
+//! Every port is picked at run time: the ClusterConfiguration moves etcd and kube-apiserver off
+//! kubeadm's defaults through `extraArgs` and `controlPlaneEndpoint`, as operators do.
 
 mod common;
 
@@ -32,7 +35,7 @@ struct Kubelet {
 }
 
 impl Kubelet {
-    fn start(root: &Path) -> Kubelet {
+    fn start(root: &Path, ports: Ports) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
         let (root, flag) = (root.to_path_buf(), stop.clone());
         let thread = std::thread::spawn(move || {
@@ -41,7 +44,7 @@ impl Kubelet {
                     "--root",
                     root.to_str().unwrap(),
                     "--listen",
-                    &format!("{NODE_IP}:6443"),
+                    &format!("{NODE_IP}:{}", ports.apiserver),
                 ])
                 .stdout(Stdio::null())
                 .spawn()
@@ -82,7 +85,94 @@ impl Drop for Kubelet {
     }
 }
 
-fn finish_env(root: &Path) -> Vec<(String, String)> {
+/// The ports of one test's control plane.
+#[derive(Clone, Copy)]
+struct Ports {
+    apiserver: u16,
+    etcd_client: u16,
+    etcd_peer: u16,
+}
+
+impl Ports {
+    fn pick() -> Ports {
+        Ports {
+            apiserver: free_port(),
+            etcd_client: free_port(),
+            etcd_peer: free_port(),
+        }
+    }
+}
+
+/// A source node whose ClusterConfiguration puts etcd and kube-apiserver on `ports`, backed up into
+/// a directory store; its etcd is stopped (the node died). Returns the store.
+fn backed_up_node(
+    ports: Ports,
+    keys: usize,
+    extra_manifest: Option<(&str, &str)>,
+) -> (KubeadmNode, tempfile::TempDir) {
+    let mut source =
+        KubeadmNode::start_with_apiserver_port(EtcdVersion::V3_5, keys, ports.apiserver);
+    if let Some((name, text)) = extra_manifest {
+        fs::write(
+            source.root().join("etc/kubernetes/manifests").join(name),
+            text,
+        )
+        .unwrap();
+    }
+    let (client, peer) = (ports.etcd_client, ports.etcd_peer);
+    let cluster_config = source.root().join("cluster-configuration.yaml");
+    fs::write(
+        &cluster_config,
+        format!(
+            "apiVersion: kubeadm.k8s.io/v1beta3
+kind: ClusterConfiguration
+clusterName: {CLUSTER}
+kubernetesVersion: v1.27.4
+controlPlaneEndpoint: {NODE_IP}:{api}
+apiServer:
+  extraArgs:
+    etcd-servers: https://127.0.0.1:{client}
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+    extraArgs:
+      listen-client-urls: https://127.0.0.1:{client},https://{NODE_IP}:{client}
+      advertise-client-urls: https://{NODE_IP}:{client}
+      listen-peer-urls: https://{NODE_IP}:{peer}
+      initial-advertise-peer-urls: https://{NODE_IP}:{peer}
+      initial-cluster: {NODE_NAME}=https://{NODE_IP}:{peer}
+      listen-metrics-urls: http://127.0.0.1:0
+networking:
+  podSubnet: 192.168.0.0/16
+  serviceSubnet: 10.96.0.0/12
+",
+            api = ports.apiserver
+        ),
+    )
+    .unwrap();
+    // The source's own etcd.yaml must advertise the peer URL the restored member will carry.
+    let manifest = source.root().join("etc/kubernetes/manifests/etcd.yaml");
+    let text = fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(&format!(":{}", source.peer_port), &format!(":{peer}"));
+    fs::write(&manifest, text).unwrap();
+    let store = tempfile::tempdir().unwrap();
+    ok(&cpr(&[
+        "backup",
+        "--root",
+        source.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+        "--endpoint",
+        &source.endpoint(),
+        "--cluster-config",
+        cluster_config.to_str().unwrap(),
+    ]));
+    source.stop_etcd();
+    (source, store)
+}
+
+fn finish_env(root: &Path, ports: Ports) -> Vec<(String, String)> {
     vec![
         (
             "PATH".into(),
@@ -91,15 +181,18 @@ fn finish_env(root: &Path) -> Vec<(String, String)> {
         ("KUBEADM_DOUBLE_ROOT".into(), root.display().to_string()),
         ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS".into(), "1".into()),
         ("KUBEADM_DOUBLE_ALLOW_LOOPBACK".into(), "1".into()),
-        ("KUBEADM_DOUBLE_APISERVER".into(), format!("{NODE_IP}:6443")),
+        (
+            "KUBEADM_DOUBLE_APISERVER".into(),
+            format!("{NODE_IP}:{}", ports.apiserver),
+        ),
         ("KUBEADM_DOUBLE_WAIT_SECONDS".into(), "60".into()),
         ("KUBEADM_DOUBLE_HOSTNAME".into(), NODE_NAME.into()),
         ("SUDO_USER".into(), "operator".into()),
     ]
 }
 
-fn cpr_in(root: &Path, args: &[&str]) -> std::process::Output {
-    let env = finish_env(root);
+fn cpr_in(root: &Path, ports: Ports, args: &[&str]) -> std::process::Output {
+    let env = finish_env(root, ports);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     cpr_env(args, &env)
 }
@@ -128,26 +221,13 @@ fn log_lines(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-/// The tests here use kubeadm's fixed ports (2379, 2380, 6443): one at a time.
-static PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 #[test]
 fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing() {
-    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    // kubeadm's default etcd ports: the restored member's peer URL must be the one kubeadm writes.
-    let mut source = KubeadmNode::start_on(EtcdVersion::V3_5, 20, 2379, 2380);
-    let manifests = source.root().join("etc/kubernetes/manifests");
+    let ports = Ports::pick();
     let second_scheduler = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: second-scheduler\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - kube-scheduler\n    - --scheduler-name=second\n    image: registry.k8s.io/kube-scheduler:v1.27.4\n    name: second-scheduler\n";
-    fs::write(manifests.join("second-scheduler.yaml"), second_scheduler).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&[
-        "backup",
-        "--root",
-        source.root().to_str().unwrap(),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]));
-    source.stop_etcd();
+    let (source, store) =
+        backed_up_node(ports, 20, Some(("second-scheduler.yaml", second_scheduler)));
+    let manifests = source.root().join("etc/kubernetes/manifests");
 
     let target = provisioned_target();
     let root = target.path();
@@ -168,11 +248,13 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     ];
     ok(&cpr_in(
         root,
+        ports,
         &[&restore_args[..], &["--no-finish"]].concat(),
     ));
-    let kubelet = Kubelet::start(root);
+    let kubelet = Kubelet::start(root, ports);
     let out = cpr_in(
         root,
+        ports,
         &[
             "finish",
             "--root",
@@ -209,7 +291,10 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     );
 
     // Health, through the restored credentials.
-    assert_eq!(report["apiserver"], format!("https://{NODE_IP}:6443"));
+    assert_eq!(
+        report["apiserver"],
+        format!("https://{NODE_IP}:{}", ports.apiserver)
+    );
     assert!(
         report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
         "{report}"
@@ -262,7 +347,7 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
 
     // Running it again changes nothing: not kubeadm, not a file.
     let before = snapshot(root);
-    let again = cpr_in(root, &restore_args);
+    let again = cpr_in(root, ports, &restore_args);
     assert!(
         ok(&again).contains("already"),
         "{}",
@@ -325,22 +410,14 @@ fn outcome(root: &Path) -> (Files, Vec<u8>, String) {
 #[test]
 fn a_finish_killed_at_any_step_converges_when_run_again() {
     use std::os::unix::process::ExitStatusExt;
-    let _ports = PORTS.lock().unwrap_or_else(|e| e.into_inner());
-    let mut source = KubeadmNode::start_on(EtcdVersion::V3_5, 10, 2379, 2380);
-    let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&[
-        "backup",
-        "--root",
-        source.root().to_str().unwrap(),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]));
-    source.stop_etcd();
+    let ports = Ports::pick();
+    let (_source, store) = backed_up_node(ports, 10, None);
     let restored = || {
         let target = provisioned_target();
         let root = target.path();
         ok(&cpr_in(
             root,
+            ports,
             &[
                 "restore",
                 "--store",
@@ -359,7 +436,7 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
         target
     };
     let finish = |root: &Path, env: &[(&str, &str)]| {
-        let mut all = finish_env(root);
+        let mut all = finish_env(root, ports);
         all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         cpr_env(
@@ -375,7 +452,7 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
     };
 
     let reference = restored();
-    let kubelet = Kubelet::start(reference.path());
+    let kubelet = Kubelet::start(reference.path(), ports);
     ok(&finish(reference.path(), &[]));
     drop(kubelet);
     let expected = outcome(reference.path());
@@ -388,7 +465,7 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
         "finish:healthy",
     ] {
         let target = restored();
-        let kubelet = Kubelet::start(target.path());
+        let kubelet = Kubelet::start(target.path(), ports);
         let killed = finish(target.path(), &[("CPR_FAILPOINT", point)]);
         assert_eq!(
             killed.status.signal(),

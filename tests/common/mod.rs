@@ -137,16 +137,16 @@ pub struct KubeadmNode {
 impl KubeadmNode {
     /// Lays out the node and starts etcd with kubeadm's flags; seeds it with `keys` objects.
     pub fn start(version: EtcdVersion, keys: usize) -> KubeadmNode {
-        Self::start_on(version, keys, free_port(), free_port())
+        Self::start_with_apiserver_port(version, keys, 6443)
     }
 
-    /// As `start`, on given ports (kubeadm's 2379/2380 where a test needs kubeadm's defaults).
-    pub fn start_on(
+    /// As `start`, with kube-apiserver's `--secure-port` (and the kubeconfigs) on `apiserver_port`.
+    pub fn start_with_apiserver_port(
         version: EtcdVersion,
         keys: usize,
-        client_port: u16,
-        peer_port: u16,
+        apiserver_port: u16,
     ) -> KubeadmNode {
+        let (client_port, peer_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         run(Command::new(fixtures().join("kubeadm-node")).args([
             dir.path().to_str().unwrap(),
@@ -154,6 +154,8 @@ impl KubeadmNode {
             NODE_IP,
             &client_port.to_string(),
             &peer_port.to_string(),
+            "3.5.9-0",
+            &apiserver_port.to_string(),
         ]));
         let mut node = KubeadmNode {
             root: dir.path().to_path_buf(),
