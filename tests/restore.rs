@@ -440,3 +440,24 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
         assert!(leftovers.is_empty(), "{point}: {leftovers:?}");
     }
 }
+
+#[test]
+fn a_full_disk_while_staging_is_a_clear_error_and_changes_nothing() {
+    let backup = backed_up(EtcdVersion::V3_5, 5);
+    let target = fresh_target();
+    let small = target.path().join("var/lib");
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(&small));
+    fs::write(small.join("kept"), "provisioned\n").unwrap();
+    let before = tree(target.path());
+    let out = backup.restore(target.path(), &[]);
+    let after = tree(target.path());
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert!(stderr(&out).contains("free space"), "{}", stderr(&out));
+    assert_eq!(
+        after, before,
+        "nothing live changed and nothing staged was left behind"
+    );
+}

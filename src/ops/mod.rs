@@ -66,6 +66,8 @@ impl Error {
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
             Error::Node(_) => 6,
+            // A restore that cannot write its data dir is a local disk problem, not etcd's.
+            Error::Etcd(crate::etcd::Error::Io { .. }) => 7,
             Error::Etcd(_) => 5,
             Error::Bundle(_) => 4,
             Error::Store(_) => 3,
