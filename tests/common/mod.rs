@@ -2,6 +2,8 @@
 //! real etcd serving kubeadm's TLS flags on loopback, and the cpr binary under test.
 #![allow(dead_code)]
 
+pub mod etcd_cluster;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -121,6 +123,42 @@ pub fn run(command: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// This machine's hostname, which a backup records as the node's.
+pub fn hostname() -> String {
+    String::from_utf8(Command::new("hostname").output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// `cpr restore` of the fixture node from `store` into `root`, as a machine with `ip` (more flags follow).
+pub fn restore_args(store: &Path, root: &Path, ip: &str) -> Vec<String> {
+    [
+        "restore",
+        "--store",
+        store.to_str().unwrap(),
+        "--root",
+        root.to_str().unwrap(),
+        "--node",
+        NODE_NAME,
+        "--hostname",
+        &hostname(),
+        "--ip",
+        ip,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// Borrows owned arguments for `cpr(&[&str])`, with `extra` appended.
+pub fn with<'a>(args: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
+    args.iter()
+        .map(String::as_str)
+        .chain(extra.iter().copied())
+        .collect()
 }
 
 /// A kubeadm control-plane node under a temp root, with etcd running from its static pod manifest.
