@@ -30,6 +30,9 @@ pub struct ConfigFile {
     pub store: StoreSection,
     #[serde(default)]
     pub backup: BackupSection,
+    /// `cpr prune` without --keep-* flags and `cpr backup --prune` apply this.
+    #[serde(default)]
+    pub retention: RetentionSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -57,6 +60,16 @@ pub struct BackupSection {
     pub cluster: Option<String>,
     pub zstd_level: Option<i32>,
     pub zstd_threads: Option<u32>,
+}
+
+/// Retention counts (restic's `forget` semantics; see `store::retention`). Absent means 0: off.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RetentionSection {
+    pub keep_last: Option<u32>,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
 }
 
 impl ConfigFile {
@@ -115,11 +128,13 @@ mod tests {
 
     #[test]
     fn reads_a_full_config() {
-        let text = "version: 1\nstore:\n  url: s3://backups/prod\n  s3:\n    endpoint: http://127.0.0.1:9000\n    region: eu-west-1\n    pathStyle: true\nbackup:\n  cluster: prod\n  zstdLevel: 5\n";
+        let text = "version: 1\nstore:\n  url: s3://backups/prod\n  s3:\n    endpoint: http://127.0.0.1:9000\n    region: eu-west-1\n    pathStyle: true\nbackup:\n  cluster: prod\n  zstdLevel: 5\nretention:\n  keepLast: 3\n  keepDaily: 7\n";
         let config = ConfigFile::parse(text, Path::new("c.yaml")).unwrap();
         assert_eq!(config.store.url.as_deref(), Some("s3://backups/prod"));
         assert_eq!(config.store.s3.path_style, Some(true));
         assert_eq!(config.backup.zstd_level, Some(5));
+        assert_eq!(config.retention.keep_daily, Some(7));
+        assert_eq!(config.retention.keep_weekly, None);
     }
 
     #[test]

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use super::{load_config, open_store, Output};
 use crate::etcd::client::TlsFiles;
 use crate::node::layout;
-use crate::ops::backup::{backup, BackupRequest};
+use crate::config::RetentionSection;
+use crate::ops::backup::{backup, BackupReport, BackupRequest};
+use crate::store::Store;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -52,9 +54,62 @@ pub struct BackupCmd {
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
+    /// after a successful backup, prune this node's bundles with the config file's retention: policy
+    #[argh(switch)]
+    pub prune: bool,
+    /// write a Prometheus textfile-collector file here (atomically), after success and failure alike
+    #[argh(option)]
+    pub metrics_file: Option<PathBuf>,
 }
 
-pub fn run(cmd: BackupCmd) -> Result<(), Error> {
+pub fn run(mut cmd: BackupCmd) -> Result<(), Error> {
+    let metrics_file = cmd.metrics_file.take();
+    let (output, prune) = (cmd.output, cmd.prune);
+    let attempt = back_up(cmd);
+    if let Some(path) = &metrics_file {
+        let report = attempt.as_ref().ok().map(|(report, _, _)| report);
+        let recorded = crate::ops::metrics::record(path, report, std::time::SystemTime::now());
+        match (&attempt, recorded) {
+            (_, Ok(())) => {}
+            (Ok(_), Err(e)) => return Err(e.into()),
+            // The backup's own error is the one to report.
+            (Err(_), Err(e)) => log::error!("backup: {e}"),
+        }
+    }
+    let (report, store, retention) = attempt?;
+    let pruned = if prune {
+        let policy = super::prune::policy(&retention);
+        let name = crate::bundle::name::BundleName::parse(&report.bundle)?;
+        Some(crate::ops::prune::prune(&crate::ops::prune::PruneRequest {
+            store: store.as_ref(),
+            cluster: Some(&name.cluster),
+            node: Some(&name.node),
+            policy,
+            dry_run: false,
+        })?)
+    } else {
+        None
+    };
+    match output {
+        Output::Text => {
+            println!("{}", report.summary());
+            if let Some(pruned) = &pruned {
+                super::prune::print(pruned, output);
+            }
+        }
+        Output::Json => {
+            let mut value = serde_json::to_value(&report).expect("reports serialize");
+            if let Some(pruned) = &pruned {
+                value["prune"] = serde_json::to_value(pruned).expect("reports serialize");
+            }
+            println!("{}", serde_json::to_string_pretty(&value).expect("values serialize"));
+        }
+    }
+    Ok(())
+}
+
+/// The backup proper; its result is what the metrics file records.
+fn back_up(cmd: BackupCmd) -> Result<(BackupReport, Box<dyn Store>, RetentionSection), Error> {
     let (config, config_path) = load_config(cmd.config.as_deref(), &cmd.root)?;
     let store = open_store(cmd.store, &config, &config_path)?;
     let tls = match (cmd.cacert, cmd.cert, cmd.key) {
@@ -88,12 +143,5 @@ pub fn run(cmd: BackupCmd) -> Result<(), Error> {
             .unwrap_or(cpus),
     };
     let report = backup(&request)?;
-    match cmd.output {
-        Output::Text => println!("{}", report.summary()),
-        Output::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("reports serialize")
-        ),
-    }
-    Ok(())
+    Ok((report, store, config.retention))
 }

@@ -9,10 +9,12 @@ use crate::store::{self, Store};
 use crate::Error;
 
 pub mod backup;
+pub mod check;
 pub mod etcd;
 pub mod finish;
 pub mod inspect;
 pub mod list;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 
@@ -33,6 +35,8 @@ pub enum Command {
     Inspect(inspect::InspectCmd),
     Verify(verify::VerifyCmd),
     Etcd(etcd::EtcdCmd),
+    Prune(prune::PruneCmd),
+    Check(check::CheckCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -44,6 +48,8 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
         Command::Etcd(cmd) => etcd::run(cmd),
+        Command::Prune(cmd) => prune::run(cmd),
+        Command::Check(cmd) => check::run(cmd),
     }
 }
 

@@ -1,7 +1,10 @@
 //! The operations: `backup`, and (phase 1, phase 2 of a recovery) `restore` and `finish`.
 
 pub mod backup;
+pub mod check;
 pub mod finish;
+pub mod metrics;
+pub mod prune;
 pub mod restore;
 pub mod state;
 
@@ -45,6 +48,17 @@ pub enum Error {
         "nothing to finish: no completed restore is recorded in {state}. Run `cpr restore` first"
     )]
     NotRestored { state: PathBuf },
+    // Operating cpr (issue 7): prune and check.
+    #[error("no retention policy: give at least one of --keep-last, --keep-hourly, --keep-daily, --keep-weekly (or the config file's retention: section); an empty policy would delete every bundle")]
+    EmptyPolicy,
+    #[error("prune {node} in {store}: refusing to delete anything, because no bundle of this node verifies:\n  {}\nTake a new backup (cpr backup) and check it with cpr verify", tried.join("\n  "))]
+    NothingVerifies {
+        store: String,
+        node: String,
+        tried: Vec<String>,
+    },
+    #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
+    ChecksFailed { failed: Vec<String>, total: usize },
     #[error(transparent)]
     Node(#[from] crate::node::Error),
     #[error(transparent)]
@@ -62,7 +76,9 @@ impl Error {
             Error::Read { .. } | Error::TooLarge { .. } | Error::NoClientCertificate { .. } => 6,
             Error::Write { .. } | Error::State { .. } | Error::SwapConflict { .. } => 7,
             Error::Identity { .. } => 8,
-            Error::NotRestored { .. } => 2,
+            Error::NotRestored { .. } | Error::EmptyPolicy => 2,
+            Error::NothingVerifies { .. } => 4,
+            Error::ChecksFailed { .. } => 9,
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
             Error::Node(_) => 6,

@@ -14,6 +14,7 @@ pub mod index;
 mod net;
 mod options;
 mod progress;
+pub mod retention;
 mod s3;
 
 use std::io::{Read, Write};

@@ -1,0 +1,225 @@
+//! `cpr backup --metrics-file PATH`: a Prometheus textfile-collector file (node_exporter's
+//! `--collector.textfile.directory`) describing the last backup attempt and the last success.
+//!
+//! The file is replaced atomically (temp → fsync → rename; the temp name ends in `.tmp`, which the
+//! collector ignores since it reads `*.prom` only), so a scrape never sees half a file. A failed
+//! attempt updates the attempt and failure metrics and carries the last success's values over from
+//! the previous file, so an alert on `time() - cpr_backup_last_success_timestamp_seconds` keeps
+//! working through a run of failures. The failure counter lives in the file itself: it counts
+//! failures since the file was created, and a rate() over it survives its reset like any counter's.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use super::backup::BackupReport;
+use super::Error;
+
+struct Metric {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+}
+
+const LAST_SUCCESS: Metric = Metric {
+    name: "cpr_backup_last_success_timestamp_seconds",
+    kind: "gauge",
+    help: "Unix time at which the last successful backup finished.",
+};
+const LAST_ATTEMPT: Metric = Metric {
+    name: "cpr_backup_last_attempt_timestamp_seconds",
+    kind: "gauge",
+    help: "Unix time at which the last backup attempt finished, successful or not.",
+};
+const LAST_ATTEMPT_OK: Metric = Metric {
+    name: "cpr_backup_last_attempt_success",
+    kind: "gauge",
+    help: "1 if the last backup attempt succeeded, 0 if it failed.",
+};
+const DURATION: Metric = Metric {
+    name: "cpr_backup_duration_seconds",
+    kind: "gauge",
+    help: "How long the last successful backup took.",
+};
+const BUNDLE_SIZE: Metric = Metric {
+    name: "cpr_backup_bundle_size_bytes",
+    kind: "gauge",
+    help: "Size in the store of the last successful backup's bundle.",
+};
+const REVISION: Metric = Metric {
+    name: "cpr_backup_etcd_revision",
+    kind: "gauge",
+    help: "etcd revision of the snapshot in the last successful backup.",
+};
+const DB_SIZE: Metric = Metric {
+    name: "cpr_backup_etcd_db_size_bytes",
+    kind: "gauge",
+    help: "Size of the etcd database snapshot in the last successful backup.",
+};
+const FAILURES: Metric = Metric {
+    name: "cpr_backup_failures_total",
+    kind: "counter",
+    help: "Failed backup attempts since this metrics file was created.",
+};
+
+/// In the order they are written.
+const METRICS: [&Metric; 8] = [
+    &LAST_SUCCESS,
+    &LAST_ATTEMPT,
+    &LAST_ATTEMPT_OK,
+    &DURATION,
+    &BUNDLE_SIZE,
+    &REVISION,
+    &DB_SIZE,
+    &FAILURES,
+];
+
+/// The values of the metrics above, by position in `METRICS`; `None` is not written.
+type Values = [Option<f64>; METRICS.len()];
+
+fn position(metric: &Metric) -> usize {
+    METRICS
+        .iter()
+        .position(|m| m.name == metric.name)
+        .expect("every metric is listed in METRICS")
+}
+
+/// Records one attempt: `report` is the successful backup, `None` a failed one.
+pub fn record(path: &Path, report: Option<&BackupReport>, now: SystemTime) -> Result<(), Error> {
+    let mut values = previous(path);
+    let set = |values: &mut Values, metric: &Metric, value: f64| {
+        values[position(metric)] = Some(value);
+    };
+    let now = seconds(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    set(&mut values, &LAST_ATTEMPT, now);
+    match report {
+        Some(report) => {
+            set(&mut values, &LAST_ATTEMPT_OK, 1.0);
+            set(&mut values, &LAST_SUCCESS, now);
+            set(&mut values, &DURATION, seconds(report.duration));
+            set(&mut values, &BUNDLE_SIZE, report.size as f64);
+            set(&mut values, &REVISION, report.revision as f64);
+            set(&mut values, &DB_SIZE, report.db_size as f64);
+            values[position(&FAILURES)].get_or_insert(0.0);
+        }
+        None => {
+            set(&mut values, &LAST_ATTEMPT_OK, 0.0);
+            let failures = values[position(&FAILURES)].unwrap_or(0.0) + 1.0;
+            set(&mut values, &FAILURES, failures);
+        }
+    }
+    crate::fsutil::write_atomic(path, render(&values).as_bytes(), 0o644).map_err(|source| {
+        Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }
+    })
+}
+
+/// Milliseconds are plenty for timestamps and durations, and keep the file readable.
+fn seconds(d: Duration) -> f64 {
+    (d.as_millis() as f64) / 1000.0
+}
+
+fn render(values: &Values) -> String {
+    let mut out = String::new();
+    for (metric, value) in METRICS.iter().zip(values) {
+        if let Some(value) = value {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n",
+                name = metric.name,
+                help = metric.help,
+                kind = metric.kind
+            ));
+        }
+    }
+    out
+}
+
+/// The values of the file this cpr wrote last time; anything else in it (or a missing or unreadable
+/// file) counts as no previous values.
+fn previous(path: &Path) -> Values {
+    let mut values: Values = [None; METRICS.len()];
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return values,
+        Err(e) => {
+            log::warn!(
+                "metrics: cannot read the previous {}: {e}; the failure count starts again",
+                path.display()
+            );
+            return values;
+        }
+    };
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let mut words = line.split_whitespace();
+        let (Some(name), Some(value)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let known = METRICS.iter().position(|m| m.name == name);
+        if let (Some(i), Ok(value)) = (known, value.parse::<f64>()) {
+            values[i] = Some(value).filter(|v| v.is_finite());
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> BackupReport {
+        BackupReport {
+            bundle: "c/n/20261124T100000Z.tar.zst".into(),
+            store: "/srv".into(),
+            size: 12_345,
+            db_size: 65_536,
+            revision: 42,
+            files: 30,
+            duration: Duration::from_millis(1_500),
+        }
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn value(text: &str, name: &str) -> Option<String> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(String::from)
+    }
+
+    #[test]
+    fn success_then_failures_carry_the_success_and_count_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cpr.prom");
+        record(&path, None, at(100)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(value(&text, FAILURES.name).as_deref(), Some("1"));
+        assert_eq!(value(&text, LAST_SUCCESS.name), None, "{text}");
+
+        record(&path, Some(&report()), at(200)).unwrap();
+        record(&path, None, at(300)).unwrap();
+        record(&path, None, at(400)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(value(&text, FAILURES.name).as_deref(), Some("3"));
+        assert_eq!(value(&text, LAST_SUCCESS.name).as_deref(), Some("200"));
+        assert_eq!(value(&text, LAST_ATTEMPT.name).as_deref(), Some("400"));
+        assert_eq!(value(&text, LAST_ATTEMPT_OK.name).as_deref(), Some("0"));
+        assert_eq!(value(&text, DURATION.name).as_deref(), Some("1.5"));
+        assert_eq!(value(&text, REVISION.name).as_deref(), Some("42"));
+        assert!(text.contains("# TYPE cpr_backup_failures_total counter\n"));
+        assert!(!dir.path().join("cpr.prom.tmp").exists());
+    }
+
+    #[test]
+    fn a_foreign_or_damaged_file_starts_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cpr.prom");
+        std::fs::write(&path, "garbage\ncpr_backup_failures_total NaN\nother_metric 5\n").unwrap();
+        record(&path, None, at(100)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(value(&text, FAILURES.name).as_deref(), Some("1"));
+        assert!(!text.contains("other_metric"));
+    }
+}
