@@ -4,9 +4,9 @@ use argh::FromArgs;
 use std::path::PathBuf;
 
 use super::{load_config, open_store, Output};
+use crate::config::RetentionSection;
 use crate::etcd::client::TlsFiles;
 use crate::node::layout;
-use crate::config::RetentionSection;
 use crate::ops::backup::{backup, BackupReport, BackupRequest};
 use crate::store::Store;
 use crate::Error;
@@ -80,13 +80,15 @@ pub fn run(mut cmd: BackupCmd) -> Result<(), Error> {
     let pruned = if prune {
         let policy = super::prune::policy(&retention);
         let name = crate::bundle::name::BundleName::parse(&report.bundle)?;
-        Some(crate::ops::prune::prune(&crate::ops::prune::PruneRequest {
-            store: store.as_ref(),
-            cluster: Some(&name.cluster),
-            node: Some(&name.node),
-            policy,
-            dry_run: false,
-        })?)
+        Some(crate::ops::prune::prune(
+            &crate::ops::prune::PruneRequest {
+                store: store.as_ref(),
+                cluster: Some(&name.cluster),
+                node: Some(&name.node),
+                policy,
+                dry_run: false,
+            },
+        )?)
     } else {
         None
     };
@@ -102,7 +104,10 @@ pub fn run(mut cmd: BackupCmd) -> Result<(), Error> {
             if let Some(pruned) = &pruned {
                 value["prune"] = serde_json::to_value(pruned).expect("reports serialize");
             }
-            println!("{}", serde_json::to_string_pretty(&value).expect("values serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("values serialize")
+            );
         }
     }
     Ok(())

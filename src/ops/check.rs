@@ -138,7 +138,9 @@ pub fn check_node(
         certificates: Vec::new(),
     };
     let certs = certificates(&pems, warn_days, now, &mut unreadable);
-    report.checks.push(certs_check(&certs, unreadable, warn_days, false));
+    report
+        .checks
+        .push(certs_check(&certs, unreadable, warn_days, false));
     report.certificates = certs;
     report
 }

@@ -89,7 +89,10 @@ pub fn record(path: &Path, report: Option<&BackupReport>, now: SystemTime) -> Re
     let set = |values: &mut Values, metric: &Metric, value: f64| {
         values[position(metric)] = Some(value);
     };
-    let now = seconds(now.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default());
+    let now = seconds(
+        now.duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
     set(&mut values, &LAST_ATTEMPT, now);
     match report {
         Some(report) => {
@@ -216,7 +219,11 @@ mod tests {
     fn a_foreign_or_damaged_file_starts_afresh() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cpr.prom");
-        std::fs::write(&path, "garbage\ncpr_backup_failures_total NaN\nother_metric 5\n").unwrap();
+        std::fs::write(
+            &path,
+            "garbage\ncpr_backup_failures_total NaN\nother_metric 5\n",
+        )
+        .unwrap();
         record(&path, None, at(100)).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(value(&text, FAILURES.name).as_deref(), Some("1"));

@@ -170,7 +170,14 @@ impl PruneReport {
     /// One line per bundle, then a total: what an operator reads in a timer's journal.
     pub fn text(&self) -> String {
         let mut out = String::new();
-        let verb = if self.dry_run { "would delete" } else { "deleted" };
+        if self.nodes.is_empty() {
+            out.push_str("no bundles found; an HTTP server cannot list, so name the node there with --cluster and --node\n");
+        }
+        let verb = if self.dry_run {
+            "would delete"
+        } else {
+            "deleted"
+        };
         let (mut kept, mut deleted) = (0, 0);
         for node in &self.nodes {
             for decision in &node.decisions {
@@ -194,7 +201,11 @@ impl PruneReport {
         }
         out.push_str(&format!(
             "{}: {} in {}: {kept} kept, {deleted} {verb}\n",
-            if self.dry_run { "prune (dry run)" } else { "prune" },
+            if self.dry_run {
+                "prune (dry run)"
+            } else {
+                "prune"
+            },
             self.policy,
             self.store
         ));

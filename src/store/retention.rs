@@ -118,21 +118,20 @@ pub fn plan(policy: &Policy, bundles: &[IndexEntry], protected: &[&str]) -> Vec<
 /// Deletes bundles of one node, in the order that keeps the store consistent at every instant:
 /// 1. the index drops them all in one write, so it never names an object that is gone (a read-only
 ///    HTTP server answers from the index alone);
-/// 2. each bundle, then its `.minisig`. A crash before 2 leaves objects the index no longer names:
-///    listing still shows them and the next prune deletes them; a crash between a bundle and its
+/// 2. each bundle, oldest first (an interruption leaves the most recent history), then its
+///    `.minisig`. A crash before 2 leaves objects the index no longer names: a store that lists
+///    (directory, S3) still shows them and the next prune deletes them — an HTTP server, which lists
+///    from the index alone, keeps them unseen until removed by hand; a crash between a bundle and its
 ///    signature leaves a signature with no bundle, which the next prune removes (`orphan_signatures`).
-pub fn delete(
-    store: &dyn Store,
-    cluster: &str,
-    node: &str,
-    names: &[&str],
-) -> Result<(), Error> {
+pub fn delete(store: &dyn Store, cluster: &str, node: &str, names: &[&str]) -> Result<(), Error> {
     if names.is_empty() {
         return Ok(());
     }
     index::remove(store, cluster, node, names)?;
     crate::host::failpoint("prune:index-written");
-    for name in names {
+    let mut oldest_first = names.to_vec();
+    oldest_first.sort();
+    for name in oldest_first {
         store.delete(name)?;
         crate::host::failpoint("prune:bundle-deleted");
         store.delete(&format!("{name}{SIGNATURE_SUFFIX}"))?;
@@ -143,7 +142,11 @@ pub fn delete(
 /// Signatures in the node's directory whose bundle is gone (what a prune interrupted between a
 /// bundle and its signature leaves). Stores that cannot list (HTTP) only show what the index names,
 /// so they never report any.
-pub fn orphan_signatures(store: &dyn Store, cluster: &str, node: &str) -> Result<Vec<String>, Error> {
+pub fn orphan_signatures(
+    store: &dyn Store,
+    cluster: &str,
+    node: &str,
+) -> Result<Vec<String>, Error> {
     let prefix = crate::bundle::name::BundleName::node_prefix(cluster, node);
     let names: Vec<String> = store.list(&prefix)?.into_iter().map(|o| o.name).collect();
     Ok(names
