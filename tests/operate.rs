@@ -10,10 +10,9 @@ use cpr::store::index::{self, IndexEntry};
 use cpr::store::{self as cpr_store, Store};
 use serde_json::Value;
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use store_common::{fast_options, moto, nginx, put, require};
 
 fn json(out: &Output) -> Value {
@@ -86,6 +85,25 @@ fn seed(store: &dyn Store, bundle: &[u8]) {
     }
 }
 
+/// A directory store seeded with copies of `bundle` under `stamps()`.
+fn seeded_dir(bundle: &[u8]) -> (tempfile::TempDir, String, Box<dyn Store>) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = dir.path().to_str().unwrap().to_string();
+    let store = cpr_store::open(&url, &fast_options()).unwrap();
+    seed(store.as_ref(), bundle);
+    (dir, url, store)
+}
+
+/// What a store holds after the policy ran: the kept bundles, their signatures and the index.
+fn expected_files() -> BTreeSet<String> {
+    let mut expected: BTreeSet<String> = expected_kept()
+        .into_iter()
+        .flat_map(|n| [format!("{n}.minisig"), n])
+        .collect();
+    expected.insert(format!("{CLUSTER}/{NODE_NAME}/index.json"));
+    expected
+}
+
 /// `--keep-last 2 --keep-daily 3` over `stamps()`: the two newest, and the newest of the last three days.
 fn expected_kept() -> BTreeSet<String> {
     [
@@ -155,10 +173,8 @@ fn flip_a_byte_in_the_middle(path: &Path) {
 fn prune_keeps_what_the_policy_says_and_deletes_signatures_with_their_bundles() {
     let node = KubeadmNode::start(EtcdVersion::V3_5, 10);
     let bundle = real_bundle(&node);
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().to_str().unwrap();
-    let store = cpr_store::open(url, &fast_options()).unwrap();
-    seed(store.as_ref(), &bundle);
+    let (dir, url, store) = seeded_dir(&bundle);
+    let url = url.as_str();
     let before = files(dir.path());
 
     let dry = json(&prune(url, &["--dry-run", "--output", "json"], &[]));
@@ -178,11 +194,7 @@ fn prune_keeps_what_the_policy_says_and_deletes_signatures_with_their_bundles() 
 
     let text = ok(&prune(url, &[], &[]));
     assert!(text.contains("4 kept, 12 deleted"), "{text}");
-    let mut expected: BTreeSet<String> = expected_kept()
-        .into_iter()
-        .flat_map(|n| [format!("{n}.minisig"), n])
-        .collect();
-    expected.insert(format!("{CLUSTER}/{NODE_NAME}/index.json"));
+    let expected = expected_files();
     assert_eq!(files(dir.path()), expected);
     assert_eq!(indexed(store.as_ref()), expected_kept());
 
@@ -200,10 +212,8 @@ fn prune_keeps_what_the_policy_says_and_deletes_signatures_with_their_bundles() 
 fn prune_never_deletes_the_newest_bundle_that_verifies() {
     let node = KubeadmNode::start(EtcdVersion::V3_5, 10);
     let bundle = real_bundle(&node);
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().to_str().unwrap();
-    let store = cpr_store::open(url, &fast_options()).unwrap();
-    seed(store.as_ref(), &bundle);
+    let (dir, url, store) = seeded_dir(&bundle);
+    let url = url.as_str();
     let newest = bundle_name("20261104T180000Z");
     let second = bundle_name("20261104T120000Z");
     flip_a_byte_in_the_middle(&dir.path().join(&newest));
@@ -246,20 +256,11 @@ fn a_prune_killed_at_any_step_leaves_a_consistent_index_and_converges() {
     let bundle = real_bundle(&node);
 
     // The uninterrupted run, for comparison.
-    let clean = tempfile::tempdir().unwrap();
-    let clean_url = clean.path().to_str().unwrap();
-    seed(
-        cpr_store::open(clean_url, &fast_options())
-            .unwrap()
-            .as_ref(),
-        &bundle,
-    );
-    ok(&prune(clean_url, &[], &[]));
+    let (clean, clean_url, _) = seeded_dir(&bundle);
+    ok(&prune(&clean_url, &[], &[]));
 
-    let dir = tempfile::tempdir().unwrap();
-    let url = dir.path().to_str().unwrap();
-    let store = cpr_store::open(url, &fast_options()).unwrap();
-    seed(store.as_ref(), &bundle);
+    let (dir, url, store) = seeded_dir(&bundle);
+    let url = url.as_str();
 
     // Killed right after the index was rewritten: every doomed object is still there, listed by the
     // store but no longer by the index.
@@ -311,11 +312,7 @@ fn prune_through_nginx_and_s3_deletes_bundles_signatures_and_index_entries() {
         &[],
     ));
     let served = nginx.www.join("backups");
-    let mut expected: BTreeSet<String> = expected_kept()
-        .into_iter()
-        .flat_map(|n| [format!("{n}.minisig"), n])
-        .collect();
-    expected.insert(format!("{CLUSTER}/{NODE_NAME}/index.json"));
+    let expected = expected_files();
     assert_eq!(files(&served), expected);
     assert_eq!(indexed(http_store.as_ref()), expected_kept());
 
@@ -644,16 +641,8 @@ for member in tarfile.open(fileobj=io.BytesIO(raw)):
 out = subprocess.run(["zstd", "-q", "-c"], input=bytes(buf), check=True, capture_output=True).stdout
 open(sys.argv[2], "wb").write(out)
 "#;
-    let mut child = Command::new("python3")
-        .args(["-", bundle.to_str().unwrap(), out.to_str().unwrap()])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    run(Command::new("python3")
+        .args(["-c", script])
+        .arg(bundle)
+        .arg(out));
 }
