@@ -92,10 +92,19 @@ impl CheckReport {
             ));
         }
         if !self.certificates.is_empty() {
-            out.push_str("\nCERTIFICATE                                         EXPIRES               DAYS  STATUS\n");
+            let width = self
+                .certificates
+                .iter()
+                .map(|c| c.path.len())
+                .max()
+                .unwrap_or(0);
+            out.push_str(&format!(
+                "\n{:<width$} {:<17} {:>5}  STATUS\n",
+                "CERTIFICATE", "EXPIRES", "DAYS"
+            ));
             for cert in &self.certificates {
                 out.push_str(&format!(
-                    "{:<51} {:<21} {:>5}  {}\n",
+                    "{:<width$} {:<17} {:>5}  {}\n",
                     cert.path,
                     cert.not_after
                         .format(time::macros::format_description!(
@@ -265,9 +274,14 @@ fn collect_node_pems(
     let mut files = Vec::new();
     walk_crt(&layout.path(layout::PKI_DIR), &mut files, unreadable);
     files.sort();
+    // Shown as paths on the node, whatever root it is mounted at.
+    let on_node = |path: &Path| {
+        let relative = path.strip_prefix(layout.root()).unwrap_or(path);
+        format!("/{}", relative.display())
+    };
     for path in files {
         match std::fs::read(&path) {
-            Ok(pem) => pems.push((path.display().to_string(), pem)),
+            Ok(pem) => pems.push((on_node(&path), pem)),
             Err(e) => unreadable.push(format!("{}: {e}", path.display())),
         }
     }
@@ -278,7 +292,7 @@ fn collect_node_pems(
         }
         match Kubeconfig::load(&path) {
             Ok(kubeconfig) => pems.push((
-                format!("{}#client", path.display()),
+                format!("{}#client", on_node(&path)),
                 kubeconfig.client_cert_pem,
             )),
             Err(e) => unreadable.push(e.to_string()),

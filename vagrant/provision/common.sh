@@ -20,7 +20,7 @@ SYSCTL
 sysctl --system >/dev/null
 
 apt-get update -qq
-apt-get install -y -qq apt-transport-https ca-certificates curl gnupg >/dev/null
+apt-get install -y -qq apt-transport-https ca-certificates curl gnupg lsb-release >/dev/null
 install -d -m 0755 /etc/apt/keyrings
 
 # containerd from Docker's repository: Ubuntu 18.04's own is too old for the CRI v1 API that
