@@ -1,7 +1,7 @@
 //! What schedules and hosts cpr, checked by the real tools that read it: the CronJob by kubectl
 //! (client-side dry run against a loopback discovery stub) and kubernetes-validate's schemas, the
 //! systemd units by systemd-analyze, the Vagrant lab by vagrant, its scripts by bash and shellcheck.
-//! Nothing here reaches the lab's 10.0.1.x addresses: they only appear in files under test.
+//! Nothing here connects anywhere but loopback: the lab's private addresses only appear in the files under test.
 
 mod common;
 mod store_common;
