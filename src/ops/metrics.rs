@@ -111,7 +111,7 @@ pub fn record(path: &Path, report: Option<&BackupReport>, now: SystemTime) -> Re
         }
     }
     crate::fsutil::write_atomic(path, render(&values).as_bytes(), 0o644).map_err(|source| {
-        Error::Write {
+        Error::Metrics {
             path: path.to_path_buf(),
             source,
         }
@@ -213,6 +213,17 @@ mod tests {
         assert_eq!(value(&text, REVISION.name).as_deref(), Some("42"));
         assert!(text.contains("# TYPE cpr_backup_failures_total counter\n"));
         assert!(!dir.path().join("cpr.prom.tmp").exists());
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_that_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("no-such-dir/cpr.prom");
+        let err = record(&path, Some(&report()), at(100)).unwrap_err();
+        assert_eq!(err.exit_code(), 7);
+        let message = err.to_string();
+        assert!(message.contains("no-such-dir/cpr.prom"), "{message}");
+        assert!(message.contains("Create its directory"), "{message}");
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub enum Error {
         node: String,
         tried: Vec<String>,
     },
+    #[error("writing the metrics file {path}: {source}. Create its directory (node_exporter's textfile directory) or fix its permissions; the backup's own outcome is unaffected")]
+    Metrics {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
     #[error(transparent)]
@@ -74,7 +80,10 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Read { .. } | Error::TooLarge { .. } | Error::NoClientCertificate { .. } => 6,
-            Error::Write { .. } | Error::State { .. } | Error::SwapConflict { .. } => 7,
+            Error::Write { .. }
+            | Error::State { .. }
+            | Error::SwapConflict { .. }
+            | Error::Metrics { .. } => 7,
             Error::Identity { .. } => 8,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,

@@ -178,24 +178,26 @@ impl PruneReport {
         } else {
             "deleted"
         };
+        let width = verb.len();
         let (mut kept, mut deleted) = (0, 0);
         for node in &self.nodes {
             for decision in &node.decisions {
                 if decision.keep {
                     kept += 1;
                     out.push_str(&format!(
-                        "keep    {}  ({})\n",
+                        "{:<width$} {}  ({})\n",
+                        "keep",
                         decision.name,
                         decision.reasons.join(", ")
                     ));
                 } else {
                     deleted += 1;
-                    out.push_str(&format!("{verb:<7} {}\n", decision.name));
+                    out.push_str(&format!("{verb:<width$} {}\n", decision.name));
                 }
             }
             for orphan in &node.orphan_signatures {
                 out.push_str(&format!(
-                    "{verb:<7} {orphan}  (signature without a bundle)\n"
+                    "{verb:<width$} {orphan}  (signature without a bundle)\n"
                 ));
             }
         }
