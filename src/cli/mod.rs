@@ -11,6 +11,7 @@ use crate::Error;
 pub mod backup;
 pub mod etcd;
 pub mod finish;
+pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod restore;
@@ -33,6 +34,7 @@ pub enum Command {
     Inspect(inspect::InspectCmd),
     Verify(verify::VerifyCmd),
     Etcd(etcd::EtcdCmd),
+    Init(init::InitCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -44,6 +46,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
         Command::Etcd(cmd) => etcd::run(cmd),
+        Command::Init(cmd) => init::run(cmd),
     }
 }
 

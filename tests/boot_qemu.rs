@@ -1,0 +1,664 @@
+//! Recovery boots under QEMU (software emulation): a blank replacement VM boots the recovery image
+//! (kernel + initramfs directly, the ISO, or PXE through iPXE), fetches its bundle from a loopback
+//! HTTP server through QEMU's restricted user network, restores onto its disk and hands over to the
+//! disk's own init, a busybox script that reports what it finds. Failure boots must explain
+//! themselves, apply `cpr.on_failure`, leave the disk clean and never panic the kernel.
+//!
+//! Needs the release binary (`cargo build --release`, as scripts/test does) and the packages of
+//! scripts/lib/deps.sh. Boots run one at a time: the machines have two cores.
+
+mod common;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The address QEMU's DHCP server gives the first guest; the backed-up node has it too.
+const GUEST_IP: &str = "10.0.2.15";
+/// Inside the guest, the store's one reachable address (a guestfwd to a loopback port).
+const STORE: &str = "http://10.0.2.100/";
+/// Megabytes of incompressible values put into etcd, so the bundle is about 100 MB.
+const ETCD_FILL_MB: usize = 96;
+const BOOT_TIMEOUT_SECS: u64 = 120;
+
+static BOOTS: Mutex<()> = Mutex::new(());
+static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    kernel: PathBuf,
+    initramfs: PathBuf,
+    /// A directory store holding one bundle of a node with address GUEST_IP.
+    store: PathBuf,
+    bundle: String,
+    snapshot_sha256: String,
+    /// The replacement machine's disk before recovery: a busybox "normal OS", nothing else.
+    disk: PathBuf,
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The release binary goes into the image: an unoptimised one is too slow under emulation. It must
+/// be newer than every source file, or the boots would test old code.
+fn release_cpr() -> PathBuf {
+    fn newest(path: &Path) -> std::time::SystemTime {
+        let own = path
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(std::time::UNIX_EPOCH);
+        std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| newest(&e.path()))
+                    .max()
+                    .unwrap_or(own)
+            })
+            .unwrap_or(own)
+            .max(own)
+    }
+    let release = repo().join("target/x86_64-unknown-linux-gnu/release/cpr");
+    let built = release.metadata().and_then(|m| m.modified()).ok();
+    let sources = newest(&repo().join("src")).max(newest(&repo().join("Cargo.lock")));
+    assert!(
+        built.is_some_and(|built| built >= sources),
+        "{} is missing or older than the sources: run `cargo build --release` first (scripts/test does)",
+        release.display()
+    );
+    release
+}
+
+fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let initramfs = dir.path().join("initramfs.img");
+        let kernel = run(Command::new(repo().join("image/build-initramfs"))
+            .arg(release_cpr())
+            .arg(&initramfs));
+        let kernel = PathBuf::from(kernel.trim());
+        let store = dir.path().join("store");
+        let (bundle, snapshot_sha256) = make_bundle(&store);
+        let disk = dir.path().join("disk.img");
+        make_disk(&dir.path().join("os"), &disk);
+        Fixture {
+            dir,
+            kernel,
+            initramfs,
+            store,
+            bundle,
+            snapshot_sha256,
+            disk,
+        }
+    })
+}
+
+/// A kubeadm node whose address is the guest's, its etcd (listening on loopback only) filled with
+/// ETCD_FILL_MB of random values, backed up by cpr into a directory store.
+fn make_bundle(store: &Path) -> (String, String) {
+    let node = tempfile::tempdir().unwrap();
+    let root = node.path();
+    let (client, peer) = (free_port(), free_port());
+    run(Command::new(fixtures().join("kubeadm-node")).args([
+        root.to_str().unwrap(),
+        NODE_NAME,
+        GUEST_IP,
+        &client.to_string(),
+        &peer.to_string(),
+    ]));
+    // etcd runs from a copy of the node whose manifest listens on loopback only: the node's own
+    // address is the guest's, which this machine does not have.
+    let running = tempfile::tempdir().unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", root.display()))
+        .arg(running.path()));
+    run(Command::new("sed")
+        .arg("-i")
+        .arg(format!(
+            "s#--listen-client-urls=.*#--listen-client-urls=https://127.0.0.1:{client}#;s#--listen-peer-urls=.*#--listen-peer-urls=https://127.0.0.1:{peer}#"
+        ))
+        .arg(running.path().join("etc/kubernetes/manifests/etcd.yaml")));
+    let mut etcd = Command::new(fixtures().join("run-static-etcd"))
+        .arg(running.path())
+        .arg(EtcdVersion::V3_5.etcd())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("etcd.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let endpoint = format!("https://127.0.0.1:{client}");
+    let etcdctl = |args: &[&str], input: Option<&[u8]>| {
+        let pki = root.join("etc/kubernetes/pki/etcd");
+        let mut child = Command::new(EtcdVersion::V3_5.etcdctl())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoint}"))
+            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
+            .arg(format!(
+                "--cert={}",
+                pki.join("healthcheck-client.crt").display()
+            ))
+            .arg(format!(
+                "--key={}",
+                pki.join("healthcheck-client.key").display()
+            ))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.unwrap_or_default())
+            .unwrap();
+        child.wait().unwrap().success()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !etcdctl(&["endpoint", "health"], None) {
+        assert!(
+            Instant::now() < deadline,
+            "etcd did not start: {}",
+            std::fs::read_to_string(root.join("etcd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    run(Command::new(fixtures().join("seed-etcd")).args([
+        root.to_str().unwrap(),
+        EtcdVersion::V3_5.etcdctl().to_str().unwrap(),
+        &endpoint,
+        CLUSTER,
+        GUEST_IP,
+        "40",
+    ]));
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..ETCD_FILL_MB {
+        let mut value = vec![0u8; 1 << 20];
+        std::io::Read::read_exact(&mut random, &mut value).unwrap();
+        assert!(etcdctl(
+            &["put", &format!("/registry/blobs/{i}")],
+            Some(&value)
+        ));
+    }
+    let name = backup_into(root, store);
+    let _ = etcd.kill();
+    let _ = etcd.wait();
+    let snapshot = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zstd -dc '{}' | tar -xOf - etcd/snapshot.db",
+            store.join(&name).display()
+        ))
+        .output()
+        .unwrap()
+        .stdout;
+    (name, hex::encode(Sha256::digest(&snapshot)))
+}
+
+/// cpr's backup of the node under `root` into the directory `store`; returns the bundle's name.
+/// Until the directory store lands on main, a minimal one of this file receives the bundle.
+fn backup_into(root: &Path, store: &Path) -> String {
+    let dir = TestDirStore(store.to_path_buf());
+    let report = cpr::ops::backup::backup(&cpr::ops::backup::BackupRequest {
+        root: root.to_path_buf(),
+        store: &dir,
+        cluster: None,
+        endpoint: None,
+        tls: None,
+        cluster_config: None,
+        etcd_prefix: cpr::node::layout::DEFAULT_ETCD_PREFIX.to_string(),
+        zstd_level: 3,
+        zstd_threads: 2,
+    })
+    .unwrap();
+    report.bundle
+}
+
+struct TestDirStore(PathBuf);
+
+struct TestUpload(std::fs::File, PathBuf);
+
+impl Write for TestUpload {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.write(data)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl cpr::store::Upload for TestUpload {
+    fn commit(self: Box<Self>) -> Result<cpr::store::ObjectInfo, cpr::store::Error> {
+        let name = self.1.display().to_string();
+        Ok(cpr::store::ObjectInfo {
+            name,
+            size: self.0.metadata().unwrap().len(),
+            modified: None,
+        })
+    }
+}
+
+impl cpr::store::Store for TestDirStore {
+    fn location(&self) -> String {
+        self.0.display().to_string()
+    }
+    fn list(&self, _: &str) -> Result<Vec<cpr::store::ObjectInfo>, cpr::store::Error> {
+        Ok(Vec::new())
+    }
+    fn open(&self, _: &str) -> Result<Box<dyn std::io::Read + Send>, cpr::store::Error> {
+        unimplemented!("the boot tests only write bundles")
+    }
+    fn create(&self, name: &str) -> Result<Box<dyn cpr::store::Upload>, cpr::store::Error> {
+        let path = self.0.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        Ok(Box::new(TestUpload(
+            std::fs::File::create(&path).unwrap(),
+            path,
+        )))
+    }
+    fn delete(&self, _: &str) -> Result<(), cpr::store::Error> {
+        Ok(())
+    }
+}
+
+/// The target's normal OS: busybox as /sbin/init, reporting what the recovery left, then powering off
+/// with its root read-only so the host can check the filesystem.
+const TARGET_INIT: &str = r#"#!/bin/busybox sh
+export PATH=/bin
+busybox --install -s /bin
+echo "TARGET: init running as pid $$, root $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
+[ -x /usr/local/sbin/cpr ] && echo "TARGET: phase 2 installed"
+[ -L /etc/systemd/system/multi-user.target.wants/cpr-finish.service ] && echo "TARGET: cpr-finish.service enabled"
+[ -e /init ] || echo "TARGET: the initramfs is gone"
+echo "TARGET: staged snapshot sha256 $(sha256sum /var/lib/cpr/staging/etcd/snapshot.db | cut -d' ' -f1)"
+mount -o remount,ro /
+echo "TARGET: done"
+poweroff -f
+"#;
+
+fn make_disk(os: &Path, disk: &Path) {
+    for dir in ["bin", "sbin", "etc", "dev", "proc", "sys", "run", "tmp"] {
+        std::fs::create_dir_all(os.join(dir)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", os.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::write(os.join("sbin/init"), TARGET_INIT).unwrap();
+    std::fs::set_permissions(
+        os.join("sbin/init"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::fs::write(os.join("etc/hostname"), "master0\n").unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "target", "-d"])
+        .arg(os)
+        .arg(disk)
+        .arg("640M"));
+}
+
+enum Medium {
+    Direct,
+    Iso,
+    Pxe,
+}
+
+struct Boot {
+    medium: Medium,
+    /// Words added to the kernel command line after the defaults.
+    cmdline: String,
+    disk: bool,
+    /// Serve this directory as the store; None: nothing listens behind the guestfwd port.
+    store: Option<PathBuf>,
+    /// The first address QEMU's DHCP server hands out.
+    dhcp_start: Option<&'static str>,
+}
+
+impl Boot {
+    fn new(medium: Medium) -> Boot {
+        Boot {
+            medium,
+            cmdline: String::new(),
+            disk: true,
+            store: Some(fixture().store.clone()),
+            dhcp_start: None,
+        }
+    }
+}
+
+struct Outcome {
+    console: String,
+    disk: tempfile::TempDir,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn disk(&self) -> PathBuf {
+        self.disk.path().join("disk.img")
+    }
+
+    fn assert_console(&self, marker: &str) {
+        assert!(
+            self.console.contains(marker),
+            "console lacks {marker:?}:\n{}",
+            self.console
+        );
+    }
+
+    /// What every boot must show: QEMU stopped by itself, the kernel never panicked, the disk is clean.
+    fn assert_sane(&self) {
+        assert!(
+            !self.console.contains("Kernel panic"),
+            "the kernel panicked:\n{}",
+            self.console
+        );
+        assert!(
+            !self.console.contains("TIMED OUT"),
+            "the VM did not stop by itself:\n{}",
+            self.console
+        );
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(self.disk())
+            .output()
+            .unwrap();
+        assert!(
+            fsck.status.success(),
+            "e2fsck -fn: {}{}",
+            String::from_utf8_lossy(&fsck.stdout),
+            String::from_utf8_lossy(&fsck.stderr)
+        );
+    }
+
+    fn debugfs(&self, request: &str) -> Vec<u8> {
+        Command::new("debugfs")
+            .arg("-R")
+            .arg(request)
+            .arg(self.disk())
+            .output()
+            .unwrap()
+            .stdout
+    }
+
+    /// True when the path exists on the disk.
+    fn exists(&self, path: &str) -> bool {
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("stat {path}"))
+            .arg(self.disk())
+            .output()
+            .unwrap();
+        !String::from_utf8_lossy(&out.stderr).contains("File not found")
+    }
+}
+
+/// A loopback HTTP server for the store directory (python's http.server, HTTP/1.0).
+fn serve(dir: &Path) -> (Child, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+fn cmdline(extra: &str) -> String {
+    let f = fixture();
+    format!(
+        "console=ttyS0 quiet panic=-1 cpr.store={STORE} cpr.bundle={} cpr.root=LABEL=target cpr.on_failure=poweroff {extra}",
+        f.bundle
+    )
+    .trim()
+    .to_string()
+}
+
+/// `image/SCRIPT KERNEL INITRAMFS OUTPUT CMDLINE`: the ISO and the PXE files of the fixture's image.
+fn build_image(script: &str, output: &Path, cmdline: &str) {
+    let f = fixture();
+    run(Command::new(repo().join("image").join(script))
+        .arg(&f.kernel)
+        .arg(&f.initramfs)
+        .arg(output)
+        .arg(cmdline));
+}
+
+fn boot(spec: Boot) -> Outcome {
+    let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let f = fixture();
+    let work = tempfile::tempdir().unwrap();
+    let disk = work.path().join("disk.img");
+    std::fs::copy(&f.disk, &disk).unwrap();
+    let (mut server, port) = match &spec.store {
+        Some(dir) => {
+            let (child, port) = serve(dir);
+            (Some(child), port)
+        }
+        None => (None, free_port()),
+    };
+    let mut netdev = format!(
+        "user,id=n0,restrict=on,hostname={NODE_NAME},guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
+    );
+    if let Some(start) = spec.dhcp_start {
+        netdev.push_str(&format!(",dhcpstart={start}"));
+    }
+    let cmdline = cmdline(&spec.cmdline);
+    let mut qemu = Command::new("timeout");
+    qemu.args([
+        "-k",
+        "5",
+        &BOOT_TIMEOUT_SECS.to_string(),
+        "qemu-system-x86_64",
+    ])
+    .args(["-accel", "tcg", "-m", "768", "-nographic", "-no-reboot"])
+    .args(["-device", "virtio-net-pci,netdev=n0"]);
+    match spec.medium {
+        Medium::Direct => {
+            qemu.arg("-kernel")
+                .arg(&f.kernel)
+                .arg("-initrd")
+                .arg(&f.initramfs)
+                .arg("-append")
+                .arg(&cmdline);
+        }
+        Medium::Iso => {
+            let iso = work.path().join("recovery.iso");
+            build_image("build-iso", &iso, &cmdline);
+            qemu.arg("-cdrom").arg(&iso).args(["-boot", "d"]);
+        }
+        Medium::Pxe => {
+            let tftp = work.path().join("tftp");
+            build_image("build-pxe", &tftp, &cmdline);
+            netdev.push_str(&format!(",tftp={},bootfile=boot.ipxe", tftp.display()));
+            qemu.args(["-boot", "n"]);
+        }
+    }
+    qemu.arg("-netdev").arg(&netdev);
+    if spec.disk {
+        qemu.arg("-drive")
+            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+    }
+    let started = Instant::now();
+    let out = qemu.stdin(Stdio::null()).output().unwrap();
+    let elapsed = started.elapsed();
+    if let Some(server) = server.as_mut() {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    let mut console = String::from_utf8_lossy(&out.stdout).into_owned();
+    console.push_str(&String::from_utf8_lossy(&out.stderr));
+    if out.status.code() == Some(124) || out.status.code() == Some(137) {
+        console.push_str("\nTIMED OUT\n");
+    }
+    eprintln!(
+        "--- console ({:.1} s) ---\n{console}",
+        elapsed.as_secs_f64()
+    );
+    Outcome {
+        console,
+        disk: work,
+        elapsed,
+    }
+}
+
+/// A successful recovery: restored, phase 2 installed, handed over to the disk's init.
+fn assert_recovered(outcome: &Outcome) {
+    let f = fixture();
+    outcome.assert_sane();
+    outcome.assert_console("handing over to /sbin/init");
+    outcome.assert_console("TARGET: init running as pid 1, root /dev/vda / ext4");
+    outcome.assert_console("TARGET: phase 2 installed");
+    outcome.assert_console("TARGET: cpr-finish.service enabled");
+    outcome.assert_console("TARGET: the initramfs is gone");
+    outcome.assert_console(&format!(
+        "TARGET: staged snapshot sha256 {}",
+        f.snapshot_sha256
+    ));
+    outcome.assert_console("TARGET: done");
+    // The host reads the same back from the disk.
+    let staged = outcome.debugfs("cat /var/lib/cpr/staging/etcd/snapshot.db");
+    assert_eq!(hex::encode(Sha256::digest(&staged)), f.snapshot_sha256);
+    let installed = outcome.debugfs("cat /usr/local/sbin/cpr");
+    assert_eq!(
+        installed,
+        std::fs::read(release_cpr()).unwrap(),
+        "phase 2 binary differs from the image's"
+    );
+    let unit = outcome.debugfs("cat /etc/systemd/system/cpr-finish.service");
+    assert!(String::from_utf8_lossy(&unit).contains("ExecStart=/usr/local/sbin/cpr finish"));
+}
+
+/// A failed recovery: explained on the console, the policy applied, the disk untouched.
+fn assert_failed(outcome: &Outcome, explanation: &str, policy: &str) {
+    outcome.assert_sane();
+    outcome.assert_console("RECOVERY FAILED");
+    outcome.assert_console(explanation);
+    outcome.assert_console(&format!("cpr.on_failure={policy}"));
+    assert!(
+        !outcome.console.contains("TARGET:"),
+        "handed over despite the failure"
+    );
+    if outcome.exists("/sbin/init") {
+        assert!(
+            !outcome.exists("/var/lib/cpr"),
+            "the failed recovery left files on the disk"
+        );
+        assert!(!outcome.exists("/usr/local/sbin/cpr"));
+    }
+}
+
+fn handoff_seconds(console: &str) -> f64 {
+    console
+        .lines()
+        .find_map(|l| l.split("handing over to /sbin/init (").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn direct_kernel_boot_restores_and_hands_over() {
+    let outcome = boot(Boot::new(Medium::Direct));
+    assert_recovered(&outcome);
+    let size = std::fs::metadata(fixture().store.join(&fixture().bundle))
+        .unwrap()
+        .len();
+    eprintln!(
+        "figures: bundle {} MB, kernel start to handoff {:.1} s, whole VM run {:.1} s, initramfs {} KiB",
+        size >> 20,
+        handoff_seconds(&outcome.console),
+        outcome.elapsed.as_secs_f64(),
+        std::fs::metadata(&fixture().initramfs).unwrap().len() >> 10
+    );
+}
+
+#[test]
+fn iso_boot_restores_and_hands_over() {
+    assert_recovered(&boot(Boot::new(Medium::Iso)));
+}
+
+#[test]
+fn pxe_boot_with_a_static_address_restores_and_hands_over() {
+    let mut spec = Boot::new(Medium::Pxe);
+    spec.cmdline = format!("cpr.ip={GUEST_IP}/24");
+    let outcome = boot(spec);
+    assert_recovered(&outcome);
+    outcome.assert_console(&format!("network: eth0 has {GUEST_IP}/24"));
+}
+
+#[test]
+fn unreachable_store_powers_off_and_leaves_the_disk_alone() {
+    let mut spec = Boot::new(Medium::Direct);
+    spec.store = None;
+    let outcome = boot(spec);
+    assert_failed(&outcome, "fetching http://10.0.2.100/", "poweroff");
+    outcome.assert_console("reboot: Power down");
+}
+
+#[test]
+fn corrupt_bundle_is_refused_and_the_machine_reboots() {
+    let f = fixture();
+    let corrupt = f.dir.path().join("corrupt-store");
+    let copy = corrupt.join(&f.bundle);
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(f.store.join(&f.bundle)).unwrap();
+    // Past the manifest, inside the snapshot's compressed frames.
+    let middle = bytes.len() / 2;
+    for byte in &mut bytes[middle..middle + 64] {
+        *byte ^= 0x5a;
+    }
+    std::fs::write(&copy, bytes).unwrap();
+    let mut spec = Boot::new(Medium::Direct);
+    spec.store = Some(corrupt);
+    spec.cmdline = "cpr.on_failure=reboot".to_string();
+    let outcome = boot(spec);
+    assert_failed(&outcome, &format!("bundle {}", f.bundle), "reboot");
+    outcome.assert_console("reboot: Restarting system");
+}
+
+#[test]
+fn missing_target_disk_is_explained() {
+    let mut spec = Boot::new(Medium::Direct);
+    spec.disk = false;
+    let outcome = boot(spec);
+    assert!(
+        !outcome.console.contains("Kernel panic"),
+        "{}",
+        outcome.console
+    );
+    outcome
+        .assert_console("RECOVERY FAILED: no filesystem matching cpr.root=LABEL=target appeared");
+    outcome.assert_console("cpr.on_failure=poweroff");
+    outcome.assert_console("reboot: Power down");
+}
+
+#[test]
+fn another_nodes_bundle_is_refused() {
+    let mut spec = Boot::new(Medium::Direct);
+    spec.dhcp_start = Some("10.0.2.16");
+    let outcome = boot(spec);
+    assert_failed(
+        &outcome,
+        &format!("belongs to node {NODE_NAME} ({GUEST_IP}"),
+        "poweroff",
+    );
+    outcome.assert_console("this machine (master0) has 10.0.2.16");
+}
