@@ -10,7 +10,6 @@
 mod common;
 
 use common::*;
-use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,6 +23,8 @@ const STORE: &str = "http://10.0.2.100/";
 /// Megabytes of incompressible values put into etcd, so the bundle is about 100 MB.
 const ETCD_FILL_MB: usize = 96;
 const BOOT_TIMEOUT_SECS: u64 = 120;
+/// What `cpr restore` adds to the etcd revision by default.
+const BUMP: i64 = 1_000_000_000;
 
 static BOOTS: Mutex<()> = Mutex::new(());
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -35,8 +36,11 @@ struct Fixture {
     /// A directory store holding one bundle of a node with address GUEST_IP.
     store: PathBuf,
     bundle: String,
-    snapshot_sha256: String,
-    /// The replacement machine's disk before recovery: a busybox "normal OS", nothing else.
+    /// What the source etcd held when it was backed up.
+    revision: i64,
+    keys: i64,
+    ca_crt: Vec<u8>,
+    /// The replacement machine's disk before recovery: a busybox "normal OS" with etcd installed.
     disk: PathBuf,
 }
 
@@ -83,7 +87,7 @@ fn fixture() -> &'static Fixture {
             .arg(&initramfs));
         let kernel = PathBuf::from(kernel.trim());
         let store = dir.path().join("store");
-        let (bundle, snapshot_sha256) = make_bundle(&store);
+        let source = make_bundle(&store);
         let disk = dir.path().join("disk.img");
         make_disk(&dir.path().join("os"), &disk);
         Fixture {
@@ -91,16 +95,25 @@ fn fixture() -> &'static Fixture {
             kernel,
             initramfs,
             store,
-            bundle,
-            snapshot_sha256,
+            bundle: source.bundle,
+            revision: source.revision,
+            keys: source.keys,
+            ca_crt: source.ca_crt,
             disk,
         }
     })
 }
 
 /// A kubeadm node whose address is the guest's, its etcd (listening on loopback only) filled with
-/// ETCD_FILL_MB of random values, backed up by cpr into a directory store.
-fn make_bundle(store: &Path) -> (String, String) {
+/// ETCD_FILL_MB of random values, backed up by `cpr backup` into a directory store.
+struct Source {
+    bundle: String,
+    revision: i64,
+    keys: i64,
+    ca_crt: Vec<u8>,
+}
+
+fn make_bundle(store: &Path) -> Source {
     let node = tempfile::tempdir().unwrap();
     let root = node.path();
     let (client, peer) = (free_port(), free_port());
@@ -132,7 +145,7 @@ fn make_bundle(store: &Path) -> (String, String) {
         .spawn()
         .unwrap();
     let endpoint = format!("https://127.0.0.1:{client}");
-    let etcdctl = |args: &[&str], input: Option<&[u8]>| {
+    let etcdctl = |args: &[&str], input: Option<&[u8]>| -> Result<String, String> {
         let pki = root.join("etc/kubernetes/pki/etcd");
         let mut child = Command::new(EtcdVersion::V3_5.etcdctl())
             .env("ETCDCTL_API", "3")
@@ -148,8 +161,8 @@ fn make_bundle(store: &Path) -> (String, String) {
             ))
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         child
@@ -158,10 +171,17 @@ fn make_bundle(store: &Path) -> (String, String) {
             .unwrap()
             .write_all(input.unwrap_or_default())
             .unwrap();
-        child.wait().unwrap().success()
+        let out = child.wait_with_output().unwrap();
+        match out.status.success() {
+            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+            false => Err(format!("etcdctl {args:?}: {}", String::from_utf8_lossy(&out.stderr))),
+        }
+    };
+    let json = |args: &[&str]| -> serde_json::Value {
+        serde_json::from_str(&etcdctl(args, None).unwrap()).unwrap()
     };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !etcdctl(&["endpoint", "health"], None) {
+    while etcdctl(&["endpoint", "health"], None).is_err() {
         assert!(
             Instant::now() < deadline,
             "etcd did not start: {}",
@@ -181,102 +201,57 @@ fn make_bundle(store: &Path) -> (String, String) {
     for i in 0..ETCD_FILL_MB {
         let mut value = vec![0u8; 1 << 20];
         std::io::Read::read_exact(&mut random, &mut value).unwrap();
-        assert!(etcdctl(
-            &["put", &format!("/registry/blobs/{i}")],
-            Some(&value)
-        ));
+        etcdctl(&["put", &format!("/registry/blobs/{i}")], Some(&value)).unwrap();
     }
-    let name = backup_into(root, store);
+    let revision = json(&["endpoint", "status", "-w", "json"])[0]["Status"]["header"]["revision"]
+        .as_i64()
+        .unwrap();
+    // etcdctl 3.5 counts only in its `fields` output: a line `"Count" : N`.
+    let fields = etcdctl(&["get", "", "--prefix", "--count-only", "-w", "fields"], None).unwrap();
+    let keys = fields
+        .lines()
+        .find_map(|l| l.strip_prefix("\"Count\" : "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    let out = cpr(&[
+        "backup",
+        "--root",
+        root.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     let _ = etcd.kill();
     let _ = etcd.wait();
-    let snapshot = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "zstd -dc '{}' | tar -xOf - etcd/snapshot.db",
-            store.join(&name).display()
-        ))
-        .output()
-        .unwrap()
-        .stdout;
-    (name, hex::encode(Sha256::digest(&snapshot)))
-}
-
-/// cpr's backup of the node under `root` into the directory `store`; returns the bundle's name.
-/// Until the directory store lands on main, a minimal one of this file receives the bundle.
-fn backup_into(root: &Path, store: &Path) -> String {
-    let dir = TestDirStore(store.to_path_buf());
-    let report = cpr::ops::backup::backup(&cpr::ops::backup::BackupRequest {
-        root: root.to_path_buf(),
-        store: &dir,
-        cluster: None,
-        endpoint: None,
-        tls: None,
-        cluster_config: None,
-        etcd_prefix: cpr::node::layout::DEFAULT_ETCD_PREFIX.to_string(),
-        zstd_level: 3,
-        zstd_threads: 2,
-    })
-    .unwrap();
-    report.bundle
-}
-
-struct TestDirStore(PathBuf);
-
-struct TestUpload(std::fs::File, PathBuf);
-
-impl Write for TestUpload {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.0.write(data)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
+    Source {
+        bundle: report["bundle"].as_str().unwrap().to_string(),
+        revision,
+        keys,
+        ca_crt: std::fs::read(root.join("etc/kubernetes/pki/ca.crt")).unwrap(),
     }
 }
 
-impl cpr::store::Upload for TestUpload {
-    fn commit(self: Box<Self>) -> Result<cpr::store::ObjectInfo, cpr::store::Error> {
-        let name = self.1.display().to_string();
-        Ok(cpr::store::ObjectInfo {
-            name,
-            size: self.0.metadata().unwrap().len(),
-            modified: None,
-        })
-    }
-}
-
-impl cpr::store::Store for TestDirStore {
-    fn location(&self) -> String {
-        self.0.display().to_string()
-    }
-    fn list(&self, _: &str) -> Result<Vec<cpr::store::ObjectInfo>, cpr::store::Error> {
-        Ok(Vec::new())
-    }
-    fn open(&self, _: &str) -> Result<Box<dyn std::io::Read + Send>, cpr::store::Error> {
-        unimplemented!("the boot tests only write bundles")
-    }
-    fn create(&self, name: &str) -> Result<Box<dyn cpr::store::Upload>, cpr::store::Error> {
-        let path = self.0.join(name);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        Ok(Box::new(TestUpload(
-            std::fs::File::create(&path).unwrap(),
-            path,
-        )))
-    }
-    fn delete(&self, _: &str) -> Result<(), cpr::store::Error> {
-        Ok(())
-    }
-}
-
-/// The target's normal OS: busybox as /sbin/init, reporting what the recovery left, then powering off
+/// The target's normal OS: busybox as /sbin/init. It reports what the recovery left, starts the etcd
+/// installed on it from the restored data dir and prints its revision and key count, then powers off
 /// with its root read-only so the host can check the filesystem.
 const TARGET_INIT: &str = r#"#!/bin/busybox sh
-export PATH=/bin
+export PATH=/bin:/usr/local/bin
 busybox --install -s /bin
+mount -t tmpfs tmpfs /tmp
 echo "TARGET: init running as pid $$, root $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
 [ -x /usr/local/sbin/cpr ] && echo "TARGET: phase 2 installed"
 [ -L /etc/systemd/system/multi-user.target.wants/cpr-finish.service ] && echo "TARGET: cpr-finish.service enabled"
 [ -e /init ] || echo "TARGET: the initramfs is gone"
-echo "TARGET: staged snapshot sha256 $(sha256sum /var/lib/cpr/staging/etcd/snapshot.db | cut -d' ' -f1)"
+etcd --name master0 --data-dir /var/lib/etcd --listen-client-urls http://127.0.0.1:2379 \
+  --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 > /tmp/etcd.log 2>&1 &
+for i in $(seq 150); do etcdctl endpoint health > /dev/null 2>&1 && break; sleep 0.2; done
+revision=$(etcdctl endpoint status -w json | sed -n 's/.*"revision":\([0-9]*\).*/\1/p')
+keys=$(etcdctl get "" --prefix --count-only -w fields | sed -n 's/^"Count" : //p')
+echo "TARGET: restored etcd revision ${revision:-none} keys ${keys:-none}"
+[ -n "$revision" ] || tail -20 /tmp/etcd.log
+kill %1; wait
 mount -o remount,ro /
 echo "TARGET: done"
 poweroff -f
@@ -287,6 +262,10 @@ fn make_disk(os: &Path, disk: &Path) {
         std::fs::create_dir_all(os.join(dir)).unwrap();
     }
     std::fs::copy("/bin/busybox", os.join("bin/busybox")).expect("busybox-static is installed");
+    std::fs::create_dir_all(os.join("usr/local/bin")).unwrap();
+    for tool in ["etcd", "etcdctl"] {
+        std::fs::copy(EtcdVersion::V3_5.bin_dir().join(tool), os.join("usr/local/bin").join(tool)).unwrap();
+    }
     std::fs::write(os.join("sbin/init"), TARGET_INIT).unwrap();
     std::fs::set_permissions(
         os.join("sbin/init"),
@@ -421,14 +400,14 @@ fn serve(dir: &Path) -> (Child, u16) {
     (child, port)
 }
 
+/// The boot entry's command line: the fixture's bundle by name unless `extra` says otherwise.
 fn cmdline(extra: &str) -> String {
-    let f = fixture();
-    format!(
-        "console=ttyS0 quiet panic=-1 cpr.store={STORE} cpr.bundle={} cpr.root=LABEL=target cpr.on_failure=poweroff {extra}",
-        f.bundle
-    )
-    .trim()
-    .to_string()
+    let bundle = if extra.contains("cpr.bundle=") {
+        String::new()
+    } else {
+        format!("cpr.bundle={}", fixture().bundle)
+    };
+    format!("console=ttyS0 quiet panic=-1 cpr.store={STORE} cpr.root=LABEL=target cpr.on_failure=poweroff {bundle} {extra}")
 }
 
 /// `image/SCRIPT KERNEL INITRAMFS OUTPUT CMDLINE`: the ISO and the PXE files of the fixture's image.
@@ -519,7 +498,8 @@ fn boot(spec: Boot) -> Outcome {
     }
 }
 
-/// A successful recovery: restored, phase 2 installed, handed over to the disk's init.
+/// A successful recovery: restored, phase 2 installed, handed over to the disk's init, whose etcd
+/// serves the source's keys at the source's revision plus the restore's bump.
 fn assert_recovered(outcome: &Outcome) {
     let f = fixture();
     outcome.assert_sane();
@@ -529,39 +509,29 @@ fn assert_recovered(outcome: &Outcome) {
     outcome.assert_console("TARGET: cpr-finish.service enabled");
     outcome.assert_console("TARGET: the initramfs is gone");
     outcome.assert_console(&format!(
-        "TARGET: staged snapshot sha256 {}",
-        f.snapshot_sha256
+        "TARGET: restored etcd revision {} keys {}",
+        f.revision + BUMP,
+        f.keys
     ));
     outcome.assert_console("TARGET: done");
-    // The host reads the same back from the disk.
-    let staged = outcome.debugfs("cat /var/lib/cpr/staging/etcd/snapshot.db");
-    assert_eq!(hex::encode(Sha256::digest(&staged)), f.snapshot_sha256);
+    // The host reads the restored node back from the disk.
+    assert_eq!(outcome.debugfs("cat /etc/kubernetes/pki/ca.crt"), f.ca_crt);
+    assert!(outcome.exists("/var/lib/etcd/member/snap/db"));
     let installed = outcome.debugfs("cat /usr/local/sbin/cpr");
-    assert_eq!(
-        installed,
-        std::fs::read(release_cpr()).unwrap(),
-        "phase 2 binary differs from the image's"
-    );
+    assert!(installed == std::fs::read(release_cpr()).unwrap(), "phase 2 binary differs from the image's");
     let unit = outcome.debugfs("cat /etc/systemd/system/cpr-finish.service");
     assert!(String::from_utf8_lossy(&unit).contains("ExecStart=/usr/local/sbin/cpr finish"));
 }
 
-/// A failed recovery: explained on the console, the policy applied, the disk untouched.
+/// A failed recovery: explained on the console, the policy applied, nothing restored on the disk.
 fn assert_failed(outcome: &Outcome, explanation: &str, policy: &str) {
     outcome.assert_sane();
     outcome.assert_console("RECOVERY FAILED");
     outcome.assert_console(explanation);
     outcome.assert_console(&format!("cpr.on_failure={policy}"));
-    assert!(
-        !outcome.console.contains("TARGET:"),
-        "handed over despite the failure"
-    );
-    if outcome.exists("/sbin/init") {
-        assert!(
-            !outcome.exists("/var/lib/cpr"),
-            "the failed recovery left files on the disk"
-        );
-        assert!(!outcome.exists("/usr/local/sbin/cpr"));
+    assert!(!outcome.console.contains("TARGET:"), "handed over despite the failure");
+    for path in ["/etc/kubernetes", "/var/lib/etcd", "/usr/local/sbin/cpr", "/var/lib/cpr/staging"] {
+        assert!(!outcome.exists(path), "the failed recovery left {path} on the disk");
     }
 }
 
@@ -591,14 +561,16 @@ fn direct_kernel_boot_restores_and_hands_over() {
 }
 
 #[test]
-fn iso_boot_restores_and_hands_over() {
-    assert_recovered(&boot(Boot::new(Medium::Iso)));
+fn iso_boot_restores_the_latest_bundle_and_hands_over() {
+    let mut spec = Boot::new(Medium::Iso);
+    spec.cmdline = "cpr.bundle=latest".to_string();
+    assert_recovered(&boot(spec));
 }
 
 #[test]
 fn pxe_boot_with_a_static_address_restores_and_hands_over() {
     let mut spec = Boot::new(Medium::Pxe);
-    spec.cmdline = format!("cpr.ip={GUEST_IP}/24");
+    spec.cmdline = format!("cpr.ip={GUEST_IP}/24 cpr.hostname={NODE_NAME}");
     let outcome = boot(spec);
     assert_recovered(&outcome);
     outcome.assert_console(&format!("network: eth0 has {GUEST_IP}/24"));
@@ -609,7 +581,7 @@ fn unreachable_store_powers_off_and_leaves_the_disk_alone() {
     let mut spec = Boot::new(Medium::Direct);
     spec.store = None;
     let outcome = boot(spec);
-    assert_failed(&outcome, "fetching http://10.0.2.100/", "poweroff");
+    assert_failed(&outcome, "http://10.0.2.100", "poweroff");
     outcome.assert_console("reboot: Power down");
 }
 
@@ -655,10 +627,7 @@ fn another_nodes_bundle_is_refused() {
     let mut spec = Boot::new(Medium::Direct);
     spec.dhcp_start = Some("10.0.2.16");
     let outcome = boot(spec);
-    assert_failed(
-        &outcome,
-        &format!("belongs to node {NODE_NAME} ({GUEST_IP}"),
-        "poweroff",
-    );
-    outcome.assert_console("this machine (master0) has 10.0.2.16");
+    assert_failed(&outcome, "this machine is not the node in the bundle", "poweroff");
+    outcome.assert_console(GUEST_IP);
+    outcome.assert_console("10.0.2.16");
 }

@@ -48,6 +48,8 @@ pub enum IpConfig {
 pub struct BootArgs {
     pub store: Option<String>,
     pub bundle: Option<String>,
+    /// This machine's hostname, when DHCP does not give the node's.
+    pub hostname: Option<String>,
     pub root: Option<RootSpec>,
     pub ip: IpConfig,
     pub on_failure: Policy,
@@ -63,6 +65,7 @@ impl Default for BootArgs {
         BootArgs {
             store: None,
             bundle: None,
+            hostname: None,
             root: None,
             ip: IpConfig::Dhcp,
             on_failure: Policy::Shell,
@@ -105,7 +108,11 @@ impl BootArgs {
         let path = || Some(PathBuf::from(value));
         match key {
             "store" => self.store = Some(nonempty(key, value)?.to_string()),
-            "bundle" => self.bundle = Some(nonempty(key, value)?.to_string()),
+            // `latest`, as for `cpr restore --bundle`, is the same as no name.
+            "bundle" => {
+                self.bundle = Some(nonempty(key, value)?.to_string()).filter(|b| b != "latest")
+            }
+            "hostname" => self.hostname = Some(nonempty(key, value)?.to_string()),
             "root" => self.root = Some(parse_root(value)?),
             "ip" => self.ip = parse_ip(value)?,
             "on_failure" => {}
@@ -231,7 +238,7 @@ mod tests {
     #[test]
     fn reads_every_key_and_ignores_the_kernels_own() {
         let (args, result) = BootArgs::parse(
-            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst \
+            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst cpr.hostname=m0 \
              cpr.root=LABEL=target cpr.ip=192.0.2.10/24:192.0.2.1 cpr.on_failure=poweroff \
              cpr.log=debug cpr.init=/lib/systemd/systemd cpr.identity=/etc/cpr/age.key \
              cpr.verify_key=/etc/cpr/minisign.pub\n",
@@ -239,6 +246,7 @@ mod tests {
         result.unwrap();
         assert_eq!(args.store.as_deref(), Some("http://10.0.2.100/b"));
         assert_eq!(args.bundle.as_deref(), Some("prod/m0/x.tar.zst"));
+        assert_eq!(args.hostname.as_deref(), Some("m0"));
         assert_eq!(args.root, Some(RootSpec::Label("target".into())));
         assert_eq!(
             args.ip,
@@ -272,8 +280,9 @@ mod tests {
         let (args, _) = BootArgs::parse("cpr.root=UUID=0A1B-C2D3 cpr.bundle=\"a b\"");
         assert_eq!(args.root, Some(RootSpec::Uuid("0a1b-c2d3".into())));
         assert_eq!(args.bundle.as_deref(), Some("a b"));
-        let (args, _) = BootArgs::parse("cpr.root=/dev/vda cpr.ip=dhcp");
+        let (args, _) = BootArgs::parse("cpr.root=/dev/vda cpr.ip=dhcp cpr.bundle=latest");
         assert_eq!(args.root, Some(RootSpec::Device("/dev/vda".into())));
+        assert_eq!(args.bundle, None);
     }
 
     #[test]

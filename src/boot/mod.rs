@@ -82,18 +82,10 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    #[error("fetching {url}: {why}. Check that the store is reachable from this network and that cpr.store= and cpr.bundle= are right")]
-    Fetch { url: String, why: String },
-    #[error("bundle {bundle} belongs to node {node} ({wanted}), but this machine ({hostname}) has {have}. Restoring it would give this machine another node's identity: boot the right machine, give it the node's address (DHCP reservation or cpr.ip=), or name this node's bundle with cpr.bundle=")]
-    Identity {
-        bundle: String,
-        node: String,
-        wanted: String,
-        hostname: String,
-        have: String,
-    },
     #[error(transparent)]
-    Bundle(#[from] crate::bundle::Error),
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Restore(#[from] crate::ops::Error),
     #[error("target {path}: {step} failed: {source}. The target filesystem may be full or damaged; check it from a rescue system")]
     Target {
         path: PathBuf,
@@ -116,10 +108,11 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Cmdline { .. } | Error::Missing { .. } => 2,
-            Error::Fetch { .. } => 3,
-            Error::Bundle(_) => 4,
-            Error::Identity { .. } => 6,
-            _ => 7,
+            Error::Store(_) => 3,
+            Error::Restore(error) => error.exit_code(),
+            // Writing to the target failed: like a failed restore write, running again resumes.
+            Error::Target { .. } => 7,
+            _ => 9,
         }
     }
 }
@@ -203,7 +196,16 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
     let target = wait_for_root(host, root, &mut modules, spec)?;
     let sysroot = root.join(SYSROOT);
     mount_target(host, &mut modules, &target, &sysroot)?;
-    let (_, address) = net::up(host, root, &mut modules, &args.ip, NIC_WAIT)?;
+    let (interface, address) = net::up(host, root, &mut modules, &args.ip, NIC_WAIT)?;
+    // The restore checks this machine's name against the bundle's node: the boot entry's name wins
+    // over the one DHCP offered.
+    if let Some(name) = &args.hostname {
+        host.set_hostname(name).map_err(|source| Error::Network {
+            interface,
+            step: format!("setting the hostname {name}"),
+            source,
+        })?;
+    }
     let summary = phase1::phase1(&phase1::Phase1 {
         sysroot: &sysroot,
         store,
