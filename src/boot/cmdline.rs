@@ -48,6 +48,8 @@ pub enum IpConfig {
 pub struct BootArgs {
     pub store: Option<String>,
     pub bundle: Option<String>,
+    /// The cluster whose bundles to consider: a plain HTTP store cannot be listed, so "latest" needs it.
+    pub cluster: Option<String>,
     /// This machine's hostname, when DHCP does not give the node's.
     pub hostname: Option<String>,
     pub root: Option<RootSpec>,
@@ -65,6 +67,7 @@ impl Default for BootArgs {
         BootArgs {
             store: None,
             bundle: None,
+            cluster: None,
             hostname: None,
             root: None,
             ip: IpConfig::Dhcp,
@@ -112,6 +115,7 @@ impl BootArgs {
             "bundle" => {
                 self.bundle = Some(nonempty(key, value)?.to_string()).filter(|b| b != "latest")
             }
+            "cluster" => self.cluster = Some(nonempty(key, value)?.to_string()),
             "hostname" => self.hostname = Some(nonempty(key, value)?.to_string()),
             "root" => self.root = Some(parse_root(value)?),
             "ip" => self.ip = parse_ip(value)?,
@@ -238,7 +242,7 @@ mod tests {
     #[test]
     fn reads_every_key_and_ignores_the_kernels_own() {
         let (args, result) = BootArgs::parse(
-            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst cpr.hostname=m0 \
+            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst cpr.hostname=m0 cpr.cluster=prod \
              cpr.root=LABEL=target cpr.ip=192.0.2.10/24:192.0.2.1 cpr.on_failure=poweroff \
              cpr.log=debug cpr.init=/lib/systemd/systemd cpr.identity=/etc/cpr/age.key \
              cpr.verify_key=/etc/cpr/minisign.pub\n",
@@ -247,6 +251,7 @@ mod tests {
         assert_eq!(args.store.as_deref(), Some("http://10.0.2.100/b"));
         assert_eq!(args.bundle.as_deref(), Some("prod/m0/x.tar.zst"));
         assert_eq!(args.hostname.as_deref(), Some("m0"));
+        assert_eq!(args.cluster.as_deref(), Some("prod"));
         assert_eq!(args.root, Some(RootSpec::Label("target".into())));
         assert_eq!(
             args.ip,

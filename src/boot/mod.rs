@@ -210,6 +210,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         sysroot: &sysroot,
         store,
         bundle: args.bundle.as_deref(),
+        cluster: args.cluster.as_deref(),
         hostname: crate::host::hostname(),
         ips: vec![IpAddr::V4(address)],
     })?;

@@ -20,6 +20,7 @@ pub struct Phase1<'a> {
     pub store: &'a str,
     /// None: the newest bundle of this node that verifies.
     pub bundle: Option<&'a str>,
+    pub cluster: Option<&'a str>,
     pub hostname: String,
     pub ips: Vec<IpAddr>,
 }
@@ -31,7 +32,7 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
         root: request.sysroot.to_path_buf(),
         store: store.as_ref(),
         bundle: request.bundle.map(String::from),
-        cluster: None,
+        cluster: request.cluster.map(String::from),
         node: None,
         machine: Machine {
             hostname: request.hostname.clone(),
