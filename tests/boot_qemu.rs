@@ -8,13 +8,15 @@
 //! scripts/lib/deps.sh. Boots run one at a time: the machines have two cores.
 
 mod common;
+mod store_common;
 
 use common::*;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use store_common::Server;
 
 /// The address QEMU's DHCP server gives the first guest; the backed-up node has it too.
 const GUEST_IP: &str = "10.0.2.15";
@@ -108,8 +110,7 @@ struct Source {
 }
 
 fn make_bundles(dir: &Path) -> (Source, Source) {
-    let node = tempfile::tempdir().unwrap();
-    let root = node.path();
+    let root = dir.join("node");
     let (client, peer) = (free_port(), free_port());
     run(Command::new(fixtures().join("kubeadm-node")).args([
         root.to_str().unwrap(),
@@ -120,96 +121,24 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
     ]));
     // etcd runs from a copy of the node whose manifest listens on loopback only: the node's own
     // address is the guest's, which this machine does not have.
-    let running = tempfile::tempdir().unwrap();
-    run(Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", root.display()))
-        .arg(running.path()));
+    let running = dir.join("running");
+    run(Command::new("cp").arg("-a").arg(&root).arg(&running));
     run(Command::new("sed")
         .arg("-i")
         .arg(format!(
             "s#--listen-client-urls=.*#--listen-client-urls=https://127.0.0.1:{client}#;s#--listen-peer-urls=.*#--listen-peer-urls=https://127.0.0.1:{peer}#"
         ))
-        .arg(running.path().join("etc/kubernetes/manifests/etcd.yaml")));
-    let mut etcd = Command::new(fixtures().join("run-static-etcd"))
-        .arg(running.path())
-        .arg(EtcdVersion::V3_5.etcd())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.join("etcd.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let endpoint = format!("https://127.0.0.1:{client}");
-    let etcdctl = |args: &[&str], input: Option<&[u8]>| -> Result<String, String> {
-        let pki = root.join("etc/kubernetes/pki/etcd");
-        let mut child = Command::new(EtcdVersion::V3_5.etcdctl())
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={endpoint}"))
-            .arg(format!("--cacert={}", pki.join("ca.crt").display()))
-            .arg(format!(
-                "--cert={}",
-                pki.join("healthcheck-client.crt").display()
-            ))
-            .arg(format!(
-                "--key={}",
-                pki.join("healthcheck-client.key").display()
-            ))
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.unwrap_or_default())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        match out.status.success() {
-            true => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-            false => Err(format!(
-                "etcdctl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )),
-        }
-    };
-    let json = |args: &[&str]| -> serde_json::Value {
-        serde_json::from_str(&etcdctl(args, None).unwrap()).unwrap()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while etcdctl(&["endpoint", "health"], None).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "etcd did not start: {}",
-            std::fs::read_to_string(root.join("etcd.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        .arg(running.join("etc/kubernetes/manifests/etcd.yaml")));
+    let node = KubeadmNode::adopt(&running, EtcdVersion::V3_5, client, peer);
     run(Command::new(fixtures().join("seed-etcd")).args([
-        root.to_str().unwrap(),
+        running.to_str().unwrap(),
         EtcdVersion::V3_5.etcdctl().to_str().unwrap(),
-        &endpoint,
+        &node.endpoint(),
         CLUSTER,
         GUEST_IP,
         "40",
     ]));
     let backup = |store: PathBuf| {
-        let revision = json(&["endpoint", "status", "-w", "json"])[0]["Status"]["header"]
-            ["revision"]
-            .as_i64()
-            .unwrap();
-        // etcdctl 3.5 counts only in its `fields` output: a line `"Count" : N`.
-        let fields = etcdctl(
-            &["get", "", "--prefix", "--count-only", "-w", "fields"],
-            None,
-        )
-        .unwrap();
-        let keys = fields
-            .lines()
-            .find_map(|l| l.strip_prefix("\"Count\" : "))
-            .and_then(|n| n.trim().parse().ok())
-            .unwrap();
         let out = cpr(&[
             "backup",
             "--root",
@@ -223,8 +152,8 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
         Source {
             store,
             bundle: report["bundle"].as_str().unwrap().to_string(),
-            revision,
-            keys,
+            revision: node.revision(),
+            keys: node.key_count(),
             ca_crt: std::fs::read(root.join("etc/kubernetes/pki/ca.crt")).unwrap(),
         }
     };
@@ -233,11 +162,21 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
     for i in 0..ETCD_FILL_MB {
         let mut value = vec![0u8; 1 << 20];
         std::io::Read::read_exact(&mut random, &mut value).unwrap();
-        etcdctl(&["put", &format!("/registry/blobs/{i}")], Some(&value)).unwrap();
+        // The value on stdin: one argument may not exceed 128 KiB.
+        let mut put = node.etcdctl_command();
+        let mut child = put
+            .args(["put", &format!("/registry/blobs/{i}")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(&value).unwrap();
+        assert!(
+            child.wait().unwrap().success(),
+            "etcdctl put of 1 MiB failed"
+        );
     }
     let large = backup(dir.join("store-large"));
-    let _ = etcd.kill();
-    let _ = etcd.wait();
     (small, large)
 }
 
@@ -392,9 +331,10 @@ impl Outcome {
 }
 
 /// A loopback HTTP server for the store directory (python's http.server, HTTP/1.0).
-fn serve(dir: &Path) -> (Child, u16) {
+fn serve(dir: &Path) -> Server {
     let port = free_port();
-    let child = Command::new("python3")
+    let mut command = Command::new("python3");
+    command
         .args([
             "-m",
             "http.server",
@@ -405,15 +345,8 @@ fn serve(dir: &Path) -> (Child, u16) {
         ])
         .arg(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "http.server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (child, port)
+        .stderr(Stdio::null());
+    Server::start(command, port)
 }
 
 /// The boot entry's command line: `source`'s bundle by name unless `extra` says otherwise.
@@ -442,13 +375,9 @@ fn boot(spec: Boot) -> Outcome {
     let work = tempfile::tempdir().unwrap();
     let disk = work.path().join("disk.img");
     std::fs::copy(&f.disk, &disk).unwrap();
-    let (mut server, port) = match &spec.store {
-        Some(dir) => {
-            let (child, port) = serve(dir);
-            (Some(child), port)
-        }
-        None => (None, free_port()),
-    };
+    // Dropped (killed) when the boot is over.
+    let server = spec.store.as_deref().map(serve);
+    let port = server.as_ref().map_or_else(free_port, |s| s.port);
     let mut netdev = format!(
         "user,id=n0,restrict=on,hostname={NODE_NAME},guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"
     );
@@ -494,10 +423,7 @@ fn boot(spec: Boot) -> Outcome {
     let started = Instant::now();
     let out = qemu.stdin(Stdio::null()).output().unwrap();
     let elapsed = started.elapsed();
-    if let Some(server) = server.as_mut() {
-        let _ = server.kill();
-        let _ = server.wait();
-    }
+    drop(server);
     let mut console = String::from_utf8_lossy(&out.stdout).into_owned();
     console.push_str(&String::from_utf8_lossy(&out.stderr));
     if out.status.code() == Some(124) || out.status.code() == Some(137) {
@@ -615,6 +541,7 @@ fn pxe_boot_with_a_static_address_restores_and_hands_over() {
 fn unreachable_store_powers_off_and_leaves_the_disk_alone() {
     let mut spec = Boot::new(Medium::Direct);
     spec.store = None;
+    spec.cmdline = "cpr.retries=1".to_string();
     let outcome = boot(spec);
     assert_failed(&outcome, "cannot reach the server", "poweroff");
     outcome.assert_console("reboot: Power down");

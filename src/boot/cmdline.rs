@@ -52,6 +52,8 @@ pub struct BootArgs {
     pub cluster: Option<String>,
     /// This machine's hostname, when DHCP does not give the node's.
     pub hostname: Option<String>,
+    /// Retries of a failed store request; the store's default when absent.
+    pub retries: Option<u32>,
     pub root: Option<RootSpec>,
     pub ip: IpConfig,
     pub on_failure: Policy,
@@ -69,6 +71,7 @@ impl Default for BootArgs {
             bundle: None,
             cluster: None,
             hostname: None,
+            retries: None,
             root: None,
             ip: IpConfig::Dhcp,
             on_failure: Policy::Shell,
@@ -117,6 +120,13 @@ impl BootArgs {
             }
             "cluster" => self.cluster = Some(nonempty(key, value)?.to_string()),
             "hostname" => self.hostname = Some(nonempty(key, value)?.to_string()),
+            "retries" => {
+                self.retries = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(key, value, "use a number of retries, e.g. 10"))?,
+                )
+            }
             "root" => self.root = Some(parse_root(value)?),
             "ip" => self.ip = parse_ip(value)?,
             "on_failure" => {}
@@ -242,7 +252,7 @@ mod tests {
     #[test]
     fn reads_every_key_and_ignores_the_kernels_own() {
         let (args, result) = BootArgs::parse(
-            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst cpr.hostname=m0 cpr.cluster=prod \
+            "console=ttyS0 quiet cpr.store=http://10.0.2.100/b cpr.bundle=prod/m0/x.tar.zst cpr.hostname=m0 cpr.cluster=prod cpr.retries=9 \
              cpr.root=LABEL=target cpr.ip=192.0.2.10/24:192.0.2.1 cpr.on_failure=poweroff \
              cpr.log=debug cpr.init=/lib/systemd/systemd cpr.identity=/etc/cpr/age.key \
              cpr.verify_key=/etc/cpr/minisign.pub\n",
@@ -252,6 +262,7 @@ mod tests {
         assert_eq!(args.bundle.as_deref(), Some("prod/m0/x.tar.zst"));
         assert_eq!(args.hostname.as_deref(), Some("m0"));
         assert_eq!(args.cluster.as_deref(), Some("prod"));
+        assert_eq!(args.retries, Some(9));
         assert_eq!(args.root, Some(RootSpec::Label("target".into())));
         assert_eq!(
             args.ip,

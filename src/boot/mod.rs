@@ -211,6 +211,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         store,
         bundle: args.bundle.as_deref(),
         cluster: args.cluster.as_deref(),
+        retries: args.retries,
         hostname: crate::host::hostname(),
         ips: vec![IpAddr::V4(address)],
     })?;

@@ -21,13 +21,19 @@ pub struct Phase1<'a> {
     /// None: the newest bundle of this node that verifies.
     pub bundle: Option<&'a str>,
     pub cluster: Option<&'a str>,
+    pub retries: Option<u32>,
     pub hostname: String,
     pub ips: Vec<IpAddr>,
 }
 
 /// Phase 1 of the restore into `request.sysroot`; returns a one-line summary for the console.
 pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
-    let store = store::open(request.store, &StoreOptions::default())?;
+    let defaults = StoreOptions::default();
+    let options = StoreOptions {
+        retries: request.retries.unwrap_or(defaults.retries),
+        ..defaults
+    };
+    let store = store::open(request.store, &options)?;
     let report = restore(&RestoreRequest {
         root: request.sysroot.to_path_buf(),
         store: store.as_ref(),
