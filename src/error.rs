@@ -14,6 +14,8 @@ pub enum Error {
     Node(#[from] crate::node::Error),
     #[error(transparent)]
     Ops(#[from] crate::ops::Error),
+    #[error(transparent)]
+    Boot(#[from] crate::boot::Error),
     #[error("{0}")]
     Usage(String),
 }
@@ -28,6 +30,22 @@ impl Error {
             Error::Etcd(_) => 5,
             Error::Node(_) => 6,
             Error::Ops(error) => error.exit_code(),
+            Error::Boot(error) => error.exit_code(),
         }
     }
+}
+
+/// The error and its causes, as one line: the top message says what failed, the causes say why.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }

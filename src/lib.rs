@@ -3,6 +3,7 @@
 //! The module map and the rules between modules are in DESIGN.md: lower modules (`bundle`, `store`,
 //! `etcd`, `host`) know nothing of kubeadm or boot; `ops` composes them; `cli` parses arguments.
 
+pub mod boot;
 pub mod bundle;
 pub mod cli;
 pub mod config;

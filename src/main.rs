@@ -5,6 +5,10 @@ use cpr::cli;
 
 fn main() {
     cpr::logger::init();
+    // The recovery image starts cpr as /init: no arguments to parse, the kernel command line says it all.
+    if std::process::id() == 1 || std::env::args().next().is_some_and(|a| a.ends_with("init")) {
+        cpr::boot::main(&cpr::host::Linux);
+    }
     let args = cli::normalize_args(std::env::args());
     let command = args
         .first()
@@ -25,22 +29,7 @@ fn main() {
         }
     };
     if let Err(error) = cli::run(parsed) {
-        eprintln!("cpr: error: {}", error_chain(&error));
+        eprintln!("cpr: error: {}", cpr::error::chain(&error));
         std::process::exit(error.exit_code());
     }
-}
-
-/// The error and its causes, as one line: the top message says what failed, the causes say why.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = cause.source();
-    }
-    line
 }

@@ -13,6 +13,11 @@ APT_PACKAGES=(
   vagrant                             # vagrant validate -p on vagrant/Vagrantfile
   shellcheck                          # the Vagrant provision scripts
   systemd                             # systemd-analyze verify on image/systemd units
+  qemu-system-x86 ipxe-qemu           # recovery boots under software emulation; iPXE ROM for PXE
+  busybox-static                      # the test VM's "normal OS" and the image's rescue shell
+  cpio kmod e2fsprogs file            # initramfs archive, modprobe/depmod, ext4 disks, static check
+  xorriso isolinux syslinux-common pxelinux  # the recovery ISO and the PXE files
+  ca-certificates                     # the CA bundle the initramfs carries for https stores
 )
 # kubectl for the CronJob's client-side dry run: this kind of machine ships one (from Google's
 # repository); Debian's older kubernetes-client only where none is on PATH, since both own /usr/bin/kubectl.

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod check;
 pub mod etcd;
 pub mod finish;
+pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod prune;
@@ -37,6 +38,7 @@ pub enum Command {
     Etcd(etcd::EtcdCmd),
     Prune(prune::PruneCmd),
     Check(check::CheckCmd),
+    Init(init::InitCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -50,6 +52,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Etcd(cmd) => etcd::run(cmd),
         Command::Prune(cmd) => prune::run(cmd),
         Command::Check(cmd) => check::run(cmd),
+        Command::Init(cmd) => init::run(cmd),
     }
 }
 

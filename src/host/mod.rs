@@ -1,7 +1,63 @@
 //! Everything that asks the kernel for more than plain file I/O. Other modules call these functions
 //! instead of reaching for syscalls themselves, so the boundary to the machine stays in one place.
 
-use std::net::IpAddr;
+use std::ffi::CString;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, UdpSocket};
+use std::path::Path;
+
+#[cfg(test)]
+pub mod fake;
+mod linux;
+
+pub use linux::Linux;
+
+/// What the machine does after a failed recovery boot, or when asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Power {
+    Reboot,
+    PowerOff,
+}
+
+/// The kernel operations a PID-1 boot needs beyond file I/O. `Linux` performs them; tests use
+/// `fake::Recorder`, which records the calls so boot logic is tested without root or a VM.
+pub trait Host {
+    /// `mount(2)` of a filesystem: `source` on `target` with type `fstype` and `data` options.
+    fn mount(&self, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()>;
+    /// `mount --move`: the mount at `from` reappears at `to`, with everything below it.
+    fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn umount(&self, target: &Path) -> io::Result<()>;
+    /// True when `path` is the root of a mounted filesystem (another device than its parent's).
+    fn is_mountpoint(&self, path: &Path) -> io::Result<bool>;
+    /// `finit_module(2)`: an already loaded module is not an error.
+    fn load_module(&self, path: &Path) -> io::Result<()>;
+    /// Brings the interface up (IFF_UP), without an address.
+    fn link_up(&self, interface: &str) -> io::Result<()>;
+    /// Puts `address/prefix` on the interface and, with a gateway, the default route through it.
+    fn configure_ipv4(
+        &self,
+        interface: &str,
+        address: Ipv4Addr,
+        prefix: u8,
+        gateway: Option<Ipv4Addr>,
+    ) -> io::Result<()>;
+    /// A UDP socket on port 68 of `interface`, able to send broadcasts before it has an address.
+    fn dhcp_socket(&self, interface: &str) -> io::Result<UdpSocket>;
+    fn set_hostname(&self, name: &str) -> io::Result<()>;
+    /// True when `path` is on a ramfs or tmpfs, as the initramfs is.
+    fn is_initramfs(&self, path: &Path) -> io::Result<bool>;
+    /// Makes the filesystem mounted at `new_root` the process's `/`: chdir into it, move the mount
+    /// onto `/`, chroot there. Only PID 1 of an initramfs may call this.
+    fn switch_root(&self, new_root: &Path) -> io::Result<()>;
+    /// Replaces this process with `program`; returns only on failure.
+    fn exec(&self, program: &Path, args: &[CString]) -> io::Error;
+    /// Collects every exited child, without waiting; PID 1 inherits orphans and must reap them.
+    fn reap(&self);
+    /// Flushes every filesystem's dirty data to its disk.
+    fn sync(&self);
+    /// Reboots or powers off at once; returns only on failure.
+    fn power(&self, action: Power) -> io::Error;
+}
 
 /// The kernel's hostname (`uname -n`).
 pub fn hostname() -> String {

@@ -278,7 +278,17 @@ impl KubeadmNode {
 
     /// etcdctl with the health-check client pair, as an operator would run it on the node.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
-        Command::new(self.version.etcdctl())
+        self.etcdctl_command()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// The etcdctl command line of `etcdctl`, for callers that need its stdin.
+    pub fn etcdctl_command(&self) -> Command {
+        let mut command = Command::new(self.version.etcdctl());
+        command
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", self.endpoint()))
             .arg(format!("--cacert={}", self.pki("etcd/ca.crt").display()))
@@ -289,11 +299,8 @@ impl KubeadmNode {
             .arg(format!(
                 "--key={}",
                 self.pki("etcd/healthcheck-client.key").display()
-            ))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
+            ));
+        command
     }
 
     /// The live revision, from `etcdctl endpoint status`.

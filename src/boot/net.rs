@@ -1,0 +1,165 @@
+//! Network up: loopback, then the first Ethernet interface by DHCP or by `cpr.ip=`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::cmdline::IpConfig;
+use super::modules::Modules;
+use super::Error;
+use crate::host::Host;
+
+const DHCP_RETRY: Duration = Duration::from_secs(2);
+const DHCP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Ethernet interfaces (sysfs type 1), loopback excluded, by name.
+fn ethernet_interfaces(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root.join("sys/class/net"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("type")).is_ok_and(|t| t.trim() == "1")
+                })
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn mac(root: &Path, interface: &str) -> [u8; 6] {
+    let text = std::fs::read_to_string(root.join("sys/class/net").join(interface).join("address"))
+        .unwrap_or_default();
+    let mut mac = [0u8; 6];
+    for (slot, byte) in mac.iter_mut().zip(text.trim().split(':')) {
+        *slot = u8::from_str_radix(byte, 16).unwrap_or(0);
+    }
+    mac
+}
+
+/// Brings the network up and returns the interface and address it configured. Waits up to `wait`
+/// for a NIC to appear, loading drivers meanwhile.
+pub fn up(
+    host: &dyn Host,
+    root: &Path,
+    modules: &mut Modules,
+    config: &IpConfig,
+    wait: Duration,
+) -> Result<(String, Ipv4Addr), Error> {
+    let net_err = |interface: &str, step: &str, source: std::io::Error| Error::Network {
+        interface: interface.to_string(),
+        step: step.to_string(),
+        source,
+    };
+    host.link_up("lo")
+        .map_err(|e| net_err("lo", "bringing it up", e))?;
+    let deadline = Instant::now() + wait;
+    let interface = loop {
+        modules.load_for_devices(host, root);
+        if let Some(first) = ethernet_interfaces(root).into_iter().next() {
+            break first;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NoInterface {
+                waited: wait.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    host.link_up(&interface)
+        .map_err(|e| net_err(&interface, "bringing it up", e))?;
+    let (address, prefix, gateway) = match config {
+        IpConfig::Static {
+            address,
+            prefix,
+            gateway,
+        } => (*address, *prefix, *gateway),
+        IpConfig::Dhcp => {
+            log::info!("network: asking for an address by DHCP on {interface}");
+            let socket = host
+                .dhcp_socket(&interface)
+                .map_err(|e| net_err(&interface, "opening the DHCP socket", e))?;
+            let server = SocketAddr::from((Ipv4Addr::BROADCAST, 67));
+            let lease = super::dhcp::acquire(
+                &socket,
+                server,
+                mac(root, &interface),
+                DHCP_RETRY,
+                DHCP_TIMEOUT,
+            )
+            .map_err(|e| net_err(&interface, "DHCP", e))?;
+            if let Some(name) = &lease.hostname {
+                host.set_hostname(name)
+                    .map_err(|e| net_err(&interface, "setting the DHCP hostname", e))?;
+            }
+            (lease.address, lease.prefix, lease.gateway)
+        }
+    };
+    host.configure_ipv4(&interface, address, prefix, gateway)
+        .map_err(|e| net_err(&interface, &format!("setting {address}/{prefix}"), e))?;
+    let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
+    log::info!("network: {interface} has {address}/{prefix}{via}");
+    Ok((interface, address))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::fake::Recorder;
+
+    #[test]
+    fn configures_the_first_ethernet_interface_statically() {
+        let root = tempfile::tempdir().unwrap();
+        for (name, kind) in [
+            ("lo", "772"),
+            ("eth1", "1"),
+            ("eth0", "1"),
+            ("wg0", "65534"),
+        ] {
+            let dir = root.path().join("sys/class/net").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("type"), format!("{kind}\n")).unwrap();
+        }
+        let host = Recorder::default();
+        let mut modules = Modules::open(root.path());
+        let config = IpConfig::Static {
+            address: Ipv4Addr::new(192, 0, 2, 10),
+            prefix: 24,
+            gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
+        };
+        let (interface, address) =
+            up(&host, root.path(), &mut modules, &config, Duration::ZERO).unwrap();
+        assert_eq!(
+            (interface.as_str(), address),
+            ("eth0", Ipv4Addr::new(192, 0, 2, 10))
+        );
+        assert_eq!(
+            host.calls(),
+            [
+                "up lo",
+                "up eth0",
+                "ip eth0 192.0.2.10/24 via Some(192.0.2.1)"
+            ]
+        );
+    }
+
+    #[test]
+    fn says_so_when_no_network_card_appears() {
+        let root = tempfile::tempdir().unwrap();
+        let mut modules = Modules::open(root.path());
+        let error = up(
+            &Recorder::default(),
+            root.path(),
+            &mut modules,
+            &IpConfig::Dhcp,
+            Duration::ZERO,
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains("no network interface"),
+            "{error}"
+        );
+    }
+}
