@@ -87,7 +87,7 @@ fn fixture() -> &'static Fixture {
         let kernel = PathBuf::from(kernel.trim());
         let (small, large) = make_bundles(dir.path());
         let disk = dir.path().join("disk.img");
-        make_disk(&dir.path().join("os"), &disk);
+        make_disk(&disk);
         Fixture {
             dir,
             kernel,
@@ -180,55 +180,11 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
     (small, large)
 }
 
-/// The target's normal OS: busybox as /sbin/init. It reports what the recovery left, starts the etcd
-/// installed on it from the restored data dir and prints its revision and key count, then powers off
-/// with its root read-only so the host can check the filesystem.
-const TARGET_INIT: &str = r#"#!/bin/busybox sh
-export PATH=/bin:/usr/local/bin
-busybox --install -s /bin
-mount -t tmpfs tmpfs /tmp
-echo "TARGET: init running as pid $$, root $(grep ' / ' /proc/mounts | cut -d' ' -f1-3)"
-[ -x /usr/local/sbin/cpr ] && echo "TARGET: phase 2 installed"
-[ -L /etc/systemd/system/multi-user.target.wants/cpr-finish.service ] && echo "TARGET: cpr-finish.service enabled"
-[ -e /init ] || echo "TARGET: the initramfs is gone"
-etcd --name master0 --data-dir /var/lib/etcd --listen-client-urls http://127.0.0.1:2379 \
-  --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380 > /tmp/etcd.log 2>&1 &
-for i in $(seq 150); do etcdctl endpoint health > /dev/null 2>&1 && break; sleep 0.2; done
-revision=$(etcdctl endpoint status -w json | sed -n 's/.*"revision":\([0-9]*\).*/\1/p')
-keys=$(etcdctl get "" --prefix --count-only -w fields | sed -n 's/^"Count" : //p')
-echo "TARGET: restored etcd revision ${revision:-none} keys ${keys:-none}"
-[ -n "$revision" ] || tail -20 /tmp/etcd.log
-kill %1; wait
-mount -o remount,ro /
-echo "TARGET: done"
-poweroff -f
-"#;
-
-fn make_disk(os: &Path, disk: &Path) {
-    for dir in ["bin", "sbin", "etc", "dev", "proc", "sys", "run", "tmp"] {
-        std::fs::create_dir_all(os.join(dir)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", os.join("bin/busybox")).expect("busybox-static is installed");
-    std::fs::create_dir_all(os.join("usr/local/bin")).unwrap();
-    for tool in ["etcd", "etcdctl"] {
-        std::fs::copy(
-            EtcdVersion::V3_5.bin_dir().join(tool),
-            os.join("usr/local/bin").join(tool),
-        )
-        .unwrap();
-    }
-    std::fs::write(os.join("sbin/init"), TARGET_INIT).unwrap();
-    std::fs::set_permissions(
-        os.join("sbin/init"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
-    std::fs::write(os.join("etc/hostname"), "master0\n").unwrap();
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "target", "-d"])
-        .arg(os)
+/// The replacement machine's disk before recovery, as the demo makes it (image/demo).
+fn make_disk(disk: &Path) {
+    run(Command::new(repo().join("image/demo/make-target-disk"))
         .arg(disk)
-        .arg("640M"));
+        .arg(EtcdVersion::V3_5.bin_dir()));
 }
 
 enum Medium {
