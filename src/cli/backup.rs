@@ -7,6 +7,7 @@ use super::{load_config, open_store, Output};
 use crate::etcd::client::TlsFiles;
 use crate::node::layout;
 use crate::ops::backup::{backup, BackupRequest};
+use crate::ops::sealed::SealOptions;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -49,6 +50,12 @@ pub struct BackupCmd {
     /// zstd worker threads (default: the number of CPUs)
     #[argh(option)]
     pub zstd_threads: Option<u32>,
+    /// encrypt the bundle to this age recipient (age1…; repeatable; default: backup.encryptTo)
+    #[argh(option)]
+    pub encrypt_to: Vec<String>,
+    /// sign the stored bundle with this minisign secret key (default: backup.signKey)
+    #[argh(option)]
+    pub sign_key: Option<PathBuf>,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
@@ -72,6 +79,15 @@ pub fn run(cmd: BackupCmd) -> Result<(), Error> {
             "--zstd-level must be 1 to 19, not {zstd_level}"
         )));
     }
+    let recipients = if cmd.encrypt_to.is_empty() {
+        config.backup.encrypt_to
+    } else {
+        cmd.encrypt_to
+    };
+    let seal = SealOptions::load(
+        &recipients,
+        cmd.sign_key.or(config.backup.sign_key).as_deref(),
+    )?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let request = BackupRequest {
         root: cmd.root,
@@ -86,6 +102,7 @@ pub fn run(cmd: BackupCmd) -> Result<(), Error> {
             .zstd_threads
             .or(config.backup.zstd_threads)
             .unwrap_or(cpus),
+        seal,
     };
     let report = backup(&request)?;
     match cmd.output {

@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod finish;
 pub mod restore;
+pub mod sealed;
 pub mod state;
 
 use std::path::PathBuf;

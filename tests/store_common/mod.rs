@@ -165,6 +165,7 @@ pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
         revision: Some(revision),
         encrypted: false,
         signed: false,
+        sha256: None,
         extra: Default::default(),
     }
 }
