@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
 use crate::etcd::snapshot_status;
 use crate::Error;
 
@@ -59,6 +60,16 @@ impl Sink for SnapshotToFile {
             .mode(0o600)
             .open(&self.path)?;
         let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        // A snapshot starts with bbolt's meta page: checking it before copying the rest stops a
+        // decompression bomb of zeros at its first page instead of filling the temp dir with it.
+        let mut first = Vec::with_capacity(META_PAGE_PREFIX);
+        data.take(META_PAGE_PREFIX as u64).read_to_end(&mut first)?;
+        if first.len() == META_PAGE_PREFIX {
+            Meta::parse(0, &first).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("etcd snapshot: {e}"))
+            })?;
+        }
+        out.write_all(&first)?;
         io::copy(data, &mut out)?;
         out.flush()
     }
