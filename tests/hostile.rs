@@ -543,3 +543,62 @@ fn every_corpus_bundle_is_refused_by_verify_and_restore() {
         assert_unchanged(root.path(), &before, case.file);
     }
 }
+
+/// Runs `cpr restore` of the corpus name from `store` into a fresh root and checks that it failed
+/// saying `expected` and that the root is as it was.
+fn refused_restore(store: &str, extra: &[&str], expected: &str) {
+    let root = target_root();
+    let before = tree(root.path());
+    let mut args = vec![
+        "restore",
+        "--store",
+        store,
+        "--bundle",
+        STORED_NAME,
+        "--root",
+        root.path().to_str().unwrap(),
+        "--node",
+        NODE_NAME,
+        "--force-identity",
+        "--no-finish",
+    ];
+    args.extend_from_slice(extra);
+    let out = cpr(&args);
+    assert!(!out.status.success(), "{store}: restored");
+    assert!(
+        stderr(&out).contains(expected),
+        "{store}: expected {expected:?}: {}",
+        stderr(&out)
+    );
+    assert_unchanged(root.path(), &before, store);
+}
+
+#[test]
+fn hostile_stores_stop_a_restore_without_touching_the_root() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nginx = store_common::nginx(tmp.path());
+    refused_restore(
+        &format!("http://127.0.0.1:{}/loop/", nginx.port),
+        &[],
+        "redirect loop",
+    );
+
+    // A body that never ends: every object, the index and the signature included.
+    let (endless, _) = store_common::flaky(tmp.path(), "endless", b"");
+    let url = format!("http://127.0.0.1:{}", endless.port);
+    let started = std::time::Instant::now();
+    refused_restore(&url, &[], "Unknown frame descriptor");
+    let keys = tmp.path().join("keys");
+    ok(&cpr(&["keygen", "--out", keys.to_str().unwrap()]));
+    let verify_key = keys.join("minisign.pub");
+    refused_restore(
+        &url,
+        &["--verify-key", verify_key.to_str().unwrap()],
+        "larger than the expected 16384 bytes",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the endless body was read for {:?}",
+        started.elapsed()
+    );
+}

@@ -10,9 +10,7 @@ use std::process::Command;
 
 use cpr::store::index;
 use cpr::store::{self, Error, Store, StoreOptions};
-use store_common::{
-    data, entry, fast_options, fixture, free_port, get, init_logging, nginx, put, require, Server,
-};
+use store_common::{data, entry, fast_options, flaky, get, init_logging, nginx, put, Server};
 
 fn open(url: &str) -> Box<dyn Store> {
     store::open(url, &fast_options()).unwrap()
@@ -108,22 +106,6 @@ fn index_written_to_nginx_is_served_by_a_read_only_server() {
         "{refused:?}"
     );
     assert!(message.contains("does not allow this method"), "{message}");
-}
-
-fn flaky(dir: &Path, mode: &str, body: &[u8]) -> (Server, PathBuf) {
-    require("python3", "the apt package python3");
-    let (file, log) = (
-        dir.join(format!("{mode}.bin")),
-        dir.join(format!("{mode}.log")),
-    );
-    fs::write(&file, body).unwrap();
-    let port = free_port();
-    let mut command = Command::new("python3");
-    command
-        .arg(fixture("store-flaky-server.py"))
-        .arg(port.to_string())
-        .args([&file, Path::new(mode), &log]);
-    (Server::start(command, port), log)
 }
 
 #[test]

