@@ -17,7 +17,6 @@ use cpr::ops::restore::{restore, RestoreRequest};
 use cpr::store::{self, StoreOptions};
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const FLIPS: usize = 1000;
@@ -37,27 +36,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n as u64) as usize
     }
-}
-
-fn tree(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-            let data = if meta.is_dir() {
-                stack.push(path.clone());
-                Vec::new()
-            } else {
-                fs::read(&path).unwrap()
-            };
-            out.push((rel, meta.permissions().mode(), data));
-        }
-    }
-    out.sort();
-    out
 }
 
 /// Why a damaged bundle was refused, reduced to the first check that caught it.
@@ -112,14 +90,11 @@ impl Sweep<'_> {
 
     fn run(&self, label: &str) {
         let original = fs::read(self.store_dir.join(self.name)).unwrap();
-        let root = tempfile::tempdir().unwrap();
-        fs::create_dir_all(root.path().join("etc/kubernetes/pki")).unwrap();
-        fs::write(root.path().join("etc/kubernetes/pki/ca.crt"), "old\n").unwrap();
-        fs::create_dir_all(root.path().join("var/lib/etcd/member")).unwrap();
-        let before = tree(root.path());
+        let root = provisioned_root();
+        let before = tree_with_modes(root.path());
 
         // The undamaged bundle restores (into a root of its own): the sweep tests detection, not luck.
-        let good = tempfile::tempdir().unwrap();
+        let good = provisioned_root();
         self.attempt(&original, good.path())
             .unwrap_or_else(|e| panic!("{label}: the undamaged bundle was refused: {e}"));
 
@@ -148,7 +123,7 @@ impl Sweep<'_> {
                 Ok(()) => missed.push(what.clone()),
                 Err(error) => *caught.entry(category(&error)).or_default() += 1,
             }
-            let mut after = tree(root.path());
+            let mut after = tree_with_modes(root.path());
             after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
             assert_eq!(after, before, "{label}: {what} changed the root");
         }

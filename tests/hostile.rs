@@ -18,7 +18,6 @@ use cpr::etcd::bbolt::Meta;
 use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 const STORED_NAME: &str = "prod/master0/20260101T000000Z.tar.zst";
@@ -436,41 +435,9 @@ fn corpus_files_match_their_generator() {
     }
 }
 
-/// Every path below `dir` with its mode and bytes.
-fn tree(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-            let data = if meta.is_dir() {
-                stack.push(path.clone());
-                Vec::new()
-            } else {
-                fs::read(&path).unwrap()
-            };
-            out.push((rel, meta.permissions().mode(), data));
-        }
-    }
-    out.sort();
-    out
-}
-
-/// A replacement node's root: a stale pki, an etcd data dir, nothing of cpr's.
-fn target_root() -> tempfile::TempDir {
-    let target = tempfile::tempdir().unwrap();
-    let pki = target.path().join("etc/kubernetes/pki");
-    fs::create_dir_all(&pki).unwrap();
-    fs::write(pki.join("ca.crt"), "the provisioning's\n").unwrap();
-    fs::create_dir_all(target.path().join("var/lib/etcd/member")).unwrap();
-    target
-}
-
 /// After a refused restore: the root as it was, apart from cpr's own (empty) state dir.
 fn assert_unchanged(root: &Path, before: &[(PathBuf, u32, Vec<u8>)], what: &str) {
-    let mut after = tree(root);
+    let mut after = tree_with_modes(root);
     after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
     assert_eq!(after, before, "{what}: the root changed");
     let state = root.join("var/lib/cpr");
@@ -518,8 +485,8 @@ fn every_corpus_bundle_is_refused_by_verify_and_restore() {
         let stored = store.path().join(STORED_NAME);
         fs::create_dir_all(stored.parent().unwrap()).unwrap();
         fs::copy(&file, &stored).unwrap();
-        let root = target_root();
-        let before = tree(root.path());
+        let root = provisioned_root();
+        let before = tree_with_modes(root.path());
         let out = cpr(&[
             "restore",
             "--store",
@@ -547,8 +514,8 @@ fn every_corpus_bundle_is_refused_by_verify_and_restore() {
 /// Runs `cpr restore` of the corpus name from `store` into a fresh root and checks that it failed
 /// saying `expected` and that the root is as it was.
 fn refused_restore(store: &str, extra: &[&str], expected: &str) {
-    let root = target_root();
-    let before = tree(root.path());
+    let root = provisioned_root();
+    let before = tree_with_modes(root.path());
     let mut args = vec![
         "restore",
         "--store",
@@ -594,7 +561,7 @@ fn hostile_stores_stop_a_restore_without_touching_the_root() {
     refused_restore(
         &url,
         &["--verify-key", verify_key.to_str().unwrap()],
-        "larger than the expected 16384 bytes",
+        "the signature file is malformed: larger than 16384 bytes",
     );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(60),

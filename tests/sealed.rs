@@ -10,7 +10,7 @@ use common::*;
 use serde_json::Value;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use store_common::{moto, nginx, require, BUCKET, SECRET};
 
@@ -108,36 +108,6 @@ fn restore(store: &str, target: &Path, extra: &[String], env: &[(&str, &str)]) -
     cpr_env(&args, env)
 }
 
-/// Every path below `dir` with its mode and, for files, its bytes: a root "unchanged" is equal here.
-fn tree(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            let meta = fs::symlink_metadata(&path).unwrap();
-            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
-            if meta.is_dir() {
-                stack.push(path.clone());
-                out.push((rel, meta.permissions().mode(), Vec::new()));
-            } else {
-                out.push((rel, meta.permissions().mode(), fs::read(&path).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-fn fresh_target() -> tempfile::TempDir {
-    let target = tempfile::tempdir().unwrap();
-    let pki = target.path().join("etc/kubernetes/pki");
-    fs::create_dir_all(&pki).unwrap();
-    fs::write(pki.join("stale.crt"), "from the provisioning\n").unwrap();
-    fs::create_dir_all(target.path().join("var/lib")).unwrap();
-    target
-}
-
 fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o7777
 }
@@ -228,7 +198,7 @@ fn age_and_minisign_open_what_cpr_wrote_and_cpr_restores_it_with_modes_kept() {
     // A restore refuses to replace a data dir in use.
     node.stop_etcd();
     {
-        let target = fresh_target();
+        let target = provisioned_root();
         let out = restore(store_url, target.path(), &keys.restore_args(), &[]);
         let report: Value = serde_json::from_str(&ok(&out)).unwrap();
         assert_eq!(report["restore"]["bundle"], name);
@@ -240,7 +210,7 @@ fn age_and_minisign_open_what_cpr_wrote_and_cpr_restores_it_with_modes_kept() {
         // pki comes back with every file's mode (ca.key 0600, certificates 0644).
         let source = node.root().join("etc/kubernetes/pki");
         let restored = target.path().join("etc/kubernetes/pki");
-        let files: Vec<_> = tree(&source)
+        let files: Vec<_> = tree_with_modes(&source)
             .into_iter()
             .filter(|(_, _, d)| !d.is_empty())
             .collect();
@@ -362,14 +332,14 @@ fn refusals_leave_the_root_unchanged_and_latest_falls_back_past_a_bad_signature(
     for (what, setup, args, expected) in &cases {
         put_back();
         setup();
-        let target = fresh_target();
-        let before = tree(target.path());
+        let target = provisioned_root();
+        let before = tree_with_modes(target.path());
         let mut with_bundle = args.clone();
         with_bundle.extend(["--bundle".to_string(), newer.clone()]);
         let out = restore(&url, target.path(), &with_bundle, &[]);
         assert!(!out.status.success(), "{what}: restored");
         assert!(stderr(&out).contains(expected), "{what}: {}", stderr(&out));
-        let mut after = tree(target.path());
+        let mut after = tree_with_modes(target.path());
         // The recovery state dir (cpr's own scratch, 0700) may remain; nothing else may differ.
         after.retain(|(p, _, _)| !p.starts_with("var/lib/cpr"));
         assert_eq!(after, before, "{what}: the root changed");
@@ -385,7 +355,7 @@ fn refusals_leave_the_root_unchanged_and_latest_falls_back_past_a_bad_signature(
     let last = bytes.len() - 1;
     bytes[last] ^= 0x80;
     fs::write(object(&newer), bytes).unwrap();
-    let target = fresh_target();
+    let target = provisioned_root();
     let report: Value = serde_json::from_str(&ok(&restore(
         &url,
         target.path(),
@@ -431,7 +401,7 @@ fn encrypted_signed_round_trips_through_http_and_s3() {
     moto.check(&["sha256", &format!("backups/{s3_name}.minisig")]);
     node.stop_etcd();
     for (store, name, env) in [(&http, &http_name, &[][..]), (&s3, &s3_name, &s3_env[..])] {
-        let target = fresh_target();
+        let target = provisioned_root();
         let out = restore(store, target.path(), &keys.restore_args(), env);
         assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
         let report: Value = serde_json::from_str(&ok(&out)).unwrap();
@@ -441,7 +411,7 @@ fn encrypted_signed_round_trips_through_http_and_s3() {
             fs::read(node.pki("ca.key")).unwrap()
         );
         // Without the identity the store's bundle is refused with what to pass.
-        let out = restore(store, fresh_target().path(), &[], env);
+        let out = restore(store, provisioned_root().path(), &[], env);
         assert!(stderr(&out).contains("--identity"), "{}", stderr(&out));
         assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
     }

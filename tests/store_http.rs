@@ -5,12 +5,14 @@ mod store_common;
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cpr::store::index;
 use cpr::store::{self, Error, Store, StoreOptions};
-use store_common::{data, entry, fast_options, flaky, get, init_logging, nginx, put, Server};
+use store_common::{
+    data, entry, fast_options, flaky, free_port, get, init_logging, nginx, put, require, Server,
+};
 
 fn open(url: &str) -> Box<dyn Store> {
     store::open(url, &fast_options()).unwrap()

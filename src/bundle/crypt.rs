@@ -156,3 +156,41 @@ fn decrypt_err(bundle: &str, error: &age::DecryptError) -> Error {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_identity_file_is_refused_without_quoting_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("age.key");
+        let secret = "AGE-SECRET-KEY-1NOTAVALIDKEYBUTSECRETLOOKING";
+        std::fs::write(&path, format!("# a key\n{secret}\n")).unwrap();
+        let message = Identities::load(&path).err().unwrap().to_string();
+        assert!(message.contains("age identity file"), "{message}");
+        assert!(!message.contains("NOTAVALID"), "{message}");
+    }
+
+    #[test]
+    fn sealed_output_decrypts_with_the_identity_only() {
+        let (text, recipient) = generate_identity("now");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("age.key");
+        std::fs::write(&path, text).unwrap();
+        let mut sealing = Sealing::new(Vec::new(), &[recipient], "b").unwrap();
+        sealing.write_all(b"bundle bytes").unwrap();
+        let sealed = sealing.finish().unwrap();
+        let ids = Identities::load(&path).unwrap();
+        let mut plain = Vec::new();
+        unseal(io::Cursor::new(sealed.clone()), Some(&ids), "b")
+            .unwrap()
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, b"bundle bytes");
+        assert!(matches!(
+            unseal(io::Cursor::new(sealed), None, "b"),
+            Err(Error::NeedIdentity { .. })
+        ));
+    }
+}

@@ -305,14 +305,27 @@ fn signature_of(source: &Source<'_>, name: &str) -> Result<Signature, Error> {
     match source {
         Source::Store(store, object) => {
             let sig_name = format!("{object}{SIGNATURE_SUFFIX}");
+            // An oversized signature is a bad signature (a restore tries an older bundle); a store
+            // that fails is a store fault.
+            let oversized = |e: crate::store::Error| match e {
+                crate::store::Error::TooLarge { .. } => BundleError::Signature {
+                    bundle: name.to_string(),
+                    rejection: sign::Rejection::Malformed(format!(
+                        "larger than {} bytes",
+                        sign::MAX_SIGNATURE_FILE
+                    )),
+                }
+                .into(),
+                other => Error::from(other),
+            };
             let mut reader = match store.open_limited(&sig_name, Some(sign::MAX_SIGNATURE_FILE)) {
                 Ok(reader) => reader,
                 Err(crate::store::Error::NotFound { .. }) => return Err(unsigned().into()),
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(oversized(e)),
             };
             reader
                 .read_to_end(&mut text)
-                .map_err(|e| crate::store::Error::from_io("reading", &sig_name, e))?;
+                .map_err(|e| oversized(crate::store::Error::from_io("reading", &sig_name, e)))?;
         }
         Source::File(path) => {
             let sig_path = crate::fsutil::sibling(path, SIGNATURE_SUFFIX);
