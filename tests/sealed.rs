@@ -57,17 +57,6 @@ impl Keys {
     }
 }
 
-fn strs(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-fn hostname() -> String {
-    String::from_utf8(Command::new("hostname").output().unwrap().stdout)
-        .unwrap()
-        .trim()
-        .to_string()
-}
-
 fn backup(node: &KubeadmNode, store: &str, keys: &Keys, env: &[(&str, &str)]) -> Value {
     let mut args = vec![
         "backup".to_string(),
@@ -79,7 +68,7 @@ fn backup(node: &KubeadmNode, store: &str, keys: &Keys, env: &[(&str, &str)]) ->
         "json".into(),
     ];
     args.extend(keys.backup_args());
-    let out = cpr_env(&strs(&args), env);
+    let out = cpr_env(&with(&args, &[]), env);
     assert!(!stderr(&out).contains(SECRET), "{}", stderr(&out));
     serde_json::from_str(&ok(&out)).unwrap()
 }
@@ -104,7 +93,7 @@ fn restore(store: &str, target: &Path, extra: &[String], env: &[(&str, &str)]) -
         "--output",
         "json",
     ];
-    args.extend(strs(extra));
+    args.extend(extra.iter().map(String::as_str));
     cpr_env(&args, env)
 }
 
@@ -193,7 +182,7 @@ fn age_and_minisign_open_what_cpr_wrote_and_cpr_restores_it_with_modes_kept() {
     assert!(stderr(&out).contains("--identity"), "{}", stderr(&out));
     let mut args = vec!["verify".to_string(), stored.display().to_string()];
     args.extend(keys.restore_args());
-    assert!(ok(&cpr(&strs(&args))).contains("OK"));
+    assert!(ok(&cpr(&with(&args, &[]))).contains("OK"));
 
     // A restore refuses to replace a data dir in use.
     node.stop_etcd();
@@ -345,7 +334,7 @@ fn refusals_leave_the_root_unchanged_and_latest_falls_back_past_a_bad_signature(
         assert_eq!(after, before, "{what}: the root changed");
         let mut verify = vec!["verify".to_string(), object(&newer).display().to_string()];
         verify.extend(args.iter().cloned());
-        let out = cpr(&strs(&verify));
+        let out = cpr(&with(&verify, &[]));
         assert_eq!(out.status.code(), Some(4), "{what}: {}", stderr(&out));
     }
 
