@@ -183,6 +183,8 @@ fn age_and_minisign_open_what_cpr_wrote_and_cpr_restores_it_with_modes_kept() {
     let mut args = vec!["verify".to_string(), stored.display().to_string()];
     args.extend(keys.restore_args());
     assert!(ok(&cpr(&with(&args, &[]))).contains("OK"));
+    args[0] = "inspect".to_string();
+    assert!(ok(&cpr(&with(&args, &[]))).contains("etc/kubernetes/pki/ca.key"));
 
     // A restore refuses to replace a data dir in use.
     node.stop_etcd();
