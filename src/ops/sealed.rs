@@ -176,6 +176,12 @@ impl Opened {
 pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opened, Error> {
     let name = source.name();
     let ended = Arc::new(Mutex::new(None));
+    let entry = match source {
+        Source::Store(store, object) => index_entry(store, object),
+        Source::File(_) => None,
+    };
+    let indexed_size = entry.as_ref().map(|e| e.size);
+    let expected = entry.and_then(|e| e.sha256);
     let raw: Box<dyn Read + Send> = match &keys.verify_key {
         Some(key) => {
             // The signature file first: a wrong key or an old signature is refused before the
@@ -189,24 +195,18 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
             let signed_size = key
                 .check_comment(&signature, &name, basename_only)
                 .map_err(refused)?;
-            let (file, digest) = fetch_whole(&source, signed_size, scratch)?;
+            let (file, digest) = fetch_whole(&source, signed_size.or(indexed_size), scratch)?;
             key.check_digest(&signature, &digest.blake2b)
                 .map_err(refused)?;
             log::info!("{name}: signature by key {} verified", key.id());
-            if let Source::Store(store, object) = source {
-                check_digest(&name, expected_sha256(store, object).as_deref(), &digest)?;
-            }
+            check_digest(&name, expected.as_deref(), &digest)?;
             *ended.lock().expect("digest state") = Some(Ok(()));
             Box::new(file)
         }
         None => {
-            let (input, expected) = match source {
-                Source::Store(store, object) => {
-                    let entry = index_entry(store, object);
-                    let input = open_object(store, object, entry.as_ref().map(|e| e.size))?;
-                    (input, entry.and_then(|e| e.sha256))
-                }
-                Source::File(path) => (open_file(path)?, None),
+            let input = match source {
+                Source::Store(store, object) => open_object(store, object, indexed_size)?,
+                Source::File(path) => open_file(path)?,
             };
             Box::new(CheckAtEnd {
                 inner: Some(Digesting::new(input)),
@@ -254,10 +254,11 @@ fn open_object(
         })
 }
 
-/// The whole stored object, hashed: a local file is read in place, a store object is spooled.
+/// The whole stored object, hashed: a local file is read in place, a store object is spooled
+/// (refused beyond `size`, when known).
 fn fetch_whole(
     source: &Source<'_>,
-    signed_size: Option<u64>,
+    size: Option<u64>,
     scratch: &Path,
 ) -> Result<(File, ObjectDigest), Error> {
     let (mut file, digest) = match source {
@@ -281,7 +282,6 @@ fn fetch_whole(
             };
             // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
             let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
-            let size = signed_size.or_else(|| index_entry(*store, object).map(|e| e.size));
             let mut input = Digesting::new(open_object(*store, object, size)?);
             io::copy(&mut input, &mut spool)
                 .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
@@ -367,10 +367,6 @@ fn index_entry(store: &dyn Store, object: &str) -> Option<index::IndexEntry> {
             None
         }
     }
-}
-
-fn expected_sha256(store: &dyn Store, object: &str) -> Option<String> {
-    index_entry(store, object).and_then(|e| e.sha256)
 }
 
 fn check_digest(
