@@ -33,6 +33,8 @@ pub struct ConfigFile {
     /// `cpr prune` without --keep-* flags and `cpr backup --prune` apply this.
     #[serde(default)]
     pub retention: RetentionSection,
+    #[serde(default)]
+    pub restore: RestoreSection,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -60,6 +62,21 @@ pub struct BackupSection {
     pub cluster: Option<String>,
     pub zstd_level: Option<i32>,
     pub zstd_threads: Option<u32>,
+    /// age recipients (`age1…`) the bundle is encrypted to.
+    #[serde(default)]
+    pub encrypt_to: Vec<String>,
+    /// minisign secret key that signs each stored bundle.
+    pub sign_key: Option<PathBuf>,
+}
+
+/// Keys for reading bundles: `cpr restore`, `verify` and `inspect`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RestoreSection {
+    /// age identity file that decrypts encrypted bundles.
+    pub identity: Option<PathBuf>,
+    /// minisign public key; when set, unsigned or badly signed bundles are refused.
+    pub verify_key: Option<PathBuf>,
 }
 
 /// Retention counts (restic's `forget` semantics; see `store::retention`). Absent means 0: off.
@@ -135,6 +152,13 @@ mod tests {
         assert_eq!(config.backup.zstd_level, Some(5));
         assert_eq!(config.retention.keep_daily, Some(7));
         assert_eq!(config.retention.keep_weekly, None);
+        let text = "version: 1\nbackup:\n  encryptTo: [age1a, age1b]\n  signKey: /etc/cpr/keys/minisign.key\nrestore:\n  identity: /etc/cpr/keys/age.key\n  verifyKey: /etc/cpr/keys/minisign.pub\n";
+        let config = ConfigFile::parse(text, Path::new("c.yaml")).unwrap();
+        assert_eq!(config.backup.encrypt_to, ["age1a", "age1b"]);
+        assert_eq!(
+            config.restore.verify_key.as_deref(),
+            Some(Path::new("/etc/cpr/keys/minisign.pub"))
+        );
     }
 
     #[test]

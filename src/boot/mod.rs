@@ -212,6 +212,8 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         bundle: args.bundle.as_deref(),
         cluster: args.cluster.as_deref(),
         retries: args.retries,
+        identity: args.identity.as_deref(),
+        verify_key: args.verify_key.as_deref(),
         hostname: crate::host::hostname(),
         ips: vec![IpAddr::V4(address)],
     })?;

@@ -22,6 +22,9 @@ pub struct Phase1<'a> {
     pub bundle: Option<&'a str>,
     pub cluster: Option<&'a str>,
     pub retries: Option<u32>,
+    /// Key files inside the image (`cpr.identity=`, `cpr.verify_key=`).
+    pub identity: Option<&'a Path>,
+    pub verify_key: Option<&'a Path>,
     pub hostname: String,
     pub ips: Vec<IpAddr>,
 }
@@ -46,6 +49,8 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
         },
         force_identity: false,
         bump_revision: Some(DEFAULT_BUMP_REVISION),
+        identity: request.identity.map(Path::to_path_buf),
+        verify_key: request.verify_key.map(Path::to_path_buf),
     })?;
     let skipped = match report.skipped.len() {
         0 => String::new(),

@@ -2,11 +2,15 @@
 //!
 //! Entry order: `cpr/manifest.json`, then every file of the manifest in its order, then
 //! `etcd/snapshot.db` exactly as etcd streamed it (sha256 trailer included). Readers trust nothing
-//! until it has been checked against the manifest; see `reader`.
+//! until it has been checked against the manifest; see `reader`. Around the format, `crypt` encrypts
+//! a stored bundle (age) and `sign` signs its stored bytes (minisign).
 
+pub mod crypt;
+pub mod keyfile;
 pub mod manifest;
 pub mod name;
 pub mod reader;
+pub mod sign;
 mod trailer;
 pub mod writer;
 
@@ -65,4 +69,39 @@ pub enum Error {
     },
     #[error("invalid bundle name {name:?}: {why}")]
     Name { name: String, why: String },
+    #[error(transparent)]
+    Key(#[from] keyfile::KeyError),
+    #[error("bundle {bundle} is age-encrypted: pass --identity FILE (or restore.identity in the config file) with the key `cpr keygen` wrote")]
+    NeedIdentity { bundle: String },
+    #[error("bundle {bundle} is encrypted to other recipients than the given identity; pass the identity whose recipient the backup used (backup --encrypt-to)")]
+    WrongIdentity { bundle: String },
+    #[error("bundle {bundle}: decryption failed ({why}). The bundle is corrupt or was tampered with; use another bundle")]
+    Decrypt { bundle: String, why: String },
+    #[error("bundle {bundle} has no signature ({bundle}.minisig) but a verify key is configured; refusing it. Use a signed bundle, or sign backups with --sign-key")]
+    Unsigned { bundle: String },
+    #[error("bundle {bundle}: signature refused: {rejection}. Use another bundle; if none verifies, check --verify-key")]
+    Signature {
+        bundle: String,
+        rejection: sign::Rejection,
+    },
+    #[error("bundle {bundle}: the stored object has sha256 {actual}, the store's index recorded {expected}. The bundle is corrupt; use another bundle")]
+    ObjectDigest {
+        bundle: String,
+        expected: String,
+        actual: String,
+    },
+}
+
+impl Error {
+    /// True when this bundle is damaged or not trustworthy, so an older one is worth trying; false
+    /// for what would fail alike for every bundle (a missing or wrong key, a full disk).
+    pub fn is_bad_bundle(&self) -> bool {
+        !matches!(
+            self,
+            Error::Key(_)
+                | Error::NeedIdentity { .. }
+                | Error::WrongIdentity { .. }
+                | Error::Write { .. }
+        )
+    }
 }

@@ -6,10 +6,12 @@
 //! bounded by the manifest, so a decompression bomb cannot grow past what the manifest admits.
 
 use sha2::{Digest, Sha256};
+use std::cell::Cell;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::manifest::{FileEntry, Manifest, SnapshotEntry, MANIFEST_PATH, MAX_MANIFEST_BYTES};
 use super::trailer::TrailerReader;
@@ -190,15 +192,72 @@ pub fn read_bundle<R: Read>(
 
 type Entries<'a, R> = tar::Entries<'a, R>;
 
-fn decoder<R: Read>(
-    input: R,
-    bundle: &str,
-) -> Result<zstd::Decoder<'static, io::BufReader<R>>, Error> {
-    let mut decoder = zstd::Decoder::new(input).map_err(read_err(bundle, "zstd start"))?;
+fn decoder<R: Read>(input: R, bundle: &str) -> Result<Bounded<R>, Error> {
+    let consumed = Rc::new(Cell::new(0));
+    let counted = Counted {
+        inner: input,
+        consumed: consumed.clone(),
+    };
+    let mut decoder = zstd::Decoder::new(counted).map_err(read_err(bundle, "zstd start"))?;
     decoder
         .window_log_max(MAX_WINDOW_LOG)
         .map_err(read_err(bundle, "zstd start"))?;
-    Ok(decoder)
+    Ok(Bounded {
+        inner: decoder,
+        consumed,
+        produced: 0,
+    })
+}
+
+/// Decompressed bytes allowed per compressed byte, beyond `BOMB_SLACK`. Real bundles compress a few
+/// times (bbolt pages, PEM text); zstd can reach ~30000:1 on zeros. Without this, a small hostile file
+/// whose manifest claims a huge snapshot would be streamed to its claimed size before its trailer
+/// fails: up to `MAX_SNAPSHOT_BYTES` written to a staging disk.
+const MAX_RATIO: u64 = 1000;
+const BOMB_SLACK: u64 = 64 << 20;
+
+/// Counts the compressed bytes zstd has taken from the input.
+struct Counted<R> {
+    inner: R,
+    consumed: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.consumed.set(self.consumed.get() + n as u64);
+        Ok(n)
+    }
+}
+
+/// The decompressed stream, failing once it outgrows `MAX_RATIO` times its compressed input.
+struct Bounded<R> {
+    inner: zstd::Decoder<'static, io::BufReader<Counted<R>>>,
+    consumed: Rc<Cell<u64>>,
+    produced: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.produced += n as u64;
+        let allowed = self
+            .consumed
+            .get()
+            .saturating_mul(MAX_RATIO)
+            .saturating_add(BOMB_SLACK);
+        if self.produced > allowed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} bytes decompressed from {}: more than {MAX_RATIO} times the input, a decompression bomb",
+                    self.produced,
+                    self.consumed.get()
+                ),
+            ));
+        }
+        Ok(n)
+    }
 }
 
 fn manifest_entry<R: Read>(entries: &mut Entries<'_, R>, bundle: &str) -> Result<Manifest, Error> {

@@ -8,6 +8,7 @@ use crate::config::RetentionSection;
 use crate::etcd::client::TlsFiles;
 use crate::node::layout;
 use crate::ops::backup::{backup, BackupReport, BackupRequest};
+use crate::ops::sealed::SealOptions;
 use crate::store::Store;
 use crate::Error;
 
@@ -51,6 +52,12 @@ pub struct BackupCmd {
     /// zstd worker threads (default: the number of CPUs)
     #[argh(option)]
     pub zstd_threads: Option<u32>,
+    /// encrypt the bundle to this age recipient (age1…; repeatable; default: backup.encryptTo)
+    #[argh(option)]
+    pub encrypt_to: Vec<String>,
+    /// sign the stored bundle with this minisign secret key (default: backup.signKey)
+    #[argh(option)]
+    pub sign_key: Option<PathBuf>,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
@@ -132,6 +139,15 @@ fn back_up(cmd: BackupCmd) -> Result<(BackupReport, Box<dyn Store>, RetentionSec
             "--zstd-level must be 1 to 19, not {zstd_level}"
         )));
     }
+    let recipients = if cmd.encrypt_to.is_empty() {
+        config.backup.encrypt_to
+    } else {
+        cmd.encrypt_to
+    };
+    let seal = SealOptions::load(
+        &recipients,
+        cmd.sign_key.or(config.backup.sign_key).as_deref(),
+    )?;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     let request = BackupRequest {
         root: cmd.root,
@@ -146,6 +162,7 @@ fn back_up(cmd: BackupCmd) -> Result<(BackupReport, Box<dyn Store>, RetentionSec
             .zstd_threads
             .or(config.backup.zstd_threads)
             .unwrap_or(cpus),
+        seal,
     };
     let report = backup(&request)?;
     Ok((report, store, config.retention))

@@ -3,7 +3,7 @@
 use argh::FromArgs;
 use std::path::PathBuf;
 
-use super::{load_config, open_bundle, open_store, Output};
+use super::{load_config, open_bundle, open_store, scratch_dir, KeyFlags, Output};
 use crate::ops::check::{check_bundle, check_node, CheckReport};
 use crate::Error;
 
@@ -29,6 +29,12 @@ pub struct CheckCmd {
     /// with --bundle latest: the node (default: this host's name)
     #[argh(option)]
     pub node: Option<String>,
+    /// age identity file, to check an encrypted bundle
+    #[argh(option)]
+    pub identity: Option<PathBuf>,
+    /// minisign public key: refuse a bundle that is not signed by it
+    #[argh(option)]
+    pub verify_key: Option<PathBuf>,
     /// warn about certificates that expire within this many days (default 30)
     #[argh(option, default = "30")]
     pub warn_days: u32,
@@ -41,13 +47,19 @@ pub fn run(cmd: CheckCmd) -> Result<(), Error> {
     let now = time::OffsetDateTime::now_utc();
     let report = match &cmd.bundle {
         Some(bundle) => {
-            let (name, input) = open_bundle(
+            let scratch = scratch_dir("check")?;
+            let input = open_bundle(
                 bundle,
                 cmd.store,
                 cmd.config.as_deref(),
-                cmd.cluster.as_deref(),
-                cmd.node.as_deref(),
+                (cmd.cluster.as_deref(), cmd.node.as_deref()),
+                KeyFlags {
+                    identity: cmd.identity,
+                    verify_key: cmd.verify_key,
+                },
+                scratch.path(),
             )?;
+            let name = input.name.clone();
             check_bundle(input, &name, cmd.warn_days, now)?
         }
         None => {

@@ -4,7 +4,7 @@ use argh::FromArgs;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use super::{open_bundle, Output};
+use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_manifest, Manifest};
 use crate::store::human_bytes;
 use crate::Error;
@@ -28,19 +28,31 @@ pub struct InspectCmd {
     /// with "latest": the node (default: this host's name)
     #[argh(option)]
     pub node: Option<String>,
+    /// age identity file for an encrypted bundle (default: restore.identity)
+    #[argh(option)]
+    pub identity: Option<PathBuf>,
+    /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
+    #[argh(option)]
+    pub verify_key: Option<PathBuf>,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
 }
 
 pub fn run(cmd: InspectCmd) -> Result<(), Error> {
-    let (name, input) = open_bundle(
+    let scratch = scratch_dir("inspect")?;
+    let input = open_bundle(
         &cmd.bundle,
         cmd.store,
         cmd.config.as_deref(),
-        cmd.cluster.as_deref(),
-        cmd.node.as_deref(),
+        (cmd.cluster.as_deref(), cmd.node.as_deref()),
+        KeyFlags {
+            identity: cmd.identity,
+            verify_key: cmd.verify_key,
+        },
+        scratch.path(),
     )?;
+    let name = input.name.clone();
     let manifest = read_manifest(input, &name)?;
     match cmd.output {
         Output::Json => println!(

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigFile};
 use crate::node::layout;
+use crate::ops::sealed::{self, OpenKeys, Opened, Source};
 use crate::store::{self, Store};
 use crate::Error;
 
@@ -14,6 +15,7 @@ pub mod etcd;
 pub mod finish;
 pub mod init;
 pub mod inspect;
+pub mod keygen;
 pub mod list;
 pub mod prune;
 pub mod restore;
@@ -39,6 +41,7 @@ pub enum Command {
     Prune(prune::PruneCmd),
     Check(check::CheckCmd),
     Init(init::InitCmd),
+    Keygen(keygen::KeygenCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -53,6 +56,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Prune(cmd) => prune::run(cmd),
         Command::Check(cmd) => check::run(cmd),
         Command::Init(cmd) => init::run(cmd),
+        Command::Keygen(cmd) => keygen::run(cmd),
     }
 }
 
@@ -122,22 +126,37 @@ pub fn open_store(
     Ok(store::open(&url, &store_options(config))?)
 }
 
-/// A bundle given on the command line: a local file, or a name (or "latest") in the store.
+/// The key files a reading command was given; the config file's `restore` section fills the gaps.
+pub struct KeyFlags {
+    pub identity: Option<PathBuf>,
+    pub verify_key: Option<PathBuf>,
+}
+
+/// A bundle given on the command line: a local file, or a name (or "latest") in the store, opened
+/// with its signature checked (when a verify key is set) and decrypted; `scratch` is a private
+/// directory for the download a signature check needs.
 pub fn open_bundle(
     bundle: &str,
     store_flag: Option<String>,
     config_flag: Option<&Path>,
-    cluster: Option<&str>,
-    node: Option<&str>,
-) -> Result<(String, Box<dyn std::io::Read + Send>), Error> {
-    if store_flag.is_none() && Path::new(bundle).is_file() {
-        let file = std::fs::File::open(bundle).map_err(|source| crate::ops::Error::Read {
-            path: PathBuf::from(bundle),
-            source,
-        })?;
-        return Ok((bundle.to_string(), Box::new(file)));
-    }
+    (cluster, node): (Option<&str>, Option<&str>),
+    keys: KeyFlags,
+    scratch: &Path,
+) -> Result<Opened, Error> {
     let (config, config_path) = load_config(config_flag, Path::new("/"))?;
+    let keys = OpenKeys::load(
+        keys.identity.or(config.restore.identity.clone()).as_deref(),
+        keys.verify_key
+            .or(config.restore.verify_key.clone())
+            .as_deref(),
+    )?;
+    if store_flag.is_none() && Path::new(bundle).is_file() {
+        return Ok(sealed::open(
+            Source::File(Path::new(bundle)),
+            &keys,
+            scratch,
+        )?);
+    }
     let store = open_store(store_flag, &config, &config_path)?;
     let name = if bundle == "latest" {
         let node = node.map(String::from).unwrap_or_else(crate::host::hostname);
@@ -151,8 +170,23 @@ pub fn open_bundle(
     } else {
         bundle.to_string()
     };
-    let input = store.open(&name)?;
-    Ok((name, input))
+    Ok(sealed::open(
+        Source::Store(store.as_ref(), &name),
+        &keys,
+        scratch,
+    )?)
+}
+
+/// A private (0700) temp dir for a command's scratch files.
+pub fn scratch_dir(command: &str) -> Result<tempfile::TempDir, Error> {
+    tempfile::Builder::new()
+        .prefix(&format!("cpr-{command}."))
+        .tempdir()
+        .map_err(|e| {
+            Error::Usage(format!(
+                "cannot create a temp dir for {command}: {e}; set TMPDIR"
+            ))
+        })
 }
 
 /// The environment (`AWS_*`) wins over the config file, as for every setting.

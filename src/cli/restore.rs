@@ -57,6 +57,12 @@ pub struct RestoreCmd {
     /// seconds to wait for kube-apiserver and etcd in phase 2 (default 300)
     #[argh(option, default = "300")]
     pub timeout: u64,
+    /// age identity file that decrypts encrypted bundles (default: restore.identity)
+    #[argh(option)]
+    pub identity: Option<PathBuf>,
+    /// minisign public key: refuse bundles it did not sign (default: restore.verifyKey)
+    #[argh(option)]
+    pub verify_key: Option<PathBuf>,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
@@ -88,6 +94,8 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
         force_identity: cmd.force_identity,
         bump_revision: (!cmd.no_bump_revision)
             .then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
+        identity: cmd.identity.or(config.restore.identity),
+        verify_key: cmd.verify_key.or(config.restore.verify_key),
     };
     let restored = restore(&request)?;
     let finished = if cmd.no_finish {

@@ -1,12 +1,14 @@
 //! `cpr verify`: check every digest of a bundle and its etcd snapshot, writing only to a temp dir.
 
 use argh::FromArgs;
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
-use super::{open_bundle, Output};
+use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
 use crate::etcd::snapshot_status;
 use crate::Error;
 
@@ -29,6 +31,12 @@ pub struct VerifyCmd {
     /// with "latest": the node (default: this host's name)
     #[argh(option)]
     pub node: Option<String>,
+    /// age identity file for an encrypted bundle (default: restore.identity)
+    #[argh(option)]
+    pub identity: Option<PathBuf>,
+    /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
+    #[argh(option)]
+    pub verify_key: Option<PathBuf>,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
@@ -45,32 +53,47 @@ impl Sink for SnapshotToFile {
     }
 
     fn snapshot(&mut self, _: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        let mut out = io::BufWriter::with_capacity(1 << 20, File::create(&self.path)?);
+        // The snapshot holds the cluster's Secrets: 0600, whatever the umask.
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&self.path)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        // A snapshot starts with bbolt's meta page: checking it before copying the rest stops a
+        // decompression bomb of zeros at its first page instead of filling the temp dir with it.
+        let mut first = Vec::with_capacity(META_PAGE_PREFIX);
+        data.take(META_PAGE_PREFIX as u64).read_to_end(&mut first)?;
+        if first.len() == META_PAGE_PREFIX {
+            Meta::parse(0, &first).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("etcd snapshot: {e}"))
+            })?;
+        }
+        out.write_all(&first)?;
         io::copy(data, &mut out)?;
         out.flush()
     }
 }
 
 pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
-    let (name, input) = open_bundle(
+    let scratch = scratch_dir("verify")?;
+    let mut input = open_bundle(
         &cmd.bundle,
         cmd.store,
         cmd.config.as_deref(),
-        cmd.cluster.as_deref(),
-        cmd.node.as_deref(),
+        (cmd.cluster.as_deref(), cmd.node.as_deref()),
+        KeyFlags {
+            identity: cmd.identity,
+            verify_key: cmd.verify_key,
+        },
+        scratch.path(),
     )?;
-    let scratch = tempfile::Builder::new()
-        .prefix("cpr-verify.")
-        .tempdir()
-        .map_err(|e| {
-            Error::Usage(format!(
-                "cannot create a temp dir for verification: {e}; set TMPDIR"
-            ))
-        })?;
+    let name = input.name.clone();
     let mut sink = SnapshotToFile {
         path: scratch.path().join("snapshot.db"),
     };
-    let manifest = read_bundle(input, &name, &mut sink)?;
+    let manifest = read_bundle(&mut input, &name, &mut sink)?;
+    input.finish()?;
     let status = snapshot_status(&sink.path)?;
     if status.revision < manifest.etcd.revision {
         log::warn!(

@@ -21,6 +21,8 @@ pub const FLAG_BUCKET: u32 = 0x01;
 const MAGIC: u32 = 0xED0C_DAED;
 const VERSION: u32 = 2;
 const META_SIZE: usize = 64;
+/// The bytes `Meta::parse` reads: a page header and the meta struct.
+pub const META_PAGE_PREFIX: usize = PAGE_HEADER_SIZE + META_SIZE;
 /// The checksum covers the meta fields before it.
 const META_CHECKSUM_OFFSET: usize = 56;
 /// Meta value of `freelist` when the freelist is not persisted (etcd's NoFreelistSync).
@@ -104,7 +106,7 @@ pub struct Meta {
 }
 
 impl Meta {
-    fn parse(page_id: u64, b: &[u8]) -> Result<Meta, Corruption> {
+    pub fn parse(page_id: u64, b: &[u8]) -> Result<Meta, Corruption> {
         let m = &b[PAGE_HEADER_SIZE..PAGE_HEADER_SIZE + META_SIZE];
         if le_u32(m, 0) != MAGIC {
             return Err(corrupt(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use time::OffsetDateTime;
 
+use super::sealed::{store_sealed, SealOptions};
 use super::Error;
 use crate::bundle::manifest::{
     self, Cluster, Etcd, FileEntry, Manifest, Member, Node, SnapshotEntry,
@@ -37,6 +38,8 @@ pub struct BackupRequest<'a> {
     pub etcd_prefix: String,
     pub zstd_level: i32,
     pub zstd_threads: u32,
+    /// Encryption and signing of the stored bundle.
+    pub seal: SealOptions,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -137,7 +140,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         .or_else(|| cluster_info.cluster_name.clone())
         .unwrap_or_else(|| DEFAULT_CLUSTER_NAME.to_string());
     let node_name = etcd_pod.required_flag("name")?.to_string();
-    let name = BundleName::new(&cluster_name, &node_name, created, false)?;
+    let name = BundleName::new(&cluster_name, &node_name, created, request.seal.encrypts())?;
     let bundle = name.to_string();
 
     let mut snapshot = client.snapshot().map_err(crate::etcd::Error::from)?;
@@ -167,18 +170,13 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         human_bytes(snapshot.size()),
         status.revision
     );
-    let upload = request.store.create(&bundle)?;
     let contents: Vec<Vec<u8>> = files.into_iter().map(|f| f.data).collect();
-    let (upload, _) = write_bundle(
-        upload,
-        &manifest,
-        &contents,
-        &mut snapshot,
-        &options,
-        &bundle,
-    )
-    .map_err(|e| blame(e, &bundle))?;
-    let stored = upload.commit()?;
+    let sealed = store_sealed(request.store, &bundle, &request.seal, |out| {
+        write_bundle(out, &manifest, &contents, &mut snapshot, &options, &bundle)
+            .map(drop)
+            .map_err(|e| blame(e, &bundle))
+    })?;
+    let stored = sealed.object;
     index::append(
         request.store,
         &cluster_name,
@@ -189,8 +187,9 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
             created,
             node: node_name.clone(),
             revision: u64::try_from(status.revision).ok(),
-            encrypted: false,
-            signed: false,
+            encrypted: request.seal.encrypts(),
+            signed: sealed.signed,
+            sha256: Some(sealed.sha256),
             extra: Default::default(),
         },
     )?;

@@ -6,6 +6,7 @@ pub mod finish;
 pub mod metrics;
 pub mod prune;
 pub mod restore;
+pub mod sealed;
 pub mod state;
 
 use std::path::PathBuf;

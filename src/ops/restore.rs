@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
+use super::sealed::{self, OpenKeys, Source};
 use super::state::{self, Phase, State};
 use super::Error;
 use crate::bundle::manifest::{FileEntry, Manifest, SnapshotEntry};
@@ -43,6 +44,11 @@ pub struct RestoreRequest<'a> {
     pub force_identity: bool,
     /// `None` restores the revision as it was (not recommended: watch caches would stay stale).
     pub bump_revision: Option<u64>,
+    /// age identity file for encrypted bundles (`--identity`, `cpr.identity=` on a recovery boot).
+    pub identity: Option<PathBuf>,
+    /// minisign public key; when set, a bundle must carry its valid signature before anything of it
+    /// is extracted (`--verify-key`, `cpr.verify_key=`).
+    pub verify_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,12 +84,14 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
         return swap_in(&layout, state, Vec::new());
     }
 
+    // Key files are read before anything else: a wrong path fails alike for every bundle.
+    let keys = OpenKeys::load(request.identity.as_deref(), request.verify_key.as_deref())?;
     let candidates = candidates(request)?;
     let stamp = BundleName::new("x", "x", OffsetDateTime::now_utc(), false)?.stamp;
     let mut skipped = Vec::new();
     for name in &candidates {
         clear_staging(&layout)?;
-        match stage(request, &layout, name) {
+        match stage(request, &keys, &layout, name) {
             Ok((manifest, restored)) => {
                 let state = State {
                     version: state::STATE_VERSION,
@@ -128,7 +136,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
 /// machine that is not the node would fail the same way for every bundle.
 fn falls_back(error: &Error) -> bool {
     match error {
-        Error::Bundle(_) => true,
+        Error::Bundle(e) => e.is_bad_bundle(),
         Error::Etcd(e) => matches!(
             e,
             EtcdError::MissingHash { .. }
@@ -270,13 +278,14 @@ fn is_mount_point(path: &Path) -> bool {
 /// Downloads, verifies and stages one bundle. Nothing live changes.
 fn stage(
     request: &RestoreRequest<'_>,
+    keys: &OpenKeys,
     layout: &Layout,
     name: &str,
 ) -> Result<(Manifest, Restored), Error> {
     let staging = staging(layout);
     state::ensure_dir(&staging)?;
     log::info!("restore: fetching {name} from {}", request.store.location());
-    let input = request.store.open(name)?;
+    let mut input = sealed::open(Source::Store(request.store, name), keys, &staging)?;
     let mut sink = RestoreSink {
         request,
         layout,
@@ -286,11 +295,12 @@ fn stage(
         restored: None,
         manifest: None,
     };
-    let result = read_bundle(input, name, &mut sink);
+    let result = read_bundle(&mut input, name, &mut sink);
     if let Some(failure) = sink.failure.take() {
         return Err(failure);
     }
     let manifest = result?;
+    input.finish()?;
     let restored = sink
         .restored
         .take()

@@ -44,6 +44,10 @@ pub struct IndexEntry {
     pub encrypted: bool,
     #[serde(default)]
     pub signed: bool,
+    /// sha256 of the stored object (ciphertext when encrypted), checked when the bundle is read back:
+    /// it catches damage the bundle's own checks cannot see, such as a zstd frame-header bit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     /// Fields a newer cpr wrote, kept when this one rewrites the index.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -203,6 +207,7 @@ pub fn list_bundles(
                 revision: None,
                 encrypted: object.name.ends_with(ENCRYPTED_SUFFIX),
                 signed: names.contains(format!("{}{SIGNATURE_SUFFIX}", object.name).as_str()),
+                sha256: None,
                 extra: BTreeMap::new(),
             },
         };

@@ -323,3 +323,37 @@ impl Drop for KubeadmNode {
         self.stop_etcd();
     }
 }
+
+/// Every path below `dir` with its permission bits and, for files, its bytes: a root is unchanged
+/// when this is equal before and after.
+pub fn tree_with_modes(dir: &Path) -> Vec<(PathBuf, u32, Vec<u8>)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(dir).unwrap().to_path_buf();
+            let data = if meta.is_dir() {
+                stack.push(path.clone());
+                Vec::new()
+            } else {
+                std::fs::read(&path).unwrap()
+            };
+            out.push((rel, meta.permissions().mode(), data));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A replacement node's root as provisioning leaves it: a stale pki and an empty etcd data dir.
+pub fn provisioned_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    let pki = root.path().join("etc/kubernetes/pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    std::fs::write(pki.join("stale.crt"), "from the provisioning\n").unwrap();
+    std::fs::create_dir_all(root.path().join("var/lib/etcd/member")).unwrap();
+    root
+}

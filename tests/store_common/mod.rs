@@ -165,6 +165,7 @@ pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
         revision: Some(revision),
         encrypted: false,
         signed: false,
+        sha256: None,
         extra: Default::default(),
     }
 }
@@ -183,6 +184,23 @@ pub fn names(store: &dyn Store, prefix: &str) -> Vec<String> {
 
 pub const BUCKET: &str = "cpr-test";
 pub const SECRET: &str = "s3cr3t-that-must-never-be-printed";
+
+/// `tests/fixtures/store-flaky-server.py` in `mode`, serving `body`; returns the server and its request log.
+pub fn flaky(dir: &Path, mode: &str, body: &[u8]) -> (Server, PathBuf) {
+    require("python3", "the apt package python3");
+    let (file, log) = (
+        dir.join(format!("{mode}.bin")),
+        dir.join(format!("{mode}.log")),
+    );
+    fs::write(&file, body).unwrap();
+    let port = free_port();
+    let mut command = Command::new("python3");
+    command
+        .arg(fixture("store-flaky-server.py"))
+        .arg(port.to_string())
+        .args([&file, Path::new(mode), &log]);
+    (Server::start(command, port), log)
+}
 
 pub struct Nginx {
     pub _server: Server,

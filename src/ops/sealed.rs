@@ -1,0 +1,414 @@
+//! Bundles as stored: encrypted (age) and signed (minisign) around the bundle format, and checked
+//! against the store's index on the way back.
+//!
+//! Writing streams: bundle → age → hashing → store upload, and the signature of the stored bytes is
+//! uploaded beside the bundle once the bundle is committed, then the index records both.
+//!
+//! Reading with a verify key never lets an unverified byte reach the bundle reader: the stored object
+//! is spooled to an unnamed 0600 file in the caller's private scratch dir while it is hashed, the
+//! signature is checked, and only then is the file read from its start. (Verifying while extracting
+//! would need every extracted byte to be undone on a bad signature; downloading twice would trust the
+//! store to send the same bytes twice.) The spool holds the stored bytes — ciphertext when encrypted —
+//! and costs one bundle's size of scratch space, beside a staging dir that holds the plaintext anyway.
+//!
+//! Without a verify key the bundle streams; the index's sha256 of the stored object, when recorded, is
+//! checked at the end of the stream, before any caller moves staged data into place. That catches
+//! what the bundle's own checks cannot: a flipped zstd frame-header bit that leaves the content
+//! unchanged still changes the stored object.
+
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::Error;
+use crate::bundle::crypt::{self, Identities, Recipient, Sealing};
+use crate::bundle::manifest::{MAX_MANIFEST_BYTES, MAX_SNAPSHOT_BYTES, MAX_TOTAL_FILE_BYTES};
+use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
+use crate::bundle::sign::{self, Digesting, ObjectDigest, PublicKey, SecretKey, Signature};
+use crate::bundle::Error as BundleError;
+use crate::store::{index, ObjectInfo, Store};
+
+/// The largest stored bundle the format admits: its contents' limits plus tar, zstd and age framing
+/// (well under 1% of the contents).
+const MAX_STORED_BYTES: u64 =
+    (MAX_SNAPSHOT_BYTES + MAX_TOTAL_FILE_BYTES + MAX_MANIFEST_BYTES) / 100 * 101;
+
+/// How backups are sealed: no recipients and no key store a plain, unsigned bundle.
+#[derive(Default)]
+pub struct SealOptions {
+    pub recipients: Vec<Recipient>,
+    pub sign_key: Option<SecretKey>,
+}
+
+impl SealOptions {
+    pub fn load(recipients: &[String], sign_key: Option<&Path>) -> Result<Self, BundleError> {
+        Ok(SealOptions {
+            recipients: recipients
+                .iter()
+                .map(|r| crypt::parse_recipient(r))
+                .collect::<Result<_, _>>()?,
+            sign_key: sign_key.map(SecretKey::load).transpose()?,
+        })
+    }
+
+    pub fn encrypts(&self) -> bool {
+        !self.recipients.is_empty()
+    }
+}
+
+/// What was stored.
+pub struct Sealed {
+    pub object: ObjectInfo,
+    pub sha256: String,
+    pub signed: bool,
+}
+
+/// Stores the bundle that `write` produces under `name`, encrypted and signed as `options` say.
+/// `write` gets the plaintext side; its errors are the caller's to explain.
+pub fn store_sealed(
+    store: &dyn Store,
+    name: &str,
+    options: &SealOptions,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
+) -> Result<Sealed, Error> {
+    let upload = Digesting::new(store.create(name)?);
+    let mut sealing = Sealing::new(upload, &options.recipients, name)?;
+    write(&mut sealing)?;
+    let (upload, digest) = sealing
+        .finish()
+        .map_err(|e| crate::store::Error::from_io("writing", name, e))?
+        .finish();
+    let object = upload.commit()?;
+    let signed = match &options.sign_key {
+        Some(key) => {
+            let signature = key.sign(
+                &digest.blake2b,
+                name,
+                digest.size,
+                time::OffsetDateTime::now_utc().unix_timestamp(),
+            );
+            let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
+            let mut upload = store.create(&sig_name)?;
+            upload
+                .write_all(signature.as_bytes())
+                .map_err(|e| crate::store::Error::from_io("writing", &sig_name, e))?;
+            upload.commit()?;
+            true
+        }
+        None => false,
+    };
+    Ok(Sealed {
+        object,
+        sha256: digest.sha256,
+        signed,
+    })
+}
+
+/// The keys a reader checks and decrypts with.
+#[derive(Default)]
+pub struct OpenKeys {
+    pub identities: Option<Identities>,
+    pub verify_key: Option<PublicKey>,
+}
+
+impl OpenKeys {
+    pub fn load(identity: Option<&Path>, verify_key: Option<&Path>) -> Result<Self, BundleError> {
+        Ok(OpenKeys {
+            identities: identity.map(Identities::load).transpose()?,
+            verify_key: verify_key.map(PublicKey::load).transpose()?,
+        })
+    }
+}
+
+/// Where a bundle comes from: an object in a store, or a local file (a `.minisig` beside it).
+pub enum Source<'a> {
+    Store(&'a dyn Store, &'a str),
+    File(&'a Path),
+}
+
+impl Source<'_> {
+    fn name(&self) -> String {
+        match self {
+            Source::Store(_, name) => name.to_string(),
+            Source::File(path) => path.display().to_string(),
+        }
+    }
+}
+
+/// A bundle opened for the bundle reader: plaintext, and either already verified or checked against
+/// the index as it ends. Call `finish` after the reader returns: it reads what is left of the stored
+/// object and fails if its digest does not match.
+pub struct Opened {
+    pub name: String,
+    reader: Box<dyn Read + Send>,
+    ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
+}
+
+impl Read for Opened {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Opened {
+    pub fn finish(mut self) -> Result<(), Error> {
+        // The bundle reader stops at the end of the archive; age's final chunk and any trailing bytes
+        // must still pass through the digest.
+        io::copy(&mut self.reader, &mut io::sink()).map_err(|source| BundleError::Read {
+            bundle: self.name.clone(),
+            at: "end of the stored object".to_string(),
+            source,
+        })?;
+        let ended = self.ended.lock().expect("digest state").take();
+        Ok(ended.unwrap_or_else(|| {
+            Err(BundleError::Read {
+                bundle: self.name.clone(),
+                at: "end of the stored object".to_string(),
+                source: io::Error::other("bytes follow the end of the encrypted stream"),
+            })
+        })?)
+    }
+}
+
+/// Opens a bundle: signature first when `keys.verify_key` is set (spooling into `scratch`, a private
+/// directory), then decryption when it is an age file.
+pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opened, Error> {
+    let name = source.name();
+    let ended = Arc::new(Mutex::new(None));
+    let entry = match source {
+        Source::Store(store, object) => index_entry(store, object),
+        Source::File(_) => None,
+    };
+    let indexed_size = entry.as_ref().map(|e| e.size);
+    let expected = entry.and_then(|e| e.sha256);
+    let raw: Box<dyn Read + Send> = match &keys.verify_key {
+        Some(key) => {
+            // The signature file first: a wrong key or an old signature is refused before the
+            // download, and the signed size bounds the download (an endless body stops there).
+            let signature = signature_of(&source, &name)?;
+            let refused = |rejection| BundleError::Signature {
+                bundle: name.clone(),
+                rejection,
+            };
+            let basename_only = matches!(source, Source::File(_));
+            let signed_size = key
+                .check_comment(&signature, &name, basename_only)
+                .map_err(refused)?;
+            let (file, digest) = fetch_whole(&source, signed_size.or(indexed_size), scratch)?;
+            key.check_digest(&signature, &digest.blake2b)
+                .map_err(refused)?;
+            log::info!("{name}: signature by key {} verified", key.id());
+            check_digest(&name, expected.as_deref(), &digest)?;
+            *ended.lock().expect("digest state") = Some(Ok(()));
+            Box::new(file)
+        }
+        None => {
+            let input = match source {
+                Source::Store(store, object) => open_object(store, object, indexed_size)?,
+                Source::File(path) => open_file(path)?,
+            };
+            Box::new(CheckAtEnd {
+                inner: Some(Digesting::new(input)),
+                name: name.clone(),
+                expected,
+                ended: ended.clone(),
+            })
+        }
+    };
+    let reader = crypt::unseal(raw, keys.identities.as_ref(), &name)?;
+    Ok(Opened {
+        name,
+        reader,
+        ended,
+    })
+}
+
+fn open_file(path: &Path) -> Result<Box<dyn Read + Send>, Error> {
+    let file = File::open(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(Box::new(file))
+}
+
+/// The object, refused beyond the size its signature or index recorded, or beyond the largest bundle
+/// the format admits when neither is known (an endless body stops there). An object
+/// larger than its index says is not the bundle that was indexed: a bundle fault, so a restore
+/// moves on to an older bundle, where a store fault would stop it.
+fn open_object(
+    store: &dyn Store,
+    object: &str,
+    size: Option<u64>,
+) -> Result<Box<dyn Read + Send>, Error> {
+    store
+        .open_limited(object, Some(size.unwrap_or(MAX_STORED_BYTES)))
+        .map_err(|e| match e {
+            crate::store::Error::TooLarge { .. } => BundleError::Read {
+                bundle: object.to_string(),
+                at: "download".to_string(),
+                source: io::Error::other(e.to_string()),
+            }
+            .into(),
+            other => other.into(),
+        })
+}
+
+/// The whole stored object, hashed: a local file is read in place, a store object is spooled
+/// (refused beyond `size`, when known).
+fn fetch_whole(
+    source: &Source<'_>,
+    size: Option<u64>,
+    scratch: &Path,
+) -> Result<(File, ObjectDigest), Error> {
+    let (mut file, digest) = match source {
+        Source::File(path) => {
+            let mut file = File::open(path).map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let mut hashing = Digesting::new(&mut file);
+            io::copy(&mut hashing, &mut io::sink()).map_err(|source| Error::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let digest = hashing.finish().1;
+            (file, digest)
+        }
+        Source::Store(store, object) => {
+            let spool_err = |source| Error::Write {
+                path: scratch.to_path_buf(),
+                source,
+            };
+            // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
+            let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
+            let mut input = Digesting::new(open_object(*store, object, size)?);
+            io::copy(&mut input, &mut spool)
+                .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
+            spool.flush().map_err(spool_err)?;
+            (spool, input.finish().1)
+        }
+    };
+    file.rewind().map_err(|e| Error::Read {
+        path: PathBuf::from(source.name()),
+        source: e,
+    })?;
+    Ok((file, digest))
+}
+
+/// The `.minisig` beside the bundle; a missing one means the bundle is unsigned.
+fn signature_of(source: &Source<'_>, name: &str) -> Result<Signature, Error> {
+    let unsigned = || BundleError::Unsigned {
+        bundle: name.to_string(),
+    };
+    let mut text = Vec::new();
+    match source {
+        Source::Store(store, object) => {
+            let sig_name = format!("{object}{SIGNATURE_SUFFIX}");
+            // An oversized signature is a bad signature (a restore tries an older bundle); a store
+            // that fails is a store fault.
+            let oversized = |e: crate::store::Error| match e {
+                crate::store::Error::TooLarge { .. } => BundleError::Signature {
+                    bundle: name.to_string(),
+                    rejection: sign::Rejection::Malformed(format!(
+                        "larger than {} bytes",
+                        sign::MAX_SIGNATURE_FILE
+                    )),
+                }
+                .into(),
+                other => Error::from(other),
+            };
+            let mut reader = match store.open_limited(&sig_name, Some(sign::MAX_SIGNATURE_FILE)) {
+                Ok(reader) => reader,
+                Err(crate::store::Error::NotFound { .. }) => return Err(unsigned().into()),
+                Err(e) => return Err(oversized(e)),
+            };
+            reader
+                .read_to_end(&mut text)
+                .map_err(|e| oversized(crate::store::Error::from_io("reading", &sig_name, e)))?;
+        }
+        Source::File(path) => {
+            let sig_path = crate::fsutil::sibling(path, SIGNATURE_SUFFIX);
+            match File::open(&sig_path) {
+                Ok(file) => file
+                    .take(sign::MAX_SIGNATURE_FILE)
+                    .read_to_end(&mut text)
+                    .map_err(|source| Error::Read {
+                        path: sig_path.clone(),
+                        source,
+                    })?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(unsigned().into()),
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: sig_path,
+                        source,
+                    })
+                }
+            };
+        }
+    }
+    Signature::parse(&text).map_err(|rejection| {
+        BundleError::Signature {
+            bundle: name.to_string(),
+            rejection,
+        }
+        .into()
+    })
+}
+
+/// The index's entry for a stored bundle, if its index has one. A damaged or missing index only
+/// loses this extra check (the bundle's own digests still apply), so it is a warning.
+fn index_entry(store: &dyn Store, object: &str) -> Option<index::IndexEntry> {
+    let name = BundleName::parse(object).ok()?;
+    match index::read(store, &name.cluster, &name.node) {
+        Ok(index) => index.bundles.into_iter().find(|e| e.name == object),
+        Err(e) => {
+            log::warn!("{object}: cannot read its index ({e}); its stored digest is not checked");
+            None
+        }
+    }
+}
+
+fn check_digest(
+    name: &str,
+    expected: Option<&str>,
+    digest: &ObjectDigest,
+) -> Result<(), BundleError> {
+    match expected {
+        Some(expected) if expected != digest.sha256 => Err(BundleError::ObjectDigest {
+            bundle: name.to_string(),
+            expected: expected.to_string(),
+            actual: digest.sha256.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Hashes a streamed object and, when it ends, compares with the index's digest; a mismatch fails
+/// the read that hit the end, so the bundle reader reports it.
+struct CheckAtEnd {
+    inner: Option<Digesting<Box<dyn Read + Send>>>,
+    name: String,
+    expected: Option<String>,
+    ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
+}
+
+impl Read for CheckAtEnd {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Ok(0);
+        };
+        let n = inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            return Ok(n);
+        }
+        let (_, digest) = self.inner.take().expect("checked above").finish();
+        let result = check_digest(&self.name, self.expected.as_deref(), &digest);
+        let failed = result.as_ref().err().map(ToString::to_string);
+        *self.ended.lock().expect("digest state") = Some(result);
+        match failed {
+            Some(message) => Err(io::Error::new(io::ErrorKind::InvalidData, message)),
+            None => Ok(0),
+        }
+    }
+}
