@@ -78,6 +78,7 @@ fn seed(store: &dyn Store, bundle: &[u8]) {
                 revision: Some(1),
                 encrypted: false,
                 signed: true,
+                sha256: None,
                 extra: Default::default(),
             },
         )

@@ -179,6 +179,7 @@ mod tests {
             revision: None,
             encrypted: false,
             signed: false,
+            sha256: None,
             extra: Default::default(),
         }
     }
