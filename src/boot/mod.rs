@@ -112,7 +112,7 @@ impl Error {
             Error::Restore(error) => error.exit_code(),
             // Writing to the target failed: like a failed restore write, running again resumes.
             Error::Target { .. } => 7,
-            _ => 9,
+            _ => 10,
         }
     }
 }
