@@ -190,7 +190,8 @@ fn make_disk(disk: &Path) {
 enum Medium {
     Direct,
     Iso,
-    Pxe,
+    /// Network boot from slirp's TFTP server: this boot file, from image/build-pxe's output.
+    Pxe(&'static str),
 }
 
 struct Boot {
@@ -364,10 +365,10 @@ fn boot(spec: Boot) -> Outcome {
             build_image("build-iso", &iso, &cmdline);
             qemu.arg("-cdrom").arg(&iso).args(["-boot", "d"]);
         }
-        Medium::Pxe => {
+        Medium::Pxe(bootfile) => {
             let tftp = work.path().join("tftp");
             build_image("build-pxe", &tftp, &cmdline);
-            netdev.push_str(&format!(",tftp={},bootfile=boot.ipxe", tftp.display()));
+            netdev.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
             qemu.args(["-boot", "n"]);
         }
     }
@@ -486,7 +487,7 @@ fn iso_boot_restores_the_latest_bundle_and_hands_over() {
 
 #[test]
 fn pxe_boot_with_a_static_address_restores_and_hands_over() {
-    let mut spec = Boot::new(Medium::Pxe);
+    let mut spec = Boot::new(Medium::Pxe("boot.ipxe"));
     spec.cmdline = format!("cpr.ip={GUEST_IP}/24 cpr.hostname={NODE_NAME}");
     let outcome = boot(spec);
     assert_recovered(&outcome);
@@ -548,8 +549,8 @@ fn missing_target_disk_is_explained() {
 }
 
 #[test]
-fn another_nodes_bundle_is_refused() {
-    let mut spec = Boot::new(Medium::Direct);
+fn another_nodes_bundle_is_refused_after_a_pxelinux_boot() {
+    let mut spec = Boot::new(Medium::Pxe("pxelinux.0"));
     spec.dhcp_start = Some("10.0.2.16");
     let outcome = boot(spec);
     assert_failed(

@@ -112,7 +112,7 @@ impl Error {
             Error::Restore(error) => error.exit_code(),
             // Writing to the target failed: like a failed restore write, running again resumes.
             Error::Target { .. } => 7,
-            _ => 9,
+            _ => 10,
         }
     }
 }
@@ -196,16 +196,21 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
     let target = wait_for_root(host, root, &mut modules, spec)?;
     let sysroot = root.join(SYSROOT);
     mount_target(host, &mut modules, &target, &sysroot)?;
-    let (interface, address) = net::up(host, root, &mut modules, &args.ip, NIC_WAIT)?;
+    let network = net::up(host, root, &mut modules, &args.ip, NIC_WAIT)?;
     // The restore checks this machine's name against the bundle's node: the boot entry's name wins
-    // over the one DHCP offered.
+    // over the one DHCP offered, which wins over the kernel's.
     if let Some(name) = &args.hostname {
         host.set_hostname(name).map_err(|source| Error::Network {
-            interface,
+            interface: network.interface.clone(),
             step: format!("setting the hostname {name}"),
             source,
         })?;
     }
+    let hostname = args
+        .hostname
+        .clone()
+        .or(network.hostname)
+        .unwrap_or_else(crate::host::hostname);
     let summary = phase1::phase1(&phase1::Phase1 {
         sysroot: &sysroot,
         store,
@@ -214,8 +219,8 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         retries: args.retries,
         identity: args.identity.as_deref(),
         verify_key: args.verify_key.as_deref(),
-        hostname: crate::host::hostname(),
-        ips: vec![IpAddr::V4(address)],
+        hostname,
+        ips: vec![IpAddr::V4(network.address)],
     })?;
     log::info!("restore: {summary}");
     let exe = std::env::current_exe().map_err(|source| Error::Target {
@@ -408,7 +413,7 @@ fn shell(root: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::Recorder;
+    use crate::host::Recorder;
 
     #[test]
     fn early_mounts_skip_what_is_mounted_already() {

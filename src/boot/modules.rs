@@ -210,7 +210,7 @@ fn class(p: &[char], start: usize, c: char) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::Recorder;
+    use crate::host::Recorder;
 
     #[test]
     fn globs_like_fnmatch() {

@@ -39,15 +39,23 @@ fn mac(root: &Path, interface: &str) -> [u8; 6] {
     mac
 }
 
-/// Brings the network up and returns the interface and address it configured. Waits up to `wait`
-/// for a NIC to appear, loading drivers meanwhile.
+/// What `up` configured.
+#[derive(Debug)]
+pub struct Network {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    /// The hostname DHCP gave, already set in the kernel.
+    pub hostname: Option<String>,
+}
+
+/// Brings the network up. Waits up to `wait` for a NIC to appear, loading drivers meanwhile.
 pub fn up(
     host: &dyn Host,
     root: &Path,
     modules: &mut Modules,
     config: &IpConfig,
     wait: Duration,
-) -> Result<(String, Ipv4Addr), Error> {
+) -> Result<Network, Error> {
     let net_err = |interface: &str, step: &str, source: std::io::Error| Error::Network {
         interface: interface.to_string(),
         step: step.to_string(),
@@ -70,12 +78,12 @@ pub fn up(
     };
     host.link_up(&interface)
         .map_err(|e| net_err(&interface, "bringing it up", e))?;
-    let (address, prefix, gateway) = match config {
+    let (address, prefix, gateway, hostname) = match config {
         IpConfig::Static {
             address,
             prefix,
             gateway,
-        } => (*address, *prefix, *gateway),
+        } => (*address, *prefix, *gateway, None),
         IpConfig::Dhcp => {
             log::info!("network: asking for an address by DHCP on {interface}");
             let socket = host
@@ -94,20 +102,24 @@ pub fn up(
                 host.set_hostname(name)
                     .map_err(|e| net_err(&interface, "setting the DHCP hostname", e))?;
             }
-            (lease.address, lease.prefix, lease.gateway)
+            (lease.address, lease.prefix, lease.gateway, lease.hostname)
         }
     };
     host.configure_ipv4(&interface, address, prefix, gateway)
         .map_err(|e| net_err(&interface, &format!("setting {address}/{prefix}"), e))?;
     let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
     log::info!("network: {interface} has {address}/{prefix}{via}");
-    Ok((interface, address))
+    Ok(Network {
+        interface,
+        address,
+        hostname,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::host::fake::Recorder;
+    use crate::host::Recorder;
 
     #[test]
     fn configures_the_first_ethernet_interface_statically() {
@@ -129,10 +141,9 @@ mod tests {
             prefix: 24,
             gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
         };
-        let (interface, address) =
-            up(&host, root.path(), &mut modules, &config, Duration::ZERO).unwrap();
+        let network = up(&host, root.path(), &mut modules, &config, Duration::ZERO).unwrap();
         assert_eq!(
-            (interface.as_str(), address),
+            (network.interface.as_str(), network.address),
             ("eth0", Ipv4Addr::new(192, 0, 2, 10))
         );
         assert_eq!(

@@ -1,18 +1,18 @@
 //! `cpr init`: the recovery boot (PID 1 of the recovery image, where it starts by itself), or a dry
-//! run of it on a fake root that stops before the handoff.
+//! run of it on a fake root: the kernel calls are only logged, and it stops before the handoff.
 
 use argh::FromArgs;
 use std::path::PathBuf;
 
 use crate::boot::{self, BootArgs};
-use crate::host::Linux;
+use crate::host::{Linux, Recorder};
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "init")]
 /// Recover this machine from its latest bundle and hand over to its own init (recovery image PID 1).
 pub struct InitCmd {
-    /// run against this directory as the initramfs root and stop before the handoff (for tests)
+    /// dry run: this directory is the initramfs root (its sys/, dev/, sysroot/), kernel calls are only logged, and the boot stops before the handoff
     #[argh(option)]
     root: Option<PathBuf>,
     /// kernel command line to use instead of ROOT/proc/cmdline
@@ -30,7 +30,9 @@ pub fn run(cmd: InitCmd) -> Result<(), Error> {
                 .to_string(),
         ));
     };
-    let host = Linux;
+    // Nothing on this machine is mounted, loaded or reconfigured: the fake root's sysroot/ directory
+    // stands in for the target filesystem, and the restore writes there.
+    let host = Recorder::default();
     boot::early_mounts(&host, &root)?;
     let cmdline = match cmd.cmdline {
         Some(cmdline) => cmdline,

@@ -6,11 +6,11 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::Path;
 
-#[cfg(test)]
-pub mod fake;
 mod linux;
+mod recorder;
 
 pub use linux::Linux;
+pub use recorder::Recorder;
 
 /// What the machine does after a failed recovery boot, or when asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +19,8 @@ pub enum Power {
     PowerOff,
 }
 
-/// The kernel operations a PID-1 boot needs beyond file I/O. `Linux` performs them; tests use
-/// `fake::Recorder`, which records the calls so boot logic is tested without root or a VM.
+/// The kernel operations a PID-1 boot needs beyond file I/O. `Linux` performs them; `Recorder` only
+/// records them, so boot logic runs in unit tests and in `cpr init --root` without root or a VM.
 pub trait Host {
     /// `mount(2)` of a filesystem: `source` on `target` with type `fstype` and `data` options.
     fn mount(&self, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()>;

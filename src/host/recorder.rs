@@ -1,4 +1,5 @@
-//! A `Host` for unit tests: records every call as one line and fails the calls a test asks it to.
+//! A `Host` that changes nothing: it records (and logs) every call as one line, and fails the calls
+//! it is told to fail. Unit tests check the lines; `cpr init --root` shows them as its dry run.
 
 use std::ffi::CString;
 use std::io;
@@ -31,6 +32,7 @@ impl Recorder {
 
     fn record(&self, line: String) -> io::Result<()> {
         let fails = self.failing.iter().any(|p| line.starts_with(p.as_str()));
+        log::info!("host (not done): {line}");
         self.calls.lock().unwrap().push(line);
         if fails {
             Err(io::Error::from_raw_os_error(nix::libc::EIO))
