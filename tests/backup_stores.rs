@@ -6,8 +6,7 @@ mod store_common;
 
 use common::*;
 use serde_json::Value;
-use std::process::Command;
-use store_common::{moto, nginx, Server, BUCKET, SECRET};
+use store_common::{moto, nginx, read_only_server, BUCKET, SECRET};
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_str(&ok(out)).unwrap()
@@ -37,22 +36,8 @@ fn backup_to_http_then_read_back_through_a_read_only_server() {
     assert!(nginx.www.join("backups/prod/master0/index.json").is_file());
 
     // The same files behind a server that can only serve them.
-    let port = free_port();
-    let mut command = Command::new("python3");
-    command
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
-        .arg(&nginx.www)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let _read_only = Server::start(command, port);
-    let read_only = format!("http://127.0.0.1:{port}/backups");
+    let server = read_only_server(&nginx.www);
+    let read_only = format!("http://127.0.0.1:{}/backups", server.port);
     let listed = json(&cpr(&[
         "list",
         "--store",

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
-use store_common::Server;
+use store_common::read_only_server;
 
 /// The address QEMU's DHCP server gives the first guest; the backed-up node has it too.
 const GUEST_IP: &str = "10.0.2.15";
@@ -287,25 +287,6 @@ impl Outcome {
     }
 }
 
-/// A loopback HTTP server for the store directory (python's http.server, HTTP/1.0).
-fn serve(dir: &Path) -> Server {
-    let port = free_port();
-    let mut command = Command::new("python3");
-    command
-        .args([
-            "-m",
-            "http.server",
-            "--bind",
-            "127.0.0.1",
-            &port.to_string(),
-            "--directory",
-        ])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Server::start(command, port)
-}
-
 /// The boot entry's command line: `source`'s bundle by name unless `extra` says otherwise.
 fn cmdline(source: &Source, extra: &str) -> String {
     let bundle = if extra.contains("cpr.bundle=") {
@@ -333,7 +314,7 @@ fn boot(spec: Boot) -> Outcome {
     let disk = work.path().join("disk.img");
     std::fs::copy(&f.disk, &disk).unwrap();
     // Dropped (killed) when the boot is over.
-    let server = spec.store.as_deref().map(serve);
+    let server = spec.store.as_deref().map(read_only_server);
     let port = server.as_ref().map_or_else(free_port, |s| s.port);
     let mut netdev = format!(
         "user,id=n0,restrict=on,hostname={NODE_NAME},guestfwd=tcp:10.0.2.100:80-cmd:busybox nc 127.0.0.1 {port}"

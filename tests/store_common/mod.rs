@@ -335,3 +335,23 @@ impl Moto {
         store::open(&format!("s3://{BUCKET}/{prefix}"), &self.options()).unwrap()
     }
 }
+
+/// A read-only loopback HTTP server for `dir` (python's http.server, HTTP/1.0): a PXE host or a web
+/// server that only serves files, with no PUT and no listing cpr could use.
+pub fn read_only_server(dir: &Path) -> Server {
+    let port = free_port();
+    let mut command = Command::new("python3");
+    command
+        .args([
+            "-m",
+            "http.server",
+            "--bind",
+            "127.0.0.1",
+            &port.to_string(),
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Server::start(command, port)
+}
