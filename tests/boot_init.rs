@@ -53,6 +53,8 @@ fn dry_run_finds_the_target_configures_the_network_and_reports_a_missing_bundle(
         "host (not done): ip eth0 192.0.2.10/24 via Some(192.0.2.1)".to_string(),
         format!("host (not done): hostname {NODE_NAME}"),
         format!("no bundle for node {NODE_NAME}"),
+        // Advice a booting machine can follow: kernel command line keys, not CLI flags.
+        "add cpr.hostname=NODE".to_string(),
         format!("host (not done): umount {r}/sysroot"),
     ] {
         assert!(log.contains(&line), "missing {line:?} in:\n{log}");

@@ -25,6 +25,8 @@ const STORE: &str = "http://10.0.2.100/";
 /// Megabytes of incompressible values put into etcd, so the bundle is about 100 MB.
 const ETCD_FILL_MB: usize = 96;
 const BOOT_TIMEOUT_SECS: u64 = 120;
+/// UEFI firmware for QEMU, from Debian's ovmf package.
+const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 /// What `cpr restore` adds to the etcd revision by default.
 const BUMP: i64 = 1_000_000_000;
 
@@ -190,6 +192,8 @@ fn make_disk(disk: &Path) {
 enum Medium {
     Direct,
     Iso,
+    /// The same ISO on a UEFI machine (OVMF): GRUB instead of isolinux.
+    UefiIso,
     /// Network boot from slirp's TFTP server: this boot file, from image/build-pxe's output.
     Pxe(&'static str),
 }
@@ -205,6 +209,8 @@ struct Boot {
     store: Option<PathBuf>,
     /// The first address QEMU's DHCP server hands out.
     dhcp_start: Option<&'static str>,
+    /// Typed on the serial console every two seconds until the VM stops.
+    typing: Option<&'static str>,
 }
 
 impl Boot {
@@ -216,6 +222,7 @@ impl Boot {
             source: &fixture().small,
             store: Some(fixture().small.store.clone()),
             dhcp_start: None,
+            typing: None,
         }
     }
 }
@@ -341,9 +348,12 @@ fn boot(spec: Boot) -> Outcome {
                 .arg("-append")
                 .arg(&cmdline);
         }
-        Medium::Iso => {
+        Medium::Iso | Medium::UefiIso => {
             let iso = work.path().join("recovery.iso");
             build_image("build-iso", &iso, &cmdline);
+            if matches!(spec.medium, Medium::UefiIso) {
+                qemu.args(["-bios", OVMF]);
+            }
             qemu.arg("-cdrom").arg(&iso).args(["-boot", "d"]);
         }
         Medium::Pxe(bootfile) => {
@@ -359,7 +369,25 @@ fn boot(spec: Boot) -> Outcome {
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
     }
     let started = Instant::now();
-    let out = qemu.stdin(Stdio::null()).output().unwrap();
+    let out = match spec.typing {
+        None => qemu.stdin(Stdio::null()).output().unwrap(),
+        Some(line) => {
+            let mut child = qemu
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut keyboard = child.stdin.take().unwrap();
+            // Lines typed before a shell reads the console are lost: keep typing until QEMU exits.
+            std::thread::spawn(move || {
+                while keyboard.write_all(line.as_bytes()).is_ok() {
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+            });
+            child.wait_with_output().unwrap()
+        }
+    };
     let elapsed = started.elapsed();
     drop(server);
     let mut console = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -467,6 +495,14 @@ fn iso_boot_restores_the_latest_bundle_and_hands_over() {
 }
 
 #[test]
+fn uefi_iso_boot_through_grub_restores_and_hands_over() {
+    let outcome = boot(Boot::new(Medium::UefiIso));
+    assert_recovered(&outcome);
+    // isolinux never runs on UEFI machines: the standalone GRUB on the ISO's EFI image booted it.
+    outcome.assert_console("cpr recovery (press e to edit the command line)");
+}
+
+#[test]
 fn pxe_boot_with_a_static_address_restores_and_hands_over() {
     let mut spec = Boot::new(Medium::Pxe("boot.ipxe"));
     spec.cmdline = format!("cpr.ip={GUEST_IP}/24 cpr.hostname={NODE_NAME}");
@@ -511,6 +547,20 @@ fn corrupt_bundle_is_refused_and_the_machine_reboots() {
         outcome.console
     );
     outcome.assert_console("reboot: Restarting system");
+}
+
+#[test]
+fn a_failure_with_the_shell_policy_leaves_a_working_rescue_shell() {
+    let mut spec = Boot::new(Medium::Direct);
+    spec.store = None;
+    spec.cmdline = "cpr.retries=1 cpr.on_failure=shell".to_string();
+    spec.typing = Some("echo RESCUE-$((6*7)); busybox poweroff -f\n");
+    let outcome = boot(spec);
+    assert_failed(&outcome, "cannot reach the server", "shell");
+    outcome.assert_console("starting /bin/sh on the console");
+    // The echo of the typed line shows `$((6*7))`; only a shell that ran it prints 42.
+    outcome.assert_console("RESCUE-42");
+    outcome.assert_console("reboot: Power down");
 }
 
 #[test]

@@ -17,6 +17,8 @@ APT_PACKAGES=(
   busybox-static                      # the test VM's "normal OS" and the image's rescue shell
   cpio kmod e2fsprogs file            # initramfs archive, modprobe/depmod, ext4 disks, static check
   xorriso isolinux syslinux-common pxelinux  # the recovery ISO and the PXE files
+  grub-efi-amd64-bin grub-common mtools dosfstools  # the ISO's UEFI boot (standalone GRUB on a FAT image)
+  ovmf                                # UEFI firmware for the UEFI ISO boot under QEMU
   ca-certificates                     # the CA bundle the initramfs carries for https stores
   age minisign                        # encrypted, signed bundles opened with the reference tools
 )

@@ -86,6 +86,8 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error(transparent)]
     Restore(#[from] crate::ops::Error),
+    #[error("no bundle for node {node} in {store}. Check cpr.store=; if this machine's hostname is not the node's, add cpr.hostname=NODE; if the store holds several clusters, add cpr.cluster=; or name the bundle with cpr.bundle=CLUSTER/NODE/STAMP.tar.zst")]
+    NoBundle { store: String, node: String },
     #[error("target {path}: {step} failed: {source}. The target filesystem may be full or damaged; check it from a rescue system")]
     Target {
         path: PathBuf,
@@ -108,7 +110,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Cmdline { .. } | Error::Missing { .. } => 2,
-            Error::Store(_) => 3,
+            Error::Store(_) | Error::NoBundle { .. } => 3,
             Error::Restore(error) => error.exit_code(),
             // Writing to the target failed: like a failed restore write, running again resumes.
             Error::Target { .. } => 7,

@@ -51,6 +51,11 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
         bump_revision: Some(DEFAULT_BUMP_REVISION),
         identity: request.identity.map(Path::to_path_buf),
         verify_key: request.verify_key.map(Path::to_path_buf),
+    })
+    .map_err(|error| match error {
+        // The live-OS advice names --node and --cluster; a booting machine is steered by cpr.* keys.
+        crate::ops::Error::NoBundle { store, node } => Error::NoBundle { store, node },
+        other => Error::Restore(other),
     })?;
     let skipped = match report.skipped.len() {
         0 => String::new(),

@@ -25,6 +25,7 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
+use super::hashing::Background;
 use super::keyfile::{self, KeyError};
 
 const SIG_ALG: &[u8; 2] = b"Ed";
@@ -337,42 +338,69 @@ fn decode_key_line(text: &str, len: usize) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
-/// What a stored object's bytes hash to: BLAKE2b-512 for the signature, sha256 for the index.
+/// What a stored object's bytes hash to: sha256 for the index, BLAKE2b-512 for a signature when
+/// one is made or checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectDigest {
-    pub blake2b: [u8; 64],
+    pub blake2b: Option<[u8; 64]>,
     pub sha256: String,
     pub size: u64,
+}
+
+/// The object's hashes, fed on a background thread.
+struct ObjectHasher {
+    sha256: Sha256,
+    blake2b: Option<Blake2b512>,
+}
+
+impl blake2::digest::Update for ObjectHasher {
+    fn update(&mut self, data: &[u8]) {
+        Digest::update(&mut self.sha256, data);
+        if let Some(blake2b) = &mut self.blake2b {
+            Digest::update(blake2b, data);
+        }
+    }
 }
 
 /// Hashes everything that passes through it, read or written.
 pub struct Digesting<T> {
     inner: T,
-    blake2b: Blake2b512,
-    sha256: Sha256,
+    hasher: Background<ObjectHasher>,
     size: u64,
 }
 
 impl<T> Digesting<T> {
+    /// sha256 only: for objects that are neither signed nor checked against a signature.
     pub fn new(inner: T) -> Self {
+        Self::hashing(inner, false)
+    }
+
+    /// sha256 and the BLAKE2b-512 a minisign signature covers.
+    pub fn signable(inner: T) -> Self {
+        Self::hashing(inner, true)
+    }
+
+    fn hashing(inner: T, blake2b: bool) -> Self {
         Digesting {
             inner,
-            blake2b: Blake2b512::new(),
-            sha256: Sha256::new(),
+            hasher: Background::new(move || ObjectHasher {
+                sha256: Sha256::new(),
+                blake2b: blake2b.then(Blake2b512::new),
+            }),
             size: 0,
         }
     }
 
     fn update(&mut self, bytes: &[u8]) {
-        self.blake2b.update(bytes);
-        self.sha256.update(bytes);
+        self.hasher.update(bytes);
         self.size += bytes.len() as u64;
     }
 
     pub fn finish(self) -> (T, ObjectDigest) {
+        let hashed = self.hasher.finish();
         let digest = ObjectDigest {
-            blake2b: self.blake2b.finalize().into(),
-            sha256: hex::encode(self.sha256.finalize()),
+            blake2b: hashed.blake2b.map(|b| b.finalize().into()),
+            sha256: hex::encode(hashed.sha256.finalize()),
             size: self.size,
         };
         (self.inner, digest)
@@ -404,9 +432,9 @@ mod tests {
     use super::*;
 
     fn digest(bytes: &[u8]) -> [u8; 64] {
-        let mut d = Digesting::new(io::sink());
+        let mut d = Digesting::signable(io::sink());
         d.write_all(bytes).unwrap();
-        d.finish().1.blake2b
+        d.finish().1.blake2b.unwrap()
     }
 
     #[test]

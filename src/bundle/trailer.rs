@@ -1,88 +1,24 @@
 //! etcd's snapshot integrity check: the last 32 bytes are sha256 of everything before them.
 //!
 //! Snapshots are streamed, so the hasher holds back the newest 32 bytes until it knows they are the end.
-//! Hashing a multi-GiB snapshot is the costliest step of reading a bundle, so it runs on a thread of
-//! its own while the reader decompresses and writes.
+//! The hashing runs on a thread of its own while the reader decompresses and writes.
 
 use sha2::{Digest, Sha256};
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, SyncSender};
-use std::thread::JoinHandle;
+
+use super::hashing::Background;
 
 const TRAILER: usize = 32;
-/// Bytes handed to the hashing thread at a time; a few batches in flight bound the memory.
-const BATCH: usize = 1 << 20;
-const BATCHES_IN_FLIGHT: usize = 4;
 
 pub struct TrailerCheck {
-    hasher: Hasher,
+    hasher: Background<Sha256>,
     tail: Vec<u8>,
-}
-
-/// sha256 on a background thread, or inline when no thread can be had.
-enum Hasher {
-    Background {
-        batch: Vec<u8>,
-        sender: SyncSender<Vec<u8>>,
-        worker: JoinHandle<[u8; 32]>,
-    },
-    Inline(Sha256),
-}
-
-impl Hasher {
-    fn new() -> Hasher {
-        let (sender, receiver) = sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
-        let spawned = std::thread::Builder::new()
-            .name("cpr-sha256".into())
-            .spawn(move || {
-                let mut hasher = Sha256::new();
-                receiver.iter().for_each(|batch| hasher.update(&batch));
-                hasher.finalize().into()
-            });
-        match spawned {
-            Ok(worker) => Hasher::Background {
-                batch: Vec::with_capacity(BATCH),
-                sender,
-                worker,
-            },
-            Err(_) => Hasher::Inline(Sha256::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Inline(hasher) => hasher.update(data),
-            Hasher::Background { batch, sender, .. } => {
-                batch.extend_from_slice(data);
-                if batch.len() >= BATCH {
-                    let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
-                    // The worker only stops when the sender is dropped, so sending cannot fail.
-                    let _ = sender.send(full);
-                }
-            }
-        }
-    }
-
-    fn finalize(self) -> Option<[u8; 32]> {
-        match self {
-            Hasher::Inline(hasher) => Some(hasher.finalize().into()),
-            Hasher::Background {
-                batch,
-                sender,
-                worker,
-            } => {
-                let _ = sender.send(batch);
-                drop(sender);
-                worker.join().ok()
-            }
-        }
-    }
 }
 
 impl TrailerCheck {
     pub fn new() -> Self {
         TrailerCheck {
-            hasher: Hasher::new(),
+            hasher: Background::new(Sha256::new),
             tail: Vec::with_capacity(2 * TRAILER),
         }
     }
@@ -106,11 +42,7 @@ impl TrailerCheck {
 
     /// True when the stream ended in the sha256 of what came before.
     pub fn matches(self) -> bool {
-        self.tail.len() == TRAILER
-            && self
-                .hasher
-                .finalize()
-                .is_some_and(|digest| digest[..] == self.tail[..])
+        self.tail.len() == TRAILER && self.hasher.finish().finalize()[..] == self.tail[..]
     }
 }
 

@@ -72,7 +72,10 @@ pub fn store_sealed(
     options: &SealOptions,
     write: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
 ) -> Result<Sealed, Error> {
-    let upload = Digesting::new(store.create(name)?);
+    let upload = match options.sign_key {
+        Some(_) => Digesting::signable(store.create(name)?),
+        None => Digesting::new(store.create(name)?),
+    };
     let mut sealing = Sealing::new(upload, &options.recipients, name)?;
     write(&mut sealing)?;
     let (upload, digest) = sealing
@@ -83,7 +86,9 @@ pub fn store_sealed(
     let signed = match &options.sign_key {
         Some(key) => {
             let signature = key.sign(
-                &digest.blake2b,
+                &digest
+                    .blake2b
+                    .expect("hashed as signable when a sign key is set"),
                 name,
                 digest.size,
                 time::OffsetDateTime::now_utc().unix_timestamp(),
@@ -196,8 +201,8 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
                 .check_comment(&signature, &name, basename_only)
                 .map_err(refused)?;
             let (file, digest) = fetch_whole(&source, signed_size.or(indexed_size), scratch)?;
-            key.check_digest(&signature, &digest.blake2b)
-                .map_err(refused)?;
+            let blake2b = digest.blake2b.expect("fetch_whole hashes for a signature");
+            key.check_digest(&signature, &blake2b).map_err(refused)?;
             log::info!("{name}: signature by key {} verified", key.id());
             check_digest(&name, expected.as_deref(), &digest)?;
             *ended.lock().expect("digest state") = Some(Ok(()));
@@ -267,7 +272,7 @@ fn fetch_whole(
                 path: path.to_path_buf(),
                 source,
             })?;
-            let mut hashing = Digesting::new(&mut file);
+            let mut hashing = Digesting::signable(&mut file);
             io::copy(&mut hashing, &mut io::sink()).map_err(|source| Error::Read {
                 path: path.to_path_buf(),
                 source,
@@ -282,7 +287,7 @@ fn fetch_whole(
             };
             // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
             let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
-            let mut input = Digesting::new(open_object(*store, object, size)?);
+            let mut input = Digesting::signable(open_object(*store, object, size)?);
             io::copy(&mut input, &mut spool)
                 .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
             spool.flush().map_err(spool_err)?;
