@@ -361,6 +361,59 @@ fn etcd_35_and_34_serve_the_restored_data() {
     }
 }
 
+/// `--wal-dir`: the WAL goes to its own dir (as etcdutl writes it, byte for byte), the data dir has
+/// none, and etcd started with the same `--wal-dir` serves the snapshot; an existing WAL dir is refused.
+#[test]
+fn a_separate_wal_dir_matches_etcdutl_and_serves() {
+    let src = source();
+    let tmp = TempDir::new().unwrap();
+    let spec = Spec::single(&v35(), &tmp.path().join("data"));
+    let (ours, theirs) = (tmp.path().join("wal"), tmp.path().join("etcdutl-wal"));
+    let opts = RestoreOptions {
+        initial_cluster: spec.initial_cluster.clone(),
+        initial_advertise_peer_urls: spec.peer.clone(),
+        wal_dir: Some(ours.clone()),
+        ..RestoreOptions::default()
+    };
+    etcd::restore_from_file(&src.path, &spec.data_dir, &opts).unwrap();
+    let etcdutl_data = tmp.path().join("etcdutl-data");
+    let out = v35()
+        .util()
+        .args(["snapshot", "restore", src.path.to_str().unwrap()])
+        .arg("--data-dir")
+        .arg(&etcdutl_data)
+        .arg("--wal-dir")
+        .arg(&theirs)
+        .args(["--initial-cluster", &spec.initial_cluster])
+        .args(["--initial-advertise-peer-urls", &spec.peer])
+        .output()
+        .unwrap();
+    check(out, "etcdutl snapshot restore --wal-dir");
+    let segment = "0000000000000000-0000000000000000.wal";
+    assert_eq!(
+        fs::read(ours.join(segment)).unwrap(),
+        fs::read(theirs.join(segment)).unwrap(),
+        "WAL differs from etcdutl 3.5.1's"
+    );
+    assert!(!spec.data_dir.join("member/wal").exists());
+    assert!(!etcdutl_data.join("member/wal").exists());
+
+    let again = tmp.path().join("again");
+    let refused = etcd::restore_from_file(&src.path, &again, &opts).unwrap_err();
+    assert!(matches!(refused, Error::WalDirExists { .. }), "{refused}");
+    assert!(
+        !again.exists(),
+        "a refused restore left {}",
+        again.display()
+    );
+
+    let mut spec = spec;
+    spec.extra = vec!["--wal-dir".into(), ours.to_str().unwrap().into()];
+    let mut server = Server::start(&spec);
+    server.wait_healthy();
+    assert_eq!(server.revision_and_count(), (src.revision, src.count));
+}
+
 #[test]
 fn bump_revision_marks_old_revisions_compacted() {
     let src = source();

@@ -11,7 +11,7 @@ use super::{snap, status, wal, Error};
 use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -19,6 +19,8 @@ use std::sync::mpsc;
 const TRAILER: u64 = 32;
 /// Copy buffer: large enough for sequential throughput, small against the 64 MiB memory budget.
 const CHUNK: usize = 4 << 20;
+/// What direct I/O asks of buffer addresses, file offsets and lengths (the largest logical block size).
+const DIRECT_ALIGN: usize = 4096;
 /// Chunks in flight between the copy loop and the hasher.
 const BUFFERS: usize = 3;
 
@@ -97,7 +99,7 @@ pub fn restore_from_file(
         .metadata()
         .map_err(Error::io("reading snapshot", snapshot))?
         .len();
-    restore_from_reader(&*file, size, snapshot, data_dir, opts)
+    restore(&*file, Some(&file), size, snapshot, data_dir, opts)
 }
 
 /// Restores from a stream of `size` bytes (a snapshot straight out of a bundle). `source` names the
@@ -110,9 +112,26 @@ pub fn restore_from_reader(
     data_dir: &Path,
     opts: &RestoreOptions,
 ) -> Result<Restored, Error> {
+    restore(reader, None, size, source, data_dir, opts)
+}
+
+/// `snapshot_file`: the file `reader` reads, when there is one. Then the db is written with direct
+/// I/O and checked and patched from the snapshot file, whose pages the copy has just brought into the
+/// page cache: filling a fresh page cache for the copy costs more than the copy itself (on virtual
+/// machines whose freed memory goes back to the hypervisor, several times more). The shared lock
+/// taken on the snapshot keeps etcd from changing it meanwhile. A stream has no file to read back,
+/// so its db goes through the page cache, where the check finds it.
+fn restore(
+    reader: impl Read,
+    snapshot_file: Option<&File>,
+    size: u64,
+    source: &Path,
+    data_dir: &Path,
+    opts: &RestoreOptions,
+) -> Result<Restored, Error> {
     let plan = Plan::new(size, source, data_dir, opts)?;
     let result = plan
-        .build(reader)
+        .build(reader, snapshot_file)
         .and_then(|restored| plan.commit().map(|()| restored));
     if result.is_err() {
         plan.clean_up();
@@ -227,7 +246,7 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn build(&self, reader: impl Read) -> Result<Restored, Error> {
+    fn build(&self, reader: impl Read, snapshot_file: Option<&File>) -> Result<Restored, Error> {
         for dir in std::iter::once(&self.tmp).chain(self.wal.as_ref().map(|(_, t)| t)) {
             if dir.symlink_metadata().is_ok() {
                 // etcd's own WAL creation clears a stale `.tmp` the same way: it can only be ours.
@@ -249,10 +268,10 @@ impl<'a> Plan<'a> {
         } else {
             self.size
         };
-        self.copy_db(reader, &db_file, &db_path, db_len)?;
+        self.copy_db(reader, &db_file, &db_path, db_len, snapshot_file.is_some())?;
 
         let read_err = |e| Error::from_read("reading", self.source, e);
-        let db = Db::open(&db_file, db_len).map_err(read_err)?;
+        let db = Db::open(snapshot_file.unwrap_or(&db_file), db_len).map_err(read_err)?;
         let before = status::status_of(&db).map_err(read_err)?;
         let changes = Changes {
             members: self
@@ -324,14 +343,21 @@ impl<'a> Plan<'a> {
         })
     }
 
-    /// Streams the db part of the snapshot into `file`, hashing it, and checks the trailer.
+    /// Streams the db part of the snapshot into `file`, hashing it, and checks the trailer. With
+    /// `direct`, whole blocks bypass the page cache when the filesystem allows it.
     fn copy_db(
         &self,
         mut reader: impl Read,
         file: &File,
         path: &Path,
         len: u64,
+        direct: bool,
     ) -> Result<(), Error> {
+        let mut out = DbWriter {
+            buffered: file,
+            direct: direct.then(|| open_direct(path)).flatten(),
+            path,
+        };
         let short = |e: io::Error| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 io::Error::new(
@@ -350,14 +376,14 @@ impl<'a> Plan<'a> {
             let (recycle, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
             for _ in 0..BUFFERS {
                 recycle
-                    .send(vec![0u8; CHUNK])
+                    .send(vec![0u8; CHUNK + DIRECT_ALIGN])
                     .expect("the pool has room for every buffer");
             }
             let hasher = s.spawn(move || {
                 let mut hasher = Sha256::new();
                 for (buf, n) in chunks {
                     if hash {
-                        hasher.update(&buf[..n]);
+                        hasher.update(&aligned(&buf)[..n]);
                     }
                     // The copy loop may have stopped on an error; then nobody takes buffers back.
                     let _ = recycle.send(buf);
@@ -365,20 +391,19 @@ impl<'a> Plan<'a> {
                 hasher.finalize()
             });
             let mut copy = || -> Result<(), Error> {
-                let mut out = file;
-                let mut left = len;
-                while left > 0 {
+                let mut offset = 0;
+                while offset < len {
                     let mut buf = free.recv().expect("the hasher returns every buffer");
-                    let n = left.min(CHUNK as u64) as usize;
+                    let n = (len - offset).min(CHUNK as u64) as usize;
+                    let data = &mut aligned_mut(&mut buf)[..n];
                     reader
-                        .read_exact(&mut buf[..n])
+                        .read_exact(data)
                         .map_err(|e| Error::io("reading", self.source)(short(e)))?;
-                    out.write_all(&buf[..n])
-                        .map_err(Error::io("writing", path))?;
+                    out.write(data, offset)?;
                     to_hasher
                         .send((buf, n))
                         .expect("the hasher runs until the channel closes");
-                    left -= n as u64;
+                    offset += n as u64;
                 }
                 Ok(())
             };
@@ -432,6 +457,51 @@ impl<'a> Plan<'a> {
                 }
             }
         }
+    }
+}
+
+/// The part of a copy buffer that starts at a `DIRECT_ALIGN` boundary.
+fn aligned(buf: &[u8]) -> &[u8] {
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    &buf[start..start + CHUNK]
+}
+
+fn aligned_mut(buf: &mut [u8]) -> &mut [u8] {
+    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
+    &mut buf[start..start + CHUNK]
+}
+
+/// A second handle on the db, for direct I/O; None where the filesystem has none (tmpfs).
+fn open_direct(path: &Path) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(nix::libc::O_DIRECT)
+        .open(path)
+        .ok()
+}
+
+/// Writes the db's chunks at their offsets: whole blocks through the direct handle while it works,
+/// the rest (and everything once the filesystem refuses a direct write) through the page cache.
+struct DbWriter<'a> {
+    buffered: &'a File,
+    direct: Option<File>,
+    path: &'a Path,
+}
+
+impl DbWriter<'_> {
+    fn write(&mut self, data: &[u8], offset: u64) -> Result<(), Error> {
+        if data.len() % DIRECT_ALIGN == 0 {
+            if let Some(direct) = &self.direct {
+                match direct.write_all_at(data, offset) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(nix::libc::EINVAL) => self.direct = None,
+                    Err(e) => return Err(Error::io("writing", self.path)(e)),
+                }
+            }
+        }
+        self.buffered
+            .write_all_at(data, offset)
+            .map_err(Error::io("writing", self.path))
     }
 }
 
