@@ -369,48 +369,69 @@ impl<'a> Plan<'a> {
             }
         };
         let hash = !self.opts.skip_hash_check;
-        // Hashing runs beside the read/write loop (it costs about as much CPU as the copy); the
-        // reader stays on this thread since a stream out of a bundle need not be `Send`.
-        let (actual, copied) = std::thread::scope(|s| {
-            let (to_hasher, chunks) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+        // A pipeline of three stages, each on its own thread, passing buffers along: this thread
+        // reads (decompresses, for a bundle: the reader need not be `Send`), the next writes, the
+        // last hashes and hands the buffer back. Each of the three costs about as much as another.
+        // A stage that fails drops its channels, which stops the others.
+        let (actual, written, copied) = std::thread::scope(|s| {
+            let (to_writer, chunks) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(BUFFERS);
+            let (to_hasher, written) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
             let (recycle, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
             for _ in 0..BUFFERS {
                 recycle
                     .send(vec![0u8; CHUNK + DIRECT_ALIGN])
                     .expect("the pool has room for every buffer");
             }
+            let writer = s.spawn(move || -> Result<(), Error> {
+                for (buf, n, offset) in chunks {
+                    out.write(&aligned(&buf)[..n], offset)?;
+                    if to_hasher.send((buf, n)).is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            });
             let hasher = s.spawn(move || {
                 let mut hasher = Sha256::new();
-                for (buf, n) in chunks {
+                for (buf, n) in written {
                     if hash {
                         hasher.update(&aligned(&buf)[..n]);
                     }
-                    // The copy loop may have stopped on an error; then nobody takes buffers back.
-                    let _ = recycle.send(buf);
+                    if recycle.send(buf).is_err() {
+                        break;
+                    }
                 }
                 hasher.finalize()
             });
             let mut copy = || -> Result<(), Error> {
                 let mut offset = 0;
                 while offset < len {
-                    let mut buf = free.recv().expect("the hasher returns every buffer");
+                    // No buffer comes back once the writer has failed: its error is the one to report.
+                    let Ok(mut buf) = free.recv() else {
+                        return Ok(());
+                    };
                     let n = (len - offset).min(CHUNK as u64) as usize;
-                    let data = &mut aligned_mut(&mut buf)[..n];
                     reader
-                        .read_exact(data)
+                        .read_exact(&mut aligned_mut(&mut buf)[..n])
                         .map_err(|e| Error::io("reading", self.source)(short(e)))?;
-                    out.write(data, offset)?;
-                    to_hasher
-                        .send((buf, n))
-                        .expect("the hasher runs until the channel closes");
+                    if to_writer.send((buf, n, offset)).is_err() {
+                        return Ok(());
+                    }
                     offset += n as u64;
                 }
                 Ok(())
             };
             let copied = copy();
-            drop(to_hasher);
-            (hasher.join().expect("hashing does not panic"), copied)
+            drop(to_writer);
+            drop(free);
+            let written = writer.join().expect("writing does not panic");
+            (
+                hasher.join().expect("hashing does not panic"),
+                written,
+                copied,
+            )
         });
+        written?;
         copied?;
         if self.has_trailer {
             let mut trailer = [0u8; TRAILER as usize];
