@@ -263,12 +263,8 @@ impl<'a> Plan<'a> {
 
         let db_path = snap_dir.join("db");
         let db_file = create(&db_path, 0o600)?;
-        let db_len = if self.has_trailer {
-            self.size - TRAILER
-        } else {
-            self.size
-        };
-        self.copy_db(reader, &db_file, &db_path, db_len, snapshot_file.is_some())?;
+        let db_len = self.db_len();
+        self.copy_db(reader, &db_file, &db_path, snapshot_file.is_some())?;
 
         let read_err = |e| Error::from_read("reading", self.source, e);
         let db = Db::open(snapshot_file.unwrap_or(&db_file), db_len).map_err(read_err)?;
@@ -343,6 +339,15 @@ impl<'a> Plan<'a> {
         })
     }
 
+    /// The snapshot without its sha256 trailer.
+    fn db_len(&self) -> u64 {
+        if self.has_trailer {
+            self.size - TRAILER
+        } else {
+            self.size
+        }
+    }
+
     /// Streams the db part of the snapshot into `file`, hashing it, and checks the trailer. With
     /// `direct`, whole blocks bypass the page cache when the filesystem allows it.
     fn copy_db(
@@ -350,9 +355,9 @@ impl<'a> Plan<'a> {
         mut reader: impl Read,
         file: &File,
         path: &Path,
-        len: u64,
         direct: bool,
     ) -> Result<(), Error> {
+        let len = self.db_len();
         let mut out = DbWriter {
             buffered: file,
             direct: direct.then(|| open_direct(path)).flatten(),
@@ -384,7 +389,7 @@ impl<'a> Plan<'a> {
             }
             let writer = s.spawn(move || -> Result<(), Error> {
                 for (buf, n, offset) in chunks {
-                    out.write(&aligned(&buf)[..n], offset)?;
+                    out.write(&buf[aligned(&buf)][..n], offset)?;
                     to_hasher
                         .send((buf, n))
                         .expect("the hasher runs until the writer stops");
@@ -395,7 +400,7 @@ impl<'a> Plan<'a> {
                 let mut hasher = Sha256::new();
                 for (buf, n) in written {
                     if hash {
-                        hasher.update(&aligned(&buf)[..n]);
+                        hasher.update(&buf[aligned(&buf)][..n]);
                     }
                     // Once the reader has stopped, nobody takes buffers back; hash what is queued.
                     let _ = recycle.send(buf);
@@ -410,8 +415,9 @@ impl<'a> Plan<'a> {
                         return Ok(());
                     };
                     let n = (len - offset).min(CHUNK as u64) as usize;
+                    let block = aligned(&buf);
                     reader
-                        .read_exact(&mut aligned_mut(&mut buf)[..n])
+                        .read_exact(&mut buf[block][..n])
                         .map_err(|e| Error::io("reading", self.source)(short(e)))?;
                     if to_writer.send((buf, n, offset)).is_err() {
                         return Ok(());
@@ -480,14 +486,9 @@ impl<'a> Plan<'a> {
 }
 
 /// The part of a copy buffer that starts at a `DIRECT_ALIGN` boundary.
-fn aligned(buf: &[u8]) -> &[u8] {
+fn aligned(buf: &[u8]) -> std::ops::Range<usize> {
     let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    &buf[start..start + CHUNK]
-}
-
-fn aligned_mut(buf: &mut [u8]) -> &mut [u8] {
-    let start = buf.as_ptr().align_offset(DIRECT_ALIGN);
-    &mut buf[start..start + CHUNK]
+    start..start + CHUNK
 }
 
 /// A second handle on the db, for direct I/O; None where the filesystem has none (tmpfs).
@@ -574,15 +575,11 @@ mod tests {
         }
     }
 
+    /// Bytes that differ from chunk to chunk, so a chunk written twice or skipped shows.
     fn bytes(len: usize) -> Vec<u8> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
+        (0u64..)
+            .flat_map(|block| Sha256::digest(block.to_le_bytes()))
+            .take(len)
             .collect()
     }
 
@@ -608,8 +605,7 @@ mod tests {
         } else {
             File::open(&path).unwrap()
         };
-        let len = plan.size - if plan.has_trailer { TRAILER } else { 0 };
-        let result = plan.copy_db(Trickle(input), &file, &path, len, direct);
+        let result = plan.copy_db(Trickle(input), &file, &path, direct);
         (result, fs::read(&path).unwrap())
     }
 

@@ -72,9 +72,10 @@ pub fn store_sealed(
     options: &SealOptions,
     write: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
 ) -> Result<Sealed, Error> {
+    let upload = store.create(name)?;
     let upload = match options.sign_key {
-        Some(_) => Digesting::signable(store.create(name)?),
-        None => Digesting::new(store.create(name)?),
+        Some(_) => Digesting::signable(upload),
+        None => Digesting::new(upload),
     };
     let mut sealing = Sealing::new(upload, &options.recipients, name)?;
     write(&mut sealing)?;
