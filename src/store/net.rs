@@ -485,12 +485,13 @@ fn validator_of(response: &Response) -> Option<HeaderValue> {
 }
 
 /// A request whose body is whatever the synchronous writer writes, sent by a runtime worker while the
-/// writer goes on; memory stays at `BODY_QUEUE` chunks. Dropped without `commit`, the request is cut
-/// off before its body ends, so the server never completes a truncated object.
+/// writer goes on; memory stays at `BODY_QUEUE` chunks. The body ends only at the end marker `commit`
+/// sends (`None`): a channel closed without it — the upload dropped — fails the body, so the server
+/// never completes a truncated object, however far the connection got meanwhile.
 pub(crate) struct StreamingUpload {
     name: String,
     url: String,
-    tx: Option<mpsc::Sender<io::Result<Bytes>>>,
+    tx: Option<mpsc::Sender<Option<Bytes>>>,
     task: Option<JoinHandle<Result<(), Error>>>,
     buf: BytesMut,
     written: u64,
@@ -506,8 +507,16 @@ impl StreamingUpload {
         request: RequestBuilder,
     ) -> StreamingUpload {
         let (tx, rx) = mpsc::channel(BODY_QUEUE);
-        let body = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
+        let body = futures_util::stream::unfold(Some(rx), |rx| async move {
+            let mut rx = rx?;
+            match rx.recv().await {
+                Some(Some(chunk)) => Some((Ok(chunk), Some(rx))),
+                Some(None) => None,
+                None => Some((
+                    Err(io::Error::other("the upload was dropped before its end")),
+                    None,
+                )),
+            }
         });
         let progress = Progress::new("uploading", url.clone(), net.progress_interval);
         let request = request.body(reqwest::Body::wrap_stream(body));
@@ -535,7 +544,7 @@ impl StreamingUpload {
         let sent = self
             .tx
             .as_ref()
-            .is_some_and(|tx| tx.blocking_send(Ok(chunk)).is_ok());
+            .is_some_and(|tx| tx.blocking_send(Some(chunk)).is_ok());
         if sent {
             Ok(())
         } else {
@@ -586,8 +595,11 @@ impl Write for StreamingUpload {
 impl Upload for StreamingUpload {
     fn commit(mut self: Box<Self>) -> Result<ObjectInfo, Error> {
         self.send_buffered()?;
-        // Closing the channel ends the body; only now may the server complete the object.
-        self.tx = None;
+        // The end marker ends the body; only now may the server complete the object. Should the
+        // request have ended already, its result says why.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.blocking_send(None);
+        }
         self.finish()?;
         Ok(uploaded(std::mem::take(&mut self.name), self.written))
     }
@@ -595,8 +607,8 @@ impl Upload for StreamingUpload {
 
 impl Drop for StreamingUpload {
     fn drop(&mut self) {
-        // The request must be gone *before* the channel closes: a closed channel would end the body
-        // normally and complete a truncated object.
+        // Without the end marker the body fails rather than ends; cancelling first also frees the
+        // connection at once.
         cancel(self.task.take());
     }
 }
