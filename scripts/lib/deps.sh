@@ -35,7 +35,8 @@ PIP_PACKAGES=(
 install_deps() {
   local missing=()
   for pkg in "${APT_PACKAGES[@]}"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+    # `dpkg -s` also succeeds for a removed package whose config files remain: ask for the state.
+    [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
   done
   if [ ${#missing[@]} -gt 0 ]; then
     echo "deps: installing Debian packages: ${missing[*]}"
