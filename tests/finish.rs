@@ -44,9 +44,18 @@ impl Kubelet {
                 .unwrap()];
             let manifest = root.join("etc/kubernetes/manifests/etcd.yaml");
             while !flag.load(Ordering::SeqCst) {
+                // Like kubelet, restart the static pod when it exits (it may have started while
+                // finish was swapping manifests, or been stopped by a failpoint's kill).
+                if matches!(children.get_mut(1).map(Child::try_wait), Some(Ok(Some(_)))) {
+                    children.truncate(1);
+                }
                 if children.len() == 1 && manifest.exists() {
                     std::thread::sleep(Duration::from_millis(300));
-                    let log = fs::File::create(root.join("etcd.log")).unwrap();
+                    let log = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(root.join("etcd.log"))
+                        .unwrap();
                     children.push(
                         Command::new(fixtures().join("run-static-etcd"))
                             .arg(&root)
