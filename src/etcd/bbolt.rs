@@ -5,6 +5,7 @@
 //! page it was found on. Pages are read with positioned reads, never mapped, so a 1 GiB db costs
 //! a page-sized buffer per tree level, plus one bit per page for cycle detection.
 
+use super::skeleton::Skeletons;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -299,7 +300,7 @@ pub struct Db<'f> {
 }
 
 /// Page sizes bbolt can have been written with (the OS page size of the writer).
-const PAGE_SIZES: [usize; 5] = [4096, 8192, 16384, 32768, 65536];
+pub(crate) const PAGE_SIZES: [usize; 5] = [4096, 8192, 16384, 32768, 65536];
 
 impl<'f> Db<'f> {
     /// Reads both meta pages and picks bbolt's choice: the valid one with the higher txid.
@@ -387,47 +388,59 @@ impl<'f> Db<'f> {
         })
     }
 
-    /// Reads page `id` with its overflow pages into `buf` and checks its header.
-    pub fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> Result<(), ReadError> {
+    /// Reads page `id` with its overflow pages into `buf` and checks its header; returns the pages
+    /// it spans.
+    pub fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> Result<u64, ReadError> {
+        self.check_id(id)?;
+        buf.resize(self.page_size, 0);
+        self.file.read_exact_at(buf, id * self.page_size as u64)?;
+        let pages = self.check_header(id, buf)?;
+        if pages > 1 {
+            buf.resize(pages as usize * self.page_size, 0);
+            self.file
+                .read_exact_at(&mut buf[self.page_size..], (id + 1) * self.page_size as u64)?;
+        }
+        Ok(pages)
+    }
+
+    fn check_id(&self, id: u64) -> Result<(), Corruption> {
         if id < 2 || id >= self.meta.hwm {
             return Err(corrupt(
                 Some(id),
                 format!("page id out of range (db has {} pages)", self.meta.hwm),
-            )
-            .into());
-        }
-        buf.resize(self.page_size, 0);
-        self.file.read_exact_at(buf, id * self.page_size as u64)?;
-        if le_u64(buf, 0) != id {
-            return Err(corrupt(
-                Some(id),
-                format!("page header carries id {}", le_u64(buf, 0)),
-            )
-            .into());
-        }
-        let overflow = u64::from(le_u32(buf, 12));
-        if overflow > 0 {
-            if id + overflow >= self.meta.hwm {
-                return Err(corrupt(
-                    Some(id),
-                    format!("{overflow} overflow pages run past the end of the db"),
-                )
-                .into());
-            }
-            let total = (overflow + 1) as usize * self.page_size;
-            buf.resize(total, 0);
-            self.file
-                .read_exact_at(&mut buf[self.page_size..], (id + 1) * self.page_size as u64)?;
+            ));
         }
         Ok(())
+    }
+
+    /// Checks the header of page `id` (or of its skeleton); returns the pages it spans.
+    fn check_header(&self, id: u64, header: &[u8]) -> Result<u64, Corruption> {
+        if le_u64(header, 0) != id {
+            return Err(corrupt(
+                Some(id),
+                format!("page header carries id {}", le_u64(header, 0)),
+            ));
+        }
+        let overflow = u64::from(le_u32(header, 12));
+        if id + overflow >= self.meta.hwm {
+            return Err(corrupt(
+                Some(id),
+                format!("{overflow} overflow pages run past the end of the db"),
+            ));
+        }
+        Ok(overflow + 1)
     }
 
     /// Visits every key of every bucket in order (a bucket's name, then its content), checking the
     /// whole tree: page ids in range, each page referenced once (so no cycles), keys strictly
     /// ascending within each bucket, elements inside their pages. Returns the pages in use; the
     /// others are free (what bbolt computes on open when no freelist is persisted).
+    ///
+    /// With `skeletons`, a page that has one is checked through it instead of being read: plain
+    /// keys between a leaf page's first and last are then not visited, and plain values are empty.
     pub fn walk(
         &self,
+        skeletons: Option<&Skeletons>,
         visit: &mut dyn FnMut(Visit<'_>) -> Result<(), ReadError>,
     ) -> Result<PageSet, ReadError> {
         let mut seen = vec![0u64; (self.meta.hwm as usize).div_ceil(64)];
@@ -436,6 +449,7 @@ impl<'f> Db<'f> {
             seen: &mut seen,
             visit,
             descend: true,
+            skeletons: skeletons.filter(|s| s.page_size() == Some(self.page_size)),
         };
         walker.bucket(BucketRoot::Page(self.meta.root), self.meta.txid % 2, 0)?;
         Ok(PageSet(seen))
@@ -472,6 +486,7 @@ impl<'f> Db<'f> {
             seen: &mut seen,
             visit: &mut visit,
             descend: false,
+            skeletons: None,
         };
         walker.bucket(root, holder, 0)?;
         Ok(out)
@@ -503,6 +518,7 @@ struct Walker<'a, 'f> {
     visit: &'a mut dyn FnMut(Visit<'_>) -> Result<(), ReadError>,
     /// Whether to enter nested buckets (a full check) or stay in the first one.
     descend: bool,
+    skeletons: Option<&'a Skeletons>,
 }
 
 impl Walker<'_, '_> {
@@ -549,9 +565,18 @@ impl Walker<'_, '_> {
         let (id, bytes) = match root {
             BucketRoot::Inline(b) => (holder, b),
             BucketRoot::Page(id) => {
-                self.db.read_page(id, &mut buf)?;
-                self.mark(id, (buf.len() / self.db.page_size) as u64)?;
-                (id, &buf[..])
+                let (bytes, pages) = match self.skeletons.and_then(|s| s.image(id)) {
+                    Some(image) => {
+                        self.db.check_id(id)?;
+                        (image, self.db.check_header(id, image)?)
+                    }
+                    None => {
+                        let pages = self.db.read_page(id, &mut buf)?;
+                        (&buf[..], pages)
+                    }
+                };
+                self.mark(id, pages)?;
+                (id, bytes)
             }
         };
         let page = Page::parse(id, bytes)?;

@@ -10,6 +10,7 @@ pub mod member;
 mod patch;
 mod proto;
 pub mod restore;
+pub mod skeleton;
 pub mod snap;
 pub mod status;
 pub mod wal;

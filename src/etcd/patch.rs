@@ -14,21 +14,36 @@ const SMALL_BUCKET_LIMIT: usize = 16 << 20;
 const MAX_ELEMENTS: usize = 0xFFFF;
 
 /// One element to write: a leaf entry (`flags`, `key`, `value`) or a branch entry (`key`, `child`).
-struct Elem<'a> {
+pub(super) struct Elem<'a> {
     flags: u32,
     key: &'a [u8],
     value: &'a [u8],
     child: u64,
 }
 
-impl<'a> From<&'a Entry> for Elem<'a> {
-    fn from(e: &'a Entry) -> Self {
+impl<'a> Elem<'a> {
+    pub(super) fn leaf(flags: u32, key: &'a [u8], value: &'a [u8]) -> Self {
         Elem {
-            flags: e.flags,
-            key: &e.key,
-            value: &e.value,
+            flags,
+            key,
+            value,
             child: 0,
         }
+    }
+
+    pub(super) fn branch(key: &'a [u8], child: u64) -> Self {
+        Elem {
+            flags: 0,
+            key,
+            value: &[],
+            child,
+        }
+    }
+}
+
+impl<'a> From<&'a Entry> for Elem<'a> {
+    fn from(e: &'a Entry) -> Self {
+        Elem::leaf(e.flags, &e.key, &e.value)
     }
 }
 
@@ -41,7 +56,7 @@ fn node_size(elems: &[Elem<'_>]) -> usize {
 }
 
 /// Serializes a node like bbolt's `node.write`: element headers first, then keys and values in order.
-fn encode(id: u64, leaf: bool, elems: &[Elem<'_>], out: &mut Vec<u8>) {
+pub(super) fn encode(id: u64, leaf: bool, elems: &[Elem<'_>], out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&id.to_le_bytes());
     out.extend_from_slice(&(if leaf { FLAG_LEAF } else { FLAG_BRANCH }).to_le_bytes());
@@ -167,23 +182,13 @@ impl<'a, 'f> Patch<'a, 'f> {
             let mut entries = Vec::with_capacity(page.count + 1);
             for i in 0..page.count {
                 let e = page.leaf(i)?;
-                entries.push(Elem {
-                    flags: e.flags,
-                    key: e.key,
-                    value: e.value,
-                    child: 0,
-                });
+                entries.push(Elem::leaf(e.flags, e.key, e.value));
             }
             if entries.last().is_some_and(|e| e.key >= key) {
                 return Err(corrupt(Some(id), "the new revision is not above the last key").into());
             }
             let first = entries.first().map_or(key, |e| e.key).to_vec();
-            let new = Elem {
-                flags: 0,
-                key,
-                value: &[],
-                child: 0,
-            };
+            let new = Elem::leaf(0, key, &[]);
             if fits(&entries, key.len()) {
                 entries.push(new);
                 return Ok((self.append(true, &entries)?, first, None));
@@ -194,12 +199,7 @@ impl<'a, 'f> Patch<'a, 'f> {
         let mut children = Vec::with_capacity(page.count + 1);
         for i in 0..page.count {
             let (k, child) = page.branch(i)?;
-            children.push(Elem {
-                flags: 0,
-                key: k,
-                value: &[],
-                child,
-            });
+            children.push(Elem::branch(k, child));
         }
         let first = children[0].key.to_vec();
         let last = children.len() - 1;
@@ -214,12 +214,7 @@ impl<'a, 'f> Patch<'a, 'f> {
             return Ok((self.append(false, &children)?, first, None));
         };
         if fits(&children, skey.len()) {
-            children.push(Elem {
-                flags: 0,
-                key: &skey,
-                value: &[],
-                child: sid,
-            });
+            children.push(Elem::branch(&skey, sid));
             return Ok((self.append(false, &children)?, first, None));
         }
         let me = if changed {
@@ -227,15 +222,7 @@ impl<'a, 'f> Patch<'a, 'f> {
         } else {
             id
         };
-        let new_sibling = self.append(
-            false,
-            &[Elem {
-                flags: 0,
-                key: &skey,
-                value: &[],
-                child: sid,
-            }],
-        )?;
+        let new_sibling = self.append(false, &[Elem::branch(&skey, sid)])?;
         Ok((me, first, Some((skey, new_sibling))))
     }
 
@@ -260,20 +247,7 @@ impl<'a, 'f> Patch<'a, 'f> {
             BucketRoot::Page(id) => {
                 let (mut root, first, sibling) = self.append_right(id, key, 0)?;
                 if let Some((skey, sid)) = sibling {
-                    let elems = [
-                        Elem {
-                            flags: 0,
-                            key: &first,
-                            value: &[],
-                            child: root,
-                        },
-                        Elem {
-                            flags: 0,
-                            key: &skey,
-                            value: &[],
-                            child: sid,
-                        },
-                    ];
+                    let elems = [Elem::branch(&first, root), Elem::branch(&skey, sid)];
                     root = self.append(false, &elems)?;
                 }
                 let mut v = root.to_le_bytes().to_vec();

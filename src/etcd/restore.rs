@@ -7,6 +7,7 @@
 use super::bbolt::Db;
 use super::member::Cluster;
 use super::patch::{Changes, Patch};
+use super::skeleton::Skeletons;
 use super::{snap, status, wal, Error};
 use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
 use sha2::{Digest, Sha256};
@@ -23,6 +24,11 @@ const CHUNK: usize = 4 << 20;
 const DIRECT_ALIGN: usize = 4096;
 /// Chunks in flight between the copy loop and the hasher.
 const BUFFERS: usize = 3;
+/// Memory for page skeletons: an etcd db of small objects needs about 2 % of its size; the pages
+/// of a larger db past the budget are read back by the check instead.
+const SKELETON_BUDGET: usize = 16 << 20;
+// Skeletons are recorded per chunk: a chunk holds whole pages of every page size bbolt has.
+const _: () = assert!(CHUNK % (64 << 10) == 0);
 
 /// etcdutl's restore flags, with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,12 +105,11 @@ pub fn restore_from_file(
         .metadata()
         .map_err(Error::io("reading snapshot", snapshot))?
         .len();
-    restore(&*file, Some(&file), size, snapshot, data_dir, opts)
+    restore(&*file, size, snapshot, data_dir, opts)
 }
 
 /// Restores from a stream of `size` bytes (a snapshot straight out of a bundle). `source` names the
-/// snapshot in messages. The db is written once, sequentially, hashed on the way, checked against
-/// the sha256 trailer at the end, then checked page by page and patched in place.
+/// snapshot in messages.
 pub fn restore_from_reader(
     reader: impl Read,
     size: u64,
@@ -112,18 +117,16 @@ pub fn restore_from_reader(
     data_dir: &Path,
     opts: &RestoreOptions,
 ) -> Result<Restored, Error> {
-    restore(reader, None, size, source, data_dir, opts)
+    restore(reader, size, source, data_dir, opts)
 }
 
-/// `snapshot_file`: the file `reader` reads, when there is one. Then the db is written with direct
-/// I/O and checked and patched from the snapshot file, whose pages the copy has just brought into the
-/// page cache: filling a fresh page cache for the copy costs more than the copy itself (on virtual
-/// machines whose freed memory goes back to the hypervisor, several times more). The shared lock
-/// taken on the snapshot keeps etcd from changing it meanwhile. A stream has no file to read back,
-/// so its db goes through the page cache, where the check finds it.
+/// The db is written once, sequentially, with direct I/O where the filesystem has it: filling a
+/// fresh page cache for the copy costs more than the copy itself (on virtual machines whose freed
+/// memory goes back to the hypervisor, several times more). It is hashed on the way and checked
+/// against the sha256 trailer at the end; then its whole tree is checked through the page
+/// skeletons recorded on the way (so the db is not read back), and it is patched in place.
 fn restore(
     reader: impl Read,
-    snapshot_file: Option<&File>,
     size: u64,
     source: &Path,
     data_dir: &Path,
@@ -131,7 +134,7 @@ fn restore(
 ) -> Result<Restored, Error> {
     let plan = Plan::new(size, source, data_dir, opts)?;
     let result = plan
-        .build(reader, snapshot_file)
+        .build(reader)
         .and_then(|restored| plan.commit().map(|()| restored));
     if result.is_err() {
         plan.clean_up();
@@ -246,7 +249,7 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn build(&self, reader: impl Read, snapshot_file: Option<&File>) -> Result<Restored, Error> {
+    fn build(&self, reader: impl Read) -> Result<Restored, Error> {
         for dir in std::iter::once(&self.tmp).chain(self.wal.as_ref().map(|(_, t)| t)) {
             if dir.symlink_metadata().is_ok() {
                 // etcd's own WAL creation clears a stale `.tmp` the same way: it can only be ours.
@@ -264,11 +267,11 @@ impl<'a> Plan<'a> {
         let db_path = snap_dir.join("db");
         let db_file = create(&db_path, 0o600)?;
         let db_len = self.db_len();
-        self.copy_db(reader, &db_file, &db_path, snapshot_file.is_some())?;
+        let skeletons = self.copy_db(reader, &db_file, &db_path)?;
 
         let read_err = |e| Error::from_read("reading", self.source, e);
-        let db = Db::open(snapshot_file.unwrap_or(&db_file), db_len).map_err(read_err)?;
-        let before = status::status_of(&db).map_err(read_err)?;
+        let db = Db::open(&db_file, db_len).map_err(read_err)?;
+        let revision = status::checked_revision(&db, Some(&skeletons)).map_err(read_err)?;
         let changes = Changes {
             members: self
                 .cluster
@@ -333,7 +336,7 @@ impl<'a> Plan<'a> {
         Ok(Restored {
             cluster: self.cluster.clone(),
             member_id: self.member_id,
-            revision: before.revision,
+            revision,
             bumped_revision: patched.bumped_to,
             db_size,
         })
@@ -348,19 +351,14 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// Streams the db part of the snapshot into `file`, hashing it, and checks the trailer. With
-    /// `direct`, whole blocks bypass the page cache when the filesystem allows it.
-    fn copy_db(
-        &self,
-        mut reader: impl Read,
-        file: &File,
-        path: &Path,
-        direct: bool,
-    ) -> Result<(), Error> {
+    /// Streams the db part of the snapshot into `file`, hashing it and recording its pages'
+    /// skeletons, and checks the trailer. Whole blocks bypass the page cache when the filesystem
+    /// allows it.
+    fn copy_db(&self, mut reader: impl Read, file: &File, path: &Path) -> Result<Skeletons, Error> {
         let len = self.db_len();
         let mut out = DbWriter {
             buffered: file,
-            direct: direct.then(|| open_direct(path)).flatten(),
+            direct: open_direct(path),
             path,
         };
         let short = |e: io::Error| {
@@ -376,11 +374,11 @@ impl<'a> Plan<'a> {
         let hash = !self.opts.skip_hash_check;
         // A pipeline of three stages, each on its own thread, passing buffers along: this thread
         // reads (decompresses, for a bundle: the reader need not be `Send`), the next writes, the
-        // last hashes and hands the buffer back. Each of the three costs about as much as another.
-        // A stage that fails drops its channels, which stops the others.
-        let (actual, written, copied) = std::thread::scope(|s| {
+        // last hashes, records skeletons and hands the buffer back. A stage that fails drops its
+        // channels, which stops the others.
+        let ((actual, skeletons), written, copied) = std::thread::scope(|s| {
             let (to_writer, chunks) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(BUFFERS);
-            let (to_hasher, written) = mpsc::sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+            let (to_hasher, written) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(BUFFERS);
             let (recycle, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
             for _ in 0..BUFFERS {
                 recycle
@@ -391,21 +389,24 @@ impl<'a> Plan<'a> {
                 for (buf, n, offset) in chunks {
                     out.write(&buf[aligned(&buf)][..n], offset)?;
                     to_hasher
-                        .send((buf, n))
+                        .send((buf, n, offset))
                         .expect("the hasher runs until the writer stops");
                 }
                 Ok(())
             });
             let hasher = s.spawn(move || {
                 let mut hasher = Sha256::new();
-                for (buf, n) in written {
+                let mut skeletons = Skeletons::new(SKELETON_BUDGET);
+                for (buf, n, offset) in written {
+                    let data = &buf[aligned(&buf)][..n];
                     if hash {
-                        hasher.update(&buf[aligned(&buf)][..n]);
+                        hasher.update(data);
                     }
+                    skeletons.record(offset, data);
                     // Once the reader has stopped, nobody takes buffers back; hash what is queued.
                     let _ = recycle.send(buf);
                 }
-                hasher.finalize()
+                (hasher.finalize(), skeletons)
             });
             let mut copy = || -> Result<(), Error> {
                 let mut offset = 0;
@@ -450,7 +451,7 @@ impl<'a> Plan<'a> {
                 });
             }
         }
-        Ok(())
+        Ok(skeletons)
     }
 
     /// Renames the built dirs into place (WAL dir first: the data dir appearing is the commit).
@@ -584,12 +585,8 @@ mod tests {
     }
 
     /// Streams `input` through `copy_db` into a fresh file; returns the result and the file's bytes.
-    fn copy(
-        input: &[u8],
-        opts: &RestoreOptions,
-        direct: bool,
-        writable: bool,
-    ) -> (Result<(), Error>, Vec<u8>) {
+    /// Not `writable`: the file is opened read-only and the direct handle cannot be opened.
+    fn copy(input: &[u8], opts: &RestoreOptions, writable: bool) -> (Result<(), Error>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let plan = Plan::new(
             input.len() as u64,
@@ -600,12 +597,12 @@ mod tests {
         .unwrap();
         let path = dir.path().join("db");
         let file = create(&path, 0o600).unwrap();
-        let file = if writable {
-            file
+        let (file, named) = if writable {
+            (file, path.clone())
         } else {
-            File::open(&path).unwrap()
+            (File::open(&path).unwrap(), dir.path().join("absent"))
         };
-        let result = plan.copy_db(Trickle(input), &file, &path, direct);
+        let result = plan.copy_db(Trickle(input), &file, &named).map(drop);
         (result, fs::read(&path).unwrap())
     }
 
@@ -614,14 +611,12 @@ mod tests {
         let db = bytes(5 * CHUNK + 3 * DIRECT_ALIGN);
         let mut snapshot = db.clone();
         snapshot.extend_from_slice(&Sha256::digest(&db));
-        for direct in [false, true] {
-            let (result, written) = copy(&snapshot, &RestoreOptions::default(), direct, true);
-            result.unwrap();
-            assert!(written == db, "direct: {direct}");
-        }
+        let (result, written) = copy(&snapshot, &RestoreOptions::default(), true);
+        result.unwrap();
+        assert!(written == db);
         let last = snapshot.len() - 1;
         snapshot[last] ^= 1;
-        let (result, _) = copy(&snapshot, &RestoreOptions::default(), true, true);
+        let (result, _) = copy(&snapshot, &RestoreOptions::default(), true);
         assert!(
             matches!(result, Err(Error::HashMismatch { .. })),
             "{result:?}"
@@ -635,7 +630,7 @@ mod tests {
             skip_hash_check: true,
             ..RestoreOptions::default()
         };
-        let (result, written) = copy(&db, &opts, true, true);
+        let (result, written) = copy(&db, &opts, true);
         result.unwrap();
         assert!(written == db);
     }
@@ -644,7 +639,7 @@ mod tests {
     fn a_failed_write_stops_the_pipeline_with_its_error() {
         let mut snapshot = bytes(4 * CHUNK);
         snapshot.extend_from_slice(&Sha256::digest(&snapshot));
-        let (result, written) = copy(&snapshot, &RestoreOptions::default(), false, false);
+        let (result, written) = copy(&snapshot, &RestoreOptions::default(), false);
         assert!(
             matches!(&result, Err(Error::Io { step, .. }) if *step == "writing"),
             "{result:?}"

@@ -1,6 +1,7 @@
 //! `snapshot status`: the figures `etcdutl snapshot status` prints, from a full checked walk.
 
-use super::bbolt::{corrupt, Db};
+use super::bbolt::{corrupt, Db, ReadError, Visit};
+use super::skeleton::Skeletons;
 use super::Error;
 use std::fs::File;
 use std::path::Path;
@@ -31,25 +32,17 @@ pub fn snapshot_status(path: &Path) -> Result<Status, Error> {
     status_of(&db).map_err(|e| Error::from_read("reading snapshot", path, e))
 }
 
-/// The status of an open db; also the full consistency check a restore runs before patching.
-pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, super::bbolt::ReadError> {
+/// The status of an open db, from a walk over every page.
+pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, ReadError> {
     let mut hash = 0u32;
     let mut revision = 0i64;
     let mut total_key = 0u64;
     let mut in_key_bucket = false;
-    db.walk(&mut |v| {
+    db.walk(None, &mut |v| {
         match v.depth {
             0 => {
-                if !v.bucket {
-                    let name = String::from_utf8_lossy(v.key);
-                    return Err(corrupt(
-                        Some(db.meta.root),
-                        format!("top-level key {name:?} is not a bucket"),
-                    )
-                    .into());
-                }
+                in_key_bucket = top_level_bucket(db, &v)?;
                 hash = crc32c::crc32c_append(hash, v.key);
-                in_key_bucket = v.key == b"key";
             }
             1 => {
                 // Go's bucket ForEach yields a nil value for a nested bucket.
@@ -58,7 +51,7 @@ pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, super::bbolt::ReadError> 
                     hash = crc32c::crc32c_append(hash, v.value);
                 }
                 if in_key_bucket && v.key.len() >= 8 {
-                    revision = i64::from_be_bytes(v.key[..8].try_into().expect("8 bytes"));
+                    revision = main_revision(v.key);
                 }
                 total_key += 1;
             }
@@ -72,6 +65,56 @@ pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, super::bbolt::ReadError> 
         total_key,
         total_size: db.meta.hwm * db.page_size as u64,
     })
+}
+
+/// The consistency check a restore runs before patching: the whole tree, checked as for
+/// [`status_of`], through `skeletons` where they were recorded. Returns the main revision of the
+/// last key of bucket `key` (0 when it is empty), which must be a revision key.
+pub fn checked_revision(db: &Db<'_>, skeletons: Option<&Skeletons>) -> Result<i64, ReadError> {
+    let mut in_key_bucket = false;
+    let mut last_is_revision = true;
+    let mut revision = 0i64;
+    db.walk(skeletons, &mut |v| {
+        match v.depth {
+            0 => in_key_bucket = top_level_bucket(db, &v)?,
+            1 if in_key_bucket => {
+                last_is_revision = v.key.len() >= REVISION_KEY_LEN;
+                if last_is_revision {
+                    revision = main_revision(v.key);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    if !last_is_revision {
+        return Err(corrupt(
+            None,
+            "the last key of bucket `key` is shorter than an etcd revision key",
+        )
+        .into());
+    }
+    Ok(revision)
+}
+
+/// etcd's revision keys: 8 bytes of main revision, `_`, 8 bytes of sub revision (a tombstone adds `t`).
+const REVISION_KEY_LEN: usize = 17;
+
+fn main_revision(key: &[u8]) -> i64 {
+    i64::from_be_bytes(key[..8].try_into().expect("8 bytes"))
+}
+
+/// Refuses a top-level key that is not a bucket (etcd keeps everything in buckets); true for `key`.
+fn top_level_bucket(db: &Db<'_>, v: &Visit<'_>) -> Result<bool, ReadError> {
+    if !v.bucket {
+        let name = String::from_utf8_lossy(v.key);
+        return Err(corrupt(
+            Some(db.meta.root),
+            format!("top-level key {name:?} is not a bucket"),
+        )
+        .into());
+    }
+    Ok(v.key == b"key")
 }
 
 impl Status {

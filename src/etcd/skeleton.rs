@@ -1,0 +1,140 @@
+//! Page skeletons: what the restore's consistency walk needs of each page, recorded while the db
+//! streams past on its way to disk, so the walk does not read a 1 GiB db back.
+//!
+//! The db is written with direct I/O, past the page cache; reading it back for the walk would
+//! bring it all in again, which costs more than the whole copy. A skeleton is a bbolt page image
+//! that keeps, of a leaf page, its first and last keys, every nested bucket (with its value), and
+//! one key that is not a bucket if there is any; of a branch page, every element. Values of plain
+//! keys are left empty. The walk over skeletons checks what the walk over pages checks: order
+//! between pages through first and last keys, order within a page when the skeleton is made,
+//! reachability and overlap through the page count kept in the header, top-level keys being
+//! buckets through the one plain key kept. A page whose skeleton cannot be made (it fails a check,
+//! straddles two chunks, or the memory budget is spent) gets none: the walk reads that page from
+//! the file and reports what is wrong with it there.
+
+use super::bbolt::{le_u32, le_u64, Meta, Page, FLAG_BUCKET, META_PAGE_PREFIX, PAGE_SIZES};
+use super::patch::{encode, Elem};
+
+/// Images of the pages of one db, by page id.
+pub struct Skeletons {
+    /// Unknown until the first chunk; `None` after it when page 0 is no valid meta page.
+    page_size: Option<usize>,
+    /// Per page id: 1 + the offset of its image's length prefix in `images`; 0 for none.
+    index: Vec<u32>,
+    images: Vec<u8>,
+    budget: usize,
+    /// Set once an image did not fit the budget: later pages are not recorded.
+    spent: bool,
+}
+
+impl Skeletons {
+    /// Records at most `budget` bytes of images; pages past it are read from the file by the walk.
+    pub fn new(budget: usize) -> Skeletons {
+        Skeletons {
+            page_size: None,
+            index: Vec::new(),
+            images: Vec::new(),
+            budget: budget.min(u32::MAX as usize),
+            spent: false,
+        }
+    }
+
+    pub fn page_size(&self) -> Option<usize> {
+        self.page_size
+    }
+
+    /// Records the whole pages of `data`, the db's bytes from `offset` on. Chunks arrive in order,
+    /// starting at page boundaries; the first one starts at 0 and names the page size.
+    pub fn record(&mut self, offset: u64, data: &[u8]) {
+        if offset == 0 {
+            self.page_size = (data.len() >= META_PAGE_PREFIX)
+                .then(|| Meta::parse(0, &data[..META_PAGE_PREFIX]).ok())
+                .flatten()
+                .map(|meta| meta.page_size as usize)
+                .filter(|ps| PAGE_SIZES.contains(ps));
+        }
+        let Some(ps) = self.page_size else { return };
+        if self.spent || offset % ps as u64 != 0 {
+            return;
+        }
+        let first = offset / ps as u64;
+        let mut elems = Vec::new();
+        for (i, start) in (0..data.len()).step_by(ps).enumerate() {
+            let id = first + i as u64;
+            if id < 2 || start + ps > data.len() || le_u64(data, start) != id {
+                continue;
+            }
+            let span = (u64::from(le_u32(data, start + 12)) + 1).saturating_mul(ps as u64);
+            let Some(bytes) = data.get(start..).and_then(|d| d.get(..span as usize)) else {
+                continue;
+            };
+            self.add(id, bytes, &mut elems);
+            if self.spent {
+                return;
+            }
+        }
+    }
+
+    /// Adds the skeleton of page `id`, unless the budget is spent by it.
+    fn add<'a>(&mut self, id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) {
+        elems.clear();
+        let Some(leaf) = keep(id, bytes, elems) else {
+            return;
+        };
+        let at = self.images.len();
+        self.images.extend_from_slice(&[0; 4]);
+        encode(id, leaf, elems, &mut self.images);
+        let len = self.images.len() - at - 4;
+        if self.images.len() > self.budget {
+            self.images.truncate(at);
+            self.spent = true;
+            return;
+        }
+        self.images[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+        // The page count of the original page, for the walk's overlap check.
+        self.images[at + 4 + 12..at + 4 + 16].copy_from_slice(&bytes[12..16]);
+        let slot = id as usize;
+        if self.index.len() <= slot {
+            self.index.resize(slot + 1, 0);
+        }
+        self.index[slot] = at as u32 + 1;
+    }
+
+    /// The skeleton of page `id`, if one was recorded.
+    pub fn image(&self, id: u64) -> Option<&[u8]> {
+        let at = *self.index.get(usize::try_from(id).ok()?)?;
+        let at = at.checked_sub(1)? as usize;
+        let len = le_u32(&self.images, at) as usize;
+        Some(&self.images[at + 4..at + 4 + len])
+    }
+}
+
+/// The elements a skeleton keeps of page `id`, and whether it is a leaf; `None` when the page
+/// fails a check the walk would make.
+fn keep<'a>(id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) -> Option<bool> {
+    let page = Page::parse(id, bytes).ok()?;
+    if !page.is_leaf() {
+        for i in 0..page.count {
+            let (key, child) = page.branch(i).ok()?;
+            elems.push(Elem::branch(key, child));
+        }
+        return Some(false);
+    }
+    let mut previous: Option<&[u8]> = None;
+    let mut plain_kept = false;
+    for i in 0..page.count {
+        let e = page.leaf(i).ok()?;
+        if previous.is_some_and(|p| p >= e.key) {
+            return None;
+        }
+        previous = Some(e.key);
+        let bucket = e.flags & FLAG_BUCKET != 0;
+        // The first element is kept either way: as a bucket, or as the first plain key.
+        if bucket || !plain_kept || i + 1 == page.count {
+            plain_kept |= !bucket;
+            let value = if bucket { e.value } else { &[] };
+            elems.push(Elem::leaf(e.flags, e.key, value));
+        }
+    }
+    Some(true)
+}
