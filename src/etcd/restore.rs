@@ -105,27 +105,18 @@ pub fn restore_from_file(
         .metadata()
         .map_err(Error::io("reading snapshot", snapshot))?
         .len();
-    restore(&*file, size, snapshot, data_dir, opts)
+    restore_from_reader(&*file, size, snapshot, data_dir, opts)
 }
 
 /// Restores from a stream of `size` bytes (a snapshot straight out of a bundle). `source` names the
 /// snapshot in messages.
-pub fn restore_from_reader(
-    reader: impl Read,
-    size: u64,
-    source: &Path,
-    data_dir: &Path,
-    opts: &RestoreOptions,
-) -> Result<Restored, Error> {
-    restore(reader, size, source, data_dir, opts)
-}
-
+///
 /// The db is written once, sequentially, with direct I/O where the filesystem has it: filling a
 /// fresh page cache for the copy costs more than the copy itself (on virtual machines whose freed
 /// memory goes back to the hypervisor, several times more). It is hashed on the way and checked
 /// against the sha256 trailer at the end; then its whole tree is checked through the page
 /// skeletons recorded on the way (so the db is not read back), and it is patched in place.
-fn restore(
+pub fn restore_from_reader(
     reader: impl Read,
     size: u64,
     source: &Path,
