@@ -214,10 +214,16 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
                 Source::Store(store, object) => open_object(store, object, indexed_size)?,
                 Source::File(path) => open_file(path)?,
             };
+            let streamed = match expected {
+                Some(expected) => Streamed::Hashed {
+                    reader: Box::new(Digesting::new(input)),
+                    expected,
+                },
+                None => Streamed::Plain(input),
+            };
             Box::new(CheckAtEnd {
-                inner: Some(Digesting::new(input)),
+                inner: Some(streamed),
                 name: name.clone(),
-                expected,
                 ended: ended.clone(),
             })
         }
@@ -390,26 +396,39 @@ fn check_digest(
     }
 }
 
-/// Hashes a streamed object and, when it ends, compares with the index's digest; a mismatch fails
-/// the read that hit the end, so the bundle reader reports it.
+/// Records the end of a streamed object and, when the index has its digest, compares the digest of
+/// what streamed past; a mismatch fails the read that hit the end, so the bundle reader reports it.
 struct CheckAtEnd {
-    inner: Option<Digesting<Box<dyn Read + Send>>>,
+    inner: Option<Streamed>,
     name: String,
-    expected: Option<String>,
     ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
+}
+
+/// A stored object as it streams: hashed only when there is a digest to compare with.
+enum Streamed {
+    Hashed {
+        reader: Box<Digesting<Box<dyn Read + Send>>>,
+        expected: String,
+    },
+    Plain(Box<dyn Read + Send>),
 }
 
 impl Read for CheckAtEnd {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Ok(0);
+        let n = match self.inner.as_mut() {
+            None => return Ok(0),
+            Some(Streamed::Hashed { reader, .. }) => reader.read(buf)?,
+            Some(Streamed::Plain(reader)) => reader.read(buf)?,
         };
-        let n = inner.read(buf)?;
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        let (_, digest) = self.inner.take().expect("checked above").finish();
-        let result = check_digest(&self.name, self.expected.as_deref(), &digest);
+        let result = match self.inner.take().expect("checked above") {
+            Streamed::Hashed { reader, expected } => {
+                check_digest(&self.name, Some(&expected), &reader.finish().1)
+            }
+            Streamed::Plain(_) => Ok(()),
+        };
         let failed = result.as_ref().err().map(ToString::to_string);
         *self.ended.lock().expect("digest state") = Some(result);
         match failed {
