@@ -626,9 +626,14 @@ fn refuses_bad_options_and_busy_targets() {
     assert!(!tmp.path().join("copy").exists());
 }
 
+/// The page size meta page 0 of a db records.
+fn page_size(db: &[u8]) -> usize {
+    u32::from_le_bytes(db[24..28].try_into().unwrap()) as usize
+}
+
 /// Page size, hwm and the root page of bucket `key` of a snapshot file.
 fn key_bucket_root(bytes: &[u8]) -> (usize, u64) {
-    let ps = u32::from_le_bytes(bytes[24..28].try_into().unwrap()) as usize;
+    let ps = page_size(bytes);
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("probe-{}", std::process::id()));
     fs::write(&path, bytes).unwrap();
     let file = fs::File::open(&path).unwrap();
@@ -701,7 +706,7 @@ fn damaged_snapshots_fail_cleanly() {
             "bad-meta.db",
             "both meta pages are invalid",
             Box::new(|b: &mut Vec<u8>| {
-                let ps = u32::from_le_bytes(b[24..28].try_into().unwrap()) as usize;
+                let ps = page_size(b);
                 b[16 + 56] ^= 0xff;
                 b[ps + 16 + 56] ^= 0xff;
             }),
@@ -749,7 +754,7 @@ fn damaged_snapshots_fail_cleanly() {
 fn the_skeleton_check_agrees_with_the_page_walk() {
     let mut db = fs::read(&source().path).unwrap();
     db.truncate(db.len() - 32);
-    let ps = u32::from_le_bytes(db[24..28].try_into().unwrap()) as usize;
+    let ps = page_size(&db);
     let tmp = TempDir::new().unwrap();
     let path = tmp.path().join("db");
     fs::write(&path, &db).unwrap();
