@@ -215,6 +215,53 @@ fn provisioned_target() -> tempfile::TempDir {
     target
 }
 
+const FINISH_UNIT: &str = "cpr-finish.service";
+
+/// Phase 2 as the recovery boot leaves it: the shipped unit installed and enabled.
+fn install_finish_unit(root: &Path) -> PathBuf {
+    let units = root.join("etc/systemd/system");
+    fs::create_dir_all(units.join("multi-user.target.wants")).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("image/systemd")
+            .join(FINISH_UNIT),
+        units.join(FINISH_UNIT),
+    )
+    .unwrap();
+    let link = units.join("multi-user.target.wants").join(FINISH_UNIT);
+    std::os::unix::fs::symlink(Path::new("/etc/systemd/system").join(FINISH_UNIT), &link).unwrap();
+    link
+}
+
+/// `cpr finish` as the unit's ExecStart runs it: inside the unit's start job, which the systemctl
+/// double then holds to systemd's job ordering.
+fn finish_as_unit(root: &Path, ports: Ports, extra: &[&str]) -> std::process::Output {
+    let mut env = finish_env(root, ports);
+    env.push(("SYSTEMCTL_DOUBLE_STARTING_UNIT".into(), FINISH_UNIT.into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let args = [
+        &[
+            "finish",
+            "--root",
+            root.to_str().unwrap(),
+            "--timeout",
+            "60",
+            "--unit",
+            FINISH_UNIT,
+        ][..],
+        extra,
+    ]
+    .concat();
+    cpr_env(&args, &env)
+}
+
+fn deadlocks(root: &Path) -> Vec<Value> {
+    log_lines(&root.join("var/log/systemctl.log"))
+        .into_iter()
+        .filter(|l| l.get("deadlock").is_some())
+        .collect()
+}
+
 fn log_lines(path: &Path) -> Vec<Value> {
     fs::read_to_string(path)
         .unwrap_or_default()
@@ -241,20 +288,15 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
         &[&restore_args[..], &["--no-finish"]].concat(),
     ));
     let kubelet = Kubelet::start(root, ports);
-    let out = cpr_in(
-        root,
-        ports,
-        &[
-            "finish",
-            "--root",
-            root.to_str().unwrap(),
-            "--timeout",
-            "60",
-            "--output",
-            "json",
-        ],
-    );
+    let enabled = install_finish_unit(root);
+    let out = finish_as_unit(root, ports, &["--output", "json"]);
     let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+
+    // Run by its unit at boot: kubeadm's and cpr's `systemctl restart kubelet` never wait for the
+    // unit's own start job, and once phase 2 succeeded the unit is disabled.
+    assert_eq!(deadlocks(root), Vec::<Value>::new());
+    assert!(!enabled.exists() && !enabled.is_symlink());
+    assert!(!root.join("var/lib/cpr/finish-failed").exists());
 
     // kubeadm was asked for exactly the restore's exception, with the node and the backed-up cluster config.
     let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
@@ -449,5 +491,67 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
         ok(&finish(target.path(), &[]));
         drop(kubelet);
         assert_eq!(outcome(target.path()), expected, "after a kill at {point}");
+    }
+}
+
+/// A failed boot-time phase 2 is final: the unit is disabled, the failure recorded where the operator
+/// looks (a marker, the console's login prompt, the login banner); `cpr finish` by hand then
+/// completes the recovery and takes the notices away.
+#[test]
+fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
+    let ports = Ports::pick();
+    let (_source, store) = backed_up_node(ports, 5, None);
+    let target = provisioned_target();
+    let root = target.path();
+    let args = restore_args(store.path(), root, NODE_IP);
+    ok(&cpr_in(root, ports, &with(&args, &["--no-finish"])));
+    let enabled = install_finish_unit(root);
+
+    // The operator's mistake of the day: kubeadm is not installed on the replacement node.
+    let failed = finish_as_unit(
+        root,
+        ports,
+        &["--kubeadm", "/usr/bin/kubeadm-not-installed"],
+    );
+    assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));
+    assert!(!enabled.exists() && !enabled.is_symlink());
+    let marker = fs::read_to_string(root.join("var/lib/cpr/finish-failed")).unwrap();
+    assert!(
+        marker.contains("/usr/bin/kubeadm-not-installed") && marker.contains("sudo cpr finish"),
+        "{marker}"
+    );
+    for banner in ["etc/issue.d/cpr-finish.issue", "etc/motd.d/cpr-finish"] {
+        let text = fs::read_to_string(root.join(banner)).unwrap();
+        assert!(
+            text.contains("FAILED") && text.contains("kubeadm-not-installed"),
+            "{banner}: {text}"
+        );
+    }
+    let state: Value =
+        serde_json::from_slice(&fs::read(root.join("var/lib/cpr/state.json")).unwrap()).unwrap();
+    assert_eq!(state["phase"], "restored");
+
+    let kubelet = Kubelet::start(root, ports);
+    ok(&cpr_in(
+        root,
+        ports,
+        &[
+            "finish",
+            "--root",
+            root.to_str().unwrap(),
+            "--timeout",
+            "60",
+        ],
+    ));
+    drop(kubelet);
+    for notice in [
+        "var/lib/cpr/finish-failed",
+        "etc/issue.d/cpr-finish.issue",
+        "etc/motd.d/cpr-finish",
+    ] {
+        assert!(
+            !root.join(notice).exists(),
+            "{notice} outlived the recovery"
+        );
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Output;
-use crate::ops::finish::{describe, finish, FinishRequest};
+use crate::ops::finish::{describe, finish, settle_unit, FinishRequest};
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -24,6 +24,10 @@ pub struct FinishCmd {
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
+    /// the systemd unit running this at boot (cpr-finish.service): disabled once phase 2 succeeded
+    /// or failed; a failure is recorded in /var/lib/cpr/finish-failed and shown at login
+    #[argh(option)]
+    pub unit: Option<String>,
 }
 
 /// What `cpr restore` passes on to phase 2.
@@ -44,11 +48,23 @@ pub fn finish_request(args: FinishArgs) -> FinishRequest {
 }
 
 pub fn run(cmd: FinishCmd) -> Result<(), Error> {
-    let report = finish(&finish_request(FinishArgs {
+    let request = finish_request(FinishArgs {
         root: cmd.root,
         kubeadm: cmd.kubeadm,
         timeout: cmd.timeout,
-    }))?;
+    });
+    let outcome = finish(&request);
+    if let Some(unit) = &cmd.unit {
+        let failure = outcome.as_ref().err().map(|e| crate::error::chain(e));
+        if let Err(error) = settle_unit(&request, unit, failure.as_deref()) {
+            // A failed phase 2 stays the error to report; not settling it comes with it.
+            if outcome.is_ok() {
+                return Err(error.into());
+            }
+            log::error!("finish: {}", crate::error::chain(&error));
+        }
+    }
+    let report = outcome?;
     match cmd.output {
         Output::Json => println!(
             "{}",

@@ -15,6 +15,12 @@ pub const KUBEADM_FLAGS: &str = "var/lib/kubelet/kubeadm-flags.env";
 pub const DEFAULT_ETCD_DATA_DIR: &str = "/var/lib/etcd";
 pub const CPR_STATE_DIR: &str = "var/lib/cpr";
 pub const CPR_CONFIG: &str = "etc/cpr/config.yaml";
+/// Left by a `cpr finish --unit` run that failed: what failed and what to do.
+pub const FINISH_FAILED: &str = "var/lib/cpr/finish-failed";
+/// Shown by agetty above the console's login prompt (util-linux agetty reads `/etc/issue.d/*.issue`).
+pub const FINISH_ISSUE_BANNER: &str = "etc/issue.d/cpr-finish.issue";
+/// Shown at login by pam_motd, whose default `motd_dir` includes `/etc/motd.d`.
+pub const FINISH_MOTD_BANNER: &str = "etc/motd.d/cpr-finish";
 
 /// The bundle path under which the ClusterConfiguration read from etcd is kept.
 pub const CLUSTER_CONFIGURATION_ENTRY: &str = "kubeadm/cluster-configuration.yaml";

@@ -93,6 +93,7 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     failpoint("finish:healthy");
     state.phase = Phase::Finished;
     state.save(&layout)?;
+    clear_failure_notices(&layout)?;
     report.bundle = state.bundle.clone();
     report.moved_aside = state.moved_aside.clone();
     report.kubeconfigs = kubeconfigs;
@@ -298,6 +299,94 @@ fn restart_kubelet(request: &FinishRequest) -> Result<(), Error> {
         })?;
     if !status.success() {
         log::warn!("finish: `systemctl restart kubelet` exited with {status}; kubelet picks up static pod changes on its own within a minute");
+    }
+    Ok(())
+}
+
+/// The end of `cpr finish --unit UNIT`, the boot-time run of phase 2: its outcome is final. A failure
+/// (`failure` is its message) is recorded in `/var/lib/cpr/finish-failed` and in a banner at the
+/// console's login prompt and at login, until a later `cpr finish` succeeds. Either way UNIT is
+/// disabled, so phase 2 does not run by itself again. A run that never gets here (power loss, reboot,
+/// a kill) leaves UNIT enabled: the next boot runs it again and it converges from the state file.
+pub fn settle_unit(
+    request: &FinishRequest,
+    unit: &str,
+    failure: Option<&str>,
+) -> Result<(), Error> {
+    let layout = Layout::new(&request.root);
+    if let Some(why) = failure {
+        record_failure(&layout, unit, why)?;
+    }
+    let command = format!("{} disable {unit}", request.systemctl.display());
+    let status = std::process::Command::new(&request.systemctl)
+        .args(["disable", unit])
+        .status()
+        .map_err(|source| crate::node::Error::Run {
+            command: command.clone(),
+            source,
+        })?;
+    if !status.success() {
+        return Err(Error::DisableUnit {
+            command,
+            unit: unit.to_string(),
+            status,
+        });
+    }
+    log::info!("finish: {unit} disabled; phase 2 does not run again at boot");
+    Ok(())
+}
+
+/// The marker and the two banners of a failed boot-time phase 2; `cpr finish` removes them once it succeeds.
+fn failure_notices(layout: &Layout) -> [PathBuf; 3] {
+    [
+        layout::FINISH_FAILED,
+        layout::FINISH_ISSUE_BANNER,
+        layout::FINISH_MOTD_BANNER,
+    ]
+    .map(|relative| layout.path(relative))
+}
+
+fn record_failure(layout: &Layout, unit: &str, why: &str) -> Result<(), Error> {
+    let notices = failure_notices(layout);
+    let when = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let record = format!(
+        "cpr finish (phase 2 of the control-plane recovery, run by {unit}) failed at {when}:\n{why}\n\n\
+         It does not run again by itself. Fix the cause, then run `sudo cpr finish`; it resumes where this run stopped.\n\
+         The whole output: journalctl -b -u {unit}\n"
+    );
+    let first_line = why.lines().next().unwrap_or_default();
+    let banner = format!(
+        "\n*** cpr: the control-plane recovery (phase 2) FAILED: {first_line}\n*** Details in /{}; after fixing the cause run `sudo cpr finish`.\n\n",
+        layout::FINISH_FAILED
+    );
+    // agetty expands backslash escapes in issue files: the message must stay literal.
+    let issue = banner.replace('\\', "\\\\");
+    for (path, text) in notices.iter().zip([&record, &issue, &banner]) {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|source| Error::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        fsutil::write_atomic(path, text.as_bytes(), 0o644).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    log::error!("finish: {}", banner.trim());
+    Ok(())
+}
+
+fn clear_failure_notices(layout: &Layout) -> Result<(), Error> {
+    for path in failure_notices(layout) {
+        match fs::remove_file(&path) {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::Write { path, source })
+            }
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -64,6 +64,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{command} exited with {status}: {unit} stays enabled and runs again at the next boot. Run `systemctl disable {unit}` once the recovery is settled")]
+    DisableUnit {
+        command: String,
+        unit: String,
+        status: std::process::ExitStatus,
+    },
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
     #[error(transparent)]
@@ -84,7 +90,8 @@ impl Error {
             Error::Write { .. }
             | Error::State { .. }
             | Error::SwapConflict { .. }
-            | Error::Metrics { .. } => 7,
+            | Error::Metrics { .. }
+            | Error::DisableUnit { .. } => 7,
             Error::Identity { .. } => 8,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,

@@ -283,3 +283,55 @@ class Doubles(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SystemctlJobOrdering(unittest.TestCase):
+    """The systemctl double refuses what systemd would hang in: a blocking start of a unit ordered after
+    the oneshot unit whose start job runs the caller (the cpr-finish.service deadlock)."""
+
+    SHIPPED = os.path.join(HERE, "..", "..", "image", "systemd", "cpr-finish.service")
+
+    def setUp(self):
+        self.root = tempfile.mkdtemp(prefix="systemctl-double-")
+        self.addCleanup(shutil.rmtree, self.root)
+        self.units = os.path.join(self.root, "etc/systemd/system")
+        os.makedirs(os.path.join(self.units, "multi-user.target.wants"))
+
+    def unit(self, name, text):
+        with open(os.path.join(self.units, name), "w") as f:
+            f.write(textwrap.dedent(text))
+
+    def systemctl(self, *args, caller="cpr-finish.service"):
+        env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, SYSTEMCTL_DOUBLE_STARTING_UNIT=caller)
+        return subprocess.run([os.path.join(HERE, "systemctl"), *args], env=env, capture_output=True, text=True)
+
+    def test_before_the_restarted_unit_is_a_deadlock(self):
+        self.unit("cpr-finish.service", "[Unit]\nBefore=kubelet.service\n[Service]\nType=oneshot\n")
+        proc = self.systemctl("restart", "kubelet")
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("job deadlock", proc.stderr)
+        self.assertEqual(self.systemctl("restart", "--no-block", "kubelet").returncode, 0)
+        self.assertEqual(self.systemctl("restart", "kubelet", caller="").returncode, 0)
+
+    def test_after_in_the_restarted_unit_and_its_drop_in_count(self):
+        self.unit("cpr-finish.service", "[Service]\nType=oneshot\n")
+        os.makedirs(os.path.join(self.root, "lib/systemd/system/kubelet.service.d"))
+        with open(os.path.join(self.root, "lib/systemd/system/kubelet.service"), "w") as f:
+            f.write("[Unit]\nAfter=network-online.target\n")
+        self.assertEqual(self.systemctl("restart", "kubelet").returncode, 0)
+        with open(os.path.join(self.root, "lib/systemd/system/kubelet.service.d/10-x.conf"), "w") as f:
+            f.write("[Unit]\nAfter=cpr-finish.service\n")
+        self.assertEqual(self.systemctl("restart", "kubelet").returncode, 1)
+
+    def test_a_simple_service_caller_is_no_deadlock(self):
+        # Type=simple: the caller's start job ended when its process was forked.
+        self.unit("cpr-finish.service", "[Unit]\nBefore=kubelet.service\n[Service]\nType=simple\n")
+        self.assertEqual(self.systemctl("restart", "kubelet").returncode, 0)
+
+    def test_the_shipped_unit_restarts_kubelet_and_disable_removes_its_link(self):
+        shutil.copy(self.SHIPPED, self.units)
+        link = os.path.join(self.units, "multi-user.target.wants/cpr-finish.service")
+        os.symlink("/etc/systemd/system/cpr-finish.service", link)
+        self.assertEqual(self.systemctl("restart", "kubelet").returncode, 0)
+        self.assertEqual(self.systemctl("disable", "cpr-finish.service").returncode, 0)
+        self.assertFalse(os.path.lexists(link))
