@@ -22,6 +22,104 @@ pub const FINISH_ISSUE_BANNER: &str = "etc/issue.d/cpr-finish.issue";
 /// Shown at login by pam_motd, whose default `motd_dir` includes `/etc/motd.d`.
 pub const FINISH_MOTD_BANNER: &str = "etc/motd.d/cpr-finish";
 
+/// The kubeconfigs kubeadm writes (`kubeadm init phase kubeconfig`); super-admin.conf from v1.29.
+pub const KUBEADM_KUBECONFIGS: [&str; 5] = [
+    "etc/kubernetes/admin.conf",
+    "etc/kubernetes/super-admin.conf",
+    "etc/kubernetes/controller-manager.conf",
+    "etc/kubernetes/scheduler.conf",
+    "etc/kubernetes/kubelet.conf",
+];
+
+/// Host paths (and everything below them) that static pods mount or name but that are not the
+/// cluster's configuration, so a backup does not take them and a restore does not write them.
+/// Derived from kubeadm's own volumes (cmd/kubeadm/app/phases/controlplane/volumes.go:
+/// `caCertsVolumePath`, `caCertsExtraVolumePaths`, `defaultFlexvolumeDirVolumePath`), kubeadm's
+/// default etcd data dir and upgrade backups, and the host's runtime and system trees.
+pub const NOT_CONFIGURATION: [(&str, &str); 20] = [
+    (
+        "/etc/kubernetes/pki",
+        "already in the bundle (kubeadm's certificates)",
+    ),
+    (
+        "/etc/kubernetes/manifests",
+        "already in the bundle (the static pod manifests)",
+    ),
+    (
+        "/etc/kubernetes/tmp",
+        "kubeadm upgrade's backups (old manifests and etcd data dirs)",
+    ),
+    (
+        "/etc/ssl/certs",
+        "the host's CA bundle, which kubeadm mounts (ca-certs)",
+    ),
+    (
+        "/etc/pki",
+        "the host's CA bundle, which kubeadm mounts (etc-pki, etc-pki-ca-trust, etc-pki-tls-certs)",
+    ),
+    (
+        "/etc/ca-certificates",
+        "the host's CA bundle, which kubeadm mounts (etc-ca-certificates)",
+    ),
+    (
+        "/usr/share/ca-certificates",
+        "the host's CA bundle, which kubeadm mounts (usr-share-ca-certificates)",
+    ),
+    (
+        "/usr/local/share/ca-certificates",
+        "the host's CA bundle, which kubeadm mounts (usr-local-share-ca-certificates)",
+    ),
+    (
+        "/usr/libexec/kubernetes/kubelet-plugins",
+        "flexvolume plugins, which kubeadm mounts (flexvolume-dir)",
+    ),
+    ("/etc/localtime", "the host's time zone"),
+    (
+        "/var/lib/etcd",
+        "etcd's data dir: the bundle's snapshot carries it",
+    ),
+    (
+        "/var/lib/kubelet",
+        "the kubelet's state; the bundle holds kubeadm's config.yaml and kubeadm-flags.env",
+    ),
+    ("/var/log", "logs"),
+    ("/run", "runtime state (sockets, pid files)"),
+    ("/var/run", "runtime state (sockets, pid files)"),
+    ("/tmp", "scratch space"),
+    ("/dev", "devices"),
+    ("/proc", "the kernel's process view"),
+    ("/sys", "the kernel's device view"),
+    ("/lib/modules", "kernel modules"),
+];
+
+/// Why `path` (absolute, normalized, as on the node) is not configuration to back up or restore, if
+/// it is not: below a `NOT_CONFIGURATION` tree, one of kubeadm's kubeconfigs or kubelet files, or
+/// something a restore moved aside or staged (`*.cpr-old-*`, `*.cpr-new`).
+pub fn not_configuration(path: &str) -> Option<&'static str> {
+    let below = |tree: &str| {
+        path == tree
+            || path
+                .strip_prefix(tree)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    if let Some((_, why)) = NOT_CONFIGURATION.iter().find(|(tree, _)| below(tree)) {
+        return Some(why);
+    }
+    let relative = path.trim_start_matches('/');
+    if KUBEADM_KUBECONFIGS.contains(&relative)
+        || [KUBELET_CONFIG, KUBEADM_FLAGS].contains(&relative)
+    {
+        return Some("already in the bundle (kubeadm writes it)");
+    }
+    if path
+        .split('/')
+        .any(|part| part.contains(".cpr-old-") || part.ends_with(".cpr-new"))
+    {
+        return Some("moved aside or staged by a cpr restore");
+    }
+    None
+}
+
 /// The bundle path under which the ClusterConfiguration read from etcd is kept.
 pub const CLUSTER_CONFIGURATION_ENTRY: &str = "kubeadm/cluster-configuration.yaml";
 
@@ -63,5 +161,33 @@ impl Layout {
     /// manifests do); it is always resolved below the root.
     pub fn path(&self, relative: &str) -> PathBuf {
         self.root.join(relative.trim_start_matches('/'))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tells_configuration_from_what_kubeadm_and_the_host_own() {
+        for (path, kept) in [
+            ("/etc/kubernetes/enc/enc.yaml", true),
+            ("/etc/kubernetes/audit-policy.yaml", true),
+            ("/etc/kubernetes/webhook.conf", true),
+            ("/etc/ssl/etcd/ssl/ca.pem", true),
+            ("/etc/kubernetes/pki/ca.key", false),
+            ("/etc/kubernetes/pki", false),
+            ("/etc/kubernetes/pkix/a", true),
+            ("/etc/kubernetes/admin.conf", false),
+            ("/etc/ssl/certs", false),
+            ("/etc/pki/ca-trust/x.pem", false),
+            ("/var/log/kubernetes/audit/audit.log", false),
+            ("/var/lib/etcd/member", false),
+            ("/var/lib/kubelet/config.yaml", false),
+            ("/etc/kubernetes/pki.cpr-old-20250101T000000Z/ca.key", false),
+            ("/etc/kubernetes/.enc.yaml.cpr-new", false),
+        ] {
+            assert_eq!(not_configuration(path).is_none(), kept, "{path}");
+        }
     }
 }

@@ -3,6 +3,7 @@
 pub mod apiserver;
 pub mod certs;
 pub mod identity;
+pub mod inputs;
 pub mod kubeadm;
 pub mod kubeadm_config;
 pub mod kubeconfig;

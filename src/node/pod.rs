@@ -11,6 +11,37 @@ pub struct StaticPod {
     pub image: String,
     /// `--flag=value` pairs of the first container's command and args, in order.
     pub flags: Vec<(String, String)>,
+    /// Every container and init container, the first container first.
+    pub containers: Vec<Container>,
+    /// `spec.volumes` of type hostPath.
+    pub host_paths: Vec<HostPathVolume>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub name: String,
+    /// `--flag=value` pairs of its command and args, in order.
+    pub flags: Vec<(String, String)>,
+    pub mounts: Vec<VolumeMount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub name: String,
+    /// Where the container sees it.
+    pub mount_path: String,
+    pub sub_path: Option<String>,
+}
+
+/// A `hostPath` volume: `path` on the node, with kubelet's type check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPathVolume {
+    pub name: String,
+    pub path: String,
+    /// `File`, `FileOrCreate`, `Directory`, `DirectoryOrCreate`, `Socket`, …; empty when untyped
+    /// (kubeadm writes `type: ""` for extra volumes without a pathType).
+    pub kind: String,
 }
 
 impl StaticPod {
@@ -28,32 +59,38 @@ impl StaticPod {
             why: why.to_string(),
         };
         let doc: Value = serde_norway::from_str(text).map_err(|e| invalid(&e.to_string()))?;
-        let container = doc
-            .get("spec")
+        let spec = doc.get("spec");
+        let first = spec
             .and_then(|s| s.get("containers"))
             .and_then(|c| c.get(0))
             .ok_or_else(|| invalid("no spec.containers[0]"))?;
-        let image = container
-            .get("image")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let words = ["command", "args"]
+        let image = str_of(first, "image").unwrap_or_default().to_string();
+        let containers: Vec<Container> = ["containers", "initContainers"]
             .iter()
-            .filter_map(|key| container.get(key).and_then(Value::as_sequence))
+            .filter_map(|key| spec.and_then(|s| s.get(key)).and_then(Value::as_sequence))
             .flatten()
-            .filter_map(Value::as_str);
-        let flags = words
-            .filter_map(|word| word.strip_prefix("--"))
-            .map(|flag| match flag.split_once('=') {
-                Some((name, value)) => (name.to_string(), value.to_string()),
-                None => (flag.to_string(), "true".to_string()),
+            .map(container)
+            .collect();
+        let host_paths = spec
+            .and_then(|s| s.get("volumes"))
+            .and_then(Value::as_sequence)
+            .into_iter()
+            .flatten()
+            .filter_map(|volume| {
+                let host = volume.get("hostPath")?;
+                Some(HostPathVolume {
+                    name: str_of(volume, "name").unwrap_or_default().to_string(),
+                    path: str_of(host, "path")?.to_string(),
+                    kind: str_of(host, "type").unwrap_or_default().to_string(),
+                })
             })
             .collect();
         Ok(StaticPod {
             path: path.to_path_buf(),
             image,
-            flags,
+            flags: containers[0].flags.clone(),
+            containers,
+            host_paths,
         })
     }
 
@@ -90,6 +127,45 @@ impl StaticPod {
     pub fn image_tag(&self) -> Option<&str> {
         let (_, tag) = self.image.rsplit_once(':')?;
         (!tag.contains('/')).then_some(tag)
+    }
+}
+
+fn str_of<'v>(value: &'v Value, key: &str) -> Option<&'v str> {
+    value.get(key).and_then(Value::as_str)
+}
+
+fn container(value: &Value) -> Container {
+    let words = ["command", "args"]
+        .iter()
+        .filter_map(|key| value.get(key).and_then(Value::as_sequence))
+        .flatten()
+        .filter_map(Value::as_str);
+    let flags = words
+        .filter_map(|word| word.strip_prefix("--"))
+        .map(|flag| match flag.split_once('=') {
+            Some((name, value)) => (name.to_string(), value.to_string()),
+            None => (flag.to_string(), "true".to_string()),
+        })
+        .collect();
+    let mounts = value
+        .get("volumeMounts")
+        .and_then(Value::as_sequence)
+        .into_iter()
+        .flatten()
+        .filter_map(|mount| {
+            Some(VolumeMount {
+                name: str_of(mount, "name")?.to_string(),
+                mount_path: str_of(mount, "mountPath")?.to_string(),
+                sub_path: str_of(mount, "subPath")
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            })
+        })
+        .collect();
+    Container {
+        name: str_of(value, "name").unwrap_or_default().to_string(),
+        flags,
+        mounts,
     }
 }
 
