@@ -28,6 +28,7 @@ fn file(path: &str, data: &[u8], mode: u32) -> (FileEntry, Vec<u8>) {
             uid: 0,
             gid: 0,
             sha256: hex::encode(Sha256::digest(data)),
+            source: None,
         },
         data.to_vec(),
     )
@@ -251,6 +252,32 @@ fn refuses_an_unknown_major_version_before_anything_else() {
     });
     let bytes = craft(&[(manifest::MANIFEST_PATH, tar::EntryType::Regular, &json)]);
     assert!(read_manifest(&bytes[..], NAME).is_ok());
+}
+
+#[test]
+fn format_1_0_manifests_without_file_sources_are_read_and_1_1_keeps_them() {
+    // What cpr wrote before files[].source existed.
+    let json = manifest_json(|m| {
+        m["formatVersion"] = "1.0".into();
+        for file in m["files"].as_array_mut().unwrap() {
+            file.as_object_mut().unwrap().remove("source");
+        }
+    });
+    assert!(!String::from_utf8_lossy(&json).contains("source"));
+    let bytes = craft(&[(manifest::MANIFEST_PATH, tar::EntryType::Regular, &json)]);
+    let old = read_manifest(&bytes[..], NAME).unwrap();
+    assert!(old.files.iter().all(|f| f.source.is_none()));
+
+    let json = manifest_json(|m| {
+        m["files"][0]["source"] = "kube-apiserver.yaml: --encryption-provider-config".into();
+    });
+    let bytes = craft(&[(manifest::MANIFEST_PATH, tar::EntryType::Regular, &json)]);
+    let new = read_manifest(&bytes[..], NAME).unwrap();
+    assert_eq!(new.format_version, "1.1");
+    assert_eq!(
+        new.files[0].source.as_deref(),
+        Some("kube-apiserver.yaml: --encryption-provider-config")
+    );
 }
 
 #[test]

@@ -112,6 +112,7 @@ fn entry(path: &str, data: &[u8], mode: u32) -> FileEntry {
         uid: 0,
         gid: 0,
         sha256: hex::encode(Sha256::digest(data)),
+        source: None,
     }
 }
 
@@ -150,7 +151,8 @@ fn corrupt_bbolt() -> Vec<u8> {
 
 fn manifest(snapshot_size: u64) -> Manifest {
     Manifest {
-        format_version: Manifest::format_version(),
+        // The corpus stays format 1.0 bundles (no files[].source): readers of 1.1 read those too.
+        format_version: "1.0".to_string(),
         cpr_version: "corpus".to_string(),
         created_at: "2026-01-01T00:00:00Z".to_string(),
         cluster: Cluster {

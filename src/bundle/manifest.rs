@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use super::Error;
 
 pub const FORMAT_MAJOR: u32 = 1;
-pub const FORMAT_MINOR: u32 = 0;
+/// 1.1 added `files[].source` (files static pods read, restored in phase 1); 1.0 bundles lack it.
+pub const FORMAT_MINOR: u32 = 1;
 pub const MANIFEST_PATH: &str = "cpr/manifest.json";
 pub const SNAPSHOT_PATH: &str = "etcd/snapshot.db";
 
@@ -109,6 +110,11 @@ pub struct FileEntry {
     pub gid: u32,
     /// Lowercase hex.
     pub sha256: String,
+    /// Why a file outside kubeadm's own set is in the bundle: the static pod flag or hostPath volume
+    /// that names it (`kube-apiserver.yaml: --encryption-provider-config`). Phase 1 of a restore puts
+    /// these back before `kubeadm init`. Absent for kubeadm's files and in format 1.0 bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -187,6 +193,12 @@ impl Manifest {
                 return Err(invalid(format!(
                     "file {:?} has mode {:o}; only permission bits are allowed",
                     file.path, file.mode
+                )));
+            }
+            if file.source.as_ref().is_some_and(|s| s.len() > 1024) {
+                return Err(invalid(format!(
+                    "file {:?} has a source longer than 1024 bytes",
+                    file.path
                 )));
             }
             if file.sha256.len() != 64 || !file.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {

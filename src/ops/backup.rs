@@ -16,6 +16,7 @@ use crate::bundle::manifest::{
 use crate::bundle::name::BundleName;
 use crate::bundle::{write_bundle, WriteOptions};
 use crate::etcd::client::{ClientError, EtcdClient, MemberInfo, TlsFiles};
+use crate::node::inputs::{self, Input, Kind};
 use crate::node::kubeadm_config::{self, ClusterInfo};
 use crate::node::layout::{self, Layout};
 use crate::node::StaticPod;
@@ -53,6 +54,10 @@ pub struct BackupReport {
     pub files: usize,
     #[serde(serialize_with = "seconds")]
     pub duration: Duration,
+    /// What the operator should act on although the backup succeeded (an unencrypted bundle that
+    /// holds the keys to the Secrets at rest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -84,6 +89,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
     let apiserver_pod = StaticPod::load(&layout.path(layout::APISERVER_MANIFEST)).ok();
 
     let mut files = collect_files(&layout)?;
+    let warnings = sensitivity_warnings(&files, request.seal.encrypts());
 
     let endpoint = match &request.endpoint {
         Some(endpoint) => endpoint.clone(),
@@ -201,12 +207,13 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         revision: status.revision,
         files: manifest.files.len(),
         duration: started.elapsed(),
+        warnings,
     })
 }
 
-struct CollectedFile {
-    entry: FileEntry,
-    data: Vec<u8>,
+pub(super) struct CollectedFile {
+    pub(super) entry: FileEntry,
+    pub(super) data: Vec<u8>,
 }
 
 impl CollectedFile {
@@ -219,14 +226,16 @@ impl CollectedFile {
                 uid,
                 gid,
                 sha256: hex::encode(Sha256::digest(&data)),
+                source: None,
             },
             data,
         }
     }
 }
 
-/// pki (recursively), static pod manifests, kubeconfigs and the kubelet's kubeadm-written config.
-fn collect_files(layout: &Layout) -> Result<Vec<CollectedFile>, Error> {
+/// pki (recursively), static pod manifests, kubeconfigs, the kubelet's kubeadm-written config, and
+/// every other file the static pods read (`node::inputs`).
+pub(super) fn collect_files(layout: &Layout) -> Result<Vec<CollectedFile>, Error> {
     let mut paths = Vec::new();
     walk(layout, layout::PKI_DIR, true, &mut paths)?;
     walk(layout, layout::MANIFESTS_DIR, false, &mut paths)?;
@@ -243,10 +252,143 @@ fn collect_files(layout: &Layout) -> Result<Vec<CollectedFile>, Error> {
             );
         }
     }
-    paths
+    let mut files = paths
         .into_iter()
         .map(|relative| read_file(layout, &relative))
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    collect_pod_inputs(layout, &mut files)?;
+    Ok(files)
+}
+
+/// Adds the files each static pod manifest names through flags and hostPath volumes, each with the
+/// flag or volume as its `source`; a file already in the bundle that is not kubeadm's (a webhook
+/// kubeconfig beside admin.conf) gets its source too, so phase 1 restores it.
+fn collect_pod_inputs(layout: &Layout, files: &mut Vec<CollectedFile>) -> Result<(), Error> {
+    let manifests: Vec<String> = files
+        .iter()
+        .map(|f| f.entry.path.clone())
+        .filter(|p| {
+            p.strip_prefix(layout::MANIFESTS_DIR).is_some_and(|name| {
+                name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")
+            })
+        })
+        .collect();
+    for manifest in manifests {
+        let pod = match StaticPod::load(&layout.path(&manifest)) {
+            Ok(pod) => pod,
+            Err(e) => {
+                log::warn!("backup: {e}; the files it names are not looked for");
+                continue;
+            }
+        };
+        let found = inputs::inputs(&pod);
+        for (path, why) in &found.skipped {
+            log::debug!("backup: not taking {path}: {why}");
+        }
+        for input in &found.take {
+            for relative in resolve(layout, input)? {
+                let source = Some(input.origin.clone());
+                if let Some(existing) = files.iter_mut().find(|f| f.entry.path == relative) {
+                    existing.entry.source = existing.entry.source.take().or(source);
+                    continue;
+                }
+                let mut file = read_file(layout, &relative).map_err(named_by(input))?;
+                log::info!(
+                    "backup: taking {} ({})",
+                    layout.path(&relative).display(),
+                    input.origin
+                );
+                file.entry.source = source;
+                files.push(file);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The bundle paths of the regular files `input` stands for: itself, or every file below a
+/// hostPath directory that is configuration.
+fn resolve(layout: &Layout, input: &Input) -> Result<Vec<String>, Error> {
+    let host = layout.path(&input.path);
+    let relative = input.path.trim_start_matches('/').to_string();
+    let meta = match fs::metadata(&host) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match input.kind {
+                Kind::Volume { must_exist: true } => {
+                    return Err(Error::MissingInput {
+                        path: host,
+                        origin: input.origin.clone(),
+                    })
+                }
+                Kind::Flag => log::warn!(
+                    "backup: {} ({}) is missing on this node; the bundle will not carry it",
+                    host.display(),
+                    input.origin
+                ),
+                Kind::Volume { .. } => log::debug!("backup: {} is missing", host.display()),
+            }
+            return Ok(Vec::new());
+        }
+        Err(source) => {
+            return Err(Error::Input {
+                path: host,
+                origin: input.origin.clone(),
+                source,
+            })
+        }
+    };
+    if meta.is_file() {
+        return Ok(vec![relative]);
+    }
+    if !(meta.is_dir() && matches!(input.kind, Kind::Volume { .. })) {
+        log::debug!(
+            "backup: not taking {} ({}): not a regular file",
+            host.display(),
+            input.origin
+        );
+        return Ok(Vec::new());
+    }
+    let mut below = Vec::new();
+    walk(layout, &relative, true, &mut below).map_err(named_by(input))?;
+    below.retain(|p| layout::not_configuration(&format!("/{p}")).is_none());
+    Ok(below)
+}
+
+/// A file a static pod names that cannot be read fails the backup naming the pod's flag or volume.
+fn named_by(input: &Input) -> impl Fn(Error) -> Error + '_ {
+    move |error| match error {
+        Error::Read { path, source } => Error::Input {
+            path,
+            origin: input.origin.clone(),
+            source,
+        },
+        other => other,
+    }
+}
+
+/// A bundle holding an EncryptionConfiguration is as sensitive as the CA key: say so when it is
+/// not encrypted.
+fn sensitivity_warnings(files: &[CollectedFile], encrypted: bool) -> Vec<String> {
+    let keys: Vec<String> = files
+        .iter()
+        .filter(|f| inputs::is_encryption_configuration(&f.data))
+        .map(|f| format!("/{}", f.entry.path))
+        .collect();
+    if keys.is_empty() || encrypted {
+        return Vec::new();
+    }
+    let warning = unencrypted_keys(&keys, "this bundle");
+    log::warn!("backup: {warning}");
+    vec![warning]
+}
+
+/// What `cpr backup` and `cpr check` say about an unencrypted bundle holding `keys`.
+pub(super) fn unencrypted_keys(keys: &[String], bundle: &str) -> String {
+    format!(
+        "{bundle} holds the EncryptionConfiguration {} (the keys that decrypt every Secret in the etcd snapshot) and is NOT encrypted: whoever reads the store reads every Secret. Encrypt bundles with --encrypt-to or backup.encryptTo (cpr keygen makes a key), and restrict or delete the unencrypted ones",
+        keys.join(", ")
+    )
 }
 
 /// Regular files below `dir`, as bundle paths, sorted. Symlinks are followed: the content is what

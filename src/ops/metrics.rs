@@ -179,6 +179,7 @@ mod tests {
             revision: 42,
             files: 30,
             duration: Duration::from_millis(1_500),
+            warnings: Vec::new(),
         }
     }
 

@@ -25,6 +25,15 @@ pub enum Error {
         size: u64,
         limit: u64,
     },
+    #[error("reading {path}, which {origin} names: {source}. The restored control plane needs it: make it readable to cpr backup (check its mode, owner and any security module), or take it out of the manifest if the component no longer reads it. Nothing was uploaded")]
+    Input {
+        path: PathBuf,
+        origin: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is missing, but {origin} requires it (hostPath type File or Directory), so kubelet cannot start that pod. If cpr runs in a container (deploy/cronjob.yaml), mount it there; otherwise fix the manifest. Nothing was uploaded")]
+    MissingInput { path: PathBuf, origin: String },
     #[error("no etcd client certificate under {pki} (looked for etcd/healthcheck-client and apiserver-etcd-client). Pass --cacert, --cert and --key")]
     NoClientCertificate { pki: PathBuf },
     #[error("writing {path}: {source}. Check free space and permissions, then run again: the restore resumes where it stopped")]
@@ -86,7 +95,11 @@ impl Error {
     /// The exit code of the step that failed underneath, so scripts see the same code either way.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Read { .. } | Error::TooLarge { .. } | Error::NoClientCertificate { .. } => 6,
+            Error::Read { .. }
+            | Error::TooLarge { .. }
+            | Error::NoClientCertificate { .. }
+            | Error::Input { .. }
+            | Error::MissingInput { .. } => 6,
             Error::Write { .. }
             | Error::State { .. }
             | Error::SwapConflict { .. }
