@@ -350,6 +350,24 @@ impl RestoreSink<'_> {
     }
 }
 
+/// Phase 1 writes the files static pods read at the bundle's paths: only where `cpr backup` could
+/// have taken them from, never over what kubeadm, the host or the etcd restore own.
+fn check_pod_inputs(manifest: &Manifest) -> Result<(), Error> {
+    for entry in manifest.files.iter().filter(|f| f.source.is_some()) {
+        if let Some(why) = layout::not_configuration(&format!("/{}", entry.path)) {
+            return Err(crate::bundle::Error::ManifestInvalid {
+                bundle: manifest.node.name.clone(),
+                message: format!(
+                    "file {:?} is listed as a static pod's input, but a restore does not write there ({why})",
+                    entry.path
+                ),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
 fn refuse_or_warn(mismatches: Vec<Mismatch>, force: bool) -> Result<(), Error> {
     if mismatches.is_empty() {
         return Ok(());
@@ -375,7 +393,9 @@ impl Sink for RestoreSink<'_> {
             }
         });
         // No certificate is staged yet: this checks names and addresses only.
-        let checked = written.and_then(|()| self.check_identity(manifest, None));
+        let checked = written
+            .and_then(|()| check_pod_inputs(manifest))
+            .and_then(|()| self.check_identity(manifest, None));
         match checked {
             Ok(()) => {
                 self.manifest = Some(manifest.clone());
@@ -603,6 +623,7 @@ fn swap_in(
     if target.starts_with(&live_data) {
         let _ = fs::remove_dir(&target);
     }
+    restore_pod_inputs(layout, &manifest, &mut state)?;
     failpoint("restore:swapped");
     state.phase = Phase::Restored;
     state.save(layout)?;
@@ -616,6 +637,85 @@ fn swap_in(
             .unwrap_or_default()
     );
     Ok(report(layout, &state, skipped, false))
+}
+
+/// Puts back the files static pods read (the bundle's entries with a `source`) with their modes and
+/// owners, each as a swap: staged beside the live path, the live file moved aside when it differs,
+/// renamed in. A file already as the bundle has it is left alone, so a second run changes nothing.
+fn restore_pod_inputs(
+    layout: &Layout,
+    manifest: &Manifest,
+    state: &mut State,
+) -> Result<(), Error> {
+    let staged = staged_bundle_dir(layout);
+    let owners = nix::unistd::Uid::effective().is_root();
+    for entry in manifest.files.iter().filter(|f| f.source.is_some()) {
+        let live = layout.path(&entry.path);
+        let swap = Swap::for_dir(live.clone(), new_path(&live), &state.stamp);
+        let moved = if is_restored(&live, entry, owners) {
+            swap.old.exists().then(|| swap.old.clone())
+        } else {
+            stage_file(&staged.join(&entry.path), &swap.new, entry, owners)?;
+            let moved = swap.apply()?;
+            log::info!(
+                "restore: {} is back ({})",
+                live.display(),
+                entry.source.as_deref().unwrap_or_default()
+            );
+            failpoint("restore:input-swapped");
+            moved
+        };
+        if let Some(old) = moved.filter(|old| !state.moved_aside.contains(old)) {
+            log::info!(
+                "restore: moved {} aside to {}",
+                live.display(),
+                old.display()
+            );
+            state.moved_aside.push(old);
+        }
+    }
+    Ok(())
+}
+
+/// `live` is a regular file with the entry's content, mode and (when cpr can set them) owners.
+fn is_restored(live: &Path, entry: &FileEntry, owners: bool) -> bool {
+    use sha2::{Digest, Sha256};
+    let Ok(meta) = fs::symlink_metadata(live) else {
+        return false;
+    };
+    meta.is_file()
+        && meta.mode() & 0o777 == entry.mode
+        && (!owners || (meta.uid(), meta.gid()) == (entry.uid, entry.gid))
+        && fs::read(live).is_ok_and(|data| hex::encode(Sha256::digest(data)) == entry.sha256)
+}
+
+/// Writes the staged copy to `new`, beside the live path, with the entry's mode and owners.
+fn stage_file(from: &Path, new: &Path, entry: &FileEntry, owners: bool) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let write_err = |source| Error::Write {
+        path: new.to_path_buf(),
+        source,
+    };
+    let data = fs::read(from).map_err(|source| Error::Read {
+        path: from.to_path_buf(),
+        source,
+    })?;
+    if let Some(parent) = new.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .map_err(write_err)?;
+    }
+    fsutil::write_atomic(new, &data, entry.mode).map_err(write_err)?;
+    fs::set_permissions(new, fs::Permissions::from_mode(entry.mode)).map_err(write_err)?;
+    if owners {
+        std::os::unix::fs::chown(new, Some(entry.uid), Some(entry.gid)).map_err(write_err)?;
+    }
+    // The mode and owners are durable before the rename makes the file live.
+    fs::File::open(new)
+        .and_then(|f| f.sync_all())
+        .map_err(write_err)
 }
 
 fn report(
