@@ -534,7 +534,7 @@ fn check_on_a_live_node_reaches_etcd_probes_the_store_and_lists_every_certificat
     assert!(text.contains("[FAIL]   etcd"), "{text}");
     assert!(text.contains("[FAIL]   store"), "{text}");
     assert!(
-        stderr(&out).contains("2 of 3 checks failed: etcd, store"),
+        stderr(&out).contains("2 of 4 checks failed: etcd, store"),
         "{}",
         stderr(&out)
     );

@@ -9,7 +9,7 @@ use crate::Error;
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "check")]
-/// Check that a backup would work on this node (etcd over kubeadm's client certificate, certificates readable, store writable) and when each certificate expires, on the node or in a bundle. Exit code 9 when a check fails.
+/// Check that a backup would work on this node (etcd over kubeadm's client certificate, certificates readable, store writable, the files static pods read readable and, when they hold an EncryptionConfiguration, encrypted) and when each certificate expires, on the node or in a bundle. Exit code 9 when a check fails.
 pub struct CheckCmd {
     /// the node's filesystem root (default /)
     #[argh(option, default = "PathBuf::from(\"/\")")]
@@ -68,7 +68,8 @@ pub fn run(cmd: CheckCmd) -> Result<(), Error> {
                 (None, None, None) => None,
                 _ => Some(open_store(cmd.store, &config, &config_path)?),
             };
-            check_node(&cmd.root, store.as_deref(), cmd.warn_days, now)
+            let encrypts = !config.backup.encrypt_to.is_empty();
+            check_node(&cmd.root, store.as_deref(), cmd.warn_days, now, encrypts)
         }
     };
     print(&report, cmd.output);

@@ -7,11 +7,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
-use super::backup::{client_endpoint, client_tls};
+use super::backup::{client_endpoint, client_tls, collect_files, unencrypted_keys};
 use super::Error;
 use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
 use crate::etcd::client::EtcdClient;
 use crate::node::certs::parse_cert;
+use crate::node::inputs::is_encryption_configuration;
 use crate::node::kubeconfig::Kubeconfig;
 use crate::node::layout::{self, Layout};
 use crate::node::StaticPod;
@@ -129,13 +130,16 @@ fn label(status: Status) -> &'static str {
     }
 }
 
-/// Checks the live node under `root`: etcd over kubeadm's client pair, every certificate, and (when
-/// a store is given) that the store takes, returns and deletes a probe object.
+/// Checks the live node under `root`: etcd over kubeadm's client pair, every certificate, (when
+/// a store is given) that the store takes, returns and deletes a probe object, and that the files
+/// the static pods read can be taken — and are encrypted (`encrypts`: the config's
+/// `backup.encryptTo`) when they hold the keys to the Secrets at rest.
 pub fn check_node(
     root: &Path,
     store: Option<&dyn Store>,
     warn_days: u32,
     now: OffsetDateTime,
+    encrypts: bool,
 ) -> CheckReport {
     let layout = Layout::new(root);
     let mut pems = Vec::new();
@@ -151,7 +155,69 @@ pub fn check_node(
         .checks
         .push(certs_check(&certs, unreadable, warn_days, false));
     report.certificates = certs;
+    report.checks.push(match collect_files(&layout) {
+        Ok(files) => {
+            let named = |keys: bool| {
+                files
+                    .iter()
+                    .filter(|f| {
+                        if keys {
+                            is_encryption_configuration(&f.data)
+                        } else {
+                            f.entry.source.is_some()
+                        }
+                    })
+                    .map(|f| format!("/{}", f.entry.path))
+                    .collect::<Vec<_>>()
+            };
+            pod_files_check(
+                &named(false),
+                &named(true),
+                encrypts,
+                "a backup of this node",
+            )
+        }
+        Err(e) => Check {
+            name: "pod-files",
+            status: Status::Fail,
+            detail: format!("a backup would fail: {e}"),
+        },
+    });
     report
+}
+
+/// The files static pods read beyond kubeadm's (`taken`), and whether an EncryptionConfiguration
+/// among the bundle's files (`keys`) travels unencrypted.
+fn pod_files_check(taken: &[String], keys: &[String], encrypted: bool, bundle: &str) -> Check {
+    let listed = if taken.is_empty() {
+        "no files static pods read beyond kubeadm's".to_string()
+    } else {
+        format!(
+            "{} file(s) static pods read beyond kubeadm's: {}",
+            taken.len(),
+            taken.join(", ")
+        )
+    };
+    if !keys.is_empty() && !encrypted {
+        return Check {
+            name: "pod-files",
+            status: Status::Warn,
+            detail: format!("{}; {listed}", unencrypted_keys(keys, bundle)),
+        };
+    }
+    let keys = if keys.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; the EncryptionConfiguration {} is encrypted with the bundle",
+            keys.join(", ")
+        )
+    };
+    Check {
+        name: "pod-files",
+        status: Status::Ok,
+        detail: format!("{listed}{keys}"),
+    }
 }
 
 /// Checks the certificates in a bundle, reading its files but not its etcd snapshot.
@@ -170,9 +236,13 @@ pub fn check_bundle(
     }
     let mut unreadable = Vec::new();
     let certs = certificates(&sink.pems, warn_days, now, &mut unreadable);
+    let encrypted = name.ends_with(crate::bundle::name::ENCRYPTED_SUFFIX);
     Ok(CheckReport {
         target: format!("bundle {name}"),
-        checks: vec![certs_check(&certs, unreadable, warn_days, true)],
+        checks: vec![
+            certs_check(&certs, unreadable, warn_days, true),
+            pod_files_check(&sink.inputs, &sink.keys, encrypted, "this bundle"),
+        ],
         certificates: certs,
     })
 }
@@ -318,10 +388,15 @@ fn walk_crt(dir: &Path, out: &mut Vec<PathBuf>, unreadable: &mut Vec<String>) {
     }
 }
 
-/// Collects the certificates of a bundle's files and stops the read at the snapshot.
+/// Collects the certificates of a bundle's files, the files static pods read and the
+/// EncryptionConfigurations among them, and stops the read at the snapshot.
 #[derive(Default)]
 struct PemCollector {
     pems: Vec<(String, Vec<u8>)>,
+    /// Entries with a source, as paths on the node.
+    inputs: Vec<String>,
+    /// Entries that are an EncryptionConfiguration, as paths on the node.
+    keys: Vec<String>,
     reached_snapshot: bool,
 }
 
@@ -331,11 +406,18 @@ impl Sink for PemCollector {
         let conf = KUBECONFIGS
             .iter()
             .any(|c| entry.path == format!("{}/{c}", layout::KUBERNETES_DIR));
-        if !(entry.path.starts_with(&pki) && entry.path.ends_with(".crt") || conf) {
-            return io::copy(data, &mut io::sink()).map(drop);
-        }
+        // Sizes are bounded by the manifest: one file at a time in memory.
         let mut bytes = Vec::new();
         data.read_to_end(&mut bytes)?;
+        if entry.source.is_some() {
+            self.inputs.push(format!("/{}", entry.path));
+        }
+        if is_encryption_configuration(&bytes) {
+            self.keys.push(format!("/{}", entry.path));
+        }
+        if !(entry.path.starts_with(&pki) && entry.path.ends_with(".crt") || conf) {
+            return Ok(());
+        }
         if conf {
             let text = String::from_utf8_lossy(&bytes);
             match Kubeconfig::parse(&text, Path::new(&entry.path)) {
