@@ -144,22 +144,9 @@ fn backup_of_etcd_3_5_matches_the_live_cluster() {
 }
 
 fn store_is_empty(store: &Path) -> bool {
-    walk(store)
+    files_below(store)
         .iter()
         .all(|p| !p.to_string_lossy().contains(".tar.zst"))
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 #[test]
@@ -263,7 +250,7 @@ fn a_full_disk_fails_the_upload_as_a_store_error_and_leaves_nothing() {
         "--store",
         small.to_str().unwrap(),
     ]);
-    let left: Vec<_> = walk(&small);
+    let left: Vec<_> = files_below(&small);
     let _ = Command::new("umount").arg(&small).status();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("full"), "{}", stderr(&out));

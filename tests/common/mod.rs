@@ -357,3 +357,18 @@ pub fn provisioned_root() -> tempfile::TempDir {
     std::fs::create_dir_all(root.path().join("var/lib/etcd/member")).unwrap();
     root
 }
+
+/// Every file below `dir` (recursively), sorted; empty when `dir` does not exist.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_below(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
