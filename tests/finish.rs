@@ -1,119 +1,195 @@
 //! Phase 2 (`cpr finish`) on a restored root, against the kubeadm double (tests/doubles: kubeadm's
 //! preflight and config rules, read from kubeadm's source), a fake kube-apiserver serving the restored
-//! certificates, and a real etcd that the test starts from the manifest kubeadm wrote, as kubelet would.
+//! certificates, and a real etcd started from the manifest kubeadm wrote, as kubelet would.
 //!
-//! Every port is picked at run time: the ClusterConfiguration moves etcd and kube-apiserver off
-//! kubeadm's defaults through `extraArgs` and `controlPlaneEndpoint`, as operators do.
+//! Each replacement node runs in its own network namespace (tests/common/netns.rs): the control plane
+//! listens on kubeadm's own ports (6443, 2379, 2380, 10250), the double's port checks are on, and tests
+//! running at the same time do not collide.
 
 mod common;
 
+use common::netns::NetNs;
 use common::*;
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// kubeadm's ports (cmd/kubeadm/app/constants/constants.go), free in each test's namespace.
+const APISERVER_PORT: u16 = 6443;
+const ETCD_CLIENT_PORT: u16 = 2379;
+const ETCD_PEER_PORT: u16 = 2380;
+const KUBELET_PORT: u16 = 10250;
 
 fn doubles() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
 }
 
-/// kubelet's part: runs the fake apiserver and, once kubeadm wrote etcd.yaml, a real etcd from it.
+/// What kubelet does for these tests, inside the node's namespace and as the systemctl double says it
+/// runs. While the kubelet unit is active and kubeadm has written its config (without
+/// var/lib/kubelet/config.yaml kubelet exits at once), it listens on kubelet's port 10250 and runs the
+/// static pods whose manifests are in the manifests dir: kube-apiserver (the fake apiserver on
+/// 0.0.0.0:6443, as kube-apiserver binds), etcd (a real etcd from etcd.yaml) and kube-vip (the manifest's
+/// VIP added to `lo`, as kube-vip in ARP mode adds it to its interface). A pod whose manifest is gone is
+/// stopped, one that exited is started again. While the unit is inactive nothing else changes: the pods
+/// outlive kubelet, as containers do.
 struct Kubelet {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<Child>>>,
+    /// kube-apiserver crash-loops (holds no port) while this is set.
+    apiserver_fails: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A static pod the stand-in runs.
+enum Pod {
+    Process(Child),
+    Vip(String),
 }
 
 impl Kubelet {
-    fn start(root: &Path, ports: Ports) -> Kubelet {
+    fn start(node: &Target) -> Kubelet {
+        Self::start_with(node, false)
+    }
+
+    fn start_with(node: &Target, apiserver_fails: bool) -> Kubelet {
         let stop = Arc::new(AtomicBool::new(false));
-        let (root, flag) = (root.to_path_buf(), stop.clone());
+        let fails = Arc::new(AtomicBool::new(apiserver_fails));
+        let (ns, root) = (node.ns.clone(), node.root().to_path_buf());
+        // systemd started kubelet at boot; it crash-loops until kubeadm writes its config.
+        let units = root.join("run/systemctl-double");
+        fs::create_dir_all(&units).unwrap();
+        fs::write(units.join("kubelet"), "active\n").unwrap();
+        let (flag, failing) = (stop.clone(), fails.clone());
         let thread = std::thread::spawn(move || {
-            let mut children = vec![Command::new(doubles().join("fake-apiserver"))
-                .args([
-                    "--root",
-                    root.to_str().unwrap(),
-                    "--listen",
-                    &format!("{NODE_IP}:{}", ports.apiserver),
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap()];
-            let manifest = root.join("etc/kubernetes/manifests/etcd.yaml");
+            let mut port: Option<Child> = None;
+            let mut pods: BTreeMap<&str, Pod> = BTreeMap::new();
             while !flag.load(Ordering::SeqCst) {
-                // Like kubelet, restart the static pod when it exits (it may have started while
-                // finish was swapping manifests, or been stopped by a failpoint's kill).
-                if matches!(children.get_mut(1).map(Child::try_wait), Some(Ok(Some(_)))) {
-                    children.truncate(1);
+                let active = fs::read_to_string(units.join("kubelet"))
+                    .is_ok_and(|s| s.trim() == "active")
+                    && root.join("var/lib/kubelet/config.yaml").exists();
+                match (active, port.take()) {
+                    (true, None) => port = Some(listen(&ns, KUBELET_PORT)),
+                    (false, Some(child)) => end(&ns, Pod::Process(child)),
+                    (_, still) => port = still,
                 }
-                if children.len() == 1 && manifest.exists() {
-                    std::thread::sleep(Duration::from_millis(300));
-                    let log = fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(root.join("etcd.log"))
-                        .unwrap();
-                    children.push(
-                        Command::new(fixtures().join("run-static-etcd"))
-                            .arg(&root)
-                            .arg(EtcdVersion::V3_5.etcd())
-                            .stdout(log.try_clone().unwrap())
-                            .stderr(log)
-                            .spawn()
-                            .unwrap(),
-                    );
+                if active {
+                    let manifests = root.join("etc/kubernetes/manifests");
+                    for name in ["kube-apiserver", "etcd", "kube-vip"] {
+                        let manifest = manifests.join(format!("{name}.yaml"));
+                        let wanted = manifest.exists()
+                            && !(name == "kube-apiserver" && failing.load(Ordering::SeqCst));
+                        let exited = match pods.get_mut(name) {
+                            Some(Pod::Process(child)) => matches!(child.try_wait(), Ok(Some(_))),
+                            _ => false,
+                        };
+                        if !wanted || exited {
+                            if let Some(pod) = pods.remove(name) {
+                                end(&ns, pod);
+                            }
+                        }
+                        if wanted && !pods.contains_key(name) {
+                            if let Some(pod) = run_pod(&ns, &root, name, &manifest) {
+                                pods.insert(name, pod);
+                            }
+                        }
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            children
+            port.into_iter()
+                .map(Pod::Process)
+                .chain(pods.into_values())
+                .for_each(|pod| end(&ns, pod));
         });
         Kubelet {
             stop,
+            apiserver_fails: fails,
             thread: Some(thread),
         }
     }
 }
 
-impl Drop for Kubelet {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for mut child in self.thread.take().unwrap().join().unwrap_or_default() {
+/// A process listening on `port` on every address, as kubelet does on 10250.
+fn listen(ns: &NetNs, port: u16) -> Child {
+    ns.command("python3")
+        .args([
+            "-c",
+            &format!("import socket, time\ns = socket.socket()\ns.bind(('', {port}))\ns.listen()\ntime.sleep(86400)"),
+        ])
+        .spawn()
+        .unwrap()
+}
+
+fn run_pod(ns: &NetNs, root: &Path, name: &str, manifest: &Path) -> Option<Pod> {
+    let log = || {
+        fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(root.join(format!("{name}.log")))
+            .unwrap()
+    };
+    let mut command = match name {
+        "kube-apiserver" => {
+            let mut c = ns.command(doubles().join("fake-apiserver"));
+            c.args(["--root", root.to_str().unwrap(), "--listen"])
+                .arg(format!("0.0.0.0:{APISERVER_PORT}"));
+            c
+        }
+        "etcd" => {
+            let mut c = ns.command(fixtures().join("run-static-etcd"));
+            c.arg(root).arg(EtcdVersion::V3_5.etcd());
+            c
+        }
+        _ => {
+            let vip = kube_vip_address(&fs::read_to_string(manifest).ok()?)?;
+            ns.ip(&["addr", "add", &format!("{vip}/32"), "dev", "lo"]);
+            return Some(Pod::Vip(vip));
+        }
+    };
+    let child = command.stdout(log()).stderr(log()).spawn().unwrap();
+    Some(Pod::Process(child))
+}
+
+fn end(ns: &NetNs, pod: Pod) {
+    match pod {
+        Pod::Process(mut child) => {
             let _ = child.kill();
             let _ = child.wait();
         }
+        Pod::Vip(vip) => ns.ip(&["addr", "del", &format!("{vip}/32"), "dev", "lo"]),
     }
 }
 
-/// The ports of one test's control plane.
-#[derive(Clone, Copy)]
-struct Ports {
-    apiserver: u16,
-    etcd_client: u16,
-    etcd_peer: u16,
+/// The VIP of a kube-vip manifest: its container's `vip_address` (or, in newer releases, `address`).
+fn kube_vip_address(manifest: &str) -> Option<String> {
+    let pod: serde_norway::Value = serde_norway::from_str(manifest).ok()?;
+    pod["spec"]["containers"][0]["env"]
+        .as_sequence()?
+        .iter()
+        .find(|e| e["name"] == "vip_address" || e["name"] == "address")
+        .and_then(|e| e["value"].as_str().map(str::to_string))
 }
 
-impl Ports {
-    fn pick() -> Ports {
-        Ports {
-            apiserver: free_port(),
-            etcd_client: free_port(),
-            etcd_peer: free_port(),
-        }
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.thread.take().unwrap().join();
     }
 }
 
-/// A source node whose ClusterConfiguration puts etcd and kube-apiserver on `ports`, backed up into
-/// a directory store; its etcd is stopped (the node died). Returns the store.
+/// A source node whose ClusterConfiguration is `cluster` (kubeadm's ports), backed up into a directory
+/// store, with `extra_manifest` beside its static pods; its etcd is stopped (the node died).
 fn backed_up_node(
-    ports: Ports,
     keys: usize,
     extra_manifest: Option<(&str, &str)>,
+    cluster: &str,
 ) -> (KubeadmNode, tempfile::TempDir) {
-    let mut source =
-        KubeadmNode::start_with_apiserver_port(EtcdVersion::V3_5, keys, ports.apiserver);
+    let mut source = KubeadmNode::start(EtcdVersion::V3_5, keys);
     if let Some((name, text)) = extra_manifest {
         fs::write(
             source.root().join("etc/kubernetes/manifests").join(name),
@@ -121,42 +197,20 @@ fn backed_up_node(
         )
         .unwrap();
     }
-    let (client, peer) = (ports.etcd_client, ports.etcd_peer);
     let cluster_config = source.root().join("cluster-configuration.yaml");
-    fs::write(
-        &cluster_config,
-        format!(
-            "apiVersion: kubeadm.k8s.io/v1beta3
-kind: ClusterConfiguration
-clusterName: {CLUSTER}
-kubernetesVersion: v1.27.4
-controlPlaneEndpoint: {NODE_IP}:{api}
-apiServer:
-  extraArgs:
-    etcd-servers: https://127.0.0.1:{client}
-etcd:
-  local:
-    dataDir: /var/lib/etcd
-    extraArgs:
-      listen-client-urls: https://127.0.0.1:{client},https://{NODE_IP}:{client}
-      advertise-client-urls: https://{NODE_IP}:{client}
-      listen-peer-urls: https://{NODE_IP}:{peer}
-      initial-advertise-peer-urls: https://{NODE_IP}:{peer}
-      initial-cluster: {NODE_NAME}=https://{NODE_IP}:{peer}
-      listen-metrics-urls: http://127.0.0.1:0
-networking:
-  podSubnet: 192.168.0.0/16
-  serviceSubnet: 10.96.0.0/12
-",
-            api = ports.apiserver
-        ),
-    )
-    .unwrap();
-    // The source's own etcd.yaml must advertise the peer URL the restored member will carry.
+    fs::write(&cluster_config, cluster).unwrap();
+    // The source ran on free ports of this host; its etcd.yaml says kubeadm's, as on a real node.
     let manifest = source.root().join("etc/kubernetes/manifests/etcd.yaml");
     let text = fs::read_to_string(&manifest)
         .unwrap()
-        .replace(&format!(":{}", source.peer_port), &format!(":{peer}"));
+        .replace(
+            &format!(":{}", source.peer_port),
+            &format!(":{ETCD_PEER_PORT}"),
+        )
+        .replace(
+            &format!(":{}", source.client_port),
+            &format!(":{ETCD_CLIENT_PORT}"),
+        );
     fs::write(&manifest, text).unwrap();
     let store = tempfile::tempdir().unwrap();
     ok(&cpr(&[
@@ -174,45 +228,94 @@ networking:
     (source, store)
 }
 
-fn finish_env(root: &Path, ports: Ports) -> Vec<(String, String)> {
-    vec![
-        (
-            "PATH".into(),
-            format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap()),
-        ),
-        ("KUBEADM_DOUBLE_ROOT".into(), root.display().to_string()),
-        ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS".into(), "1".into()),
-        ("KUBEADM_DOUBLE_ALLOW_LOOPBACK".into(), "1".into()),
-        (
-            "KUBEADM_DOUBLE_APISERVER".into(),
-            format!("{NODE_IP}:{}", ports.apiserver),
-        ),
-        ("KUBEADM_DOUBLE_WAIT_SECONDS".into(), "60".into()),
-        ("KUBEADM_DOUBLE_HOSTNAME".into(), NODE_NAME.into()),
-        ("SUDO_USER".into(), "operator".into()),
-    ]
-}
-
-fn cpr_in(root: &Path, ports: Ports, args: &[&str]) -> std::process::Output {
-    let env = finish_env(root, ports);
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    cpr_env(args, &env)
-}
-
-/// A replacement node as provisioning leaves it: an operator account, IP forwarding on.
-fn provisioned_target() -> tempfile::TempDir {
-    let target = tempfile::tempdir().unwrap();
-    let root = target.path();
-    fs::create_dir_all(root.join("proc/sys/net/ipv4")).unwrap();
-    fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").unwrap();
-    fs::create_dir_all(root.join("etc")).unwrap();
-    fs::create_dir_all(root.join("home/operator")).unwrap();
-    fs::write(
-        root.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/bash\noperator:x:4242:4343:Operator:/home/operator:/bin/bash\n",
+/// The source cluster's ClusterConfiguration, with kubeadm's ports and `control_plane_endpoint`.
+fn cluster_configuration(control_plane_endpoint: &str) -> String {
+    format!(
+        "apiVersion: kubeadm.k8s.io/v1beta3
+kind: ClusterConfiguration
+clusterName: {CLUSTER}
+kubernetesVersion: v1.27.4
+controlPlaneEndpoint: {control_plane_endpoint}:{APISERVER_PORT}
+etcd:
+  local:
+    dataDir: /var/lib/etcd
+networking:
+  podSubnet: 192.168.0.0/16
+  serviceSubnet: 10.96.0.0/12
+"
     )
-    .unwrap();
-    target
+}
+
+/// A replacement node: a root as provisioning leaves it (an operator account, IP forwarding on) and
+/// a network namespace of its own, where cpr, kubeadm and the static pods run.
+struct Target {
+    ns: Arc<NetNs>,
+    dir: tempfile::TempDir,
+}
+
+impl Target {
+    fn provisioned() -> Target {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        fs::create_dir_all(root.join("proc/sys/net/ipv4")).unwrap();
+        fs::write(root.join("proc/sys/net/ipv4/ip_forward"), "1\n").unwrap();
+        fs::create_dir_all(root.join("etc")).unwrap();
+        fs::create_dir_all(root.join("home/operator")).unwrap();
+        fs::write(
+            root.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\noperator:x:4242:4343:Operator:/home/operator:/bin/bash\n",
+        )
+        .unwrap();
+        Target {
+            ns: Arc::new(NetNs::new()),
+            dir,
+        }
+    }
+
+    /// Provisioned, then phase 1 from `store` (`cpr restore --no-finish`).
+    fn restored(store: &Path) -> Target {
+        let target = Target::provisioned();
+        let args = restore_args(store, target.root(), NODE_IP);
+        ok(&target.cpr(&with(&args, &["--no-finish"]), &[]));
+        target
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// cpr inside the node's namespace, with the doubles first on PATH; `env` comes on top.
+    fn cpr(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let root = self.root().display().to_string();
+        let path = format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap());
+        let base = [
+            ("PATH", path.as_str()),
+            ("KUBEADM_DOUBLE_ROOT", root.as_str()),
+            ("KUBEADM_DOUBLE_ALLOW_LOOPBACK", "1"),
+            // wait-control-plane dials admin.conf's server, as kubeadm does.
+            ("KUBEADM_DOUBLE_APISERVER", "admin.conf"),
+            ("KUBEADM_DOUBLE_WAIT_SECONDS", "60"),
+            ("KUBEADM_DOUBLE_HOSTNAME", NODE_NAME),
+            ("SUDO_USER", "operator"),
+        ];
+        run_cpr(self.ns.command(cpr_bin()), args, &[&base[..], env].concat())
+    }
+
+    /// `cpr finish --root R --timeout 60 EXTRA…`.
+    fn finish(&self, extra: &[&str], env: &[(&str, &str)]) -> Output {
+        let root = self.root().to_str().unwrap();
+        let args = [&["finish", "--root", root, "--timeout", "60"][..], extra].concat();
+        self.cpr(&args, env)
+    }
+
+    /// `cpr finish` as the unit's ExecStart runs it: inside the unit's start job, which the systemctl
+    /// double then holds to systemd's job ordering.
+    fn finish_as_unit(&self, extra: &[&str]) -> Output {
+        self.finish(
+            &[&["--unit", FINISH_UNIT][..], extra].concat(),
+            &[("SYSTEMCTL_DOUBLE_STARTING_UNIT", FINISH_UNIT)],
+        )
+    }
 }
 
 const FINISH_UNIT: &str = "cpr-finish.service";
@@ -233,28 +336,6 @@ fn install_finish_unit(root: &Path) -> PathBuf {
     link
 }
 
-/// `cpr finish` as the unit's ExecStart runs it: inside the unit's start job, which the systemctl
-/// double then holds to systemd's job ordering.
-fn finish_as_unit(root: &Path, ports: Ports, extra: &[&str]) -> std::process::Output {
-    let mut env = finish_env(root, ports);
-    env.push(("SYSTEMCTL_DOUBLE_STARTING_UNIT".into(), FINISH_UNIT.into()));
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let args = [
-        &[
-            "finish",
-            "--root",
-            root.to_str().unwrap(),
-            "--timeout",
-            "60",
-            "--unit",
-            FINISH_UNIT,
-        ][..],
-        extra,
-    ]
-    .concat();
-    cpr_env(&args, &env)
-}
-
 fn deadlocks(root: &Path) -> Vec<Value> {
     log_lines(&root.join("var/log/systemctl.log"))
         .into_iter()
@@ -272,24 +353,22 @@ fn log_lines(path: &Path) -> Vec<Value> {
 
 #[test]
 fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing() {
-    let ports = Ports::pick();
     let second_scheduler = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: second-scheduler\n  namespace: kube-system\nspec:\n  containers:\n  - command:\n    - kube-scheduler\n    - --scheduler-name=second\n    image: registry.k8s.io/kube-scheduler:v1.27.4\n    name: second-scheduler\n";
-    let (source, store) =
-        backed_up_node(ports, 20, Some(("second-scheduler.yaml", second_scheduler)));
+    let (source, store) = backed_up_node(
+        20,
+        Some(("second-scheduler.yaml", second_scheduler)),
+        &cluster_configuration(NODE_IP),
+    );
     let manifests = source.root().join("etc/kubernetes/manifests");
 
-    let target = provisioned_target();
-    let root = target.path();
+    let target = Target::provisioned();
+    let root = target.root();
     let owned = restore_args(store.path(), root, NODE_IP);
     let restore_args = with(&owned, &["--timeout", "60"]);
-    ok(&cpr_in(
-        root,
-        ports,
-        &[&restore_args[..], &["--no-finish"]].concat(),
-    ));
-    let kubelet = Kubelet::start(root, ports);
+    ok(&target.cpr(&[&restore_args[..], &["--no-finish"]].concat(), &[]));
+    let kubelet = Kubelet::start(&target);
     let enabled = install_finish_unit(root);
-    let out = finish_as_unit(root, ports, &["--output", "json"]);
+    let out = target.finish_as_unit(&["--output", "json"]);
     let report: Value = serde_json::from_str(&ok(&out)).unwrap();
 
     // Run by its unit at boot: kubeadm's and cpr's `systemctl restart kubelet` never wait for the
@@ -298,7 +377,8 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     assert!(!enabled.exists() && !enabled.is_symlink());
     assert!(!root.join("var/lib/cpr/finish-failed").exists());
 
-    // kubeadm was asked for exactly the restore's exception, with the node and the backed-up cluster config.
+    // kubeadm was asked for exactly the restore's exception (its port checks ran), with the node and
+    // the backed-up cluster config.
     let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
     assert_eq!(calls.len(), 1, "{calls:?}");
     let argv: Vec<&str> = calls[0]["argv"]
@@ -311,6 +391,9 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
         argv.contains(&"--ignore-preflight-errors=DirAvailable--var-lib-etcd"),
         "{argv:?}"
     );
+    assert!(calls[0]["env"]
+        .get("KUBEADM_DOUBLE_SKIP_PORT_CHECKS")
+        .is_none());
     let config = calls[0]["config"].as_str().unwrap();
     assert!(
         config.contains("kind: InitConfiguration")
@@ -324,7 +407,7 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
     // Health, through the restored credentials.
     assert_eq!(
         report["apiserver"],
-        format!("https://{NODE_IP}:{}", ports.apiserver)
+        format!("https://{NODE_IP}:{APISERVER_PORT}")
     );
     assert!(
         report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
@@ -378,7 +461,7 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
 
     // Running it again changes nothing: not kubeadm, not a file.
     let before = snapshot(root);
-    let again = cpr_in(root, ports, &restore_args);
+    let again = target.cpr(&restore_args, &[]);
     assert!(
         ok(&again).contains("already"),
         "{}",
@@ -441,36 +524,13 @@ fn outcome(root: &Path) -> (Files, Vec<u8>, String) {
 #[test]
 fn a_finish_killed_at_any_step_converges_when_run_again() {
     use std::os::unix::process::ExitStatusExt;
-    let ports = Ports::pick();
-    let (_source, store) = backed_up_node(ports, 10, None);
-    let restored = || {
-        let target = provisioned_target();
-        let root = target.path();
-        let args = restore_args(store.path(), root, NODE_IP);
-        ok(&cpr_in(root, ports, &with(&args, &["--no-finish"])));
-        target
-    };
-    let finish = |root: &Path, env: &[(&str, &str)]| {
-        let mut all = finish_env(root, ports);
-        all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        cpr_env(
-            &[
-                "finish",
-                "--root",
-                root.to_str().unwrap(),
-                "--timeout",
-                "60",
-            ],
-            &all,
-        )
-    };
+    let (_source, store) = backed_up_node(10, None, &cluster_configuration(NODE_IP));
 
-    let reference = restored();
-    let kubelet = Kubelet::start(reference.path(), ports);
-    ok(&finish(reference.path(), &[]));
+    let reference = Target::restored(store.path());
+    let kubelet = Kubelet::start(&reference);
+    ok(&reference.finish(&[], &[]));
     drop(kubelet);
-    let expected = outcome(reference.path());
+    let expected = outcome(reference.root());
     assert_eq!(expected.2, "finished");
 
     for point in [
@@ -479,18 +539,18 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
         "finish:static-pods",
         "finish:healthy",
     ] {
-        let target = restored();
-        let kubelet = Kubelet::start(target.path(), ports);
-        let killed = finish(target.path(), &[("CPR_FAILPOINT", point)]);
+        let target = Target::restored(store.path());
+        let kubelet = Kubelet::start(&target);
+        let killed = target.finish(&[], &[("CPR_FAILPOINT", point)]);
         assert_eq!(
             killed.status.signal(),
             Some(9),
             "{point} was never reached: {}",
             stderr(&killed)
         );
-        ok(&finish(target.path(), &[]));
+        ok(&target.finish(&[], &[]));
         drop(kubelet);
-        assert_eq!(outcome(target.path()), expected, "after a kill at {point}");
+        assert_eq!(outcome(target.root()), expected, "after a kill at {point}");
     }
 }
 
@@ -499,20 +559,13 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
 /// completes the recovery and takes the notices away.
 #[test]
 fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
-    let ports = Ports::pick();
-    let (_source, store) = backed_up_node(ports, 5, None);
-    let target = provisioned_target();
-    let root = target.path();
-    let args = restore_args(store.path(), root, NODE_IP);
-    ok(&cpr_in(root, ports, &with(&args, &["--no-finish"])));
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let target = Target::restored(store.path());
+    let root = target.root();
     let enabled = install_finish_unit(root);
 
     // The operator's mistake of the day: kubeadm is not installed on the replacement node.
-    let failed = finish_as_unit(
-        root,
-        ports,
-        &["--kubeadm", "/usr/bin/kubeadm-not-installed"],
-    );
+    let failed = target.finish_as_unit(&["--kubeadm", "/usr/bin/kubeadm-not-installed"]);
     assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));
     assert!(!enabled.exists() && !enabled.is_symlink());
     let marker = fs::read_to_string(root.join("var/lib/cpr/finish-failed")).unwrap();
@@ -531,18 +584,8 @@ fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
         serde_json::from_slice(&fs::read(root.join("var/lib/cpr/state.json")).unwrap()).unwrap();
     assert_eq!(state["phase"], "restored");
 
-    let kubelet = Kubelet::start(root, ports);
-    ok(&cpr_in(
-        root,
-        ports,
-        &[
-            "finish",
-            "--root",
-            root.to_str().unwrap(),
-            "--timeout",
-            "60",
-        ],
-    ));
+    let kubelet = Kubelet::start(&target);
+    ok(&target.finish(&[], &[]));
     drop(kubelet);
     for notice in [
         "var/lib/cpr/finish-failed",
@@ -554,4 +597,113 @@ fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
             "{notice} outlived the recovery"
         );
     }
+}
+
+/// kubeadm init stopped at wait-control-plane (kube-apiserver crash-looped): kubelet and the etcd it
+/// started still run, on kubeadm's ports 10250, 2379 and 2380. Once the operator fixed the cause, the
+/// `cpr finish` that the error recommends has to get kubeadm's port checks through: its static pods go
+/// with their manifests (kubelet stops them), then kubelet goes with `systemctl stop kubelet`.
+#[test]
+fn a_rerun_after_a_failed_wait_control_plane_frees_kubeadms_ports() {
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let target = Target::restored(store.path());
+    let root = target.root();
+    let kubelet = Kubelet::start_with(&target, true);
+
+    let failed = target.finish(&[], &[("KUBEADM_DOUBLE_WAIT_SECONDS", "2")]);
+    assert_eq!(failed.status.code(), Some(6), "{}", stderr(&failed));
+    assert!(
+        stderr(&failed).contains("couldn't initialize a Kubernetes cluster"),
+        "{}",
+        stderr(&failed)
+    );
+    for port in [KUBELET_PORT, ETCD_CLIENT_PORT, ETCD_PEER_PORT] {
+        assert!(target.ns.listening(port), "nothing listens on {port}");
+    }
+
+    kubelet.apiserver_fails.store(false, Ordering::SeqCst);
+    let out = target.finish(&["--output", "json"], &[]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert!(
+        report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
+        "{report}"
+    );
+    // Between the two kubeadm runs, cpr stopped kubelet, and kubeadm's preflight found its ports free.
+    let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let stops: Vec<Value> = log_lines(&root.join("var/log/systemctl.log"))
+        .into_iter()
+        .filter(|l| l["argv"] == serde_json::json!(["systemctl", "stop", "kubelet"]))
+        .filter(|l| {
+            let t = l["time"].as_str().unwrap();
+            calls[0]["time"].as_str().unwrap() < t && t < calls[1]["time"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(stops.len(), 2, "kubeadm's own stop, then cpr's: {stops:?}");
+    assert!(
+        stderr(&out).contains("stopping it for kubeadm's preflight check Port-10250"),
+        "{}",
+        stderr(&out)
+    );
+    drop(kubelet);
+}
+
+/// A port kubeadm checks held by something that is no static pod of this node (an etcd started by
+/// hand): cpr waits its --timeout, then names the port and the process and runs no kubeadm.
+#[test]
+fn a_port_held_by_another_process_is_named_and_kubeadm_never_runs() {
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let target = Target::restored(store.path());
+    let root = target.root();
+    let mut squatter = listen(&target.ns, ETCD_CLIENT_PORT);
+    while !target.ns.listening(ETCD_CLIENT_PORT) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = tree_with_modes(root);
+
+    let out = target.cpr(
+        &["finish", "--root", root.to_str().unwrap(), "--timeout", "1"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains(&format!(
+            "port 2379 (etcd (clients)) is still in use by python3 (pid {})",
+            squatter.id()
+        )) && message.contains("Port-2379")
+            && message.contains("run `cpr finish` again"),
+        "{message}"
+    );
+    assert!(!root.join("var/log/kubeadm-double.log").exists());
+    assert_eq!(tree_with_modes(root), before);
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
+/// The namespace harness itself: a veth pair links two namespaces (multi-node tests build on it), and
+/// a listener in one is invisible in the other's `listening`.
+#[test]
+fn netns_harness_links_two_namespaces() {
+    let (a, b) = (NetNs::new(), NetNs::new());
+    a.link(&b, "10.77.0.1/24", "10.77.0.2/24");
+    let mut server = listen(&b, APISERVER_PORT);
+    while !b.listening(APISERVER_PORT) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!a.listening(APISERVER_PORT));
+    let connect = |ns: &NetNs, host: &str| {
+        ns.command("python3")
+            .args([
+                "-c",
+                &format!("import socket; socket.create_connection(('{host}', {APISERVER_PORT}), timeout=2)"),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(connect(&a, "10.77.0.2"));
+    assert!(!connect(&a, "10.78.0.2"));
+    let _ = server.kill();
+    let _ = server.wait();
 }

@@ -77,6 +77,24 @@ pub fn restore_preflight_ignores(data_dir: &str) -> Vec<String> {
     vec![dir_available_check(data_dir)]
 }
 
+/// kubelet's port (cmd/kubeadm/app/constants/constants.go `KubeletPort`).
+pub const KUBELET_PORT: u16 = 10250;
+
+/// The ports `kubeadm init`'s preflight requires free (`PortOpenCheck`, check name `Port-<port>`), with
+/// the component that listens on each once the node runs: preflight/checks.go `InitNodeChecks` (the API
+/// server's bind port, 10259, 10257, and 2379, 2380 for a local etcd) and `addCommonChecks` (10250).
+/// cpr restores a local etcd, so its ports are always in.
+pub fn preflight_ports(bind_port: u16) -> [(u16, &'static str); 6] {
+    [
+        (bind_port, "kube-apiserver"),
+        (10259, "kube-scheduler"),
+        (10257, "kube-controller-manager"),
+        (KUBELET_PORT, "kubelet"),
+        (2379, "etcd (clients)"),
+        (2380, "etcd (peers)"),
+    ]
+}
+
 /// Runs `kubeadm init --config CONFIG --ignore-preflight-errors=...`, its output on stderr.
 pub fn run_init(kubeadm: &Path, config: &Path, ignores: &[String]) -> Result<(), Error> {
     let mut command = Command::new(kubeadm);

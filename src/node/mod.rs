@@ -9,6 +9,7 @@ pub mod kubeadm_config;
 pub mod kubeconfig;
 pub mod layout;
 pub mod pod;
+pub mod ports;
 
 use std::path::PathBuf;
 

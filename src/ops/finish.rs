@@ -2,8 +2,8 @@
 //! etcd data, kubeconfigs for root and the sudo user, the custom static pods back, health checks.
 
 use std::fs;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::backup::{client_endpoint, client_tls};
 use super::restore::{staged_bundle_dir, staged_manifest};
@@ -17,7 +17,7 @@ use crate::node::apiserver::ApiServer;
 use crate::node::kubeadm::{self, InitNode};
 use crate::node::kubeconfig::Kubeconfig;
 use crate::node::layout::{self, Layout};
-use crate::node::StaticPod;
+use crate::node::{ports, StaticPod};
 
 const KUBEADM_CONFIG: &str = "kubeadm-init.yaml";
 /// kubeadm's own manifests, kept where kubelet does not look, when the backup's version replaces them.
@@ -29,12 +29,16 @@ const KUBEADM_MANIFESTS: [&str; 4] = [
     "kube-scheduler.yaml",
 ];
 const DEFAULT_BIND_PORT: u16 = 6443;
+/// The machine's /proc, whatever `--root` is: ports belong to the network namespace cpr runs in.
+const PROC: &str = "/proc";
+const PORT_POLL: Duration = Duration::from_millis(200);
 
 pub struct FinishRequest {
     pub root: PathBuf,
     pub kubeadm: PathBuf,
     pub systemctl: PathBuf,
-    /// How long to wait for kube-apiserver and etcd to become healthy.
+    /// How long to wait for the ports kubeadm's preflight checks to free, and for kube-apiserver and
+    /// etcd to become healthy.
     pub timeout: Duration,
     /// The user who ran `sudo cpr …` (`SUDO_USER`): gets `~/.kube/config` too.
     pub sudo_user: Option<String>,
@@ -108,6 +112,8 @@ fn init(
     state: &mut State,
 ) -> Result<(), Error> {
     move_aside_stale_manifests(layout, state)?;
+    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
+    free_preflight_ports(request, bind_port)?;
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
     let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
         path: cluster_path.clone(),
@@ -125,7 +131,7 @@ fn init(
     let node = InitNode {
         name: manifest.node.name.clone(),
         advertise_address: address,
-        bind_port: manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT),
+        bind_port,
         cri_socket: manifest.node.cri_socket.clone(),
     };
     let config = kubeadm::init_config(&node, &cluster, &cluster_path.display().to_string())?;
@@ -289,16 +295,81 @@ fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
     Ok(restored)
 }
 
+/// kubeadm's preflight fails on a listener on any port it checks (`kubeadm::preflight_ports`). After an
+/// earlier attempt got as far as kubelet-start, kubelet runs, and so do the static pods it started. Their
+/// manifests are aside by now, and a running kubelet stops a static pod whose manifest is gone; stopping
+/// kubelet would not (the containers outlive it). So cpr waits for the control-plane ports first, then
+/// stops kubelet and waits for kubelet's own port. When nothing listens (a first run) nothing happens.
+fn free_preflight_ports(request: &FinishRequest, bind_port: u16) -> Result<(), Error> {
+    let proc = Path::new(PROC);
+    let (kubelet, pods): (Vec<_>, Vec<_>) = kubeadm::preflight_ports(bind_port)
+        .into_iter()
+        .partition(|(port, _)| *port == kubeadm::KUBELET_PORT);
+    let deadline = Instant::now() + request.timeout;
+    wait_for_ports(
+        proc,
+        &pods,
+        deadline,
+        "its static pod manifest is no longer in the manifests dir, and a running kubelet stops such a pod; a \
+         stopped kubelet does not (the container outlives it): find it with `crictl ps` and stop it with \
+         `crictl stop ID`, or end that process",
+    )?;
+    if kubelet.iter().any(|(port, _)| ports::in_use(proc, *port)) {
+        log::info!("finish: kubelet of an earlier attempt still runs; stopping it for kubeadm's preflight check Port-{}", kubeadm::KUBELET_PORT);
+        systemctl_kubelet(request, "stop")?;
+        wait_for_ports(
+            proc,
+            &kubelet,
+            deadline,
+            "`systemctl stop kubelet` did not free it: stop that process",
+        )?;
+    }
+    Ok(())
+}
+
+fn wait_for_ports(
+    proc: &Path,
+    ports: &[(u16, &str)],
+    deadline: Instant,
+    advice: &str,
+) -> Result<(), Error> {
+    let mut logged = false;
+    while let Some(&(port, component)) = ports.iter().find(|(p, _)| ports::in_use(proc, *p)) {
+        if Instant::now() >= deadline {
+            return Err(Error::PortInUse {
+                port,
+                component: component.to_string(),
+                holder: ports::describe_holder(proc, port),
+                advice: advice.to_string(),
+            });
+        }
+        if !logged {
+            log::info!(
+                "finish: waiting for port {port} ({component}, held by {}) to free for kubeadm's preflight",
+                ports::describe_holder(proc, port)
+            );
+            logged = true;
+        }
+        std::thread::sleep(PORT_POLL);
+    }
+    Ok(())
+}
+
 fn restart_kubelet(request: &FinishRequest) -> Result<(), Error> {
+    systemctl_kubelet(request, "restart")
+}
+
+/// `systemctl VERB kubelet`; a failure is only logged: what it was for is checked afterwards.
+fn systemctl_kubelet(request: &FinishRequest, verb: &str) -> Result<(), Error> {
     let status = std::process::Command::new(&request.systemctl)
-        .args(["restart", "kubelet"])
+        .args([verb, "kubelet"])
         .status()
         .map_err(|source| crate::node::Error::Run {
-            command: format!("{} restart kubelet", request.systemctl.display()),
+            command: format!("{} {verb} kubelet", request.systemctl.display()),
             source,
         })?;
     if !status.success() {
-        log::warn!("finish: `systemctl restart kubelet` exited with {status}; kubelet picks up static pod changes on its own within a minute");
+        log::warn!("finish: `systemctl {verb} kubelet` exited with {status}");
     }
     Ok(())
 }

@@ -79,6 +79,13 @@ pub enum Error {
         unit: String,
         status: std::process::ExitStatus,
     },
+    #[error("port {port} ({component}) is still in use by {holder}, and kubeadm init's preflight check Port-{port} needs it free: {advice}. Then run `cpr finish` again")]
+    PortInUse {
+        port: u16,
+        component: String,
+        holder: String,
+        advice: String,
+    },
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
     #[error(transparent)]
@@ -111,7 +118,7 @@ impl Error {
             Error::ChecksFailed { .. } => 9,
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
-            Error::Node(_) => 6,
+            Error::Node(_) | Error::PortInUse { .. } => 6,
             // A restore that cannot write its data dir is a local disk problem, not etcd's.
             Error::Etcd(crate::etcd::Error::Io { .. }) => 7,
             Error::Etcd(_) => 5,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod etcd_cluster;
+pub mod netns;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -85,7 +86,11 @@ pub fn cpr(args: &[&str]) -> Output {
 }
 
 pub fn cpr_env(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(cpr_bin());
+    run_cpr(Command::new(cpr_bin()), args, env)
+}
+
+/// cpr started through `command` (e.g. `NetNs::command(cpr_bin())`), as `cpr_env` runs it.
+pub fn run_cpr(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> Output {
     command
         .args(args)
         .env("CPR_LOG", "info")

@@ -285,6 +285,84 @@ if __name__ == "__main__":
     unittest.main()
 
 
+# A server as Go writes them (SO_REUSEADDR, like etcd and kubelet) listening on ADDR:PORT until killed; with
+# "timewait", one that instead leaves PORT in TIME_WAIT (it accepted a connection and closed it first) and exits.
+PORT_HOLDER = """
+import socket, sys, time
+addr, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen()
+if mode == "timewait":
+    c = socket.create_connection((addr, port))
+    conn, _ = s.accept()
+    conn.close()
+    time.sleep(0.2)
+    c.close()
+    s.close()
+else:
+    print("listening", flush=True)
+    time.sleep(3600)
+"""
+
+
+class PortChecks(unittest.TestCase):
+    """preflight/checks.go PortOpenCheck, run inside a network namespace of its own (root, iproute2) so that
+    kubeadm's fixed ports are free whatever the host runs."""
+
+    def setUp(self):
+        self.ns = f"cpr-{os.getpid()}-doubles"
+        subprocess.run(["ip", "netns", "add", self.ns], check=True)
+        subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
+        self.tmp = tempfile.mkdtemp(prefix="doubles-ports-")
+        subprocess.run(["bash", FIXTURE, self.tmp, NODE, IP, "2379", "2380"], check=True, capture_output=True)
+        os.makedirs(os.path.join(self.tmp, "proc/sys/net/ipv4"))
+        with open(os.path.join(self.tmp, "proc/sys/net/ipv4/ip_forward"), "w") as f:
+            f.write("1\n")
+        self.cfg = os.path.join(self.tmp, "kubeadm.yaml")
+        with open(self.cfg, "w") as f:
+            f.write(config())
+        self.env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.tmp, KUBEADM_DOUBLE_ALLOW_LOOPBACK="1",
+                        PATH=HERE + os.pathsep + os.environ["PATH"])
+        for name in ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS", "KUBEADM_DOUBLE_APISERVER"):
+            self.env.pop(name, None)
+
+    def tearDown(self):
+        subprocess.run(["ip", "netns", "del", self.ns])
+        shutil.rmtree(self.tmp)
+
+    def in_ns(self, *argv):
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+    def preflight_errors(self):
+        r = subprocess.run(self.in_ns(KUBEADM, "init", "--config", self.cfg,
+                                      f"--ignore-preflight-errors={RESTORE_IGNORES}"),
+                           env=self.env, capture_output=True, text=True, timeout=60)
+        return r.returncode, [line.strip() for line in r.stderr.splitlines() if "[ERROR Port-" in line]
+
+    def test_a_listener_on_any_address_fails_its_port(self):
+        holder = subprocess.Popen(self.in_ns("python3", "-c", PORT_HOLDER, "127.0.0.1", "2379", "listen"),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(holder.stdout.readline(), "listening\n")
+            code, errors = self.preflight_errors()
+            self.assertEqual(code, 1)
+            self.assertEqual(errors, ["[ERROR Port-2379]: Port 2379 is in use"])
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+
+    def test_a_port_left_in_time_wait_is_free_as_for_go(self):
+        subprocess.run(self.in_ns("python3", "-c", PORT_HOLDER, "127.0.0.1", "10250", "timewait"), check=True)
+        ss = subprocess.run(self.in_ns("ss", "-Htan", "state", "time-wait", "sport", "= :10250"),
+                            capture_output=True, text=True, check=True)
+        self.assertTrue(ss.stdout.strip(), "no TIME_WAIT socket on 10250")
+        code, errors = self.preflight_errors()
+        self.assertEqual((code, errors), (0, []))
+
+
 class SystemctlJobOrdering(unittest.TestCase):
     """The systemctl double refuses what systemd would hang in: a blocking start of a unit ordered after
     the oneshot unit whose start job runs the caller (the cpr-finish.service deadlock)."""
