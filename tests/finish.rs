@@ -183,13 +183,16 @@ impl Drop for Kubelet {
 }
 
 /// A source node whose ClusterConfiguration is `cluster` (kubeadm's ports), backed up into a directory
-/// store, with `extra_manifest` beside its static pods; its etcd is stopped (the node died).
+/// store, with `extra_manifest` beside its static pods and `apiserver_sans` (openssl items) in its
+/// apiserver certificate; its etcd is stopped (the node died).
 fn backed_up_node(
     keys: usize,
     extra_manifest: Option<(&str, &str)>,
     cluster: &str,
+    apiserver_sans: &str,
 ) -> (KubeadmNode, tempfile::TempDir) {
-    let mut source = KubeadmNode::start(EtcdVersion::V3_5, keys);
+    let mut source =
+        KubeadmNode::start_with(EtcdVersion::V3_5, keys, APISERVER_PORT, apiserver_sans);
     if let Some((name, text)) = extra_manifest {
         fs::write(
             source.root().join("etc/kubernetes/manifests").join(name),
@@ -358,6 +361,7 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
         20,
         Some(("second-scheduler.yaml", second_scheduler)),
         &cluster_configuration(NODE_IP),
+        "",
     );
     let manifests = source.root().join("etc/kubernetes/manifests");
 
@@ -524,7 +528,7 @@ fn outcome(root: &Path) -> (Files, Vec<u8>, String) {
 #[test]
 fn a_finish_killed_at_any_step_converges_when_run_again() {
     use std::os::unix::process::ExitStatusExt;
-    let (_source, store) = backed_up_node(10, None, &cluster_configuration(NODE_IP));
+    let (_source, store) = backed_up_node(10, None, &cluster_configuration(NODE_IP), "");
 
     let reference = Target::restored(store.path());
     let kubelet = Kubelet::start(&reference);
@@ -559,7 +563,7 @@ fn a_finish_killed_at_any_step_converges_when_run_again() {
 /// completes the recovery and takes the notices away.
 #[test]
 fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
-    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP), "");
     let target = Target::restored(store.path());
     let root = target.root();
     let enabled = install_finish_unit(root);
@@ -605,7 +609,7 @@ fn a_failed_boot_time_finish_disables_its_unit_and_says_what_to_do() {
 /// with their manifests (kubelet stops them), then kubelet goes with `systemctl stop kubelet`.
 #[test]
 fn a_rerun_after_a_failed_wait_control_plane_frees_kubeadms_ports() {
-    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP), "");
     let target = Target::restored(store.path());
     let root = target.root();
     let kubelet = Kubelet::start_with(&target, true);
@@ -652,7 +656,7 @@ fn a_rerun_after_a_failed_wait_control_plane_frees_kubeadms_ports() {
 /// hand): cpr waits its --timeout, then names the port and the process and runs no kubeadm.
 #[test]
 fn a_port_held_by_another_process_is_named_and_kubeadm_never_runs() {
-    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP));
+    let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP), "");
     let target = Target::restored(store.path());
     let root = target.root();
     let mut squatter = listen(&target.ns, ETCD_CLIENT_PORT);
@@ -706,4 +710,48 @@ fn netns_harness_links_two_namespaces() {
     assert!(!connect(&a, "10.78.0.2"));
     let _ = server.kill();
     let _ = server.wait();
+}
+
+/// kube-vip serves the controlPlaneEndpoint, a VIP on this node. kubeadm's wait-control-plane talks to
+/// the API server through admin.conf, so through the VIP: kube-vip's manifest (kube-vip's own published
+/// one) has to be in the manifests dir before `kubeadm init`, for kubelet to start it with kubeadm's
+/// kubelet-start.
+#[test]
+fn a_control_plane_endpoint_served_by_kube_vip_is_up_for_wait_control_plane() {
+    const VIP: &str = "10.0.1.100";
+    let kube_vip = fs::read_to_string(fixtures().join("kube-vip/kube-vip-arp-v0.4.1.yaml"))
+        .unwrap()
+        .replace("value: 192.168.0.1", &format!("value: {VIP}"));
+    assert_eq!(kube_vip_address(&kube_vip).as_deref(), Some(VIP));
+    let (_source, store) = backed_up_node(
+        5,
+        Some(("kube-vip.yaml", &kube_vip)),
+        &cluster_configuration(VIP),
+        &format!("IP:{VIP}"),
+    );
+    let target = Target::restored(store.path());
+    let kubelet = Kubelet::start(&target);
+
+    let out = target.finish(
+        &["--output", "json"],
+        &[("KUBEADM_DOUBLE_WAIT_SECONDS", "15")],
+    );
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(
+        report["apiserver"],
+        format!("https://{VIP}:{APISERVER_PORT}")
+    );
+    assert!(
+        report["staticPods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == "kube-vip.yaml"),
+        "{report}"
+    );
+    assert_eq!(
+        fs::read_to_string(target.root().join("etc/kubernetes/manifests/kube-vip.yaml")).unwrap(),
+        kube_vip
+    );
+    drop(kubelet);
 }

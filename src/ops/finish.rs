@@ -88,9 +88,9 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         init(request, &layout, &manifest, &mut state)?;
     }
     let kubeconfigs = install_kubeconfigs(&layout, request.sudo_user.as_deref())?;
-    let static_pods = restore_static_pods(&layout)?;
+    let (static_pods, changed) = restore_static_pods(&layout, StaticPods::All)?;
     failpoint("finish:static-pods");
-    if !static_pods.is_empty() {
+    if changed {
         restart_kubelet(request)?;
     }
     let mut report = health(request, &layout)?;
@@ -114,6 +114,7 @@ fn init(
     move_aside_stale_manifests(layout, state)?;
     let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
     free_preflight_ports(request, bind_port)?;
+    restore_static_pods(layout, StaticPods::Custom)?;
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
     let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
         path: cluster_path.clone(),
@@ -241,10 +242,23 @@ fn passwd_entry(layout: &Layout, user: &str) -> Option<(String, u32, u32)> {
     })
 }
 
-/// Static pods of the backup that kubeadm did not generate (a second scheduler) or that differ from
-/// what it generated (extra admission plugins) are put back. kubeadm's differing version is kept under
-/// `var/lib/cpr/kubeadm-generated/`: never in the manifests dir, where kubelet would run it.
-fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
+/// Which of the backup's static pods a pass puts back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StaticPods {
+    /// Before `kubeadm init`: those kubeadm does not generate (kube-vip, keepalived, haproxy, a second
+    /// scheduler). A controlPlaneEndpoint they serve must be up for wait-control-plane, which talks to
+    /// it through admin.conf (cmd/phases/init/waitcontrolplane.go, cmd/init.go `Client`); kubelet starts
+    /// them when kubeadm's kubelet-start phase starts it.
+    Custom,
+    /// After `kubeadm init`: those too, and kubeadm's own four where the backup's version differs from
+    /// what kubeadm generated (extra admission plugins).
+    All,
+}
+
+/// Puts the backup's static pods back: the names of those in place from the backup, and whether any
+/// file changed. kubeadm's differing version is kept under `var/lib/cpr/kubeadm-generated/`: never in
+/// the manifests dir, where kubelet would run it.
+fn restore_static_pods(layout: &Layout, which: StaticPods) -> Result<(Vec<String>, bool), Error> {
     let staged_dir = staged_bundle_dir(layout).join(layout::MANIFESTS_DIR);
     let live_dir = layout.path(layout::MANIFESTS_DIR);
     let mut names: Vec<String> = match fs::read_dir(&staged_dir) {
@@ -261,15 +275,24 @@ fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
         }
     };
     names.sort();
-    let mut restored = Vec::new();
+    let (mut restored, mut changed) = (Vec::new(), false);
     for name in names {
+        let kubeadms = KUBEADM_MANIFESTS.contains(&name.as_str());
+        if kubeadms && which == StaticPods::Custom {
+            continue;
+        }
         let backed_up = fs::read(staged_dir.join(&name)).map_err(|source| Error::Read {
             path: staged_dir.join(&name),
             source,
         })?;
         let live = live_dir.join(&name);
         match fs::read(&live) {
-            Ok(generated) if generated == backed_up => continue,
+            Ok(generated) if generated == backed_up => {
+                if !kubeadms {
+                    restored.push(name);
+                }
+                continue;
+            }
             Ok(generated) => {
                 let keep = state::state_dir(layout).join(GENERATED_DIR);
                 state::ensure_dir(&keep)?;
@@ -286,13 +309,15 @@ fn restore_static_pods(layout: &Layout) -> Result<Vec<String>, Error> {
             }
             Err(_) => log::info!("finish: {name} is a custom static pod; restoring it"),
         }
+        state::ensure_dir(&live_dir)?;
         fsutil::write_atomic(&live, &backed_up, 0o600).map_err(|source| Error::Write {
             path: live.clone(),
             source,
         })?;
         restored.push(name);
+        changed = true;
     }
-    Ok(restored)
+    Ok((restored, changed))
 }
 
 /// kubeadm's preflight fails on a listener on any port it checks (`kubeadm::preflight_ports`). After an

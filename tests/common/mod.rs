@@ -189,6 +189,17 @@ impl KubeadmNode {
         keys: usize,
         apiserver_port: u16,
     ) -> KubeadmNode {
+        Self::start_with(version, keys, apiserver_port, "")
+    }
+
+    /// As `start_with_apiserver_port`, with `extra_sans` (openssl items, `IP:10.0.1.100`) in the
+    /// apiserver certificate, as kubeadm adds a controlPlaneEndpoint's host.
+    pub fn start_with(
+        version: EtcdVersion,
+        keys: usize,
+        apiserver_port: u16,
+        extra_sans: &str,
+    ) -> KubeadmNode {
         let (client_port, peer_port) = (free_port(), free_port());
         let dir = tempfile::tempdir().unwrap();
         run(Command::new(fixtures().join("kubeadm-node")).args([
@@ -199,6 +210,7 @@ impl KubeadmNode {
             &peer_port.to_string(),
             "3.5.9-0",
             &apiserver_port.to_string(),
+            extra_sans,
         ]));
         let mut node = KubeadmNode {
             root: dir.path().to_path_buf(),
