@@ -21,6 +21,8 @@ APT_PACKAGES=(
   ovmf                                # UEFI firmware for the UEFI ISO boot under QEMU
   ca-certificates                     # the CA bundle the initramfs carries for https stores
   age minisign                        # encrypted, signed bundles opened with the reference tools
+  mmdebstrap                          # image/build-target-os: the replacement machine's Debian + systemd OS
+  iproute2                            # ip netns, ss: each finish test runs its node in its own network namespace
 )
 # kubectl for the CronJob's client-side dry run: this kind of machine ships one (from Google's
 # repository); Debian's older kubernetes-client only where none is on PATH, since both own /usr/bin/kubectl.
