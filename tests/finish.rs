@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::certs::{cert_expiring_in, reissue_leaf};
 use common::netns::NetNs;
 use common::*;
 use serde_json::Value;
@@ -191,8 +192,20 @@ fn backed_up_node(
     cluster: &str,
     apiserver_sans: &str,
 ) -> (KubeadmNode, tempfile::TempDir) {
+    backed_up_node_with(keys, extra_manifest, cluster, apiserver_sans, |_| {})
+}
+
+/// As `backed_up_node`, with `prepare` run on the source's pki dir before the backup.
+fn backed_up_node_with(
+    keys: usize,
+    extra_manifest: Option<(&str, &str)>,
+    cluster: &str,
+    apiserver_sans: &str,
+    prepare: impl FnOnce(&Path),
+) -> (KubeadmNode, tempfile::TempDir) {
     let mut source =
         KubeadmNode::start_with(EtcdVersion::V3_5, keys, APISERVER_PORT, apiserver_sans);
+    prepare(&source.root().join("etc/kubernetes/pki"));
     if let Some((name, text)) = extra_manifest {
         fs::write(
             source.root().join("etc/kubernetes/manifests").join(name),
@@ -754,4 +767,163 @@ fn a_control_plane_endpoint_served_by_kube_vip_is_up_for_wait_control_plane() {
         kube_vip
     );
     drop(kubelet);
+}
+
+/// The directory a recovery moved expiring leaf certificates to (`pki.cpr-old-<stamp>-expired`).
+fn expired_dir(root: &Path) -> PathBuf {
+    fs::read_dir(root.join("etc/kubernetes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("pki.cpr-old-") && name.ends_with("-expired")
+        })
+        .unwrap_or_else(|| panic!("no pki.cpr-old-*-expired under {}", root.display()))
+}
+
+/// A bundle taken a year on: kube-apiserver's serving certificate expired three days ago (kubeadm's
+/// certs phase refuses it: `VerifyCertChain`), etcd's expires in ten days (within `cpr check`'s
+/// 30-day window). Both go aside with their keys, kubeadm signs new ones with the restored CAs, the
+/// control plane comes up with them, and the report names them.
+#[test]
+fn expired_and_expiring_leaf_certificates_are_regenerated_and_the_old_ones_kept() {
+    let (_source, store) =
+        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |pki| {
+            let api_sans = [
+                NODE_NAME,
+                "kubernetes",
+                "kubernetes.default",
+                NODE_IP,
+                "10.96.0.1",
+            ];
+            reissue_leaf(pki, "apiserver", "ca", "kube-apiserver", &api_sans, -3);
+            let etcd_sans = ["localhost", NODE_NAME, NODE_IP, "127.0.0.1", "::1"];
+            reissue_leaf(pki, "etcd/server", "etcd/ca", NODE_NAME, &etcd_sans, 10);
+        });
+    let target = Target::restored(store.path());
+    let root = target.root();
+    let pki = root.join("etc/kubernetes/pki");
+    let renewed = [
+        "apiserver.crt",
+        "apiserver.key",
+        "etcd/server.crt",
+        "etcd/server.key",
+    ];
+    let contents = |files: &[&str]| -> Vec<Vec<u8>> {
+        files
+            .iter()
+            .map(|f| fs::read(pki.join(f)).unwrap())
+            .collect()
+    };
+    let restored = contents(&renewed);
+    let kept = [
+        "ca.crt",
+        "ca.key",
+        "etcd/ca.crt",
+        "sa.key",
+        "apiserver-kubelet-client.crt",
+    ];
+    let untouched = contents(&kept);
+
+    let kubelet = Kubelet::start(&target);
+    let out = target.finish(&["--output", "json"], &[]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    drop(kubelet);
+
+    assert_eq!(
+        report["regeneratedCertificates"],
+        serde_json::json!(["apiserver", "etcd/server"]),
+        "{report}"
+    );
+    // etcd answered over its new serving certificate, kube-apiserver over its new one.
+    assert!(
+        report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
+        "{report}"
+    );
+    let aside = expired_dir(root);
+    for (file, bytes) in renewed.iter().zip(&restored) {
+        assert_eq!(
+            &fs::read(aside.join(file)).unwrap(),
+            bytes,
+            "{file} kept aside"
+        );
+        assert_ne!(
+            &fs::read(pki.join(file)).unwrap(),
+            bytes,
+            "{file} regenerated"
+        );
+    }
+    for (file, bytes) in kept.iter().zip(&untouched) {
+        assert_eq!(
+            &fs::read(pki.join(file)).unwrap(),
+            bytes,
+            "{file} untouched"
+        );
+    }
+    for (leaf, ca) in [("apiserver", "ca"), ("etcd/server", "etcd/ca")] {
+        let verify = std::process::Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(pki.join(format!("{ca}.crt")))
+            .arg(pki.join(format!("{leaf}.crt")))
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{leaf}: {}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+    let state: Value =
+        serde_json::from_slice(&fs::read(root.join("var/lib/cpr/state.json")).unwrap()).unwrap();
+    for file in renewed {
+        let path = aside.join(file).display().to_string();
+        assert!(
+            state["movedAside"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == &path),
+            "{state}"
+        );
+    }
+    // Run again: nothing more is moved, and the report still says what was regenerated.
+    let before = snapshot(root);
+    let again: Value =
+        serde_json::from_str(&ok(&target.finish(&["--output", "json"], &[]))).unwrap();
+    assert_eq!(
+        again["regeneratedCertificates"],
+        report["regeneratedCertificates"]
+    );
+    assert_eq!(snapshot(root), before);
+}
+
+/// An expired CA cannot be renewed by kubeadm: `cpr finish` refuses before it changes a file or runs
+/// kubeadm, names the CA and says what to do.
+#[test]
+fn an_expired_ca_is_refused_before_anything_changes() {
+    let (_source, store) =
+        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |pki| {
+            fs::write(
+                pki.join("front-proxy-ca.crt"),
+                cert_expiring_in(-1, "front-proxy-ca"),
+            )
+            .unwrap()
+        });
+    let target = Target::restored(store.path());
+    let root = target.root();
+    let before = tree_with_modes(root);
+
+    let out = target.finish(&[], &[]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains("front-proxy-ca.crt")
+            && message.contains("has expired")
+            && message.contains("Manual rotation of CA certificates")
+            && message.contains("nothing was changed")
+            && message.contains("run `cpr finish` again"),
+        "{message}"
+    );
+    assert!(!root.join("var/log/kubeadm-double.log").exists());
+    assert_eq!(tree_with_modes(root), before);
 }

@@ -5,6 +5,7 @@
 mod common;
 mod store_common;
 
+use common::certs::cert_expiring_in;
 use common::*;
 use cpr::store::index::{self, IndexEntry};
 use cpr::store::{self as cpr_store, Store};
@@ -449,16 +450,6 @@ fn scheduled_backup_prunes_by_the_config_and_writes_metrics_on_success_and_failu
         1,
         "a temp file was left behind"
     );
-}
-
-/// A self-signed certificate valid until `days` from now (negative: expired), as PEM.
-fn cert_expiring_in(days: i64, name: &str) -> String {
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    params.not_before = now - time::Duration::days(400);
-    params.not_after = now + time::Duration::days(days);
-    let key = rcgen::KeyPair::generate().unwrap();
-    params.self_signed(&key).unwrap().pem()
 }
 
 fn check(args: &[&str]) -> (Option<i32>, Value) {

@@ -36,7 +36,7 @@ pub struct CheckCmd {
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
     /// warn about certificates that expire within this many days (default 30)
-    #[argh(option, default = "30")]
+    #[argh(option, default = "crate::ops::check::CERT_WARN_DAYS")]
     pub warn_days: u32,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]

@@ -71,3 +71,60 @@ pub fn parse_cert(pem_bytes: &[u8], path: &Path) -> Result<CertInfo, Error> {
         not_after: cert.validity().not_after.to_datetime(),
     })
 }
+
+/// kubeadm's certificate authorities, relative to the pki dir without `.crt` (phases/certs/certlist.go).
+/// `kubeadm init` uses an existing one as it is (cmd/phases/init/certs.go `runCAPhase`) and cannot renew it.
+pub const AUTHORITIES: [&str; 3] = ["ca", "front-proxy-ca", "etcd/ca"];
+
+/// The leaf certificates `kubeadm init` signs with a restored CA when their `.crt` is missing
+/// (certlist.go `GetDefaultCertList` with a local etcd; certs.go `runCertPhase`). An existing one is
+/// only checked to chain to its CA (`pkiutil.VerifyCertChain`), and an expired one fails that check.
+pub const KUBEADM_LEAVES: [&str; 7] = [
+    "apiserver",
+    "apiserver-kubelet-client",
+    "front-proxy-client",
+    "etcd/server",
+    "etcd/peer",
+    "etcd/healthcheck-client",
+    "apiserver-etcd-client",
+];
+
+/// A certificate of the pki dir (its name as in `AUTHORITIES`/`KUBEADM_LEAVES`) and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    pub name: String,
+    pub not_after: OffsetDateTime,
+}
+
+/// Expiry of kubeadm's certificates under `pki` at `now`: the authorities that have expired, and the
+/// leaves that have expired or expire within `warn_days`. Missing files are not kubeadm's problem here
+/// (it generates missing leaves); an unreadable one is an error.
+pub fn expiring(
+    pki: &Path,
+    now: OffsetDateTime,
+    warn_days: u32,
+) -> Result<(Vec<Expiry>, Vec<Expiry>), Error> {
+    let read =
+        |names: &[&str], due: &dyn Fn(time::Duration) -> bool| -> Result<Vec<Expiry>, Error> {
+            let mut found = Vec::new();
+            for name in names {
+                let path = pki.join(format!("{name}.crt"));
+                if !path.exists() {
+                    continue;
+                }
+                let info = read_cert(&path)?;
+                if due(info.not_after - now) {
+                    found.push(Expiry {
+                        name: name.to_string(),
+                        not_after: info.not_after,
+                    });
+                }
+            }
+            Ok(found)
+        };
+    // As `cpr check` rates them: expired at `not_after <= now`, due within the window before.
+    let authorities = read(&AUTHORITIES, &|left| left <= time::Duration::ZERO)?;
+    let window = time::Duration::days(i64::from(warn_days));
+    let leaves = read(&KUBEADM_LEAVES, &|left| left < window)?;
+    Ok((authorities, leaves))
+}

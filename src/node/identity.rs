@@ -95,7 +95,7 @@ pub fn check(
                     "{role} ({cert}) is not valid for {address} (its IPs: {})",
                     join(&info.ips)
                 ),
-                breaks: "kubeadm init refuses an existing certificate without the node's address, and clients would reject it".to_string(),
+                breaks: "kubeadm init reuses an existing certificate without looking at its addresses (cmd/phases/init/certs.go `runCertPhase` only checks its chain), so every client dialing that address would reject it".to_string(),
             });
         }
     }
@@ -106,7 +106,7 @@ pub fn check(
                 "kube-apiserver's serving certificate is not valid for the name {:?}",
                 expected.node_name
             ),
-            breaks: "kubeadm init refuses an existing apiserver certificate without the node name"
+            breaks: "kubeadm init reuses an existing apiserver certificate without looking at its names, so clients dialing the node by name would reject it"
                 .to_string(),
         });
     }

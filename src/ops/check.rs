@@ -18,6 +18,10 @@ use crate::node::layout::{self, Layout};
 use crate::node::StaticPod;
 use crate::store::{human_bytes, Store};
 
+/// Days before expiry from which a certificate is reported (`cpr check --warn-days`), and within which
+/// `cpr finish` has kubeadm regenerate a restored leaf certificate.
+pub const CERT_WARN_DAYS: u32 = 30;
+
 /// The kubeconfigs whose embedded client certificates `kubeadm certs check-expiration` lists
 /// (super-admin.conf exists from v1.29). kubelet.conf points at a file the kubelet rotates itself.
 const KUBECONFIGS: [&str; 4] = [

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::backup::{client_endpoint, client_tls};
+use super::check::CERT_WARN_DAYS;
 use super::restore::{staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
 use super::Error;
@@ -14,6 +15,7 @@ use crate::etcd::client::EtcdClient;
 use crate::fsutil;
 use crate::host::failpoint;
 use crate::node::apiserver::ApiServer;
+use crate::node::certs::{self, Expiry};
 use crate::node::kubeadm::{self, InitNode};
 use crate::node::kubeconfig::Kubeconfig;
 use crate::node::layout::{self, Layout};
@@ -32,6 +34,8 @@ const DEFAULT_BIND_PORT: u16 = 6443;
 /// The machine's /proc, whatever `--root` is: ports belong to the network namespace cpr runs in.
 const PROC: &str = "/proc";
 const PORT_POLL: Duration = Duration::from_millis(200);
+/// Where restored leaf certificates that kubeadm has to regenerate are kept: `<pki>.cpr-old-<stamp>-expired`.
+const EXPIRED_SUFFIX: &str = "-expired";
 
 pub struct FinishRequest {
     pub root: PathBuf,
@@ -53,6 +57,9 @@ pub struct FinishReport {
     pub kubeconfigs: Vec<PathBuf>,
     /// Static pod manifests brought back from the bundle.
     pub static_pods: Vec<String>,
+    /// Restored leaf certificates (as `etcd/server`) that had expired or were about to, moved aside so
+    /// that kubeadm signed new ones with the restored CAs.
+    pub regenerated_certificates: Vec<String>,
     pub apiserver: String,
     pub etcd_revision: i64,
     /// `name status` of every Node.
@@ -80,6 +87,7 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
             bundle: state.bundle.clone(),
             already_done: true,
             moved_aside: state.moved_aside.clone(),
+            regenerated_certificates: regenerated(&layout, &state),
             ..FinishReport::default()
         });
     }
@@ -102,6 +110,7 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     report.moved_aside = state.moved_aside.clone();
     report.kubeconfigs = kubeconfigs;
     report.static_pods = static_pods;
+    report.regenerated_certificates = regenerated(&layout, &state);
     Ok(report)
 }
 
@@ -111,6 +120,9 @@ fn init(
     manifest: &Manifest,
     state: &mut State,
 ) -> Result<(), Error> {
+    // Checks first: a refusal leaves every file as it was.
+    let expiring = expiring_leaves(layout, time::OffsetDateTime::now_utc())?;
+    move_aside_expiring_leaves(layout, state, &expiring)?;
     move_aside_stale_manifests(layout, state)?;
     let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
     free_preflight_ports(request, bind_port)?;
@@ -157,6 +169,94 @@ fn init(
     failpoint("finish:initialized");
     state.phase = Phase::Initialized;
     state.save(layout)
+}
+
+/// The restored leaf certificates kubeadm has to regenerate: expired ones fail its certs phase
+/// (`VerifyCertChain`), and ones expiring within `cpr check`'s window would stop the cluster soon after.
+/// An expired CA is refused: kubeadm cannot renew it, and nothing it signs would be trusted.
+fn expiring_leaves(layout: &Layout, now: time::OffsetDateTime) -> Result<Vec<Expiry>, Error> {
+    let pki = layout.path(layout::PKI_DIR);
+    let (authorities, leaves) = certs::expiring(&pki, now, CERT_WARN_DAYS)?;
+    if let Some(ca) = authorities.first() {
+        let names: Vec<String> = authorities
+            .iter()
+            .map(|a| format!("{}.crt (expired {})", a.name, a.not_after.date()))
+            .collect();
+        return Err(crate::node::Error::Certificate {
+            path: pki.join(format!("{}.crt", ca.name)),
+            why: format!(
+                "cpr finish, before kubeadm init: the restored certificate authority {} has expired. kubeadm init cannot \
+                 renew a CA and every certificate signed by it is rejected; nothing was changed. Rotate that CA (Kubernetes \
+                 docs, \"Manual rotation of CA certificates\": a new CA, then the certificates and kubeconfigs it signs, \
+                 and the workers' trust in it) in {}, then run `cpr finish` again",
+                names.join(", "),
+                pki.display()
+            ),
+        }
+        .into());
+    }
+    Ok(leaves)
+}
+
+/// Moves each expiring leaf's `.crt` and `.key` into `<pki>.cpr-old-<stamp>-expired/` (kept, never
+/// deleted), so that `kubeadm init` signs new ones with the restored CA. Each destination is recorded
+/// in the state before its rename: a run killed in between finds the file still expiring and moves it
+/// then. The key goes first, so a `.crt` left behind is still seen as expiring.
+fn move_aside_expiring_leaves(
+    layout: &Layout,
+    state: &mut State,
+    leaves: &[Expiry],
+) -> Result<(), Error> {
+    let pki = layout.path(layout::PKI_DIR);
+    let aside = expired_dir(layout, state);
+    for leaf in leaves {
+        log::info!(
+            "finish: the restored certificate {}.crt expires {}: moving it and its key aside for kubeadm to sign new ones with the restored CA",
+            leaf.name,
+            leaf.not_after
+        );
+        for ext in ["key", "crt"] {
+            let relative = format!("{}.{ext}", leaf.name);
+            let from = pki.join(&relative);
+            if !from.exists() {
+                continue;
+            }
+            let mut to = aside.join(&relative);
+            let mut n = 0;
+            while to.exists() {
+                n += 1;
+                to = aside.join(format!("{relative}.{n}"));
+            }
+            if let Some(dir) = to.parent() {
+                state::ensure_dir(dir)?;
+            }
+            if !state.moved_aside.contains(&to) {
+                state.moved_aside.push(to.clone());
+                state.save(layout)?;
+            }
+            fsutil::rename_durable(&from, &to)
+                .map_err(|source| Error::Write { path: from, source })?;
+        }
+    }
+    Ok(())
+}
+
+fn expired_dir(layout: &Layout, state: &State) -> PathBuf {
+    fsutil::sibling(
+        &layout.path(layout::PKI_DIR),
+        &format!(".cpr-old-{}{EXPIRED_SUFFIX}", state.stamp),
+    )
+}
+
+/// The leaf certificates this recovery moved aside for kubeadm to regenerate, as `etcd/server`.
+fn regenerated(layout: &Layout, state: &State) -> Vec<String> {
+    let aside = expired_dir(layout, state);
+    state
+        .moved_aside
+        .iter()
+        .filter_map(|p| p.strip_prefix(&aside).ok())
+        .filter_map(|p| p.to_str()?.strip_suffix(".crt").map(str::to_string))
+        .collect()
 }
 
 /// kubeadm refuses to overwrite control-plane manifests (its FileAvailable checks). Ones left by an
@@ -599,6 +699,10 @@ pub fn describe(report: &FinishReport) -> String {
     out.push_str(&list(
         "static pods restored from the backup",
         &report.static_pods,
+    ));
+    out.push_str(&list(
+        &format!("certificates regenerated by kubeadm from the restored CAs (expired or expiring within {CERT_WARN_DAYS} days; the old ones are kept aside)"),
+        &report.regenerated_certificates,
     ));
     out.push_str(&list("kubeconfig installed", &paths(&report.kubeconfigs)));
     out.push_str(&list(

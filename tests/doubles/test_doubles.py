@@ -257,6 +257,43 @@ class Doubles(unittest.TestCase):
         self.stop_apiserver()
         self.assertEqual(self.apiserver_exit, 0)
 
+    def expired_leaf(self, name, ca):
+        """`<pki>/<name>.crt|key` signed by the restored `<pki>/<ca>`, valid only in January 2020 (OpenSSL 3.0's
+        `x509` has no -not_after; `openssl ca` takes -startdate/-enddate)."""
+        pki = os.path.join(self.root, "etc/kubernetes/pki")
+        base, work = os.path.join(pki, name), os.path.join(self.tmp, "ca-db")
+        os.makedirs(work)
+        open(os.path.join(work, "index.txt"), "w").close()
+        with open(os.path.join(work, "serial"), "w") as f:
+            f.write("1000\n")
+        cnf = os.path.join(work, "ca.cnf")
+        with open(cnf, "w") as f:
+            f.write(f"[ca]\ndefault_ca = d\n[d]\ndatabase = {work}/index.txt\nnew_certs_dir = {work}\n"
+                    f"serial = {work}/serial\ndefault_md = sha256\npolicy = p\n[p]\ncommonName = supplied\n")
+        self.openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
+                     base + ".key", "-out", base + ".csr", "-subj", f"/CN={name}")
+        self.openssl("ca", "-batch", "-config", cnf, "-cert", os.path.join(pki, ca + ".crt"), "-keyfile",
+                     os.path.join(pki, ca + ".key"), "-in", base + ".csr", "-out", base + ".crt", "-notext",
+                     "-startdate", "20200101000000Z", "-enddate", "20200201000000Z")
+        os.remove(base + ".csr")
+
+    def test_an_expired_leaf_fails_the_certs_phase_and_a_missing_one_is_signed_anew(self):
+        """cmd/phases/init/certs.go runCertPhase: an existing leaf is checked with pkiutil.VerifyCertChain (x509
+        Verify: the validity period counts); a missing one is generated and signed by the existing CA."""
+        self.expired_leaf("apiserver", "ca")
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("error execution phase certs/apiserver: [certs] certificate apiserver not signed by CA "
+                      "certificate ca: x509: certificate has expired or is not yet valid", r.stderr)
+        pki = os.path.join(self.root, "etc/kubernetes/pki")
+        os.remove(os.path.join(pki, "apiserver.crt"))
+        os.remove(os.path.join(pki, "apiserver.key"))
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn('[certs] Generating "apiserver" certificate and key', r.stdout)
+        subprocess.run(["openssl", "verify", "-CAfile", os.path.join(pki, "ca.crt"), os.path.join(pki, "apiserver.crt")],
+                       check=True, capture_output=True)
+
     def test_version_short(self):
         r = subprocess.run([KUBEADM, "version", "-o", "short"], env=dict(self.env, KUBEADM_DOUBLE_VERSION="v1.30.1"),
                            capture_output=True, text=True)
