@@ -11,6 +11,7 @@ pub mod error;
 pub mod etcd;
 pub mod fsutil;
 pub mod host;
+pub mod k8s;
 pub mod logger;
 pub mod node;
 pub mod ops;

@@ -6,6 +6,7 @@
 
 pub mod bbolt;
 pub mod client;
+pub mod keys;
 pub mod member;
 mod patch;
 mod proto;

@@ -1,6 +1,7 @@
 //! The operations: `backup`, and (phase 1, phase 2 of a recovery) `restore` and `finish`.
 
 pub mod backup;
+pub mod carryover;
 pub mod check;
 pub mod finish;
 pub mod metrics;
@@ -88,6 +89,9 @@ pub enum Error {
     },
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
+    /// Boxed: its variants carry the key, the snapshot and the decoding error.
+    #[error(transparent)]
+    Carryover(Box<carryover::Error>),
     #[error(transparent)]
     Node(#[from] crate::node::Error),
     #[error(transparent)]
@@ -96,6 +100,12 @@ pub enum Error {
     Bundle(#[from] crate::bundle::Error),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
+}
+
+impl From<carryover::Error> for Error {
+    fn from(e: carryover::Error) -> Self {
+        Error::Carryover(Box::new(e))
+    }
 }
 
 impl Error {
@@ -119,11 +129,22 @@ impl Error {
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
             Error::Node(_) | Error::PortInUse { .. } => 6,
-            // A restore that cannot write its data dir is a local disk problem, not etcd's.
-            Error::Etcd(crate::etcd::Error::Io { .. }) => 7,
-            Error::Etcd(_) => 5,
+            Error::Carryover(e) => match &**e {
+                carryover::Error::Etcd(e) => Error::etcd_exit_code(e),
+                carryover::Error::Object { .. } | carryover::Error::MissingData { .. } => 4,
+                carryover::Error::KubeletFlags { .. } | carryover::Error::Read { .. } => 6,
+            },
+            Error::Etcd(e) => Error::etcd_exit_code(e),
             Error::Bundle(_) => 4,
             Error::Store(_) => 3,
+        }
+    }
+
+    fn etcd_exit_code(e: &crate::etcd::Error) -> i32 {
+        match e {
+            // A restore that cannot write its data dir is a local disk problem, not etcd's.
+            crate::etcd::Error::Io { .. } => 7,
+            _ => 5,
         }
     }
 }
