@@ -228,18 +228,7 @@ fn backed_up_node_with(
             &format!(":{ETCD_CLIENT_PORT}"),
         );
     fs::write(&manifest, text).unwrap();
-    let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&[
-        "backup",
-        "--root",
-        source.root().to_str().unwrap(),
-        "--store",
-        store.path().to_str().unwrap(),
-        "--endpoint",
-        &source.endpoint(),
-        "--cluster-config",
-        cluster_config.to_str().unwrap(),
-    ]));
+    let store = backup_into_dir(&source, &cluster_config);
     source.stop_etcd();
     (source, store)
 }
@@ -926,4 +915,75 @@ fn an_expired_ca_is_refused_before_anything_changes() {
     );
     assert!(!root.join("var/log/kubeadm-double.log").exists());
     assert_eq!(tree_with_modes(root), before);
+}
+
+/// Version skew through a whole restore (the matrix in tests/version_skew.rs covers every combination
+/// without one): kubeadm 1.31 restoring a v1.30 cluster whose ClusterConfiguration is v1beta3 gets it
+/// as v1beta4 (extraArgs as name/value lists, the control-plane timeout moved to the
+/// InitConfiguration) and brings the control plane back; kubeadm 1.29 and kubelet 1.29 are refused for
+/// a v1.27 bundle before anything changes, naming the packages to install.
+#[test]
+fn version_skew_is_converted_or_refused_before_kubeadm_runs() {
+    let cluster = cluster_configuration(NODE_IP).replace("v1.27.4", "v1.30.5").replace(
+        "etcd:\n",
+        "apiServer:\n  timeoutForControlPlane: 4m0s\n  extraArgs:\n    audit-log-maxage: \"30\"\n    authorization-mode: Node,RBAC\netcd:\n",
+    );
+    let (_source, store) = backed_up_node(5, None, &cluster, "");
+    let versions = [
+        ("KUBEADM_DOUBLE_VERSION", "v1.31.2"),
+        ("KUBELET_DOUBLE_VERSION", "v1.30.5"),
+    ];
+    let target = Target::restored(store.path());
+    let kubelet = Kubelet::start(&target);
+    let out = target.finish(&["--output", "json"], &versions);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    drop(kubelet);
+    assert!(
+        report["etcdRevision"].as_i64().unwrap() > 1_000_000_000,
+        "{report}"
+    );
+    let calls = log_lines(&target.root().join("var/log/kubeadm-double.log"));
+    let init = calls.iter().find(|c| c["argv"][1] == "init").unwrap();
+    let config = init["config"].as_str().unwrap();
+    let docs: Vec<serde_norway::Value> = config
+        .split("---\n")
+        .map(|d| serde_norway::from_str(d).unwrap())
+        .collect();
+    assert_eq!(docs[0]["apiVersion"], "kubeadm.k8s.io/v1beta4", "{config}");
+    assert_eq!(
+        docs[0]["timeouts"]["controlPlaneComponentHealthCheck"],
+        "4m0s"
+    );
+    assert_eq!(docs[1]["apiVersion"], "kubeadm.k8s.io/v1beta4");
+    assert_eq!(
+        serde_json::to_value(&docs[1]["apiServer"]).unwrap(),
+        serde_json::json!({"extraArgs": [
+            {"name": "audit-log-maxage", "value": "30"},
+            {"name": "authorization-mode", "value": "Node,RBAC"}
+        ]})
+    );
+    assert!(!stderr(&out).contains("unknown field"), "{}", stderr(&out));
+
+    let refused = Target::restored(store.path());
+    let before = tree_with_modes(refused.root());
+    let out = refused.finish(
+        &[],
+        &[
+            ("KUBEADM_DOUBLE_VERSION", "v1.32.0"),
+            ("KUBELET_DOUBLE_VERSION", "v1.31.1"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let message = stderr(&out);
+    assert!(
+        message.contains(
+            "kubeadm v1.32.0 deploys control planes from v1.31.0 on, not the bundle's v1.30.5"
+        ) && message.contains("kubelet v1.31.1 is newer than the bundle's control plane v1.30.5")
+            && message.contains("apt-get install kubeadm=1.30.* kubelet=1.30.*")
+            && message.contains("Nothing was changed"),
+        "{message}"
+    );
+    assert_eq!(tree_with_modes(refused.root()), before);
+    let calls = log_lines(&refused.root().join("var/log/kubeadm-double.log"));
+    assert!(calls.iter().all(|c| c["argv"][1] != "init"), "{calls:?}");
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::Output;
-use crate::ops::finish::{describe, finish, settle_unit, FinishRequest};
+use crate::ops::finish::{check_versions, describe, finish, settle_unit, FinishRequest};
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -28,6 +28,10 @@ pub struct FinishCmd {
     /// or failed; a failure is recorded in /var/lib/cpr/finish-failed and shown at login
     #[argh(option)]
     pub unit: Option<String>,
+    /// only compare the installed kubeadm and kubelet with the restored bundle (kubernetesVersion,
+    /// ClusterConfiguration apiVersion) and print the config kubeadm init would get; changes nothing
+    #[argh(switch)]
+    pub check_versions: bool,
 }
 
 /// What `cpr restore` passes on to phase 2.
@@ -41,6 +45,7 @@ pub fn finish_request(args: FinishArgs) -> FinishRequest {
     FinishRequest {
         root: args.root,
         kubeadm: args.kubeadm,
+        kubelet: PathBuf::from("kubelet"),
         systemctl: PathBuf::from("systemctl"),
         timeout: Duration::from_secs(args.timeout),
         sudo_user: std::env::var("SUDO_USER").ok().filter(|u| !u.is_empty()),
@@ -53,6 +58,26 @@ pub fn run(cmd: FinishCmd) -> Result<(), Error> {
         kubeadm: cmd.kubeadm,
         timeout: cmd.timeout,
     });
+    if cmd.check_versions {
+        let report = check_versions(&request)?;
+        match cmd.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("reports serialize")
+            ),
+            Output::Text => print!(
+                "cpr finish --check-versions: kubeadm {}, kubelet {} and the bundle's {} ({}) restore; kubeadm init gets {}{}:\n{}",
+                report.kubeadm,
+                report.kubelet,
+                report.bundle,
+                report.bundle_api_version,
+                report.plan.api_version,
+                if report.plan.converted { " (converted)" } else { "" },
+                report.init_config
+            ),
+        }
+        return Ok(());
+    }
     let outcome = finish(&request);
     if let Some(unit) = &cmd.unit {
         let failure = outcome.as_ref().err().map(|e| crate::error::chain(e));

@@ -42,6 +42,12 @@ pub enum Error {
     },
     #[error("kubeadm init failed with exit code {status} (config {config}). Its output above says which check or phase failed; fix that and run `cpr finish` again")]
     Kubeadm { status: i32, config: PathBuf },
+    #[error("cpr finish, before kubeadm init: {found} cannot restore this bundle: {problems}. Nothing was changed. {install}, then run `cpr finish` again")]
+    VersionSkew {
+        found: String,
+        problems: String,
+        install: String,
+    },
     #[error("kubeadm ClusterConfiguration at {key}: {why}")]
     KubeadmConfig { key: String, why: String },
 }

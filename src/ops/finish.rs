@@ -40,6 +40,8 @@ const EXPIRED_SUFFIX: &str = "-expired";
 pub struct FinishRequest {
     pub root: PathBuf,
     pub kubeadm: PathBuf,
+    /// Asked for its version (`kubelet --version`), as kubeadm's preflight check KubeletVersion does.
+    pub kubelet: PathBuf,
     pub systemctl: PathBuf,
     /// How long to wait for the ports kubeadm's preflight checks to free, and for kube-apiserver and
     /// etcd to become healthy.
@@ -121,33 +123,13 @@ fn init(
     state: &mut State,
 ) -> Result<(), Error> {
     // Checks first: a refusal leaves every file as it was.
+    let prepared = prepare(request, layout, manifest)?;
     let expiring = expiring_leaves(layout, time::OffsetDateTime::now_utc())?;
     move_aside_expiring_leaves(layout, state, &expiring)?;
     move_aside_stale_manifests(layout, state)?;
-    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
-    free_preflight_ports(request, bind_port)?;
+    free_preflight_ports(request, prepared.bind_port)?;
     restore_static_pods(layout, StaticPods::Custom)?;
-    let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
-    let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
-        path: cluster_path.clone(),
-        source,
-    })?;
-    let address = manifest
-        .node
-        .advertise_address
-        .as_deref()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| Error::State {
-            path: cluster_path.clone(),
-            why: "the bundle records no advertise address for the node".to_string(),
-        })?;
-    let node = InitNode {
-        name: manifest.node.name.clone(),
-        advertise_address: address,
-        bind_port,
-        cri_socket: manifest.node.cri_socket.clone(),
-    };
-    let config = kubeadm::init_config(&node, &cluster, &cluster_path.display().to_string())?;
+    let config = prepared.versions.init_config;
     let config_path = state::state_dir(layout).join(KUBEADM_CONFIG);
     fsutil::write_atomic(&config_path, config.as_bytes(), 0o600).map_err(|source| {
         Error::Write {
@@ -169,6 +151,111 @@ fn init(
     failpoint("finish:initialized");
     state.phase = Phase::Initialized;
     state.save(layout)
+}
+
+/// What `cpr finish` checked about versions, and the config `kubeadm init` gets.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VersionReport {
+    pub kubeadm: String,
+    pub kubelet: String,
+    /// The bundle's kubernetesVersion.
+    pub bundle: String,
+    /// The backed-up ClusterConfiguration's apiVersion.
+    pub bundle_api_version: String,
+    #[serde(flatten)]
+    pub plan: kubeadm::Plan,
+    pub init_config: String,
+}
+
+struct Prepared {
+    versions: VersionReport,
+    bind_port: u16,
+}
+
+/// Reads the installed kubeadm's and kubelet's versions, compares them with the bundle's
+/// (`kubeadm::plan`) and builds the InitConfiguration + ClusterConfiguration; reads only.
+fn prepare(
+    request: &FinishRequest,
+    layout: &Layout,
+    manifest: &Manifest,
+) -> Result<Prepared, Error> {
+    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
+    let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
+    let origin = cluster_path.display().to_string();
+    let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
+        path: cluster_path.clone(),
+        source,
+    })?;
+    let (api_version, kubernetes_version) = kubeadm::cluster_versions(&cluster, &origin)?;
+    let bundle = kubernetes_version
+        .or_else(|| manifest.cluster.kubernetes_version.clone())
+        .ok_or_else(|| Error::State {
+            path: cluster_path.clone(),
+            why: "neither the ClusterConfiguration nor the bundle's manifest records a kubernetesVersion".to_string(),
+        })?;
+    let bundle = kubeadm::Version::parse(&bundle).ok_or_else(|| Error::State {
+        path: cluster_path.clone(),
+        why: format!("kubernetesVersion {bundle:?} is not a release version (vMAJOR.MINOR.PATCH)"),
+    })?;
+    let skew = kubeadm::Skew {
+        kubeadm: kubeadm::kubeadm_version(&request.kubeadm)?,
+        kubelet: kubeadm::kubelet_version(&request.kubelet)?,
+        bundle,
+        api_version,
+    };
+    let plan = kubeadm::plan(&skew)?;
+    if plan.converted {
+        log::info!(
+            "finish: kubeadm {} gets the backed-up ClusterConfiguration converted from {} to {}",
+            skew.kubeadm,
+            skew.api_version,
+            plan.api_version
+        );
+    }
+    let address = manifest
+        .node
+        .advertise_address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| Error::State {
+            path: cluster_path.clone(),
+            why: "the bundle records no advertise address for the node".to_string(),
+        })?;
+    let node = InitNode {
+        name: manifest.node.name.clone(),
+        advertise_address: address,
+        bind_port,
+        cri_socket: manifest.node.cri_socket.clone(),
+    };
+    let init_config = kubeadm::init_config(&node, &cluster, &origin, plan.api_version)?;
+    Ok(Prepared {
+        versions: VersionReport {
+            kubeadm: skew.kubeadm.to_string(),
+            kubelet: skew.kubelet.to_string(),
+            bundle: skew.bundle.to_string(),
+            bundle_api_version: skew.api_version,
+            plan,
+            init_config,
+        },
+        bind_port,
+    })
+}
+
+/// `cpr finish --check-versions`: whether the installed kubeadm and kubelet can restore the bundle
+/// phase 1 restored, and the config kubeadm init would get. Changes nothing.
+pub fn check_versions(request: &FinishRequest) -> Result<VersionReport, Error> {
+    let layout = Layout::new(&request.root);
+    let state = State::load(&layout)?.ok_or_else(|| Error::NotRestored {
+        state: state::state_path(&layout),
+    })?;
+    if state.phase < Phase::Restored {
+        return Err(Error::NotRestored {
+            state: state::state_path(&layout),
+        });
+    }
+    let manifest = staged_manifest(&layout)?;
+    Ok(prepare(request, &layout, &manifest)?.versions)
 }
 
 /// The restored leaf certificates kubeadm has to regenerate: expired ones fail its certs phase

@@ -159,6 +159,24 @@ pub fn restore_args(store: &Path, root: &Path, ip: &str) -> Vec<String> {
     .collect()
 }
 
+/// `cpr backup` of `node` (its etcd running) with the ClusterConfiguration in `cluster_config`, into
+/// a fresh directory store.
+pub fn backup_into_dir(node: &KubeadmNode, cluster_config: &Path) -> tempfile::TempDir {
+    let store = tempfile::tempdir().unwrap();
+    ok(&cpr(&[
+        "backup",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+        "--endpoint",
+        &node.endpoint(),
+        "--cluster-config",
+        cluster_config.to_str().unwrap(),
+    ]));
+    store
+}
+
 /// Borrows owned arguments for `cpr(&[&str])`, with `extra` appended.
 pub fn with<'a>(args: &'a [String], extra: &[&'a str]) -> Vec<&'a str> {
     args.iter()

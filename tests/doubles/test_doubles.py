@@ -294,6 +294,51 @@ class Doubles(unittest.TestCase):
         subprocess.run(["openssl", "verify", "-CAfile", os.path.join(pki, "ca.crt"), os.path.join(pki, "apiserver.crt")],
                        check=True, capture_output=True)
 
+    def with_kubelet(self, version):
+        """PATH with a `kubelet` answering `--version` as kubelet does (component-base/version/verflag)."""
+        bin_dir = os.path.join(self.tmp, f"kubelet-{version}")
+        os.makedirs(bin_dir)
+        with open(os.path.join(bin_dir, "kubelet"), "w") as f:
+            f.write(f"#!/bin/sh\necho 'Kubernetes {version}'\n")
+        os.chmod(os.path.join(bin_dir, "kubelet"), 0o755)
+        return dict(PATH=bin_dir + os.pathsep + self.env["PATH"])
+
+    def test_kubelet_version_check_per_release(self):
+        """preflight/checks.go KubeletVersionCheck: not above the control plane's minor, not below
+        MinimumKubeletVersion (constants.go: kubeadm's minor - 3; - 1 in v1.27)."""
+        cfg = config().replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.28.2")
+        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
+        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.29.0"))
+        self.assertEqual(r.returncode, 1)
+        self.assertIn('[ERROR KubeletVersion]: the kubelet version is higher than the control plane version. This is not '
+                      'a supported version skew and may lead to a malfunctional cluster. Kubelet version: "1.29.0" '
+                      'Control plane version: "1.28.2"', r.stderr)
+        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.24.17"))
+        self.assertIn('[ERROR KubeletVersion]: Kubelet version "1.24.17" is lower than kubeadm can support. Please '
+                      "upgrade kubelet", r.stderr)
+        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.25.0"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.kubeadm(config(), ignores, KUBEADM_DOUBLE_VERSION="v1.27.4", **self.with_kubelet("v1.25.16"))
+        self.assertIn('Kubelet version "1.25.16" is lower than kubeadm can support', r.stderr)
+
+    def test_v1_32_reads_v1beta4_and_deploys_from_v1_31(self):
+        """v1.32 as v1.31 (common.go validateSupportedVersion, NormalizeKubernetesVersion: minor - 1), and the
+        KubernetesVersion warning (checks.go KubernetesVersionCheck) for a newer control plane."""
+        env = dict(KUBEADM_DOUBLE_VERSION="v1.32.1", **self.with_kubelet("v1.31.4"))
+        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
+        v4 = config(api="v1beta4")
+        r = self.kubeadm(v4.replace("v1.27.4", "v1.31.4"), ignores, **env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        r = self.kubeadm(v4.replace("v1.27.4", "v1.30.9"), ignores, **env)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("this version of kubeadm only supports deploying clusters with the control plane version >= "
+                      "1.31.0. Current version: v1.30.9", r.stderr)
+        r = self.kubeadm(config().replace("v1.27.4", "v1.33.0"), ignores, **env)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("[WARNING KubernetesVersion]: Kubernetes version is greater than kubeadm version. Please consider "
+                      "to upgrade kubeadm. Kubernetes version: 1.33.0. Kubeadm version: 1.32.x", r.stderr)
+        self.assertIn('uses a deprecated API spec: "kubeadm.k8s.io/v1beta3"', r.stderr)
+
     def test_version_short(self):
         r = subprocess.run([KUBEADM, "version", "-o", "short"], env=dict(self.env, KUBEADM_DOUBLE_VERSION="v1.30.1"),
                            capture_output=True, text=True)
