@@ -67,3 +67,13 @@ install_fuzz_deps() {
     cargo install --locked cargo-fuzz
   fi
 }
+
+# cargo-deny for the supply-chain check (scripts/lib/supply-chain.sh): pinned, built once into
+# target/tools (a few minutes on a fresh machine), reused while that version is there.
+CARGO_DENY_VERSION=0.20.2
+install_deny() {
+  if [ "$(target/tools/bin/cargo-deny --version 2>/dev/null)" != "cargo-deny $CARGO_DENY_VERSION" ]; then
+    echo "deps: installing cargo-deny $CARGO_DENY_VERSION from crates.io into target/tools"
+    cargo install --quiet --locked --root target/tools --version "$CARGO_DENY_VERSION" cargo-deny
+  fi
+}

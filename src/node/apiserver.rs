@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use super::kubeconfig::Kubeconfig;
 use super::Error;
 use crate::rt;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -21,19 +23,17 @@ impl ApiServer {
             why,
         };
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut kubeconfig.ca_pem.as_slice()) {
+        for cert in CertificateDer::pem_slice_iter(&kubeconfig.ca_pem) {
             let cert = cert.map_err(|e| tls(format!("the kubeconfig's CA does not parse: {e}")))?;
             roots
                 .add(cert)
                 .map_err(|e| tls(format!("the kubeconfig's CA is unusable: {e}")))?;
         }
-        let chain = rustls_pemfile::certs(&mut kubeconfig.client_cert_pem.as_slice())
+        let chain = CertificateDer::pem_slice_iter(&kubeconfig.client_cert_pem)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| tls(format!("the client certificate does not parse: {e}")))?;
-        let key = rustls_pemfile::private_key(&mut kubeconfig.client_key_pem.as_slice())
-            .ok()
-            .flatten()
-            .ok_or_else(|| tls("the client key does not parse".to_string()))?;
+        let key = PrivateKeyDer::from_pem_slice(&kubeconfig.client_key_pem)
+            .map_err(|e| tls(format!("the client key does not parse: {e}")))?;
         let config = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

@@ -218,12 +218,13 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, Error> {
-    let tls_error = |e: io::Error| Error::Tls {
+    use rustls::pki_types::pem::{self, PemObject};
+    let tls_error = |e: pem::Error| Error::Tls {
         what: path.display().to_string(),
         reason: e.to_string(),
     };
-    let file = std::fs::File::open(path).map_err(tls_error)?;
-    rustls_pemfile::certs(&mut io::BufReader::new(file))
+    rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(tls_error)?
         .collect::<Result<_, _>>()
         .map_err(tls_error)
 }
