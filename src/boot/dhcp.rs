@@ -17,8 +17,79 @@ pub struct Lease {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Option<Ipv4Addr>,
+    /// Option 12, when it is a valid hostname (see [`hostname`]).
     pub hostname: Option<String>,
+    /// Why option 12 was cut or left out: a warning for the console.
+    pub hostname_warning: Option<String>,
     server: Option<Ipv4Addr>,
+}
+
+/// The longest hostname the kernel accepts (`HOST_NAME_MAX`); `sethostname` refuses a longer one.
+pub const HOSTNAME_MAX: usize = 64;
+
+/// Option 12 as a hostname `sethostname` and Kubernetes accept: RFC 1123 labels (letters, digits,
+/// inner hyphens, 1–63 bytes each) joined by dots, at most [`HOSTNAME_MAX`] bytes. Trailing NULs and a
+/// trailing dot (servers that count C's terminator, or send a rooted name) are dropped; a longer name
+/// is cut to its first label. Anything else is not a hostname: `Err` says why, and the caller keeps
+/// the name it has rather than stop a recovery over what a broken or hostile DHCP server sent.
+pub fn hostname(raw: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(trim(raw)).map_err(|_| "it is not ASCII".to_string())?;
+    if text.is_empty() {
+        return Err("it is empty".into());
+    }
+    for label in text.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Err(format!(
+                "a label is {} bytes long, not 1 to 63",
+                label.len()
+            ));
+        }
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "it holds {c:?}; only letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err("a label starts or ends with '-'".into());
+        }
+    }
+    if text.len() <= HOSTNAME_MAX {
+        return Ok(text.to_string());
+    }
+    // A label is at most 63 bytes, so the first one always fits.
+    Ok(text.split('.').next().unwrap_or_default().to_string())
+}
+
+/// Option 12 as the lease's hostname and, when it was cut or left out, a warning saying why.
+fn option12(value: &[u8]) -> (Option<String>, Option<String>) {
+    let shown = String::from_utf8_lossy(value).escape_debug().to_string();
+    match hostname(value) {
+        Ok(name) if name.len() < trim(value).len() => {
+            let why = format!(
+                "the DHCP hostname \"{shown}\" is longer than {HOSTNAME_MAX} bytes; using its first label, {name}"
+            );
+            (Some(name), Some(why))
+        }
+        Ok(name) => (Some(name), None),
+        Err(why) => {
+            let why = format!(
+                "ignoring the DHCP hostname \"{shown}\": {why}. Fix option 12 on the DHCP server, or name this machine with cpr.hostname=NAME on the kernel command line"
+            );
+            (None, Some(why))
+        }
+    }
+}
+
+/// Option 12 without trailing NULs and without a trailing dot.
+fn trim(raw: &[u8]) -> &[u8] {
+    let mut end = raw.len();
+    while end > 0 && raw[end - 1] == 0 {
+        end -= 1;
+    }
+    raw[..end].strip_suffix(b".").unwrap_or(&raw[..end])
 }
 
 /// Obtains a lease for the NIC with hardware address `mac`, sending to `server` (the broadcast
@@ -114,8 +185,9 @@ fn receive(socket: &UdpSocket, xid: u32, kind: u8, deadline: Instant) -> io::Res
     }
 }
 
-/// A BOOTREPLY to `xid`: its message type and the lease it describes.
-fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
+/// A BOOTREPLY to `xid`: its message type and the lease it describes. `None` for anything else,
+/// however malformed; never a panic (fuzzed: `fuzz/fuzz_targets/dhcp.rs`).
+pub fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
     if p.len() < 240 || p[0] != 2 || p[4..8] != xid.to_be_bytes() || p[236..240] != MAGIC {
         return None;
     }
@@ -124,6 +196,7 @@ fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
         prefix: 24,
         gateway: None,
         hostname: None,
+        hostname_warning: None,
         server: None,
     };
     let mut kind = None;
@@ -139,7 +212,7 @@ fn parse(p: &[u8], xid: u32) -> Option<(u8, Lease)> {
         match p[i] {
             1 => lease.prefix = ipv4().map(|m| u32::from(m).count_ones() as u8)?,
             3 => lease.gateway = ipv4(),
-            12 => lease.hostname = Some(String::from_utf8_lossy(value).into_owned()),
+            12 => (lease.hostname, lease.hostname_warning) = option12(value),
             53 => kind = value.first().copied(),
             54 => lease.server = ipv4(),
             _ => {}
@@ -247,5 +320,69 @@ mod tests {
         assert_eq!(parse(&reply, 7).map(|(kind, _)| kind), Some(DISCOVER));
         let truncated = &reply[..reply.len() - 4];
         assert!(parse(truncated, 7).is_none());
+    }
+
+    /// An ACK to transaction 7 whose option 12 is `name`.
+    fn ack_naming(name: &[u8]) -> Option<Lease> {
+        let mut reply = packet(DISCOVER, 7, [1; 6], None);
+        reply[0] = 2;
+        reply.truncate(240);
+        reply.extend_from_slice(&[53, 1, ACK, 12, name.len() as u8]);
+        reply.extend_from_slice(name);
+        reply.push(255);
+        parse(&reply, 7).map(|(_, lease)| lease)
+    }
+
+    #[test]
+    fn a_hostname_with_the_c_terminator_loses_it() {
+        let lease = ack_naming(b"master0\0").unwrap();
+        assert_eq!(lease.hostname.as_deref(), Some("master0"));
+        assert_eq!(lease.hostname_warning, None);
+        let rooted = ack_naming(b"master0.example.com.").unwrap();
+        assert_eq!(rooted.hostname.as_deref(), Some("master0.example.com"));
+    }
+
+    #[test]
+    fn a_name_longer_than_the_kernel_takes_is_cut_to_its_first_label() {
+        let long = format!("master0.{}.example.com", ["zone-a"; 10].join("."));
+        assert!(long.len() > HOSTNAME_MAX);
+        let lease = ack_naming(long.as_bytes()).unwrap();
+        assert_eq!(lease.hostname.as_deref(), Some("master0"));
+        let warning = lease.hostname_warning.unwrap();
+        assert!(
+            warning.contains("is longer than 64 bytes; using its first label, master0"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn a_hostname_that_is_not_one_is_ignored_with_a_warning_and_the_lease_kept() {
+        for (name, why) in [
+            (
+                &b"m"[..].repeat(100)[..],
+                "a label is 100 bytes long, not 1 to 63",
+            ),
+            (
+                b"mas\0ter0",
+                "it holds '\\0'; only letters, digits, '-' and '.' are allowed",
+            ),
+            (b"master0;reboot", "it holds ';'"),
+            (b"-master0", "a label starts or ends with '-'"),
+            (b"master..example", "a label is 0 bytes long"),
+            (b"\xff\xfe", "it is not ASCII"),
+            (b"\0\0", "it is empty"),
+        ] {
+            let lease = ack_naming(name).expect("the lease itself is kept");
+            assert_eq!(lease.hostname, None, "{name:?}");
+            let warning = lease.hostname_warning.unwrap();
+            assert!(
+                warning.contains(why) && warning.contains("ignoring the DHCP hostname"),
+                "{warning}"
+            );
+            assert!(
+                warning.contains("cpr.hostname=NAME on the kernel command line"),
+                "{warning}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! kernel never panics.
 
 pub mod cmdline;
-mod dhcp;
+pub mod dhcp;
 mod modules;
 mod net;
 pub mod phase1;

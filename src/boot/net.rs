@@ -98,6 +98,9 @@ pub fn up(
                 DHCP_TIMEOUT,
             )
             .map_err(|e| net_err(&interface, "DHCP", e))?;
+            if let Some(warning) = &lease.hostname_warning {
+                log::warn!("network: {warning}");
+            }
             if let Some(name) = &lease.hostname {
                 host.set_hostname(name)
                     .map_err(|e| net_err(&interface, "setting the DHCP hostname", e))?;
