@@ -2,6 +2,12 @@
 //!
 //! The module map and the rules between modules are in DESIGN.md: lower modules (`bundle`, `store`,
 //! `etcd`, `host`) know nothing of kubeadm or boot; `ops` composes them; `cli` parses arguments.
+//!
+//! `unsafe` is denied everywhere but `src/host/linux.rs` (the syscalls without a safe wrapper), where
+//! every block carries a `// SAFETY:` comment (clippy's `undocumented_unsafe_blocks`).
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod boot;
 pub mod bundle;

@@ -1,4 +1,5 @@
 //! The `cpr` binary: arguments in, exit code out.
+#![forbid(unsafe_code)]
 
 use argh::FromArgs;
 use cpr::cli;

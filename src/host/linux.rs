@@ -51,10 +51,10 @@ impl Host for Linux {
     fn link_up(&self, interface: &str) -> io::Result<()> {
         let socket = inet_socket()?;
         let mut request = ifreq(interface)?;
-        ioctl(&socket, libc::SIOCGIFFLAGS, &mut request)?;
+        interface_ioctl(&socket, IfRequest::GetFlags, &mut request)?;
         // SAFETY: SIOCGIFFLAGS above initialised the flags member of the union.
         unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        ioctl(&socket, libc::SIOCSIFFLAGS, &mut request)
+        interface_ioctl(&socket, IfRequest::SetFlags, &mut request)
     }
 
     fn configure_ipv4(
@@ -67,10 +67,10 @@ impl Host for Linux {
         let socket = inet_socket()?;
         let mut request = ifreq(interface)?;
         request.ifr_ifru.ifru_addr = sockaddr(address);
-        ioctl(&socket, libc::SIOCSIFADDR, &mut request)?;
+        interface_ioctl(&socket, IfRequest::SetAddress, &mut request)?;
         let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
         request.ifr_ifru.ifru_netmask = sockaddr(Ipv4Addr::from(mask));
-        ioctl(&socket, libc::SIOCSIFNETMASK, &mut request)?;
+        interface_ioctl(&socket, IfRequest::SetNetmask, &mut request)?;
         let Some(gateway) = gateway else {
             return Ok(());
         };
@@ -81,7 +81,7 @@ impl Host for Linux {
             rt_flags: libc::RTF_UP | libc::RTF_GATEWAY,
             ..RtEntry::default()
         };
-        ioctl(&socket, libc::SIOCADDRT, &mut route)
+        add_route(&socket, &mut route)
     }
 
     fn dhcp_socket(&self, interface: &str) -> io::Result<UdpSocket> {
@@ -217,11 +217,48 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
 }
 
-/// An interface ioctl whose argument is a struct of type `T` that the kernel reads and may write.
-fn ioctl<T>(socket: &OwnedFd, request: libc::c_ulong, argument: &mut T) -> io::Result<()> {
-    // SAFETY: `argument` is an exclusive reference to a live, initialised struct of the type the
-    // request expects (callers pair SIOC*IF* with ifreq and SIOCADDRT with RtEntry), and the socket
-    // is open for the duration of the call.
+/// The interface ioctls cpr issues; each takes a `struct ifreq`.
+#[derive(Debug, Clone, Copy)]
+enum IfRequest {
+    GetFlags,
+    SetFlags,
+    SetAddress,
+    SetNetmask,
+}
+
+/// `request` on the interface `argument` names. Safe: every `IfRequest` takes an `ifreq`.
+fn interface_ioctl(
+    socket: &OwnedFd,
+    request: IfRequest,
+    argument: &mut libc::ifreq,
+) -> io::Result<()> {
+    let code = match request {
+        IfRequest::GetFlags => libc::SIOCGIFFLAGS,
+        IfRequest::SetFlags => libc::SIOCSIFFLAGS,
+        IfRequest::SetAddress => libc::SIOCSIFADDR,
+        IfRequest::SetNetmask => libc::SIOCSIFNETMASK,
+    };
+    // SAFETY: each of these four requests reads (and SIOCGIFFLAGS writes) a `struct ifreq`, which
+    // `argument` is: live, initialised, exclusively borrowed for the call.
+    unsafe { ioctl(socket, code, argument) }
+}
+
+/// SIOCADDRT: adds the route `route` describes.
+fn add_route(socket: &OwnedFd, route: &mut RtEntry) -> io::Result<()> {
+    // SAFETY: SIOCADDRT reads a `struct rtentry`; RtEntry is its #[repr(C)] layout, live and
+    // exclusively borrowed for the call, and its pointer field rt_dev is NULL or valid.
+    unsafe { ioctl(socket, libc::SIOCADDRT, route) }
+}
+
+/// An ioctl on `socket` whose argument is a pointer to `argument`.
+///
+/// # Safety
+///
+/// `request` must be an ioctl that reads and writes at most a `T` through its argument, with `T`
+/// the C layout the kernel expects for it, and any pointers inside `argument` valid for the call.
+unsafe fn ioctl<T>(socket: &OwnedFd, request: libc::c_ulong, argument: &mut T) -> io::Result<()> {
+    // SAFETY: the caller guarantees that `request` takes a `T`; `argument` is an exclusive reference
+    // to a live one, and the socket stays open for the duration of the call.
     let result = unsafe { libc::ioctl(socket.as_raw_fd(), request, argument as *mut T) };
     if result < 0 {
         Err(io::Error::last_os_error())

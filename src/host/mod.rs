@@ -6,6 +6,8 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::Path;
 
+// The only module with `unsafe` (the crate denies it elsewhere), each use with a `// SAFETY:` note.
+#[allow(unsafe_code)]
 mod linux;
 mod recorder;
 
