@@ -1,11 +1,26 @@
 //! Durable file-system changes: temp file → fsync → rename → fsync the directory.
 //!
-//! Every module that must survive a crash mid-write uses these, so the discipline lives in one place.
+//! Every module that must survive a crash mid-write uses these (`write_atomic` and `commit_file` for
+//! files, `rename_durable` and `sync_tree` for staged trees), so the discipline lives in one place.
+//! Each error says which step failed on which path; callers add what they were doing.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+/// `error` with the failed step and path in front, its kind kept.
+fn context(step: &str, path: &Path, error: io::Error) -> io::Error {
+    io::Error::new(error.kind(), format!("{step} {}: {error}", path.display()))
+}
+
+/// The directory holding `path` ("." for a bare file name).
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
 
 /// fsyncs a directory, making the entries created or renamed in it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -19,9 +34,15 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Makes `file`, written at `tmp`, the content of `path`: fsync, rename, fsync the directory. A
+/// crash at any point leaves the old `path` or the new one, never a torn file.
+pub fn commit_file(file: &File, tmp: &Path, path: &Path) -> io::Result<()> {
+    file.sync_all().map_err(|e| context("fsync of", tmp, e))?;
+    rename_durable(tmp, path)
+}
+
 /// Replaces `path` with `bytes` atomically: readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
     let tmp = sibling(path, ".tmp");
     let result = (|| {
         let mut file = OpenOptions::new()
@@ -29,11 +50,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
             .create(true)
             .truncate(true)
             .mode(mode)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_dir(parent)
+            .open(&tmp)
+            .map_err(|e| context("creating", &tmp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| context("writing", &tmp, e))?;
+        commit_file(&file, &tmp, path)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -43,14 +64,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 
 /// Renames and makes the rename durable in both directories.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
-    fs::rename(from, to)?;
-    if let Some(parent) = to.parent() {
-        sync_dir(parent)?;
+    fs::rename(from, to).map_err(|e| context(&format!("renaming {} to", from.display()), to, e))?;
+    let sync = |dir: &Path| sync_dir(dir).map_err(|e| context("fsync of directory", dir, e));
+    sync(parent(to))?;
+    if parent(from) != parent(to) {
+        sync(parent(from))?;
     }
-    match from.parent() {
-        Some(parent) if Some(parent) != to.parent() => sync_dir(parent),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
 /// fsyncs every file and directory below `root` (a freshly staged tree), then `root` itself.
@@ -65,4 +85,60 @@ pub fn sync_tree(root: &Path) -> io::Result<()> {
         }
     }
     sync_dir(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_file_name_is_synced_in_the_current_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(parent(Path::new("state.json")), Path::new("."));
+        assert_eq!(parent(Path::new("/")), Path::new("."));
+        assert_eq!(parent(Path::new("a/b")), Path::new("a"));
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"new", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"new");
+        assert!(!sibling(&path, ".tmp").exists());
+    }
+
+    #[test]
+    fn a_failed_write_names_the_step_and_the_path_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing/state.json");
+        let error = write_atomic(&missing, b"x", 0o600).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotFound);
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("creating {}.tmp: ", missing.display())),
+            "{error}"
+        );
+        // The rename's target is a directory that is not empty: the temp file goes away again.
+        let occupied = dir.path().join("occupied");
+        fs::create_dir_all(occupied.join("x")).unwrap();
+        let error = write_atomic(&occupied, b"x", 0o600).unwrap_err();
+        assert!(
+            error.to_string().starts_with(&format!(
+                "renaming {}.tmp to {}: ",
+                occupied.display(),
+                occupied.display()
+            )),
+            "{error}"
+        );
+        assert!(!sibling(&occupied, ".tmp").exists());
+    }
+
+    #[test]
+    fn rename_durable_syncs_both_directories_and_names_a_missing_source() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a")).unwrap();
+        fs::create_dir_all(dir.path().join("b")).unwrap();
+        fs::write(dir.path().join("a/f"), b"x").unwrap();
+        rename_durable(&dir.path().join("a/f"), &dir.path().join("b/f")).unwrap();
+        assert_eq!(fs::read(dir.path().join("b/f")).unwrap(), b"x");
+        let error = rename_durable(&dir.path().join("a/f"), &dir.path().join("b/g")).unwrap_err();
+        assert!(error.to_string().contains("a/f to "), "{error}");
+    }
 }

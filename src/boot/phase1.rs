@@ -85,8 +85,9 @@ pub fn install_phase2(sysroot: &Path, exe: &Path) -> Result<(), Error> {
                 std::os::unix::fs::PermissionsExt::from_mode(0o755),
             )
         })
-        .and_then(|()| std::fs::File::open(&partial)?.sync_all())
-        .and_then(|()| std::fs::rename(&partial, &binary))
+        .and_then(|()| {
+            crate::fsutil::commit_file(&std::fs::File::open(&partial)?, &partial, &binary)
+        })
         .map_err(fail(binary.clone(), "installing cpr for phase 2"))?;
     let unit = target("etc/systemd/system").join(FINISH_UNIT);
     let wants = target("etc/systemd/system/multi-user.target.wants");

@@ -539,18 +539,11 @@ fn write_synced(path: &Path, mode: u32, data: &[u8]) -> Result<(), Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(Error::io("syncing directory", dir))
+    crate::fsutil::sync_dir(dir).map_err(Error::io("syncing directory", dir))
 }
 
 fn rename_synced(from: &Path, to: &Path) -> Result<(), Error> {
-    fs::rename(from, to).map_err(Error::io("renaming into place", to))?;
-    let parent = match to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    sync_dir(parent)
+    crate::fsutil::rename_durable(from, to).map_err(Error::io("renaming into place", to))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use super::progress::Progress;
 use super::{check_name, Error, ObjectInfo, Store, Upload};
+use crate::fsutil;
 
 pub(crate) const PART_SUFFIX: &str = ".part";
 const WRITE_BUFFER: usize = 1 << 20;
@@ -107,7 +108,6 @@ impl Store for DirStore {
             file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             part,
             path,
-            parent,
             written: 0,
             progress,
         }))
@@ -168,7 +168,6 @@ struct DirUpload {
     file: Option<BufWriter<File>>,
     part: PathBuf,
     path: PathBuf,
-    parent: PathBuf,
     written: u64,
     progress: Progress,
 }
@@ -226,12 +225,11 @@ impl Upload for DirUpload {
         let Some(writer) = self.file.as_mut() else {
             return Err(self.failed());
         };
-        let synced = writer.flush().and_then(|()| writer.get_ref().sync_all());
-        synced.map_err(|e| self.fail(e))?;
-        fs::rename(&self.part, &self.path).map_err(|e| self.fail(e))?;
+        let committed = writer
+            .flush()
+            .and_then(|()| fsutil::commit_file(writer.get_ref(), &self.part, &self.path));
+        committed.map_err(|e| self.fail(e))?;
         self.file = None;
-        let dir = File::open(&self.parent).and_then(|d| d.sync_all());
-        dir.map_err(|e| Error::io("syncing directory", self.parent.clone(), e))?;
         Ok(ObjectInfo {
             name: std::mem::take(&mut self.name),
             size: self.written,
