@@ -7,10 +7,18 @@ use cpr::cli;
 fn main() {
     cpr::logger::init();
     // The recovery image starts cpr as /init: no arguments to parse, the kernel command line says it all.
-    if std::process::id() == 1 || std::env::args().next().is_some_and(|a| a.ends_with("init")) {
+    // args_os: PID 1 must not panic on an argv[0] that is not UTF-8.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::process::id() == 1 || argv0.as_encoded_bytes().ends_with(b"init") {
         cpr::boot::main(&cpr::host::Linux);
     }
-    let args = cli::normalize_args(std::env::args());
+    let args = match cli::utf8_args(std::env::args_os()) {
+        Ok(args) => cli::normalize_args(args),
+        Err(message) => {
+            eprintln!("cpr: error: {message}");
+            std::process::exit(2);
+        }
+    };
     let command = args
         .first()
         .map(String::as_str)

@@ -60,6 +60,24 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
     }
 }
 
+/// The command line as UTF-8 strings, which argh needs; an argument that is not UTF-8 (a path in
+/// another encoding) is a usage error naming it, where `std::env::args` would panic.
+pub fn utf8_args(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<Vec<String>, String> {
+    args.into_iter()
+        .enumerate()
+        .map(|(i, arg)| {
+            arg.into_string().map_err(|arg| {
+                format!(
+                    "argument {i} ({}) is not valid UTF-8. cpr reads its arguments as UTF-8: rename the file or directory, or pass a symlink to it whose name is UTF-8",
+                    arg.to_string_lossy().escape_debug()
+                )
+            })
+        })
+        .collect()
+}
+
 /// argh only accepts `--flag value`; operators and scripts also write `--flag=value`.
 pub fn normalize_args(args: impl IntoIterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();

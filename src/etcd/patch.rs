@@ -348,11 +348,18 @@ impl<'a, 'f> Patch<'a, 'f> {
 
         let elems: Vec<Elem<'_>> = root.iter().map(Elem::from).collect();
         let new_root = self.append(true, &elems)?;
+        // A crafted or damaged meta page can hold the largest txid: no transaction can follow it.
+        let txid = meta.txid.checked_add(1).ok_or_else(|| {
+            corrupt(
+                Some(meta.txid % 2),
+                format!("meta page's transaction id {} is the largest there is, so no transaction can follow it", meta.txid),
+            )
+        })?;
         let new_meta = Meta {
             root: new_root,
             freelist: NO_FREELIST,
             hwm: self.next,
-            txid: meta.txid + 1,
+            txid,
             ..meta
         };
         Ok(Patched {

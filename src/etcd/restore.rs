@@ -630,4 +630,33 @@ mod tests {
         );
         assert!(written.is_empty());
     }
+
+    #[test]
+    fn a_db_at_the_last_transaction_id_is_refused_not_a_panic() {
+        // A real etcd 3.4 db (the fuzz seed), both meta pages rewritten to the largest txids.
+        let mut db = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4").to_vec();
+        let page_size = super::super::bbolt::Meta::parse(0, &db).unwrap().page_size as usize;
+        for (id, txid) in [(0, u64::MAX - 1), (1, u64::MAX)] {
+            let at = id * page_size;
+            let meta = super::super::bbolt::Meta::parse(id as u64, &db[at..]).unwrap();
+            let page = super::super::bbolt::Meta { txid, ..meta }.page_bytes();
+            db[at..at + page_size].copy_from_slice(&page);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let snapshot = dir.path().join("snapshot.db");
+        fs::write(&snapshot, &db).unwrap();
+        let opts = RestoreOptions {
+            skip_hash_check: true,
+            ..RestoreOptions::default()
+        };
+        let data_dir = dir.path().join("data");
+        let error = restore_from_file(&snapshot, &data_dir, &opts).unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "transaction id 18446744073709551615 is the largest there is, so no transaction can follow it). Take a new snapshot or use another backup"
+            ),
+            "{error}"
+        );
+        assert!(!data_dir.exists());
+    }
 }

@@ -1,0 +1,38 @@
+//! What the cpr binary does with input an operator can get wrong: arguments that are not UTF-8, a
+//! store path with a typo, a config file or key directory that cannot be used. Each is refused with
+//! an exit code from the README's table and a message that names the object and says what to do.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::process::{Command, Output};
+
+fn cpr(args: &[&OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cpr"))
+        .args(args)
+        .env("CPR_LOG", "info")
+        .env_remove("CPR_STORE")
+        .output()
+        .expect("cpr runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn an_argument_that_is_not_utf8_is_a_usage_error_not_a_panic() {
+    let store = OsStr::from_bytes(b"--store=/srv/b\xffckups");
+    let output = cpr(&[OsStr::new("list"), store]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("argument 2 (--store=/srv/b\u{FFFD}ckups) is not valid UTF-8"),
+        "{message}"
+    );
+    assert!(
+        message
+            .contains("rename the file or directory, or pass a symlink to it whose name is UTF-8"),
+        "{message}"
+    );
+    assert!(!message.contains("panicked"), "{message}");
+}
