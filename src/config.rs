@@ -10,7 +10,7 @@ const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading config file {path}: {source}")]
+    #[error("reading config file {path}: {source}. Check that it exists and is readable (run as root), or name another with --config")]
     Read {
         path: PathBuf,
         #[source]

@@ -15,6 +15,11 @@ fn cpr(args: &[&OsStr]) -> Output {
         .expect("cpr runs")
 }
 
+fn cpr_str(args: &[&str]) -> Output {
+    let args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    cpr(&args)
+}
+
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -35,4 +40,37 @@ fn an_argument_that_is_not_utf8_is_a_usage_error_not_a_panic() {
         "{message}"
     );
     assert!(!message.contains("panicked"), "{message}");
+}
+
+#[test]
+fn a_config_file_that_cannot_be_read_says_what_to_do() {
+    let output = cpr_str(&[
+        "list",
+        "--store",
+        "/tmp",
+        "--config",
+        "/nonexistent/cpr.yaml",
+    ]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{message}");
+    assert!(
+        message.contains("reading config file /nonexistent/cpr.yaml: ")
+            && message.contains(
+                "Check that it exists and is readable (run as root), or name another with --config"
+            ),
+        "{message}"
+    );
+}
+
+#[test]
+fn keygen_into_a_directory_it_cannot_write_says_what_to_do() {
+    // /proc/self exists, so no directory is created, and no key file can be made in it, even by root.
+    let output = cpr_str(&["keygen", "--out", "/proc/self"]);
+    let message = stderr(&output);
+    assert_ne!(output.status.code(), Some(0), "{message}");
+    assert!(
+        message.contains("writing key file /proc/self/")
+            && message.contains("Check that the --out directory is writable and has free space, then run cpr keygen again"),
+        "{message}"
+    );
 }

@@ -177,6 +177,11 @@ fn redirect_loop_and_unreachable_server_are_clear() {
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
     assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
     assert!(message.contains("cannot reach the server"), "{message}");
+    // fast_options: 3 retries after the first attempt.
+    assert!(
+        message.contains("(the retries ran out: 4 attempts over "),
+        "{message}"
+    );
     assert!(!message.contains("hunter2"), "{message}");
 }
 

@@ -27,7 +27,7 @@ pub enum KeyError {
     Recipient { recipient: String, why: String },
     #[error("{path} already exists; cpr keygen never overwrites a key. Choose another --out, or move the old keys away first")]
     Exists { path: PathBuf },
-    #[error("writing key file {path}: {source}")]
+    #[error("writing key file {path}: {source}. Check that the --out directory is writable and has free space, then run cpr keygen again")]
     Write {
         path: PathBuf,
         #[source]

@@ -55,7 +55,7 @@ pub enum Error {
     },
     #[error("bundle {bundle}: the etcd snapshot's sha256 trailer does not match its contents. The snapshot is corrupt; use another bundle")]
     SnapshotTrailer { bundle: String },
-    #[error("bundle {bundle}: writing {path} failed: {source}")]
+    #[error("bundle {bundle}: writing {path} failed: {source}. Check the free space and permissions where the bundle goes (the store, or the staging directory on restore), then run again")]
     Write {
         bundle: String,
         path: String,

@@ -78,7 +78,7 @@ pub enum Rejection {
     Malformed(String),
     #[error("it is a legacy (not pre-hashed) minisign signature; cpr writes and accepts only pre-hashed ones")]
     Legacy,
-    #[error("it was made by key {found}, not by the verify key {expected}")]
+    #[error("it was made by key {found}, not by the verify key {expected}: pass --verify-key (restore.verifyKey, cpr.verify_key=) the minisign.pub with key id {found}, written by cpr keygen beside the minisign.key that signed it")]
     OtherKey { found: KeyId, expected: KeyId },
     #[error(
         "the signature does not match the bundle's bytes (the bundle was changed after signing)"
@@ -465,13 +465,18 @@ mod tests {
             public.check_digest(&sig, &digest(b"bundlE")),
             Err(Rejection::Mismatch)
         );
-        assert!(matches!(
-            SecretKey::generate()
-                .unwrap()
-                .public()
-                .check_comment(&sig, "c/n/new.tar.zst", false),
-            Err(Rejection::OtherKey { .. })
-        ));
+        let other = SecretKey::generate().unwrap().public();
+        let rejection = other
+            .check_comment(&sig, "c/n/new.tar.zst", false)
+            .unwrap_err();
+        assert!(matches!(rejection, Rejection::OtherKey { .. }));
+        assert_eq!(
+            rejection.to_string(),
+            format!(
+                "it was made by key {}, not by the verify key {}: pass --verify-key (restore.verifyKey, cpr.verify_key=) the minisign.pub with key id {}, written by cpr keygen beside the minisign.key that signed it",
+                public.id, other.id, public.id
+            )
+        );
         assert!(matches!(
             public.check_comment(&sig, "c/n/old.tar.zst", false),
             Err(Rejection::OtherObject { .. })

@@ -33,7 +33,7 @@ pub enum ClientError {
         step: &'static str,
         seconds: u64,
     },
-    #[error("etcd at {endpoint}: the snapshot stream carried no data")]
+    #[error("etcd at {endpoint}: the snapshot stream carried no data. Check that {endpoint} is this node's etcd client URL and etcd's log for a failed snapshot, then run again")]
     EmptySnapshot { endpoint: String },
 }
 

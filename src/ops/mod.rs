@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}: {source}. Check that the file exists and is readable by this user (cpr runs as root), or pass --root for a node mounted elsewhere")]
     Read {
         path: PathBuf,
         #[source]

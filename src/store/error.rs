@@ -3,6 +3,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,7 +45,7 @@ pub enum Error {
     #[error("{url}: no such object. Check the name (`cpr list` shows what the store holds)")]
     NotFound { url: String },
 
-    #[error("{op} {url}: the transfer broke off: {reason}")]
+    #[error("{op} {url}: the transfer broke off: {reason}. Check the network and the server, then run again")]
     Interrupted {
         op: &'static str,
         url: String,
@@ -57,7 +58,7 @@ pub enum Error {
     #[error("reading {url}: the object changed on the server while it was being downloaded. Start again")]
     Changed { url: String },
 
-    #[error("{op} {path}: {source}")]
+    #[error("{op} {path}: {source}. Check that the path exists, its permissions and the free space there")]
     Io {
         op: &'static str,
         path: PathBuf,
@@ -79,6 +80,25 @@ impl Error {
             Error::Status { status, .. } => *status >= 500 || *status == 408 || *status == 429,
             _ => false,
         }
+    }
+
+    /// `self`, the last of `attempts` failed attempts over `elapsed`, saying that the retries ran out
+    /// (a recovery boot's `cpr.retries=N` allows more).
+    pub(crate) fn retries_ran_out(mut self, attempts: u32, elapsed: Duration) -> Error {
+        if attempts > 1 {
+            let note = format!(
+                " (the retries ran out: {attempts} attempts over {:.1} s)",
+                elapsed.as_secs_f64()
+            );
+            match &mut self {
+                Error::Unreachable { reason, .. } | Error::Interrupted { reason, .. } => {
+                    reason.push_str(&note)
+                }
+                Error::Status { detail, .. } => detail.push_str(&note),
+                _ => {}
+            }
+        }
+        self
     }
 
     /// Local I/O errors, with "disk full" (and quota) made unmistakable.

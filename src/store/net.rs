@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use reqwest::header::{HeaderValue, CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
@@ -100,11 +100,15 @@ impl Net {
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         let mut failures = 0;
+        let start = Instant::now();
         loop {
             match attempt().await {
                 Err(e) if e.is_transient() && failures < self.retries => {
                     failures += 1;
                     self.pause(&e, failures).await;
+                }
+                Err(e) if e.is_transient() => {
+                    return Err(e.retries_ran_out(failures + 1, start.elapsed()))
                 }
                 result => return result,
             }
@@ -270,6 +274,8 @@ pub(crate) struct Download {
     total: Option<u64>,
     validator: Option<HeaderValue>,
     failures: u32,
+    /// When the current run of failures began (reset by progress), for the give-up message.
+    failing_since: Option<Instant>,
     done: bool,
     progress: Progress,
 }
@@ -297,6 +303,7 @@ impl Download {
             total: None,
             validator: None,
             failures: 0,
+            failing_since: None,
             done: false,
             progress,
         };
@@ -311,8 +318,12 @@ impl Download {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     self.response = None;
-                    if !e.is_transient() || self.failures >= self.net.retries {
+                    if !e.is_transient() {
                         return Err(e);
+                    }
+                    let since = *self.failing_since.get_or_insert_with(Instant::now);
+                    if self.failures >= self.net.retries {
+                        return Err(e.retries_ran_out(self.failures + 1, since.elapsed()));
                     }
                     self.failures += 1;
                     self.net.pause(&e, self.failures).await;
@@ -356,6 +367,7 @@ impl Download {
         }
         // Progress resets the count: a long download over a flaky link may break many times.
         self.failures = 0;
+        self.failing_since = None;
         self.progress.add(chunk.len() as u64);
         self.chunk = chunk;
         Ok(())
