@@ -43,6 +43,36 @@ fn an_argument_that_is_not_utf8_is_a_usage_error_not_a_panic() {
 }
 
 #[test]
+fn listing_a_store_directory_that_does_not_exist_says_so_with_exit_code_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("bakcups");
+    for args in [
+        vec!["list", "--store", missing.to_str().unwrap()],
+        vec![
+            "list",
+            "--store",
+            missing.to_str().unwrap(),
+            "--cluster",
+            "prod",
+        ],
+    ] {
+        let output = cpr_str(&args);
+        let message = stderr(&output);
+        assert_eq!(output.status.code(), Some(3), "{args:?}: {message}");
+        assert!(
+            message.contains(&format!(
+                "store directory {} does not exist. Check the store path for a typo",
+                missing.display()
+            )),
+            "{message}"
+        );
+    }
+    // An existing, empty store is still an empty list.
+    let output = cpr_str(&["list", "--store", dir.path().to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+}
+
+#[test]
 fn a_config_file_that_cannot_be_read_says_what_to_do() {
     let output = cpr_str(&[
         "list",

@@ -39,6 +39,20 @@ impl Store for DirStore {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, Error> {
+        // A missing store is a typo, not an empty store: say so rather than list nothing.
+        match fs::metadata(&self.root) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => {
+                let not_dir = io::Error::from(io::ErrorKind::NotADirectory);
+                return Err(Error::io("listing", self.root.clone(), not_dir));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NoDir {
+                    path: self.root.clone(),
+                })
+            }
+            Err(e) => return Err(Error::io("listing", self.root.clone(), e)),
+        }
         // Walk only the directory the prefix names, not the whole store.
         let start = prefix.rfind('/').map_or("", |i| &prefix[..i]);
         let mut found = Vec::new();

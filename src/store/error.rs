@@ -65,6 +65,9 @@ pub enum Error {
         source: io::Error,
     },
 
+    #[error("store directory {} does not exist. Check the store path for a typo; a new store's directory is made by its first cpr backup", path.display())]
+    NoDir { path: PathBuf },
+
     #[error("writing {path}: the file system is full. Free space there or choose another store; the partial file was removed")]
     DiskFull { path: PathBuf },
 
