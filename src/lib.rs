@@ -1,6 +1,6 @@
 //! cpr — control-plane recovery for kubeadm clusters.
 //!
-//! The module map and the rules between modules are in DESIGN.md: lower modules (`bundle`, `store`,
+//! The module map and the rules between modules are in docs/ARCHITECTURE.md: lower modules (`bundle`, `store`,
 //! `etcd`, `host`) know nothing of kubeadm or boot; `ops` composes them; `cli` parses arguments.
 //!
 //! `unsafe` is denied everywhere but `src/host/linux.rs` (the syscalls without a safe wrapper), where
