@@ -211,7 +211,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
     let hostname = args
         .hostname
         .clone()
-        .or(network.hostname)
+        .or(network.hostname.clone())
         .unwrap_or_else(crate::host::hostname);
     let summary = phase1::phase1(&phase1::Phase1 {
         sysroot: &sysroot,
@@ -235,6 +235,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         "restore: phase 2 installed (/usr/local/sbin/cpr, {} enabled)",
         phase1::FINISH_UNIT
     );
+    net::release(host, &network);
     let init = sysroot.join(args.init.strip_prefix("/").unwrap_or(&args.init));
     if init.symlink_metadata().is_err() {
         return Err(Error::NoInit {

@@ -119,6 +119,23 @@ pub fn up(
     })
 }
 
+/// Gives the NIC back as the firmware left it, without address and down, before the handoff: the
+/// target's udev renames only interfaces that are down (eth0 → ens3), and its network manager
+/// waits for the interfaces it names (systemd-networkd-wait-online: two minutes for a NIC it never
+/// configures). Failing to is only a warning: the target still boots, more slowly.
+pub fn release(host: &dyn Host, network: &Network) {
+    match host.link_down(&network.interface) {
+        Ok(()) => log::info!(
+            "network: {} released for the target's own network configuration",
+            network.interface
+        ),
+        Err(error) => log::warn!(
+            "network: could not take {} down before the handoff ({error}); the target's network manager may wait for it",
+            network.interface
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,6 +174,18 @@ mod tests {
                 "ip eth0 192.0.2.10/24 via Some(192.0.2.1)"
             ]
         );
+    }
+
+    #[test]
+    fn release_takes_the_interface_down_for_the_target() {
+        let host = Recorder::default();
+        let network = Network {
+            interface: "eth0".to_string(),
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            hostname: None,
+        };
+        release(&host, &network);
+        assert_eq!(host.calls(), ["down eth0"]);
     }
 
     #[test]

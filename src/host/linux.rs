@@ -49,12 +49,17 @@ impl Host for Linux {
     }
 
     fn link_up(&self, interface: &str) -> io::Result<()> {
+        set_link_up(&inet_socket()?, interface, true)
+    }
+
+    fn link_down(&self, interface: &str) -> io::Result<()> {
         let socket = inet_socket()?;
         let mut request = ifreq(interface)?;
-        interface_ioctl(&socket, IfRequest::GetFlags, &mut request)?;
-        // SAFETY: SIOCGIFFLAGS above initialised the flags member of the union.
-        unsafe { request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-        interface_ioctl(&socket, IfRequest::SetFlags, &mut request)
+        // 0.0.0.0 deletes the address: net/ipv4/devinet.c (inet_set_ifa) frees an address whose
+        // local part is zero instead of inserting it.
+        request.ifr_ifru.ifru_addr = sockaddr(Ipv4Addr::UNSPECIFIED);
+        interface_ioctl(&socket, IfRequest::SetAddress, &mut request)?;
+        set_link_up(&socket, interface, false)
     }
 
     fn configure_ipv4(
@@ -215,6 +220,20 @@ fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
     };
     // SAFETY: sockaddr_in and sockaddr are both 16 bytes; the kernel reads the family to interpret it.
     unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
+}
+
+/// Sets or clears IFF_UP, keeping the interface's other flags.
+fn set_link_up(socket: &OwnedFd, interface: &str, up: bool) -> io::Result<()> {
+    let mut request = ifreq(interface)?;
+    interface_ioctl(socket, IfRequest::GetFlags, &mut request)?;
+    // SAFETY: SIOCGIFFLAGS above initialised the flags member of the union.
+    let flags = unsafe { &mut request.ifr_ifru.ifru_flags };
+    if up {
+        *flags |= libc::IFF_UP as libc::c_short;
+    } else {
+        *flags &= !(libc::IFF_UP as libc::c_short);
+    }
+    interface_ioctl(socket, IfRequest::SetFlags, &mut request)
 }
 
 /// The interface ioctls cpr issues; each takes a `struct ifreq`.

@@ -35,6 +35,8 @@ pub trait Host {
     fn load_module(&self, path: &Path) -> io::Result<()>;
     /// Brings the interface up (IFF_UP), without an address.
     fn link_up(&self, interface: &str) -> io::Result<()>;
+    /// Removes the interface's IPv4 address (and with it its routes) and takes it down.
+    fn link_down(&self, interface: &str) -> io::Result<()>;
     /// Puts `address/prefix` on the interface and, with a gateway, the default route through it.
     fn configure_ipv4(
         &self,

@@ -74,6 +74,10 @@ impl Host for Recorder {
         self.record(format!("up {interface}"))
     }
 
+    fn link_down(&self, interface: &str) -> io::Result<()> {
+        self.record(format!("down {interface}"))
+    }
+
     fn configure_ipv4(
         &self,
         interface: &str,
