@@ -5,42 +5,21 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use common::etcd_cluster::{v35, Server, Spec};
 use common::fixtures;
+use common::objects::{etcdctl_put, stored};
 use cpr::k8s::Taint;
 use cpr::ops::carryover::{Carryover, Error};
 use tempfile::TempDir;
 
-/// The stored form of an object, from the fixture script.
-fn object(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("python3")
-        .arg(fixtures().join("k8s-configmap.py"))
-        .args(args)
-        .current_dir(fixtures().join("component-configs"))
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "k8s-configmap.py {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 fn put(server: &Server, key: &str, value: &[u8]) {
-    let mut child = Command::new(&server.tools.etcdctl)
-        .args(["--endpoints", &server.client, "put", key])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("etcdctl runs");
-    child.stdin.take().unwrap().write_all(value).unwrap();
-    assert!(child.wait().unwrap().success(), "etcdctl put {key}");
+    let mut etcdctl = Command::new(&server.tools.etcdctl);
+    etcdctl.args(["--endpoints", &server.client]);
+    etcdctl_put(etcdctl, key, value);
 }
 
 fn fixture(name: &str) -> String {
@@ -49,7 +28,7 @@ fn fixture(name: &str) -> String {
 
 /// A snapshot of one etcd holding three clusters under three prefixes:
 /// `/registry` a customised kubeadm cluster, `/bare` one without kube-proxy and CoreDNS, `/enc`
-/// one whose ConfigMaps are encrypted at rest.
+/// one whose ConfigMaps and Nodes are encrypted at rest, `/bad` one with a value that is no object.
 struct Snapshot {
     _tmp: TempDir,
     path: PathBuf,
@@ -71,19 +50,19 @@ fn build_snapshot() -> Snapshot {
         put(
             &server,
             &key,
-            &object(&[&["kube-system", name][..], pairs].concat()),
+            &stored(&[&["kube-system", name][..], pairs].concat()),
         );
     };
     let workload = |prefix: &str, kind: &str, resource: &str, name: &str| {
         let key = format!("{prefix}/{resource}/kube-system/{name}");
-        put(&server, &key, &object(&[kind, "kube-system", name]));
+        put(&server, &key, &stored(&[kind, "kube-system", name]));
     };
     let node = |prefix: &str, name: &str, taints: &[&str]| {
         let key = format!("{prefix}/minions/{name}");
         put(
             &server,
             &key,
-            &object(&[&["--node", name][..], taints].concat()),
+            &stored(&[&["--node", name][..], taints].concat()),
         );
     };
 
@@ -145,12 +124,25 @@ fn build_snapshot() -> Snapshot {
     server.ctl_ok(&["del", "/bare/deployments/kube-system/coredns"]);
     node("/bare", "cp0", &[]);
 
-    // /enc: ConfigMaps encrypted at rest with aescbc (only the prefix matters to cpr).
+    // /enc: ConfigMaps and Nodes encrypted at rest (only the prefix matters to cpr).
     workload("/enc", "--daemonset", "daemonsets", "kube-proxy");
     put(
         &server,
         "/enc/configmaps/kube-system/kube-proxy",
         b"k8s:enc:aescbc:v1:key1:\x8c\x11\x02ciphertext",
+    );
+    put(
+        &server,
+        "/enc/configmaps/kube-system/kubelet-config",
+        b"k8s:enc:secretbox:v1:k2:\x01\x02",
+    );
+    put(&server, "/enc/minions/cp0", b"k8s:enc:kms:v2:vault:\x00");
+    // /bad: a value that is no object at all.
+    workload("/bad", "--daemonset", "daemonsets", "kube-proxy");
+    put(
+        &server,
+        "/bad/configmaps/kube-system/kube-proxy",
+        b"\x00\x01garbage",
     );
 
     let path = tmp.path().join("snapshot.db");
@@ -186,6 +178,7 @@ fn a_customised_cluster_carries_its_configuration_over() {
         facts,
         Carryover {
             kubelet_config: Some(fixture("kubelet-config.yaml")),
+            kubelet_config_source: Some("/registry/configmaps/kube-system/kubelet-config".into()),
             kube_proxy_config: Some(fixture("kube-proxy-config.conf")),
             skip_addons: vec![],
             taints: Some(vec![
@@ -193,6 +186,7 @@ fn a_customised_cluster_carries_its_configuration_over() {
                 taint("maintenance", "", "NoExecute", Some("2023-11-14T22:13:20Z")),
             ]),
             kubelet_extra_args: vec![("node-ip".into(), "10.0.0.5".into())],
+            warnings: vec![],
         }
     );
     let proxy = facts.kube_proxy_config.unwrap();
@@ -210,10 +204,12 @@ fn a_cluster_without_kube_proxy_and_coredns_skips_both_addons() {
         facts,
         Carryover {
             kubelet_config: None,
+            kubelet_config_source: None,
             kube_proxy_config: None,
-            skip_addons: vec!["addon/kube-proxy", "addon/coredns"],
+            skip_addons: vec!["addon/kube-proxy".into(), "addon/coredns".into()],
             taints: Some(vec![]),
             kubelet_extra_args: vec![],
+            warnings: vec![],
         }
     );
     // A node the snapshot does not know: kubeadm's default taints apply.
@@ -221,20 +217,78 @@ fn a_cluster_without_kube_proxy_and_coredns_skips_both_addons() {
     assert_eq!(facts.taints, None);
 }
 
+/// Values encrypted at rest are not decoded. Each fact falls back to what keeps the cluster as it
+/// was and says so: kube-proxy's addon phase is skipped (its restored ConfigMap and DaemonSet stay),
+/// the bundle's kubelet config.yaml stands in for kubelet-config, and `taints: []` lets the Node keep
+/// its own.
 #[test]
-fn encrypted_config_maps_are_reported_not_decoded() {
+fn encrypted_objects_fall_back_to_what_keeps_the_cluster_and_say_so() {
     let snap = snapshot();
-    let err = Carryover::from_snapshot(&snap.path, "/enc", "cp0", &snap.bundle).unwrap_err();
-    assert!(matches!(err, Error::Object { .. }), "{err:?}");
-    let text = err.to_string();
-    for part in [
-        "/enc/configmaps/kube-system/kube-proxy",
-        "k8s:enc:aescbc:v1:key1:",
-        "encrypted at rest",
-        "snapshot.db",
-    ] {
-        assert!(text.contains(part), "{part:?} missing from: {text}");
+    let bundle = TempDir::new().unwrap();
+    std::fs::create_dir_all(bundle.path().join("var/lib/kubelet")).unwrap();
+    std::fs::write(
+        bundle.path().join("var/lib/kubelet/config.yaml"),
+        fixture("kubelet-config.yaml"),
+    )
+    .unwrap();
+    let facts = Carryover::from_snapshot(&snap.path, "/enc", "cp0", bundle.path()).unwrap();
+    assert_eq!(facts.kube_proxy_config, None);
+    assert_eq!(facts.skip_addons, vec!["addon/kube-proxy", "addon/coredns"]);
+    assert_eq!(facts.kubelet_config, Some(fixture("kubelet-config.yaml")));
+    assert_eq!(
+        facts.kubelet_config_source.as_deref(),
+        Some("/var/lib/kubelet/config.yaml")
+    );
+    assert_eq!(facts.taints, Some(vec![]));
+    assert_eq!(facts.warnings.len(), 3, "{:?}", facts.warnings);
+    for (warning, parts) in facts.warnings.iter().zip([
+        &[
+            "/enc/configmaps/kube-system/kube-proxy",
+            "k8s:enc:aescbc:v1:key1:",
+            "addon/kube-proxy phase is skipped",
+            "manageSkippedAddons",
+        ][..],
+        &[
+            "/enc/configmaps/kube-system/kubelet-config",
+            "k8s:enc:secretbox:v1:k2:",
+            "backed-up /var/lib/kubelet/config.yaml",
+        ],
+        &["/enc/minions/cp0", "taints: []"],
+    ]) {
+        for part in parts {
+            assert!(warning.contains(part), "{part:?} missing from: {warning}");
+        }
     }
+    // A value that is neither encrypted nor an object is still an error naming the key.
+    let err = Carryover::from_snapshot(&snap.path, "/bad", "cp0", bundle.path()).unwrap_err();
+    assert!(matches!(err, Error::Object { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("/bad/configmaps/kube-system/kube-proxy"),
+        "{err}"
+    );
+}
+
+/// What `cpr finish` reads: the db of a data dir restored from the snapshot with the revision bumped
+/// and older revisions marked compacted (the restore's extra revision entry included).
+#[test]
+fn a_restored_data_dir_db_gives_the_same_facts() {
+    let snap = snapshot();
+    let tmp = TempDir::new().unwrap();
+    let data_dir = tmp.path().join("etcd");
+    common::run(
+        Command::new(env!("CARGO_BIN_EXE_cpr"))
+            .args(["etcd", "snapshot", "restore"])
+            .arg(&snap.path)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--bump-revision", "1000000000", "--mark-compacted"]),
+    );
+    let db = data_dir.join("member/snap/db");
+    assert_eq!(
+        Carryover::from_snapshot(&db, "/registry", "cp0", &snap.bundle).unwrap(),
+        Carryover::from_snapshot(&snap.path, "/registry", "cp0", &snap.bundle).unwrap()
+    );
 }
 
 #[test]

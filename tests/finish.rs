@@ -10,6 +10,7 @@ mod common;
 
 use common::certs::{cert_expiring_in, reissue_leaf};
 use common::netns::NetNs;
+use common::objects::{etcdctl_put, stored};
 use common::*;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -195,17 +196,17 @@ fn backed_up_node(
     backed_up_node_with(keys, extra_manifest, cluster, apiserver_sans, |_| {})
 }
 
-/// As `backed_up_node`, with `prepare` run on the source's pki dir before the backup.
+/// As `backed_up_node`, with `prepare` run on the source node (its etcd running) before the backup.
 fn backed_up_node_with(
     keys: usize,
     extra_manifest: Option<(&str, &str)>,
     cluster: &str,
     apiserver_sans: &str,
-    prepare: impl FnOnce(&Path),
+    prepare: impl FnOnce(&KubeadmNode),
 ) -> (KubeadmNode, tempfile::TempDir) {
     let mut source =
         KubeadmNode::start_with(EtcdVersion::V3_5, keys, APISERVER_PORT, apiserver_sans);
-    prepare(&source.root().join("etc/kubernetes/pki"));
+    prepare(&source);
     if let Some((name, text)) = extra_manifest {
         fs::write(
             source.root().join("etc/kubernetes/manifests").join(name),
@@ -777,7 +778,8 @@ fn expired_dir(root: &Path) -> PathBuf {
 #[test]
 fn expired_and_expiring_leaf_certificates_are_regenerated_and_the_old_ones_kept() {
     let (_source, store) =
-        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |pki| {
+        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |source| {
+            let pki = &source.pki("");
             let api_sans = [
                 NODE_NAME,
                 "kubernetes",
@@ -891,9 +893,9 @@ fn expired_and_expiring_leaf_certificates_are_regenerated_and_the_old_ones_kept(
 #[test]
 fn an_expired_ca_is_refused_before_anything_changes() {
     let (_source, store) =
-        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |pki| {
+        backed_up_node_with(5, None, &cluster_configuration(NODE_IP), "", |source| {
             fs::write(
-                pki.join("front-proxy-ca.crt"),
+                source.pki("front-proxy-ca.crt"),
                 cert_expiring_in(-1, "front-proxy-ca"),
             )
             .unwrap()
@@ -986,4 +988,221 @@ fn version_skew_is_converted_or_refused_before_kubeadm_runs() {
     assert_eq!(tree_with_modes(refused.root()), before);
     let calls = log_lines(&refused.root().join("var/log/kubeadm-double.log"));
     assert!(calls.iter().all(|c| c["argv"][1] != "init"), "{calls:?}");
+}
+
+/// kube-apiserver's storage of the source cluster: `(etcd key, value)` for each object.
+type Objects = Vec<(String, Vec<u8>)>;
+
+/// A customised cluster's objects: kubeadm v1.27's component configs as an operator edited them
+/// (tests/fixtures/component-configs: kubelet cgroupfs and maxPods 250, kube-proxy ipvs with strictARP),
+/// CoreDNS, kube-proxy's DaemonSet when `kube_proxy`, and the Node with `taints`.
+fn cluster_objects(kube_proxy: bool, taints: &[&str]) -> Objects {
+    let key = |resource: &str, name: &str| format!("/registry/{resource}/kube-system/{name}");
+    let mut objects = vec![
+        (
+            key("configmaps", "kubelet-config"),
+            stored(&[
+                "kube-system",
+                "kubelet-config",
+                "kubelet=kubelet-config.yaml",
+            ]),
+        ),
+        (
+            key("configmaps", "kube-proxy"),
+            stored(&[
+                "kube-system",
+                "kube-proxy",
+                "config.conf=kube-proxy-config.conf",
+            ]),
+        ),
+        (
+            key("deployments", "coredns"),
+            stored(&["--deployment", "kube-system", "coredns"]),
+        ),
+        (
+            format!("/registry/minions/{NODE_NAME}"),
+            stored(&[&["--node", NODE_NAME][..], taints].concat()),
+        ),
+    ];
+    if kube_proxy {
+        objects.push((
+            key("daemonsets", "kube-proxy"),
+            stored(&["--daemonset", "kube-system", "kube-proxy"]),
+        ));
+    }
+    objects
+}
+
+/// A source node holding `objects` in its etcd and an operator's `--node-ip` in kubeadm-flags.env
+/// (the fixture kubeadm v1.27+ writes), backed up with `cluster` as its ClusterConfiguration.
+fn backed_up_cluster(objects: &Objects, cluster: &str) -> (KubeadmNode, tempfile::TempDir) {
+    backed_up_node_with(5, None, cluster, "", |source| {
+        for (key, value) in objects {
+            etcdctl_put(source.etcdctl_command(), key, value);
+        }
+        fs::copy(
+            fixtures().join("component-configs/kubeadm-flags.env"),
+            source.root().join("var/lib/kubelet/kubeadm-flags.env"),
+        )
+        .unwrap();
+    })
+}
+
+/// The value of `key` in the restored node's running etcd (kubeadm's ports, in its namespace).
+fn restored_value(target: &Target, key: &str) -> Option<Vec<u8>> {
+    let pki = target.root().join("etc/kubernetes/pki");
+    let out = target
+        .ns
+        .command(EtcdVersion::V3_5.etcdctl())
+        .arg(format!("--endpoints=https://127.0.0.1:{ETCD_CLIENT_PORT}"))
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            pki.join("etcd/healthcheck-client.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join("etcd/healthcheck-client.key").display()
+        ))
+        .args(["get", key, "--print-value-only"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut value = out.stdout;
+    // etcdctl ends the value with a newline.
+    value.pop()?;
+    Some(value)
+}
+
+fn restored_config(target: &Target, name: &str, data_key: &str) -> String {
+    let key = format!("/registry/configmaps/kube-system/{name}");
+    let value = restored_value(target, &key).unwrap_or_else(|| panic!("{key} is missing"));
+    cpr::k8s::config_map(&value).unwrap().data[data_key].clone()
+}
+
+fn restored_taints(target: &Target) -> Vec<(String, String, String)> {
+    let value = restored_value(target, &format!("/registry/minions/{NODE_NAME}")).unwrap();
+    cpr::k8s::node(&value)
+        .unwrap()
+        .taints
+        .into_iter()
+        .map(|t| (t.key, t.value, t.effect))
+        .collect()
+}
+
+/// A cluster whose operator customised kubelet (cgroupfs, maxPods 250) and kube-proxy (ipvs,
+/// strictARP for MetalLB), removed the control-plane taint from its single node and gave kubelet
+/// `--node-ip`: after the restore, the etcd the cluster runs on holds those settings, not kubeadm's
+/// defaults; the node stays untainted; kubelet keeps --node-ip; the report says what was carried.
+#[test]
+fn a_customised_cluster_keeps_its_kubelet_and_kube_proxy_settings_taints_and_kubelet_flags() {
+    let (_source, store) =
+        backed_up_cluster(&cluster_objects(true, &[]), &cluster_configuration(NODE_IP));
+    let target = Target::restored(store.path());
+    let kubelet = Kubelet::start(&target);
+    let out = target.finish(&["--output", "json"], &[]);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+
+    let kubelet_config = restored_config(&target, "kubelet-config", "kubelet");
+    assert!(
+        kubelet_config.contains("cgroupDriver: cgroupfs")
+            && kubelet_config.contains("maxPods: 250"),
+        "{kubelet_config}"
+    );
+    let proxy = restored_config(&target, "kube-proxy", "config.conf");
+    assert!(
+        proxy.contains("mode: ipvs") && proxy.contains("strictARP: true"),
+        "{proxy}"
+    );
+    assert!(restored_value(&target, "/registry/daemonsets/kube-system/kube-proxy").is_some());
+    assert_eq!(restored_taints(&target), vec![]);
+    drop(kubelet);
+    let flags =
+        fs::read_to_string(target.root().join("var/lib/kubelet/kubeadm-flags.env")).unwrap();
+    assert!(flags.contains("--node-ip=10.0.0.5"), "{flags}");
+    let local = fs::read_to_string(target.root().join("var/lib/kubelet/config.yaml")).unwrap();
+    assert!(local.contains("cgroupDriver: cgroupfs"), "{local}");
+
+    let carried = &report["carriedOver"];
+    assert_eq!(
+        carried["kubeletConfiguration"],
+        "/registry/configmaps/kube-system/kubelet-config"
+    );
+    assert_eq!(carried["kubeProxyConfiguration"], true);
+    assert_eq!(carried["skipPhases"], serde_json::json!([]));
+    assert_eq!(carried["taints"], serde_json::json!([]));
+    assert_eq!(
+        carried["kubeletExtraArgs"],
+        serde_json::json!(["--node-ip=10.0.0.5"])
+    );
+    assert_eq!(report["kubeadmChanges"], serde_json::json!([]), "{report}");
+    let text = ok(&target.finish(&[], &[]));
+    assert!(text.contains("already finished"), "{text}");
+}
+
+/// kubeadm 1.31 restoring a v1.30 cluster without kube-proxy (a CNI replaces it) whose node carries
+/// the operator's taint and not kubeadm's: the v1beta4 config kubeadm gets skips addon/kube-proxy
+/// (so no DaemonSet comes back and kubeadm records proxy.disabled), lists the taint and the
+/// kubeletExtraArgs as v1beta4 lists; the restored etcd shows it. The report names what kubeadm
+/// changed compared with the backup: nothing of the node, kube-proxy untouched.
+#[test]
+fn a_cluster_without_kube_proxy_gets_none_back_and_keeps_its_taints_through_v1beta4() {
+    let cluster = cluster_configuration(NODE_IP).replace("v1.27.4", "v1.30.5");
+    let (_source, store) = backed_up_cluster(
+        &cluster_objects(false, &["dedicated=infra:NoSchedule"]),
+        &cluster,
+    );
+    let target = Target::restored(store.path());
+    let kubelet = Kubelet::start(&target);
+    let versions = [
+        ("KUBEADM_DOUBLE_VERSION", "v1.31.2"),
+        ("KUBELET_DOUBLE_VERSION", "v1.30.5"),
+    ];
+    let out = target.finish(&["--output", "json"], &versions);
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+
+    assert_eq!(
+        restored_value(&target, "/registry/daemonsets/kube-system/kube-proxy"),
+        None
+    );
+    assert_eq!(
+        restored_taints(&target),
+        vec![("dedicated".into(), "infra".into(), "NoSchedule".into())]
+    );
+    let uploaded = restored_config(&target, "kubeadm-config", "ClusterConfiguration");
+    let uploaded: serde_norway::Value = serde_norway::from_str(&uploaded).unwrap();
+    assert_eq!(uploaded["proxy"]["disabled"], true, "{uploaded:?}");
+    drop(kubelet);
+
+    let calls = log_lines(&target.root().join("var/log/kubeadm-double.log"));
+    let config = calls.iter().find(|c| c["argv"][1] == "init").unwrap()["config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let init: serde_norway::Value =
+        serde_norway::from_str(config.split("---\n").next().unwrap()).unwrap();
+    assert_eq!(init["apiVersion"], "kubeadm.k8s.io/v1beta4", "{config}");
+    assert_eq!(
+        serde_json::to_value(&init["skipPhases"]).unwrap(),
+        serde_json::json!(["addon/kube-proxy"])
+    );
+    assert_eq!(
+        serde_json::to_value(&init["nodeRegistration"]["kubeletExtraArgs"]).unwrap(),
+        serde_json::json!([{"name": "node-ip", "value": "10.0.0.5"}])
+    );
+    assert_eq!(
+        serde_json::to_value(&init["nodeRegistration"]["taints"]).unwrap(),
+        serde_json::json!([{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}])
+    );
+    assert!(config.contains("kind: KubeletConfiguration"), "{config}");
+    assert!(!config.contains("kind: KubeProxyConfiguration"), "{config}");
+    assert_eq!(
+        report["carriedOver"]["skipPhases"],
+        serde_json::json!(["addon/kube-proxy"])
+    );
+    assert_eq!(report["kubeadmChanges"], serde_json::json!([]), "{report}");
 }

@@ -6,14 +6,24 @@ use std::path::Path;
 use std::process::Command;
 
 use super::Error;
+use crate::k8s::Taint;
 
-/// What the InitConfiguration says about this node; the ClusterConfiguration comes from the backup.
+/// What the InitConfiguration says about this node, and the cluster's settings carried along with
+/// the backed-up ClusterConfiguration (ops::carryover reads them from the backup).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InitNode {
     pub name: String,
     pub advertise_address: IpAddr,
     pub bind_port: u16,
     pub cri_socket: Option<String>,
+    /// `nodeRegistration.taints`: `None` lets kubeadm apply its control-plane taint.
+    pub taints: Option<Vec<Taint>>,
+    /// `nodeRegistration.kubeletExtraArgs`, in order.
+    pub kubelet_extra_args: Vec<(String, String)>,
+    /// `skipPhases` (InitConfiguration).
+    pub skip_phases: Vec<String>,
+    /// Component config documents (KubeletConfiguration, KubeProxyConfiguration) appended as they are.
+    pub component_configs: Vec<String>,
 }
 
 const V1BETA2: &str = "kubeadm.k8s.io/v1beta2";
@@ -311,13 +321,83 @@ pub fn init_config(
     if let Some(socket) = &node.cri_socket {
         init.push_str(&format!("  criSocket: {}\n", yaml_string(socket)));
     }
+    if let Some(taints) = &node.taints {
+        init.push_str(&taints_yaml(taints));
+    }
+    init.push_str(&kubelet_extra_args_yaml(
+        &node.kubelet_extra_args,
+        api_version == V1BETA4,
+    ));
+    if !node.skip_phases.is_empty() {
+        init.push_str("skipPhases:\n");
+        for phase in &node.skip_phases {
+            init.push_str(&format!("- {}\n", yaml_string(phase)));
+        }
+    }
     if let Some(timeout) = timeout {
         init.push_str(&format!(
             "timeouts:\n  controlPlaneComponentHealthCheck: {}\n",
             yaml_string(&timeout)
         ));
     }
-    Ok(format!("{init}---\n{cluster_text}\n"))
+    let mut config = format!("{init}---\n{cluster_text}\n");
+    for document in &node.component_configs {
+        let document = document.trim();
+        let document = document
+            .strip_prefix("---")
+            .unwrap_or(document)
+            .trim_start();
+        config.push_str(&format!("---\n{document}\n"));
+    }
+    Ok(config)
+}
+
+/// `nodeRegistration.taints` (a list in every API version): `[]` when there are none, so kubeadm adds
+/// none. Taints with a `timeAdded` are left out: phases/markcontrolplane/markcontrolplane.go keeps the
+/// Node's taints that are not `slices.Contains` the given ones, which compares v1.Taint with `==`, and
+/// its `TimeAdded` is a pointer — such a taint never equals the Node's own, both would be sent, and the
+/// API server refuses the duplicate (taints are unique by key and effect). Left out, the restored Node
+/// keeps it anyway: kubeadm adds taints and never removes one.
+fn taints_yaml(taints: &[Taint]) -> String {
+    let kept: Vec<&Taint> = taints.iter().filter(|t| t.time_added.is_none()).collect();
+    if kept.is_empty() {
+        return "  taints: []\n".to_string();
+    }
+    let mut out = String::from("  taints:\n");
+    for taint in kept {
+        out.push_str(&format!("  - key: {}\n", yaml_string(&taint.key)));
+        if !taint.value.is_empty() {
+            out.push_str(&format!("    value: {}\n", yaml_string(&taint.value)));
+        }
+        out.push_str(&format!("    effect: {}\n", yaml_string(&taint.effect)));
+    }
+    out
+}
+
+/// `nodeRegistration.kubeletExtraArgs`: a map in v1beta3, a `[{name, value}]` list in v1beta4
+/// (v1beta4/doc.go), which can repeat a flag; in a map the last value of a repeated flag wins, as it
+/// does for kubelet's own flag parsing of a string flag.
+fn kubelet_extra_args_yaml(args: &[(String, String)], as_list: bool) -> String {
+    if args.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("  kubeletExtraArgs:\n");
+    for (i, (name, value)) in args.iter().enumerate() {
+        if as_list {
+            out.push_str(&format!(
+                "  - name: {}\n    value: {}\n",
+                yaml_string(name),
+                yaml_string(value)
+            ));
+        } else if !args[i + 1..].iter().any(|(n, _)| n == name) {
+            out.push_str(&format!(
+                "    {}: {}\n",
+                yaml_string(name),
+                yaml_string(value)
+            ));
+        }
+    }
+    out
 }
 
 /// v1beta2 → v1beta3 (v1beta3/doc.go): the removed `useHyperKubeImage` and `dns.type` go.
@@ -465,6 +545,10 @@ mod tests {
             advertise_address: "10.0.1.10".parse().unwrap(),
             bind_port: 6443,
             cri_socket: Some("unix:///var/run/containerd/containerd.sock".into()),
+            taints: None,
+            kubelet_extra_args: vec![],
+            skip_phases: vec![],
+            component_configs: vec![],
         };
         let cluster = "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nkubernetesVersion: v1.27.4\n";
         let config = init_config(&node, cluster, "bundle", V1BETA3).unwrap();

@@ -85,6 +85,33 @@ impl Fact {
         }
     }
 
+    /// What happens instead when the fact's object in `key` is encrypted at rest, and what to do.
+    fn encrypted(self, key: &str, provider: &str) -> String {
+        let what = format!(
+            "{key} is encrypted at rest (k8s:enc:{provider}:) and cpr does not decrypt the snapshot"
+        );
+        match self {
+            Fact::KubeProxyConfig => format!(
+                "{what}: kubeadm's addon/kube-proxy phase is skipped, so the restored kube-proxy ConfigMap and DaemonSet \
+                 stay exactly as backed up (kubeadm does not update kube-proxy's image in this init; kubeadm 1.31+ also \
+                 records proxy.disabled: true in kubeadm-config, cmd/init.go manageSkippedAddons — remove it with \
+                 `kubectl -n kube-system edit configmap kubeadm-config` for `kubeadm upgrade` to manage kube-proxy again)"
+            ),
+            Fact::KubeletConfig => format!(
+                "{what}: kubeadm gets this node's backed-up /{} instead (kubeadm wrote it from that ConfigMap) and uploads \
+                 it as the cluster's kubelet-config; without that file it writes its defaults (cgroupDriver, maxPods, \
+                 evictions … reset): compare with `kubectl -n kube-system get configmap kubelet-config -o yaml` of a worker's \
+                 /var/lib/kubelet/config.yaml, edit the ConfigMap, then `kubeadm upgrade node phase kubelet-config` and \
+                 `systemctl restart kubelet` on this node",
+                layout::KUBELET_CONFIG
+            ),
+            Fact::NodeTaints => format!(
+                "{what}: kubeadm gets `taints: []`, so it adds none and the restored Node keeps its own \
+                 (phases/markcontrolplane merges, never removes); check them with `kubectl describe node`"
+            ),
+        }
+    }
+
     /// What the operator can do when the fact cannot be read.
     fn advice(self) -> &'static str {
         match self {
@@ -124,22 +151,31 @@ pub enum Error {
 }
 
 /// The cluster configuration a restore carries into `kubeadm init`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Carryover {
     /// The cluster's KubeletConfiguration YAML (the `kubelet` entry of `kubelet-config`, or of the
-    /// newest `kubelet-config-1.<minor>` on clusters that predate v1.24), verbatim.
+    /// newest `kubelet-config-1.<minor>` on clusters that predate v1.24), verbatim; when the snapshot
+    /// has none or it is encrypted at rest, the bundle's `var/lib/kubelet/config.yaml` (kubeadm wrote
+    /// it from that ConfigMap).
     pub kubelet_config: Option<String>,
+    /// Where `kubelet_config` comes from: the ConfigMap's etcd key, or the bundle's file.
+    pub kubelet_config_source: Option<String>,
     /// The KubeProxyConfiguration YAML (`config.conf` of the `kube-proxy` ConfigMap); `None` when
-    /// the cluster runs no kube-proxy (then `skip_addons` holds `addon/kube-proxy`).
+    /// the cluster runs no kube-proxy, or its ConfigMap is encrypted at rest (then `skip_addons`
+    /// holds `addon/kube-proxy`).
     pub kube_proxy_config: Option<String>,
-    /// kubeadm phases for the addons the cluster does not run: `addon/kube-proxy`, `addon/coredns`.
-    pub skip_addons: Vec<&'static str>,
+    /// kubeadm phases for the addons the cluster does not run (`addon/kube-proxy`, `addon/coredns`),
+    /// or whose configuration cpr cannot read.
+    pub skip_addons: Vec<String>,
     /// The Node's taints without those its conditions set (`k8s::is_status_taint`); `Some(empty)`
-    /// when the node had none (kubeadm must then add none), `None` when the snapshot has no Node
-    /// object of that name (kubeadm's default applies).
+    /// when the node had none (kubeadm must then add none) or its object is encrypted at rest,
+    /// `None` when the snapshot has no Node object of that name (kubeadm's default applies).
     pub taints: Option<Vec<Taint>>,
     /// `kubeletExtraArgs`: the flags of kubeadm-flags.env that kubeadm does not write itself, in order.
     pub kubelet_extra_args: Vec<(String, String)>,
+    /// What could not be carried over as it was, what kubeadm does instead and what to do by hand.
+    pub warnings: Vec<String>,
 }
 
 impl Carryover {
@@ -157,47 +193,83 @@ impl Carryover {
         let keys = Keys::new(etcd_prefix, node_name);
         let values = crate::etcd::keys::current_values(snapshot, &|key| keys.wanted(key))?;
         let value = |key: &str| values.get(key.as_bytes());
-        let read = |key: &str, fact: Fact, data_key: &'static str| {
-            value(key)
-                .map(|v| config_map_entry(v, key, fact, data_key, snapshot))
-                .transpose()
-        };
+        let mut warnings = Vec::new();
+        // A value kube-apiserver encrypted at rest is not read (cpr holds no KMS, and the restored
+        // EncryptionConfiguration is kube-apiserver's to use); each fact falls back to what keeps the
+        // cluster as it was, and says so.
+        let mut read =
+            |key: &str, fact: Fact, data_key: &'static str| -> Result<Option<String>, Error> {
+                let Some(v) = value(key) else {
+                    return Ok(None);
+                };
+                match config_map_entry(v, key, fact, data_key, snapshot) {
+                    Err(Error::Object {
+                        source: k8s::Error::Encrypted { provider },
+                        ..
+                    }) => {
+                        warnings.push(fact.encrypted(key, &provider));
+                        Ok(None)
+                    }
+                    other => other.map(Some),
+                }
+            };
 
         let mut skip_addons = Vec::new();
-        let kube_proxy_config = if value(&keys.kube_proxy_daemonset).is_some() {
-            read(
+        let mut kube_proxy_config = None;
+        if value(&keys.kube_proxy_daemonset).is_some() {
+            kube_proxy_config = read(
                 &keys.kube_proxy_config,
                 Fact::KubeProxyConfig,
                 KUBE_PROXY_CONFIG_KEY,
-            )?
+            )?;
+            if kube_proxy_config.is_none() && value(&keys.kube_proxy_config).is_some() {
+                skip_addons.push(SKIP_KUBE_PROXY.to_string());
+            }
         } else {
-            skip_addons.push(SKIP_KUBE_PROXY);
-            None
-        };
+            skip_addons.push(SKIP_KUBE_PROXY.to_string());
+        }
         if value(&keys.coredns).is_none() {
-            skip_addons.push(SKIP_COREDNS);
+            skip_addons.push(SKIP_COREDNS.to_string());
         }
         let kubelet_key = keys.newest_kubelet_config(values.keys());
-        let kubelet_config = match kubelet_key {
-            Some(key) => read(&key, Fact::KubeletConfig, KUBELET_CONFIG_KEY)?,
+        let mut kubelet_config = match &kubelet_key {
+            Some(key) => read(key, Fact::KubeletConfig, KUBELET_CONFIG_KEY)?,
             None => None,
         };
+        let mut kubelet_config_source = kubelet_config.as_ref().and(kubelet_key);
+        if kubelet_config.is_none() {
+            let path = bundle_dir.join(layout::KUBELET_CONFIG);
+            match fs::read_to_string(&path) {
+                Ok(text) => {
+                    kubelet_config = Some(text);
+                    kubelet_config_source = Some(format!("/{}", layout::KUBELET_CONFIG));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(Error::Read { path, source }),
+            }
+        }
         let taints = match value(&keys.node) {
             None => None,
-            Some(v) => {
-                let node = k8s::node(v).map_err(|source| Error::Object {
-                    fact: Fact::NodeTaints,
-                    key: keys.node.clone(),
-                    snapshot: snapshot.to_path_buf(),
-                    source,
-                })?;
-                Some(
+            Some(v) => match k8s::node(v) {
+                Ok(node) => Some(
                     node.taints
                         .into_iter()
                         .filter(|t| !k8s::is_status_taint(&t.key))
                         .collect(),
-                )
-            }
+                ),
+                Err(k8s::Error::Encrypted { provider }) => {
+                    warnings.push(Fact::NodeTaints.encrypted(&keys.node, &provider));
+                    Some(Vec::new())
+                }
+                Err(source) => {
+                    return Err(Error::Object {
+                        fact: Fact::NodeTaints,
+                        key: keys.node.clone(),
+                        snapshot: snapshot.to_path_buf(),
+                        source,
+                    })
+                }
+            },
         };
         let flags_path = bundle_dir.join(layout::KUBEADM_FLAGS);
         let kubelet_extra_args = match fs::read_to_string(&flags_path) {
@@ -215,10 +287,12 @@ impl Carryover {
         };
         Ok(Carryover {
             kubelet_config,
+            kubelet_config_source,
             kube_proxy_config,
             skip_addons,
             taints,
             kubelet_extra_args,
+            warnings,
         })
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::backup::{client_endpoint, client_tls};
+use super::carryover::Carryover;
 use super::check::CERT_WARN_DAYS;
 use super::restore::{staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
@@ -14,6 +15,7 @@ use crate::bundle::Manifest;
 use crate::etcd::client::EtcdClient;
 use crate::fsutil;
 use crate::host::failpoint;
+use crate::k8s::{self, Resource, Taint};
 use crate::node::apiserver::ApiServer;
 use crate::node::certs::{self, Expiry};
 use crate::node::kubeadm::{self, InitNode};
@@ -22,6 +24,10 @@ use crate::node::layout::{self, Layout};
 use crate::node::{ports, StaticPod};
 
 const KUBEADM_CONFIG: &str = "kubeadm-init.yaml";
+/// What this recovery carries into `kubeadm init`, read once from the restored etcd db before init.
+const CARRYOVER_FILE: &str = "carryover.json";
+/// Where etcd keeps its bbolt db below the data dir.
+const ETCD_DB: &str = "member/snap/db";
 /// kubeadm's own manifests, kept where kubelet does not look, when the backup's version replaces them.
 const GENERATED_DIR: &str = "kubeadm-generated";
 const KUBEADM_MANIFESTS: [&str; 4] = [
@@ -62,6 +68,11 @@ pub struct FinishReport {
     /// Restored leaf certificates (as `etcd/server`) that had expired or were about to, moved aside so
     /// that kubeadm signed new ones with the restored CAs.
     pub regenerated_certificates: Vec<String>,
+    /// What `kubeadm init` was given from the backup besides the ClusterConfiguration.
+    pub carried_over: Option<CarriedOver>,
+    /// What kubeadm changed compared with the backup (ConfigMaps, addons, the Node's taints), read from
+    /// the restored etcd once the control plane is up.
+    pub kubeadm_changes: Vec<String>,
     pub apiserver: String,
     pub etcd_revision: i64,
     /// `name status` of every Node.
@@ -104,6 +115,11 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         restart_kubelet(request)?;
     }
     let mut report = health(request, &layout)?;
+    let carried = load_carryover(&layout, &state);
+    if let Some(carried) = &carried {
+        report.kubeadm_changes = kubeadm_changes(&layout, carried);
+        report.carried_over = Some(CarriedOver::from(&carried.carryover));
+    }
     failpoint("finish:healthy");
     state.phase = Phase::Finished;
     state.save(&layout)?;
@@ -123,12 +139,19 @@ fn init(
     state: &mut State,
 ) -> Result<(), Error> {
     // Checks first: a refusal leaves every file as it was.
-    let prepared = prepare(request, layout, manifest)?;
+    let prepared = prepare(request, layout, manifest, state)?;
     let expiring = expiring_leaves(layout, time::OffsetDateTime::now_utc())?;
     move_aside_expiring_leaves(layout, state, &expiring)?;
     move_aside_stale_manifests(layout, state)?;
     free_preflight_ports(request, prepared.bind_port)?;
     restore_static_pods(layout, StaticPods::Custom)?;
+    // Before kubeadm starts etcd on the data dir: a re-run reads this, never the changed db.
+    let carried_path = state::state_dir(layout).join(CARRYOVER_FILE);
+    let carried = serde_json::to_vec_pretty(&prepared.carried).expect("the carry-over serializes");
+    fsutil::write_atomic(&carried_path, &carried, 0o600).map_err(|source| Error::Write {
+        path: carried_path.clone(),
+        source,
+    })?;
     let config = prepared.versions.init_config;
     let config_path = state::state_dir(layout).join(KUBEADM_CONFIG);
     fsutil::write_atomic(&config_path, config.as_bytes(), 0o600).map_err(|source| {
@@ -171,6 +194,101 @@ pub struct VersionReport {
 struct Prepared {
     versions: VersionReport,
     bind_port: u16,
+    carried: Carried,
+}
+
+/// The carry-over of one recovery (its bundle and stamp), as `var/lib/cpr/carryover.json` keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Carried {
+    bundle: String,
+    stamp: String,
+    etcd_prefix: String,
+    node: String,
+    carryover: Carryover,
+}
+
+/// What the report says was carried over into `kubeadm init`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CarriedOver {
+    /// Where the KubeletConfiguration came from (the kubelet-config ConfigMap's etcd key, or the
+    /// bundle's kubelet config file); `None`: kubeadm's defaults.
+    pub kubelet_configuration: Option<String>,
+    /// Whether the kube-proxy ConfigMap's KubeProxyConfiguration was given to kubeadm.
+    pub kube_proxy_configuration: bool,
+    pub skip_phases: Vec<String>,
+    /// `nodeRegistration.taints` as the Node had them; `None`: no Node in the backup, kubeadm's default.
+    pub taints: Option<Vec<Taint>>,
+    /// `--name=value` of each kubeletExtraArgs entry.
+    pub kubelet_extra_args: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+impl From<&Carryover> for CarriedOver {
+    fn from(c: &Carryover) -> Self {
+        CarriedOver {
+            kubelet_configuration: c.kubelet_config_source.clone(),
+            kube_proxy_configuration: c.kube_proxy_config.is_some(),
+            skip_phases: c.skip_addons.clone(),
+            taints: c.taints.clone(),
+            kubelet_extra_args: c
+                .kubelet_extra_args
+                .iter()
+                .map(|(n, v)| format!("--{n}={v}"))
+                .collect(),
+            warnings: c.warnings.clone(),
+        }
+    }
+}
+
+/// The carry-over this recovery recorded before `kubeadm init`, if any.
+fn load_carryover(layout: &Layout, state: &State) -> Option<Carried> {
+    let bytes = fs::read(state::state_dir(layout).join(CARRYOVER_FILE)).ok()?;
+    let carried: Carried = serde_json::from_slice(&bytes).ok()?;
+    (carried.bundle == state.bundle && carried.stamp == state.stamp).then_some(carried)
+}
+
+/// The backup's cluster settings (`Carryover`): recorded by an earlier attempt of this recovery, or
+/// read from the restored etcd db. Phase 1 streamed the snapshot into the data dir without reading it
+/// back, so this is the one read of the db, made before kubeadm starts etcd on it; a re-run of
+/// `cpr finish` reads the record (by then etcd may have changed the db).
+fn carryover(layout: &Layout, manifest: &Manifest, state: &State) -> Result<Carried, Error> {
+    if let Some(carried) = load_carryover(layout, state) {
+        return Ok(carried);
+    }
+    let data_dir = manifest
+        .etcd
+        .data_dir
+        .as_deref()
+        .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
+    let db = layout.path(data_dir).join(ETCD_DB);
+    let bundle_dir = staged_bundle_dir(layout);
+    // kube-apiserver's --etcd-prefix in the backed-up manifest; kubeadm never sets one.
+    let apiserver = bundle_dir.join(layout::APISERVER_MANIFEST);
+    let etcd_prefix = match StaticPod::load(&apiserver) {
+        Ok(pod) => pod.flag("etcd-prefix").map(str::to_string),
+        Err(e) => {
+            log::warn!("finish: reading --etcd-prefix from the backed-up kube-apiserver manifest: {e}; using {}", layout::DEFAULT_ETCD_PREFIX);
+            None
+        }
+    }
+    .unwrap_or_else(|| layout::DEFAULT_ETCD_PREFIX.to_string());
+    log::info!(
+        "finish: reading the cluster's kubelet and kube-proxy settings, addons and the node's taints from {} (keys under {etcd_prefix})",
+        db.display()
+    );
+    let carryover = Carryover::from_snapshot(&db, &etcd_prefix, &manifest.node.name, &bundle_dir)?;
+    for warning in &carryover.warnings {
+        log::warn!("finish: {warning}");
+    }
+    Ok(Carried {
+        bundle: state.bundle.clone(),
+        stamp: state.stamp.clone(),
+        etcd_prefix,
+        node: manifest.node.name.clone(),
+        carryover,
+    })
 }
 
 /// Reads the installed kubeadm's and kubelet's versions, compares them with the bundle's
@@ -179,6 +297,7 @@ fn prepare(
     request: &FinishRequest,
     layout: &Layout,
     manifest: &Manifest,
+    state: &State,
 ) -> Result<Prepared, Error> {
     let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
@@ -222,11 +341,22 @@ fn prepare(
             path: cluster_path.clone(),
             why: "the bundle records no advertise address for the node".to_string(),
         })?;
+    let carried = carryover(layout, manifest, state)?;
+    let facts = &carried.carryover;
     let node = InitNode {
         name: manifest.node.name.clone(),
         advertise_address: address,
         bind_port,
         cri_socket: manifest.node.cri_socket.clone(),
+        taints: facts.taints.clone(),
+        kubelet_extra_args: facts.kubelet_extra_args.clone(),
+        skip_phases: facts.skip_addons.clone(),
+        component_configs: facts
+            .kubelet_config
+            .iter()
+            .chain(&facts.kube_proxy_config)
+            .cloned()
+            .collect(),
     };
     let init_config = kubeadm::init_config(&node, &cluster, &origin, plan.api_version)?;
     Ok(Prepared {
@@ -239,6 +369,7 @@ fn prepare(
             init_config,
         },
         bind_port,
+        carried,
     })
 }
 
@@ -255,7 +386,7 @@ pub fn check_versions(request: &FinishRequest) -> Result<VersionReport, Error> {
         });
     }
     let manifest = staged_manifest(&layout)?;
-    Ok(prepare(request, &layout, &manifest)?.versions)
+    Ok(prepare(request, &layout, &manifest, &state)?.versions)
 }
 
 /// The restored leaf certificates kubeadm has to regenerate: expired ones fail its certs phase
@@ -750,6 +881,161 @@ fn wait_for_etcd(
     }
 }
 
+/// What kubeadm changed compared with the backup, from the restored etcd now that kubeadm's phases
+/// after wait-control-plane ran: the kubelet and kube-proxy settings kubeadm stored (each setting of
+/// the backup's config that now differs), addons it created, taints it added to or that left the Node.
+/// A part that cannot be read is said, never an error: the control plane is up by now.
+fn kubeadm_changes(layout: &Layout, carried: &Carried) -> Vec<String> {
+    let facts = &carried.carryover;
+    let client = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))
+        .map_err(Error::from)
+        .and_then(|pod| Ok((client_endpoint(&pod)?, client_tls(layout, &pod)?)))
+        .and_then(|(endpoint, tls)| {
+            EtcdClient::connect(&endpoint, Some(&tls))
+                .map_err(|e| Error::from(crate::etcd::Error::from(e)))
+        });
+    let mut client = match client {
+        Ok(client) => client,
+        Err(e) => {
+            return vec![format!(
+                "not compared: reading the restored etcd failed: {e}"
+            )]
+        }
+    };
+    let prefix = carried.etcd_prefix.as_str();
+    let mut get = |key: &str| client.get(key.as_bytes());
+    let mut changes = Vec::new();
+    let config_map = |key: &str, value: Vec<u8>, data_key: &str| match k8s::config_map(&value) {
+        Ok(map) => Ok(map.data.get(data_key).cloned().unwrap_or_default()),
+        Err(e) => Err(format!("{key} not compared: {e}")),
+    };
+    for (name, data_key, before, skipped) in [
+        ("kubelet-config", "kubelet", &facts.kubelet_config, false),
+        (
+            "kube-proxy",
+            "config.conf",
+            &facts.kube_proxy_config,
+            facts
+                .skip_addons
+                .iter()
+                .any(|p| p == super::carryover::SKIP_KUBE_PROXY),
+        ),
+    ] {
+        let key = Resource::ConfigMaps.key(prefix, Some("kube-system"), name);
+        let after = match get(&key) {
+            Ok(Some(value)) => config_map(&key, value, data_key),
+            Ok(None) => continue,
+            Err(e) => Err(format!("{key} not compared: {e}")),
+        };
+        match (after, before) {
+            (Err(why), _) => changes.push(why),
+            (Ok(_), _) if skipped => {}
+            (Ok(after), Some(before)) => {
+                let settings = changed_settings(before, &after);
+                if !settings.is_empty() {
+                    changes.push(format!(
+                        "ConfigMap kube-system/{name}: kubeadm changed {}",
+                        settings.join(", ")
+                    ));
+                }
+            }
+            (Ok(_), None) => changes.push(format!(
+                "ConfigMap kube-system/{name}: kubeadm's defaults (the backup's could not be read)"
+            )),
+        }
+    }
+    for (resource, name, phase) in [
+        (
+            Resource::DaemonSets,
+            "kube-proxy",
+            super::carryover::SKIP_KUBE_PROXY,
+        ),
+        (
+            Resource::Deployments,
+            "coredns",
+            super::carryover::SKIP_COREDNS,
+        ),
+    ] {
+        let key = resource.key(prefix, Some("kube-system"), name);
+        if facts.skip_addons.iter().any(|p| p == phase) && matches!(get(&key), Ok(Some(_))) {
+            changes.push(format!(
+                "{key}: created by kubeadm although {phase} was skipped"
+            ));
+        }
+    }
+    if let Some(before) = &facts.taints {
+        let key = Resource::Nodes.key(prefix, None, &carried.node);
+        match get(&key).map(|v| v.map(|v| k8s::node(&v))) {
+            Ok(Some(Ok(node))) => {
+                let after: Vec<Taint> = node
+                    .taints
+                    .into_iter()
+                    .filter(|t| !k8s::is_status_taint(&t.key))
+                    .collect();
+                let same = |a: &Taint, b: &Taint| {
+                    (&a.key, &a.value, &a.effect) == (&b.key, &b.value, &b.effect)
+                };
+                let text = |t: &Taint| {
+                    let value = if t.value.is_empty() {
+                        String::new()
+                    } else {
+                        format!("={}", t.value)
+                    };
+                    format!("{}{value}:{}", t.key, t.effect)
+                };
+                for t in after.iter().filter(|a| !before.iter().any(|b| same(a, b))) {
+                    changes.push(format!("Node taint added by kubeadm: {}", text(t)));
+                }
+                for t in before.iter().filter(|b| !after.iter().any(|a| same(a, b))) {
+                    changes.push(format!("Node taint gone: {}", text(t)));
+                }
+            }
+            Ok(Some(Err(e))) => changes.push(format!("{key} not compared: {e}")),
+            Ok(None) => changes.push(format!("{key}: the Node is gone")),
+            Err(e) => changes.push(format!("{key} not compared: {e}")),
+        }
+    }
+    changes
+}
+
+/// Each setting (leaf of the YAML document `before`) whose value in `after` differs, as
+/// `path: before → after`; a setting `after` does not have counts as changed unless it was null.
+fn changed_settings(before: &str, after: &str) -> Vec<String> {
+    use serde_norway::Value;
+    fn show(v: &Value) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    fn walk(before: &Value, after: Option<&Value>, path: &str, out: &mut Vec<String>) {
+        if let Value::Mapping(map) = before {
+            for (k, v) in map {
+                let name = k.as_str().map(str::to_string).unwrap_or_else(|| show(k));
+                let path = if path.is_empty() {
+                    name
+                } else {
+                    format!("{path}.{name}")
+                };
+                walk(v, after.and_then(|a| a.get(k)), &path, out);
+            }
+            return;
+        }
+        match after {
+            Some(a) if a == before => {}
+            None if before.is_null() => {}
+            Some(a) => out.push(format!("{path}: {} → {}", show(before), show(a))),
+            None => out.push(format!("{path}: {} → (unset)", show(before))),
+        }
+    }
+    let parse = |text: &str| serde_norway::from_str::<Value>(text);
+    match (parse(before), parse(after)) {
+        (Ok(b), Ok(a)) => {
+            let mut out = Vec::new();
+            walk(&b, Some(&a), "", &mut out);
+            out
+        }
+        _ => vec!["its content (not comparable as YAML)".to_string()],
+    }
+}
+
 /// The report as an operator reads it at the end of a recovery.
 pub fn describe(report: &FinishReport) -> String {
     if report.already_done {
@@ -791,6 +1077,60 @@ pub fn describe(report: &FinishReport) -> String {
         &format!("certificates regenerated by kubeadm from the restored CAs (expired or expiring within {CERT_WARN_DAYS} days; the old ones are kept aside)"),
         &report.regenerated_certificates,
     ));
+    if let Some(carried) = &report.carried_over {
+        let mut items = vec![format!(
+            "KubeletConfiguration: {}",
+            carried
+                .kubelet_configuration
+                .as_deref()
+                .unwrap_or("none in the backup (kubeadm's defaults)")
+        )];
+        items.push(format!(
+            "KubeProxyConfiguration: {}",
+            if carried.kube_proxy_configuration {
+                "the kube-proxy ConfigMap's config.conf"
+            } else {
+                "none (see skipPhases)"
+            }
+        ));
+        if !carried.skip_phases.is_empty() {
+            items.push(format!("skipPhases: {}", carried.skip_phases.join(", ")));
+        }
+        items.push(match &carried.taints {
+            None => "taints: no Node in the backup (kubeadm's control-plane taint)".to_string(),
+            Some(t) if t.is_empty() => "taints: none (kubeadm adds none)".to_string(),
+            Some(t) => format!(
+                "taints: {}",
+                t.iter()
+                    .map(|t| format!("{}:{}", t.key, t.effect))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+        if !carried.kubelet_extra_args.is_empty() {
+            items.push(format!(
+                "kubeletExtraArgs: {}",
+                carried.kubelet_extra_args.join(" ")
+            ));
+        }
+        out.push_str(&list(
+            "carried over from the backup into kubeadm init",
+            &items,
+        ));
+        out.push_str(&list(
+            "WARNING, not carried over as it was",
+            &carried.warnings,
+        ));
+        let changes = if report.kubeadm_changes.is_empty() {
+            vec!["nothing: the restored cluster objects keep the backup's settings".to_string()]
+        } else {
+            report.kubeadm_changes.clone()
+        };
+        out.push_str(&list(
+            "what kubeadm changed compared with the backup",
+            &changes,
+        ));
+    }
     out.push_str(&list("kubeconfig installed", &paths(&report.kubeconfigs)));
     out.push_str(&list(
         "originals moved aside (kept, never deleted)",

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod etcd_cluster;
 pub mod netns;
+pub mod objects;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
