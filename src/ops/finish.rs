@@ -139,7 +139,7 @@ fn init(
     state: &mut State,
 ) -> Result<(), Error> {
     // Checks first: a refusal leaves every file as it was.
-    let prepared = prepare(request, layout, manifest, state)?;
+    let prepared = prepare(request, layout, manifest, state, true)?;
     let expiring = expiring_leaves(layout, time::OffsetDateTime::now_utc())?;
     move_aside_expiring_leaves(layout, state, &expiring)?;
     move_aside_stale_manifests(layout, state)?;
@@ -292,12 +292,14 @@ fn carryover(layout: &Layout, manifest: &Manifest, state: &State) -> Result<Carr
 }
 
 /// Reads the installed kubeadm's and kubelet's versions, compares them with the bundle's
-/// (`kubeadm::plan`) and builds the InitConfiguration + ClusterConfiguration; reads only.
+/// (`kubeadm::plan`) and builds the InitConfiguration + ClusterConfiguration with the cluster's settings
+/// from the backup (`carryover`; only `for_init` needs them); reads only.
 fn prepare(
     request: &FinishRequest,
     layout: &Layout,
     manifest: &Manifest,
     state: &State,
+    for_init: bool,
 ) -> Result<Prepared, Error> {
     let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
@@ -341,7 +343,21 @@ fn prepare(
             path: cluster_path.clone(),
             why: "the bundle records no advertise address for the node".to_string(),
         })?;
-    let carried = carryover(layout, manifest, state)?;
+    let carried = match carryover(layout, manifest, state) {
+        Ok(carried) => carried,
+        // `--check-versions` is about versions: the carried settings it cannot read are left out.
+        Err(e) if !for_init => {
+            log::warn!("finish: the init config below leaves out the cluster's settings from the backup: {e}");
+            Carried {
+                bundle: state.bundle.clone(),
+                stamp: state.stamp.clone(),
+                etcd_prefix: layout::DEFAULT_ETCD_PREFIX.to_string(),
+                node: manifest.node.name.clone(),
+                carryover: Carryover::default(),
+            }
+        }
+        Err(e) => return Err(e),
+    };
     let facts = &carried.carryover;
     let node = InitNode {
         name: manifest.node.name.clone(),
@@ -386,7 +402,7 @@ pub fn check_versions(request: &FinishRequest) -> Result<VersionReport, Error> {
         });
     }
     let manifest = staged_manifest(&layout)?;
-    Ok(prepare(request, &layout, &manifest, &state)?.versions)
+    Ok(prepare(request, &layout, &manifest, &state, false)?.versions)
 }
 
 /// The restored leaf certificates kubeadm has to regenerate: expired ones fail its certs phase
