@@ -25,6 +25,8 @@ const STORE: &str = "http://10.0.2.100/";
 /// Megabytes of incompressible values put into etcd, so the bundle is about 100 MB.
 const ETCD_FILL_MB: usize = 96;
 const BOOT_TIMEOUT_SECS: u64 = 120;
+/// Debian's systemd under software emulation, and phase 2 with it.
+const SYSTEMD_BOOT_TIMEOUT_SECS: u64 = 600;
 /// UEFI firmware for QEMU, from Debian's ovmf package.
 const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
 /// What `cpr restore` adds to the etcd revision by default.
@@ -108,6 +110,9 @@ struct Source {
     bundle: String,
     revision: i64,
     keys: i64,
+    /// Keys under /registry/configmaps/default/: the cluster's own objects, which nothing on the
+    /// restored machine writes.
+    default_configmaps: i64,
     ca_crt: Vec<u8>,
 }
 
@@ -156,6 +161,7 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
             bundle: report["bundle"].as_str().unwrap().to_string(),
             revision: node.revision(),
             keys: node.key_count(),
+            default_configmaps: node.key_count_under("/registry/configmaps/default/"),
             ca_crt: std::fs::read(root.join("etc/kubernetes/pki/ca.crt")).unwrap(),
         }
     };
@@ -189,6 +195,52 @@ fn make_disk(disk: &Path) {
         .arg(EtcdVersion::V3_5.bin_dir()));
 }
 
+/// The real replacement-machine OS, built once by image/build-target-os and cached under target/image;
+/// boots copy its disk.
+struct DebianOs {
+    disk: PathBuf,
+    kernel: PathBuf,
+    initrd: PathBuf,
+}
+
+fn debian() -> &'static DebianOs {
+    static OS: OnceLock<DebianOs> = OnceLock::new();
+    OS.get_or_init(|| {
+        let out = run(Command::new(repo().join("image/build-target-os"))
+            .arg("-")
+            .arg(EtcdVersion::V3_5.bin_dir()));
+        let paths: Vec<PathBuf> = out.lines().map(PathBuf::from).collect();
+        assert_eq!(paths.len(), 3, "image/build-target-os printed {out:?}");
+        DebianOs {
+            disk: paths[0].clone(),
+            kernel: paths[1].clone(),
+            initrd: paths[2].clone(),
+        }
+    })
+}
+
+/// Runs debugfs requests that write to an ext4 image; any complaint fails the test.
+fn debugfs_write(disk: &Path, requests: &[String]) {
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), requests.join("\n") + "\n").unwrap();
+    let out = Command::new("debugfs")
+        .arg("-w")
+        .arg("-f")
+        .arg(script.path())
+        .arg(disk)
+        .output()
+        .unwrap();
+    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.starts_with("debugfs "))
+        .map(String::from)
+        .collect();
+    assert!(
+        out.status.success() && complaints.is_empty(),
+        "debugfs {requests:?}: {complaints:?}"
+    );
+}
+
 enum Medium {
     Direct,
     Iso,
@@ -196,13 +248,28 @@ enum Medium {
     UefiIso,
     /// Network boot from slirp's TFTP server: this boot file, from image/build-pxe's output.
     Pxe(&'static str),
+    /// No recovery medium: the machine boots the OS on its disk (Debian's own kernel and initrd, as
+    /// a firmware loading them from the disk would).
+    OwnOs,
+}
+
+/// The replacement machine's disk at power-on.
+enum Disk {
+    None,
+    /// A busybox "normal OS" (image/demo): reports what the recovery left, then powers off.
+    Busybox,
+    /// The real OS (image/build-target-os): Debian with systemd, kubelet.service, the doubles, as a
+    /// blank replacement machine has it, plus the observer of image/demo.
+    Debian,
+    /// The disk a previous boot left: the machine is powered on again.
+    After(PathBuf),
 }
 
 struct Boot {
     medium: Medium,
     /// Words added to the kernel command line after the defaults.
     cmdline: String,
-    disk: bool,
+    disk: Disk,
     /// The bundle the boot entry names and the recovery must produce.
     source: &'static Source,
     /// Serve this directory as the store; None: nothing listens behind the guestfwd port.
@@ -211,6 +278,8 @@ struct Boot {
     dhcp_start: Option<&'static str>,
     /// Typed on the serial console every two seconds until the VM stops.
     typing: Option<&'static str>,
+    /// debugfs requests applied to the disk before power-on (what the test changes on the machine).
+    prepare: Vec<String>,
 }
 
 impl Boot {
@@ -218,11 +287,12 @@ impl Boot {
         Boot {
             medium,
             cmdline: String::new(),
-            disk: true,
+            disk: Disk::Busybox,
             source: &fixture().small,
             store: Some(fixture().small.store.clone()),
             dhcp_start: None,
             typing: None,
+            prepare: Vec::new(),
         }
     }
 }
@@ -230,6 +300,8 @@ impl Boot {
 struct Outcome {
     source: &'static Source,
     console: String,
+    /// When each console line arrived, from power-on.
+    lines: Vec<(Duration, String)>,
     disk: tempfile::TempDir,
     elapsed: Duration,
 }
@@ -237,6 +309,14 @@ struct Outcome {
 impl Outcome {
     fn disk(&self) -> PathBuf {
         self.disk.path().join("disk.img")
+    }
+
+    /// Seconds from power-on to the first console line holding `marker`.
+    fn seconds_to(&self, marker: &str) -> f64 {
+        self.lines
+            .iter()
+            .find(|(_, line)| line.contains(marker))
+            .map_or(f64::NAN, |(at, _)| at.as_secs_f64())
     }
 
     fn assert_console(&self, marker: &str) {
@@ -282,6 +362,35 @@ impl Outcome {
             .stdout
     }
 
+    /// `journalctl -o cat` ARGS over the journal files on the disk.
+    fn journal(&self, args: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let listing = String::from_utf8_lossy(&self.debugfs("ls -p /var/log/journal")).into_owned();
+        let machine = listing
+            .lines()
+            .filter_map(|l| l.split('/').nth(5))
+            .find(|name| name.len() == 32)
+            .unwrap_or_else(|| panic!("no journal directory on the disk: {listing}"));
+        let source = format!("/var/log/journal/{machine}");
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("rdump {source} {}", dir.path().display()))
+            .arg(self.disk())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "debugfs rdump {source}");
+        let out = Command::new("journalctl")
+            .arg(format!(
+                "--directory={}",
+                dir.path().join(machine).display()
+            ))
+            .args(["--no-pager", "-o", "cat"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// True when the path exists on the disk.
     fn exists(&self, path: &str) -> bool {
         let out = Command::new("debugfs")
@@ -319,7 +428,29 @@ fn boot(spec: Boot) -> Outcome {
     let f = fixture();
     let work = tempfile::tempdir().unwrap();
     let disk = work.path().join("disk.img");
-    std::fs::copy(&f.disk, &disk).unwrap();
+    let copy = |from: &Path| {
+        run(Command::new("cp")
+            .arg("--sparse=always")
+            .arg(from)
+            .arg(&disk))
+    };
+    match &spec.disk {
+        Disk::None => {}
+        Disk::Busybox => {
+            std::fs::copy(&f.disk, &disk).unwrap();
+        }
+        Disk::Debian => {
+            copy(&debian().disk);
+            // The observer (image/demo) reports what the machine holds, then powers it off.
+            run(Command::new(repo().join("image/demo/install-observer")).arg(&disk));
+        }
+        Disk::After(previous) => {
+            copy(previous);
+        }
+    }
+    if !spec.prepare.is_empty() {
+        debugfs_write(&disk, &spec.prepare);
+    }
     // Dropped (killed) when the boot is over.
     let server = spec.store.as_deref().map(read_only_server);
     let port = server.as_ref().map_or_else(free_port, |s| s.port);
@@ -334,10 +465,15 @@ fn boot(spec: Boot) -> Outcome {
     qemu.args([
         "-k",
         "5",
-        &BOOT_TIMEOUT_SECS.to_string(),
+        &if matches!(spec.disk, Disk::Busybox | Disk::None) {
+            BOOT_TIMEOUT_SECS
+        } else {
+            SYSTEMD_BOOT_TIMEOUT_SECS
+        }
+        .to_string(),
         "qemu-system-x86_64",
     ])
-    .args(["-accel", "tcg", "-m", "768", "-nographic", "-no-reboot"])
+    .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
     .args(["-device", "virtio-net-pci,netdev=n0"]);
     match spec.medium {
         Medium::Direct => {
@@ -362,35 +498,54 @@ fn boot(spec: Boot) -> Outcome {
             netdev.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
             qemu.args(["-boot", "n"]);
         }
+        Medium::OwnOs => {
+            let os = debian();
+            qemu.arg("-kernel")
+                .arg(&os.kernel)
+                .arg("-initrd")
+                .arg(&os.initrd)
+                .arg("-append")
+                .arg("root=LABEL=target ro console=ttyS0 panic=-1");
+        }
     }
     qemu.arg("-netdev").arg(&netdev);
-    if spec.disk {
+    if !matches!(spec.disk, Disk::None) {
         qemu.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
     }
     let started = Instant::now();
-    let out = match spec.typing {
-        None => qemu.stdin(Stdio::null()).output().unwrap(),
-        Some(line) => {
-            let mut child = qemu
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut keyboard = child.stdin.take().unwrap();
-            // Lines typed before a shell reads the console are lost: keep typing until QEMU exits.
-            std::thread::spawn(move || {
-                while keyboard.write_all(line.as_bytes()).is_ok() {
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-            });
-            child.wait_with_output().unwrap()
-        }
-    };
+    let mut child = qemu
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keyboard = child.stdin.take().unwrap();
+    if let Some(line) = spec.typing {
+        // Lines typed before a shell reads the console are lost: keep typing until QEMU exits.
+        std::thread::spawn(move || {
+            while keyboard.write_all(line.as_bytes()).is_ok() {
+                std::thread::sleep(Duration::from_secs(2));
+            }
+        });
+    }
+    let stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        std::io::BufRead::split(std::io::BufReader::new(stdout), b'\n')
+            .map_while(Result::ok)
+            .map(|line| {
+                (
+                    started.elapsed(),
+                    String::from_utf8_lossy(&line).into_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+    let out = child.wait_with_output().unwrap();
+    let lines = reader.join().unwrap();
     let elapsed = started.elapsed();
     drop(server);
-    let mut console = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut console: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     console.push_str(&String::from_utf8_lossy(&out.stderr));
     if out.status.code() == Some(124) || out.status.code() == Some(137) {
         console.push_str("\nTIMED OUT\n");
@@ -402,6 +557,7 @@ fn boot(spec: Boot) -> Outcome {
     Outcome {
         source: spec.source,
         console,
+        lines,
         disk: work,
         elapsed,
     }
@@ -568,7 +724,7 @@ fn a_failure_with_the_shell_policy_leaves_a_working_rescue_shell() {
 #[test]
 fn missing_target_disk_is_explained() {
     let mut spec = Boot::new(Medium::Direct);
-    spec.disk = false;
+    spec.disk = Disk::None;
     let outcome = boot(spec);
     assert!(
         !outcome.console.contains("Kernel panic"),
@@ -593,4 +749,209 @@ fn another_nodes_bundle_is_refused_after_a_pxelinux_boot() {
     );
     outcome.assert_console(GUEST_IP);
     outcome.assert_console("10.0.2.16");
+}
+
+/// What the observer reports about cpr-finish.service: `ActiveState result Result enablement`.
+fn observed_unit(outcome: &Outcome) -> String {
+    let prefix = "OBSERVER: cpr-finish.service ";
+    outcome
+        .console
+        .lines()
+        .find_map(|l| l.split(prefix).nth(1))
+        .unwrap_or_else(|| panic!("the observer never reported:\n{}", outcome.console))
+        .trim()
+        .to_string()
+}
+
+/// The restored etcd, served by the kubelet double (a real unit) from the restored data dir, with the
+/// source's objects at the bumped revision and what kubeadm's phases wrote since.
+fn assert_serves_the_restored_etcd(outcome: &Outcome) {
+    let f = outcome.source;
+    let served = outcome
+        .console
+        .lines()
+        .find_map(|l| l.split("OBSERVER: etcd revision ").nth(1))
+        .and_then(|rest| {
+            let words: Vec<&str> = rest.split_whitespace().collect();
+            Some((
+                words.first()?.parse::<i64>().ok()?,
+                words.get(2)?.parse::<i64>().ok()?,
+            ))
+        });
+    let Some((revision, keys)) = served else {
+        panic!("etcd was not served:\n{}", outcome.console)
+    };
+    assert!(
+        revision >= f.revision + BUMP && keys >= f.keys,
+        "revision {revision} keys {keys}, the source had revision {} keys {}",
+        f.revision,
+        f.keys
+    );
+    outcome.assert_console(&format!(
+        "OBSERVER: etcd default-configmaps {} kubelet-config 1",
+        f.default_configmaps
+    ));
+    outcome.assert_console("OBSERVER: kubelet active");
+    // The NIC was handed over unconfigured: the target's udev renamed it and networkd configured it.
+    outcome.assert_console("OBSERVER: network-online success");
+}
+
+/// Seconds since the kernel started at which the observer saw `step` happen (`times` line).
+fn observed_time(outcome: &Outcome, step: &str) -> f64 {
+    let line = outcome
+        .console
+        .lines()
+        .find_map(|l| l.split("OBSERVER: times ").nth(1))
+        .unwrap_or_default();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .iter()
+        .position(|w| *w == step)
+        .and_then(|i| words.get(i + 1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(f64::NAN, |v| v / 1e6)
+}
+
+/// A recovery boot from the ISO onto the Debian disk, with `prepare` done to the disk copy first.
+fn recovery_into_debian(source: &'static Source, prepare: &[String]) -> Outcome {
+    let mut spec = Boot::new(Medium::Iso);
+    spec.disk = Disk::Debian;
+    spec.source = source;
+    spec.store = Some(source.store.clone());
+    spec.prepare = prepare.to_vec();
+    let outcome = boot(spec);
+    outcome.assert_sane();
+    outcome.assert_console("handing over to /sbin/init");
+    outcome
+}
+
+/// The same machine powered on again without the ISO, after `prepare` (debugfs requests).
+fn power_on_again(previous: &Outcome, prepare: &[String]) -> Outcome {
+    let mut spec = Boot::new(Medium::OwnOs);
+    spec.disk = Disk::After(previous.disk());
+    spec.prepare = prepare.to_vec();
+    let outcome = boot(spec);
+    outcome.assert_sane();
+    outcome
+}
+
+/// Phase 2 for real: the recovery ISO restores onto a blank Debian machine and hands over to its
+/// systemd, which runs cpr-finish.service: `kubeadm init` (double), kubelet.service (double, a real
+/// unit) starts etcd and the apiserver double, `/readyz`, the unit disables itself. Powered on again
+/// without the ISO, the machine boots its own kernel, phase 2 does not run, etcd serves the data.
+#[test]
+fn iso_recovery_into_systemd_finishes_phase_2_once() {
+    // The 100 MB bundle: its figures are the benchmark's (scripts/bench.d/recovery-boot).
+    let first = recovery_into_debian(&fixture().large, &[]);
+    first.assert_console("cpr finish: control plane restored from");
+    assert_eq!(observed_unit(&first), "active result success disabled");
+    first.assert_console("OBSERVER: finish-failed absent");
+    assert_serves_the_restored_etcd(&first);
+    assert!(!first.exists("/etc/systemd/system/multi-user.target.wants/cpr-finish.service"));
+    let finish_log = first.journal(&["-u", "cpr-finish.service"]);
+    assert!(
+        finish_log.contains("[kubelet-start] Starting the kubelet")
+            && finish_log.contains("[wait-control-plane]")
+            && finish_log.contains("cpr-finish.service disabled"),
+        "{finish_log}"
+    );
+    assert!(
+        !finish_log.contains("unable to start the kubelet service"),
+        "{finish_log}"
+    );
+
+    let second = power_on_again(&first, &[]);
+    assert_eq!(observed_unit(&second), "inactive result success disabled");
+    assert_serves_the_restored_etcd(&second);
+    let normal = second.journal(&[
+        "-b",
+        "0",
+        "-u",
+        "cpr-finish.service",
+        "-u",
+        "kubelet.service",
+    ]);
+    assert!(
+        normal.contains("Started container") && !normal.contains("finish:"),
+        "phase 2 ran again on a normal boot, or kubelet did not:\n{normal}"
+    );
+    let size = std::fs::metadata(first.source.store.join(&first.source.bundle))
+        .unwrap()
+        .len();
+    let (handoff, ready, normal) = (
+        first.seconds_to("handing over to /sbin/init"),
+        first.seconds_to("cpr finish: control plane restored from"),
+        second.seconds_to("OBSERVER: etcd revision"),
+    );
+    // One line for scripts/bench.d/recovery-boot: power-on times, and where phase 2's went (seconds
+    // after the kernel started, from systemd's own timestamps).
+    eprintln!(
+        "figures: bundle {} MiB; power-on to handoff {handoff:.1} s, to control plane ready {ready:.1} s; \
+         normal boot of the restored machine to etcd served {normal:.1} s (ratio {:.2}); after the kernel \
+         started: systemd {:.1} s, network-online.target {:.1} s, cpr finish {:.1} s to {:.1} s",
+        size >> 20,
+        ready / normal,
+        observed_time(&first, "systemd"),
+        observed_time(&first, "network-online"),
+        observed_time(&first, "finish-start"),
+        observed_time(&first, "finish-exit"),
+    );
+}
+
+/// A phase 2 that never ended (cpr killed midway, as by a power cut or a reboot) leaves the unit
+/// enabled; the next boot runs it again and it converges from the state file.
+#[test]
+fn an_interrupted_phase_2_runs_again_at_the_next_boot_and_converges() {
+    let dropin = "/etc/systemd/system/cpr-finish.service.d/failpoint.conf";
+    let local = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        local.path(),
+        "[Service]\nEnvironment=CPR_FAILPOINT=finish:initialized\n",
+    )
+    .unwrap();
+    let first = recovery_into_debian(
+        &fixture().small,
+        &[
+            "mkdir /etc/systemd/system/cpr-finish.service.d".to_string(),
+            format!("write {} {dropin}", local.path().display()),
+        ],
+    );
+    assert_eq!(observed_unit(&first), "failed result signal enabled");
+    first.assert_console("OBSERVER: finish-failed absent");
+
+    let second = power_on_again(&first, &[format!("rm {dropin}")]);
+    second.assert_console("cpr finish: control plane restored from");
+    assert_eq!(observed_unit(&second), "active result success disabled");
+    assert_serves_the_restored_etcd(&second);
+    // Killed before it recorded kubeadm init as done, the re-run runs init again: under the real
+    // systemd the kubelet and the static pods of the first attempt still run, and it frees kubeadm's
+    // ports first.
+    let rerun = second.journal(&["-b", "0", "-u", "cpr-finish.service"]);
+    assert!(
+        rerun.contains("kubelet of an earlier attempt still runs")
+            && rerun.contains("Your Kubernetes control-plane has initialized successfully"),
+        "{rerun}"
+    );
+}
+
+/// A phase 2 that failed is final: the unit disables itself, the marker says why, and the next boot
+/// shows the failure at the console's login prompt instead of running phase 2 again.
+#[test]
+fn a_failed_phase_2_is_disabled_and_shown_at_the_login_prompt() {
+    // The operator's mistake of the day: kubeadm is not installed on the replacement machine.
+    let first = recovery_into_debian(&fixture().small, &["rm /usr/bin/kubeadm".to_string()]);
+    assert_eq!(observed_unit(&first), "failed result exit-code disabled");
+    first.assert_console("OBSERVER: finish-failed present");
+    first.assert_console("cpr: the control-plane recovery (phase 2) FAILED");
+    let marker =
+        String::from_utf8_lossy(&first.debugfs("cat /var/lib/cpr/finish-failed")).into_owned();
+    assert!(
+        marker.contains("kubeadm") && marker.contains("sudo cpr finish"),
+        "{marker}"
+    );
+
+    let second = power_on_again(&first, &[]);
+    assert_eq!(observed_unit(&second), "inactive result success disabled");
+    second.assert_console("*** cpr: the control-plane recovery (phase 2) FAILED");
+    second.assert_console("master0 login:");
 }

@@ -349,7 +349,12 @@ impl KubeadmNode {
 
     /// Live keys (every key of a Kubernetes etcd starts with `/`), from `etcdctl get --count-only`.
     pub fn key_count(&self) -> i64 {
-        let out = self.etcdctl(&["get", "/", "--prefix", "--keys-only", "-w", "json"]);
+        self.key_count_under("/")
+    }
+
+    /// How many keys start with `prefix`.
+    pub fn key_count_under(&self, prefix: &str) -> i64 {
+        let out = self.etcdctl(&["get", prefix, "--prefix", "--keys-only", "-w", "json"]);
         let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         reply["count"].as_i64().unwrap_or(0)
     }

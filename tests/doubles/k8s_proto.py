@@ -90,8 +90,12 @@ def _build_classes():
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
 
+    # GetMessageClass arrived in protobuf 4.22; Debian bookworm's python3-protobuf (3.21, in the
+    # replacement-machine image) has only the factory.
+    message_class = getattr(message_factory, "GetMessageClass", None) or message_factory.MessageFactory(pool).GetPrototype
+
     def get(name):
-        return message_factory.GetMessageClass(pool.FindMessageTypeByName("k8s." + name))
+        return message_class(pool.FindMessageTypeByName("k8s." + name))
     return {name: get(name) for name in ("Unknown", "ConfigMap", "Node", "DaemonSet", "Deployment")}
 
 
