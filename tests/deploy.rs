@@ -276,6 +276,75 @@ fn the_vagrantfile_validates_for_both_ways_of_bringing_up_the_master() {
         "{}",
         text(&out)
     );
+
+    // The cpr box (image/build-vagrant-box, run by scripts/test-vagrant): master only, both ways.
+    for mode in ["Y", "N"] {
+        let out = vagrant(
+            &["validate", "-p"],
+            &[
+                ("BOX", "cpr/target-os"),
+                ("CPR_BOX_READY", "1"),
+                ("LIBVIRT_DRIVER", "qemu"),
+                ("INITIALIZE_MASTERS", mode),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(
+            !text(&out).contains("u1804-simple-worker0"),
+            "{}",
+            text(&out)
+        );
+    }
+    for (env, refusal) in [
+        (
+            [("CPR_BOX_READY", "1"), ("WORKERS", "1")],
+            "cannot join workers",
+        ),
+        (
+            [("LIBVIRT_DRIVER", "xen"), ("WORKERS", "0")],
+            "LIBVIRT_DRIVER must be kvm or qemu",
+        ),
+        (
+            [("LIBVIRT_SYNC", "rsync"), ("WORKERS", "0")],
+            "LIBVIRT_SYNC must be 9p or virtiofs",
+        ),
+    ] {
+        let out = vagrant(&["validate", "-p"], &env);
+        assert!(!out.status.success(), "{env:?}: {}", text(&out));
+        assert!(text(&out).contains(refusal), "{env:?}: {}", text(&out));
+    }
+}
+
+/// The box builder and the lab's real run (scripts/test calls it) are checked like the provision scripts.
+#[test]
+fn the_vagrant_box_builder_and_the_lab_run_pass_bash_n_and_shellcheck() {
+    let shellcheck = require("shellcheck", "the apt package shellcheck");
+    let scripts = [
+        repo("image/build-vagrant-box"),
+        repo("scripts/test-vagrant"),
+    ];
+    for script in &scripts {
+        let out = output(Command::new("bash").arg("-n").arg(script));
+        assert!(
+            out.status.success(),
+            "bash -n {}: {}",
+            script.display(),
+            text(&out)
+        );
+    }
+    let out = output(
+        Command::new(shellcheck)
+            .args(["--severity=style", "-x"])
+            .current_dir(repo("."))
+            .args(&scripts),
+    );
+    assert!(out.status.success(), "shellcheck: {}", text(&out));
+    // CI runs the lab: scripts/test calls it, and only CPR_SKIP_VAGRANT skips it.
+    let test = std::fs::read_to_string(repo("scripts/test")).unwrap();
+    assert!(
+        test.lines().any(|l| l.trim() == "scripts/test-vagrant"),
+        "scripts/test does not run scripts/test-vagrant"
+    );
 }
 
 #[test]

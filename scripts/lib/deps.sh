@@ -23,6 +23,8 @@ APT_PACKAGES=(
   age minisign                        # encrypted, signed bundles opened with the reference tools
   mmdebstrap                          # image/build-target-os: the replacement machine's Debian + systemd OS
   iproute2                            # ip netns, ss: each finish test runs its node in its own network namespace
+  # scripts/test-vagrant: the lab's Vagrantfile under libvirt (its own libvirtd in a network namespace)
+  vagrant-libvirt libvirt-daemon-system qemu-utils dnsmasq-base
 )
 # kubectl for the CronJob's client-side dry run: this kind of machine ships one (from Google's
 # repository); Debian's older kubernetes-client only where none is on PATH, since both own /usr/bin/kubectl.
@@ -44,7 +46,23 @@ install_deps() {
   if [ ${#missing[@]} -gt 0 ]; then
     echo "deps: installing Debian packages: ${missing[*]}"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # libvirt-daemon-system starts libvirtd on install, which would bring up its default network (a
+    # bridge at 192.168.122.1) on this machine: no service starts during the install, and a libvirt
+    # installed here is masked (scripts/test-vagrant runs its own libvirtd in a namespace).
+    local policy=/usr/sbin/policy-rc.d own_policy=''
+    if [ ! -e "$policy" ]; then
+      printf '#!/bin/sh\n# scripts/lib/deps.sh: no service starts while it installs packages\nexit 101\n' > "$policy"
+      chmod 0755 "$policy"
+      own_policy=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+      || { [ -z "$own_policy" ] || rm -f "$policy"; return 1; }
+    [ -z "$own_policy" ] || rm -f "$policy"
+    case " ${missing[*]} " in
+      *" libvirt-daemon-system "*)
+        systemctl mask --now libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+          virtlogd.service virtlogd.socket virtlogd-admin.socket >/dev/null 2>&1 || true ;;
+    esac
   fi
   # Debian's etcd-server, nginx and prometheus units try to start on install; tests run their own instances.
   systemctl stop etcd nginx prometheus >/dev/null 2>&1 || true

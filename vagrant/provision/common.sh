@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Every node: containerd, and kubelet + kubeadm + kubectl at the pinned version from pkgs.k8s.io,
 # with the kubelet on the private network's address (VirtualBox's NAT address is the same on every VM).
-# Environment (from the Vagrantfile): KUBERNETES_VERSION, KUBERNETES_MINOR, NODE_IP.
+# Environment (from the Vagrantfile): KUBERNETES_VERSION, KUBERNETES_MINOR, NODE_IP, CPR_BOX_READY (1: the
+# box already holds kubelet and kubeadm, as the cpr box of image/build-vagrant-box does: nothing is installed).
 set -euo pipefail
 : "${KUBERNETES_VERSION:?}" "${KUBERNETES_MINOR:?}" "${NODE_IP:?}"
+CPR_BOX_READY=${CPR_BOX_READY:-0}
 export DEBIAN_FRONTEND=noninteractive
 
 # kubeadm's preflight: no swap, bridged traffic through iptables, forwarding on.
@@ -18,6 +20,23 @@ net.bridge.bridge-nf-call-ip6tables = 1
 net.ipv4.ip_forward = 1
 SYSCTL
 sysctl --system >/dev/null
+
+kubelet_on_node_ip() {
+  echo "KUBELET_EXTRA_ARGS=--node-ip=${NODE_IP}" > /etc/default/kubelet
+  systemctl enable kubelet >/dev/null
+}
+
+if [ "$CPR_BOX_READY" = 1 ]; then
+  for tool in kubeadm kubelet; do
+    command -v "$tool" >/dev/null || {
+      echo "common.sh: CPR_BOX_READY=1 but the box has no $tool; use the cpr box (image/build-vagrant-box) or unset CPR_BOX_READY" >&2
+      exit 1
+    }
+  done
+  echo "common.sh: CPR_BOX_READY=1: kubeadm $(kubeadm version -o short) and kubelet come with the box; nothing to install"
+  kubelet_on_node_ip
+  exit 0
+fi
 
 apt-get update -qq
 apt-get install -y -qq apt-transport-https ca-certificates curl gnupg lsb-release >/dev/null
@@ -56,5 +75,4 @@ sed -i 's/SystemdCgroup = false/SystemdCgroup = true/' /etc/containerd/config.to
 systemctl restart containerd
 systemctl enable --now containerd >/dev/null
 
-echo "KUBELET_EXTRA_ARGS=--node-ip=${NODE_IP}" > /etc/default/kubelet
-systemctl enable kubelet >/dev/null
+kubelet_on_node_ip

@@ -3,22 +3,34 @@
 # brought back by `cpr restore` from /vagrant/tmp/backup. Either way, cpr then backs the node up
 # every hour (cpr-backup.timer) into that shared directory, and workers find their join command there.
 # Environment (from the Vagrantfile): KUBERNETES_VERSION, NODE_IP, NODE_NAME, POD_NETWORK, NODE_CIDR,
-# CALICO_VERSION, INITIALIZE_MASTERS (Y or N), CPR_BINARY.
+# CALICO_VERSION, INITIALIZE_MASTERS (Y or N), CPR_BINARY, CPR_BOX_READY (1: the cpr box, which holds cpr
+# and its units, and whose kubeadm and kubelet are doubles without a container runtime: no Calico, no
+# kubectl, no join command for workers).
 set -euo pipefail
 : "${KUBERNETES_VERSION:?}" "${NODE_IP:?}" "${NODE_NAME:?}" "${POD_NETWORK:?}" "${NODE_CIDR:?}"
-: "${CALICO_VERSION:?}" "${INITIALIZE_MASTERS:?}" "${CPR_BINARY:?}"
+: "${CALICO_VERSION:?}" "${INITIALIZE_MASTERS:?}"
+CPR_BOX_READY=${CPR_BOX_READY:-0}
+[ "$CPR_BOX_READY" = 1 ] || : "${CPR_BINARY:?}"
 
 shared=/vagrant/tmp
 store_dir=$shared/backup
 units=/cpr/image/systemd
+[ "$CPR_BOX_READY" = 1 ] && units=/usr/local/share/cpr/systemd
 mkdir -p "$store_dir"
 
 install_cpr() {
-  if [ ! -x "$CPR_BINARY" ]; then
+  if [ "$CPR_BOX_READY" = 1 ]; then
+    if [ ! -x /usr/local/sbin/cpr ]; then
+      echo "master.sh: CPR_BOX_READY=1 but the box has no /usr/local/sbin/cpr; use the cpr box (image/build-vagrant-box) or unset CPR_BOX_READY" >&2
+      exit 1
+    fi
+    echo "master.sh: cpr from the box ($(cat /etc/cpr-box-release 2>/dev/null || echo "no /etc/cpr-box-release")): /usr/local/sbin/cpr"
+  elif [ ! -x "$CPR_BINARY" ]; then
     echo "master.sh: no cpr binary at $CPR_BINARY. On the host, run 'cargo build --release' in the repository, then 'vagrant provision $NODE_NAME'" >&2
     exit 1
+  else
+    install -m 0755 "$CPR_BINARY" /usr/local/sbin/cpr
   fi
-  install -m 0755 "$CPR_BINARY" /usr/local/sbin/cpr
   install -d -m 0700 /etc/cpr
   cat > /etc/cpr/config.yaml <<CONFIG
 version: 1
@@ -56,6 +68,12 @@ kubeconfig_for_vagrant() {
 }
 
 wait_for_apiserver() {
+  if [ "$CPR_BOX_READY" = 1 ]; then
+    # No kubectl in the box; kubeadm's wait-control-plane (and cpr finish) waited for /healthz. cpr check:
+    # etcd answers through kubeadm's client certificate, and the certificates are valid.
+    /usr/local/sbin/cpr check
+    return
+  fi
   for _ in $(seq 60); do
     kubectl --kubeconfig /etc/kubernetes/admin.conf get --raw /readyz >/dev/null 2>&1 && return 0
     sleep 5
@@ -95,9 +113,13 @@ KUBEADM
   kubeadm init --config /root/kubeadm.yaml
   wait_for_apiserver
   export KUBECONFIG=/etc/kubernetes/admin.conf
-  kubectl apply -f "https://raw.githubusercontent.com/projectcalico/calico/${CALICO_VERSION}/manifests/calico.yaml"
-  # Two NICs per VM: Calico must pick the private network's, not VirtualBox's NAT (10.0.2.15 everywhere).
-  kubectl -n kube-system set env daemonset/calico-node "IP_AUTODETECTION_METHOD=cidr=$NODE_CIDR"
+  if [ "$CPR_BOX_READY" = 1 ]; then
+    echo "master.sh: CPR_BOX_READY=1: no container runtime in the box, so no pod network (Calico)"
+  else
+    kubectl apply -f "https://raw.githubusercontent.com/projectcalico/calico/${CALICO_VERSION}/manifests/calico.yaml"
+    # Two NICs per VM: Calico must pick the private network's, not VirtualBox's NAT (10.0.2.15 everywhere).
+    kubectl -n kube-system set env daemonset/calico-node "IP_AUTODETECTION_METHOD=cidr=$NODE_CIDR"
+  fi
 else
   echo "master.sh: INITIALIZE_MASTERS=N: restoring $NODE_NAME from $store_dir"
   ls -l "$store_dir"/*/"$NODE_NAME"/ || {
@@ -112,8 +134,12 @@ fi
 
 kubeconfig_for_vagrant
 # Workers join with a fresh token; the command (token and CA hash) goes through the shared folder.
-kubeadm token create --print-join-command > "$shared/join-command.sh"
-chmod 0600 "$shared/join-command.sh"
+if [ "$CPR_BOX_READY" = 1 ]; then
+  echo "master.sh: CPR_BOX_READY=1: the box's kubeadm double cannot create join tokens; no workers"
+else
+  kubeadm token create --print-join-command > "$shared/join-command.sh"
+  chmod 0600 "$shared/join-command.sh"
+fi
 install_backup_timer
 systemctl start cpr-backup.service
 /usr/local/sbin/cpr list --store "file://$store_dir"
