@@ -207,6 +207,12 @@ fn backed_up_node_with(
     let mut source =
         KubeadmNode::start_with(EtcdVersion::V3_5, keys, APISERVER_PORT, apiserver_sans);
     prepare(&source);
+    // As the kubelet package leaves the dir ("dpkg-deb doesn't keep empty directories"): not a pod.
+    fs::write(
+        source.root().join("etc/kubernetes/manifests/.kubelet-keep"),
+        "",
+    )
+    .unwrap();
     if let Some((name, text)) = extra_manifest {
         fs::write(
             source.root().join("etc/kubernetes/manifests").join(name),
@@ -438,6 +444,14 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
             .iter()
             .any(|p| p == "second-scheduler.yaml"),
         "{report}"
+    );
+    assert!(
+        !report["staticPods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p == ".kubelet-keep"),
+        "a hidden file of the manifest dir is not a static pod: {report}"
     );
     let restarts = log_lines(&root.join("var/log/systemctl.log"));
     assert!(

@@ -599,6 +599,9 @@ fn restore_static_pods(layout: &Layout, which: StaticPods) -> Result<(Vec<String
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            // kubelet runs no hidden file of the manifest dir (pkg/kubelet/config/file.go:
+            // extractFromDir), such as the kubelet package's own `.kubelet-keep`.
+            .filter(|name| !name.starts_with('.'))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(source) => {
