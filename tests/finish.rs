@@ -75,7 +75,7 @@ impl Kubelet {
                     .is_ok_and(|s| s.trim() == "active")
                     && root.join("var/lib/kubelet/config.yaml").exists();
                 match (active, port.take()) {
-                    (true, None) => port = Some(listen(&ns, KUBELET_PORT)),
+                    (true, None) => port = Some(listen(&ns, KUBELET_PORT, healthz(&root))),
                     (false, Some(child)) => end(&ns, Pod::Process(child)),
                     (_, still) => port = still,
                 }
@@ -116,15 +116,42 @@ impl Kubelet {
     }
 }
 
-/// A process listening on `port` on every address, as kubelet does on 10250.
-fn listen(ns: &NetNs, port: u16) -> Child {
-    ns.command("python3")
-        .args([
-            "-c",
-            &format!("import socket, time\ns = socket.socket()\ns.bind(('', {port}))\ns.listen()\ntime.sleep(86400)"),
-        ])
-        .spawn()
-        .unwrap()
+/// kubelet's healthz endpoint from the config kubeadm wrote: healthzBindAddress (default 127.0.0.1) and
+/// healthzPort (default 10248; 0 turns it off), as pkg/kubelet/apis/config/v1beta1/defaults.go defaults them.
+fn healthz(root: &Path) -> (String, u16) {
+    let config: serde_norway::Value = serde_norway::from_str(
+        &fs::read_to_string(root.join("var/lib/kubelet/config.yaml")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    let address = config["healthzBindAddress"]
+        .as_str()
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let port = config["healthzPort"].as_u64().map_or(10248, |p| p as u16);
+    (address, port)
+}
+
+/// A process listening on `port` on every address, as kubelet does on 10250, and answering `GET /healthz`
+/// with 200 "ok" on `healthz` (address, port; port 0: none), as kubelet's healthz server does
+/// (cmd/kubelet/app/server.go) and kubeadm's wait-control-plane polls (v1.31+ `WaitForKubelet`).
+fn listen(ns: &NetNs, port: u16, (address, healthz_port): (String, u16)) -> Child {
+    let script = format!(
+        "import http.server, socket, threading, time\n\
+         s = socket.socket()\ns.bind(('', {port}))\ns.listen()\n\
+         class H(http.server.BaseHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       ok = self.path.split('?')[0] == '/healthz'\n\
+         \x20       self.send_response(200 if ok else 404)\n\
+         \x20       self.end_headers()\n\
+         \x20       self.wfile.write(b'ok' if ok else b'404 page not found')\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         if {healthz_port}:\n\
+         \x20   h = http.server.HTTPServer(('{address}', {healthz_port}), H)\n\
+         \x20   threading.Thread(target=h.serve_forever, daemon=True).start()\n\
+         time.sleep(86400)"
+    );
+    ns.command("python3").args(["-c", &script]).spawn().unwrap()
 }
 
 fn run_pod(ns: &NetNs, root: &Path, name: &str, manifest: &Path) -> Option<Pod> {
@@ -676,7 +703,7 @@ fn a_port_held_by_another_process_is_named_and_kubeadm_never_runs() {
     let (_source, store) = backed_up_node(5, None, &cluster_configuration(NODE_IP), "");
     let target = Target::restored(store.path());
     let root = target.root();
-    let mut squatter = listen(&target.ns, ETCD_CLIENT_PORT);
+    let mut squatter = listen(&target.ns, ETCD_CLIENT_PORT, (String::new(), 0));
     while !target.ns.listening(ETCD_CLIENT_PORT) {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -708,7 +735,7 @@ fn a_port_held_by_another_process_is_named_and_kubeadm_never_runs() {
 fn netns_harness_links_two_namespaces() {
     let (a, b) = (NetNs::new(), NetNs::new());
     a.link(&b, "10.77.0.1/24", "10.77.0.2/24");
-    let mut server = listen(&b, APISERVER_PORT);
+    let mut server = listen(&b, APISERVER_PORT, (String::new(), 0));
     while !b.listening(APISERVER_PORT) {
         std::thread::sleep(Duration::from_millis(50));
     }

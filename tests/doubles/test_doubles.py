@@ -346,6 +346,87 @@ class Doubles(unittest.TestCase):
                            capture_output=True, text=True)
         self.assertEqual(r.stdout, "v1.30.1\n")
 
+    def v131_with_healthz_port(self, port):
+        """A v1.31 restore config whose KubeletConfiguration sets healthzPort."""
+        cfg = config(api="v1beta4").replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.31.0")
+        return cfg + ("---\napiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n"
+                      f"healthzPort: {port}\n")
+
+    def test_wait_control_plane_first_waits_for_a_healthy_kubelet_from_v1_31(self):
+        """v1.31+: util/apiclient/wait.go WaitForKubelet(healthzBindAddress, healthzPort) of the written
+        KubeletConfiguration, before the API server wait (cmd/phases/init/waitcontrolplane.go); port 0 skips it.
+        Before v1.31 the kubelet check (WaitForKubeletAndFunc) starts only after 40 s beside the API wait."""
+        import http.server
+        import threading
+        port = free_port()
+        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
+        after_wait = "--skip-phases=upload-config,mark-control-plane,bootstrap-token,addon"
+        env = dict(KUBEADM_DOUBLE_VERSION="v1.31.0", KUBEADM_DOUBLE_WAIT_SECONDS="2")
+        url = f"http://127.0.0.1:{port}/healthz"
+        # A kubelet that never gets healthy: nothing listens on its healthz port.
+        server = self.start_apiserver()
+        self.addCleanup(lambda: self.apiserver.poll() is None and self.stop_apiserver())
+        r = self.kubeadm(self.v131_with_healthz_port(port), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server, **env)
+        self.assertEqual(r.returncode, 1, r.stdout)
+        self.assertIn(f"[kubelet-check] Waiting for a healthy kubelet at {url}. This can take up to 2s", r.stdout)
+        self.assertIn("[kubelet-check] The kubelet is not healthy after", r.stdout)
+        self.assertIn(f"The HTTP call equal to 'curl -sSL {url}' returned error: Get \"{url}\": dial tcp "
+                      f"127.0.0.1:{port}: connect: connection refused", r.stdout)
+        self.assertIn("error execution phase wait-control-plane: couldn't initialize a Kubernetes cluster", r.stderr)
+        self.assertNotIn("[apiclient] All control plane components are healthy", r.stdout)
+
+        # Port 0 skips the check.
+        r = self.kubeadm(self.v131_with_healthz_port(0), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server, **env)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("[kubelet-check] Skipping the kubelet health check because the healthz port is set to 0",
+                      r.stdout)
+
+        # A healthy kubelet: then the API server wait.
+        class Healthz(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200 if self.path == "/healthz" else 404)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        healthz = http.server.HTTPServer(("127.0.0.1", port), Healthz)
+        threading.Thread(target=healthz.serve_forever, daemon=True).start()
+        try:
+            r = self.kubeadm(self.v131_with_healthz_port(port), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server,
+                             **env)
+        finally:
+            healthz.shutdown()
+            healthz.server_close()
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertIn("[kubelet-check] The kubelet is healthy after", r.stdout)
+        self.assertLess(r.stdout.index("[kubelet-check] The kubelet is healthy"),
+                        r.stdout.index("[apiclient] All control plane components are healthy"))
+
+        # v1.30: no kubelet check within the first 40 s; the API server answers first.
+        cfg = config().replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.30.0")
+        r = self.kubeadm(cfg, ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server,
+                         **dict(env, KUBEADM_DOUBLE_VERSION="v1.30.0"))
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertNotIn("[kubelet-check]", r.stdout)
+
+    def test_kubelet_start_runs_after_etcd_and_control_plane_from_v1_28(self):
+        """cmd/init.go newCmdInit's AppendPhase order: v1.27 runs kubelet-start before control-plane and etcd;
+        v1.28+ (kubernetes/kubernetes#117984, CHANGELOG-1.28) runs etcd, control-plane, then kubelet-start."""
+        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
+        marks = ["[kubelet-start] Writing kubelet environment file", '[control-plane] Using manifest folder',
+                 "[etcd] Creating static Pod manifest"]
+        for version, order in (("v1.27.4", [0, 1, 2]), ("v1.28.0", [2, 1, 0]), ("v1.30.2", [2, 1, 0]),
+                               ("v1.31.0", [2, 1, 0])):
+            minor = int(version.split(".")[1])
+            cfg = config(api="v1beta4" if minor >= 31 else "v1beta3").replace(
+                "kubernetesVersion: v1.27.4", f"kubernetesVersion: v1.{minor}.0")
+            r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION=version)
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            positions = [r.stdout.index(m) for m in marks]
+            self.assertEqual([marks[i] for i in order], [m for _, m in sorted(zip(positions, marks))], version)
+
     def start_apiserver(self):
         self.apiserver = subprocess.Popen([os.path.join(HERE, "fake-apiserver"), "--root", self.root, "--listen",
                                            f"{IP}:0"], stdout=subprocess.PIPE, text=True)
