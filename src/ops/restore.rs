@@ -535,12 +535,20 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         if meta.is_dir() {
             copy_tree(&entry.path(), &target)?;
         } else {
-            fs::copy(entry.path(), &target)?;
-            fs::set_permissions(&target, fs::Permissions::from_mode(meta.mode() & 0o777))?;
-            if nix::unistd::Uid::effective().is_root() {
-                std::os::unix::fs::chown(&target, Some(meta.uid()), Some(meta.gid()))?;
-            }
+            copy_file(&entry.path(), &target)?;
         }
+    }
+    Ok(())
+}
+
+/// Copies one staged file, keeping its mode and (when cpr runs as root) its owners.
+fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = fs::metadata(from)?;
+    fs::copy(from, to)?;
+    fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o777))?;
+    if nix::unistd::Uid::effective().is_root() {
+        std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
 }
@@ -655,7 +663,7 @@ fn restore_pod_inputs(
         let moved = if is_restored(&live, entry, owners) {
             swap.old.exists().then(|| swap.old.clone())
         } else {
-            stage_file(&staged.join(&entry.path), &swap.new, entry, owners)?;
+            stage_file(&staged.join(&entry.path), &swap.new)?;
             let moved = swap.apply()?;
             log::info!(
                 "restore: {} is back ({})",
@@ -689,17 +697,14 @@ fn is_restored(live: &Path, entry: &FileEntry, owners: bool) -> bool {
         && fs::read(live).is_ok_and(|data| hex::encode(Sha256::digest(data)) == entry.sha256)
 }
 
-/// Writes the staged copy to `new`, beside the live path, with the entry's mode and owners.
-fn stage_file(from: &Path, new: &Path, entry: &FileEntry, owners: bool) -> Result<(), Error> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+/// Writes the staged copy to `new`, beside the live path, with the entry's mode and owners: the
+/// bundle reader gave the staged copy those, and `copy_file` keeps them.
+fn stage_file(from: &Path, new: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
     let write_err = |source| Error::Write {
         path: new.to_path_buf(),
         source,
     };
-    let data = fs::read(from).map_err(|source| Error::Read {
-        path: from.to_path_buf(),
-        source,
-    })?;
     if let Some(parent) = new.parent() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -707,11 +712,19 @@ fn stage_file(from: &Path, new: &Path, entry: &FileEntry, owners: bool) -> Resul
             .create(parent)
             .map_err(write_err)?;
     }
-    fsutil::write_atomic(new, &data, entry.mode).map_err(write_err)?;
-    fs::set_permissions(new, fs::Permissions::from_mode(entry.mode)).map_err(write_err)?;
-    if owners {
-        std::os::unix::fs::chown(new, Some(entry.uid), Some(entry.gid)).map_err(write_err)?;
+    // A copy left by a run killed before its swap is replaced, whatever its mode.
+    match fs::remove_file(new) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(write_err(e)),
+        _ => {}
     }
+    copy_file(from, new).map_err(|source| match fs::File::open(from) {
+        // An unreadable staged copy is a read error, as it always was.
+        Err(source) => Error::Read {
+            path: from.to_path_buf(),
+            source,
+        },
+        Ok(_) => write_err(source),
+    })?;
     // The mode and owners are durable before the rename makes the file live.
     fs::File::open(new)
         .and_then(|f| f.sync_all())
