@@ -223,22 +223,9 @@ fn debian() -> &'static DebianOs {
 fn debugfs_write(disk: &Path, requests: &[String]) {
     let script = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(script.path(), requests.join("\n") + "\n").unwrap();
-    let out = Command::new("debugfs")
-        .arg("-w")
-        .arg("-f")
-        .arg(script.path())
+    run(Command::new(repo().join("image/demo/debugfs-write"))
         .arg(disk)
-        .output()
-        .unwrap();
-    let complaints: Vec<String> = String::from_utf8_lossy(&out.stderr)
-        .lines()
-        .filter(|l| !l.starts_with("debugfs "))
-        .map(String::from)
-        .collect();
-    assert!(
-        out.status.success() && complaints.is_empty(),
-        "debugfs {requests:?}: {complaints:?}"
-    );
+        .stdin(std::fs::File::open(script.path()).unwrap()));
 }
 
 enum Medium {
@@ -309,6 +296,13 @@ struct Outcome {
 impl Outcome {
     fn disk(&self) -> PathBuf {
         self.disk.path().join("disk.img")
+    }
+
+    /// The rest of the first console line holding `marker`, after it.
+    fn after(&self, marker: &str) -> Option<&str> {
+        self.console
+            .lines()
+            .find_map(|l| l.split_once(marker).map(|(_, rest)| rest))
     }
 
     /// Seconds from power-on to the first console line holding `marker`.
@@ -614,10 +608,9 @@ fn assert_failed(outcome: &Outcome, explanation: &str, policy: &str) {
     }
 }
 
-fn handoff_seconds(console: &str) -> f64 {
-    console
-        .lines()
-        .find_map(|l| l.split("handing over to /sbin/init (").nth(1))
+fn handoff_seconds(outcome: &Outcome) -> f64 {
+    outcome
+        .after("handing over to /sbin/init (")
         .and_then(|rest| rest.split(' ').next())
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN)
@@ -637,7 +630,7 @@ fn direct_kernel_boot_restores_a_100_mb_bundle_and_hands_over() {
     eprintln!(
         "figures: bundle {} MiB, kernel start to handoff {:.1} s, whole VM run {:.1} s, initramfs {} KiB",
         size >> 20,
-        handoff_seconds(&outcome.console),
+        handoff_seconds(&outcome),
         outcome.elapsed.as_secs_f64(),
         std::fs::metadata(&fixture().initramfs).unwrap().len() >> 10
     );
@@ -753,11 +746,8 @@ fn another_nodes_bundle_is_refused_after_a_pxelinux_boot() {
 
 /// What the observer reports about cpr-finish.service: `ActiveState result Result enablement`.
 fn observed_unit(outcome: &Outcome) -> String {
-    let prefix = "OBSERVER: cpr-finish.service ";
     outcome
-        .console
-        .lines()
-        .find_map(|l| l.split(prefix).nth(1))
+        .after("OBSERVER: cpr-finish.service ")
         .unwrap_or_else(|| panic!("the observer never reported:\n{}", outcome.console))
         .trim()
         .to_string()
@@ -767,17 +757,13 @@ fn observed_unit(outcome: &Outcome) -> String {
 /// source's objects at the bumped revision and what kubeadm's phases wrote since.
 fn assert_serves_the_restored_etcd(outcome: &Outcome) {
     let f = outcome.source;
-    let served = outcome
-        .console
-        .lines()
-        .find_map(|l| l.split("OBSERVER: etcd revision ").nth(1))
-        .and_then(|rest| {
-            let words: Vec<&str> = rest.split_whitespace().collect();
-            Some((
-                words.first()?.parse::<i64>().ok()?,
-                words.get(2)?.parse::<i64>().ok()?,
-            ))
-        });
+    let served = outcome.after("OBSERVER: etcd revision ").and_then(|rest| {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        Some((
+            words.first()?.parse::<i64>().ok()?,
+            words.get(2)?.parse::<i64>().ok()?,
+        ))
+    });
     let Some((revision, keys)) = served else {
         panic!("etcd was not served:\n{}", outcome.console)
     };
@@ -798,11 +784,7 @@ fn assert_serves_the_restored_etcd(outcome: &Outcome) {
 
 /// Seconds since the kernel started at which the observer saw `step` happen (`times` line).
 fn observed_time(outcome: &Outcome, step: &str) -> f64 {
-    let line = outcome
-        .console
-        .lines()
-        .find_map(|l| l.split("OBSERVER: times ").nth(1))
-        .unwrap_or_default();
+    let line = outcome.after("OBSERVER: times ").unwrap_or_default();
     let words: Vec<&str> = line.split_whitespace().collect();
     words
         .iter()
