@@ -97,6 +97,17 @@ pub struct Node {
     pub taints: Vec<Taint>,
 }
 
+impl Node {
+    /// The Node's taints without those its conditions set (`is_status_taint`): the ones an operator
+    /// or kubeadm put there.
+    pub fn operator_taints(self) -> Vec<Taint> {
+        self.taints
+            .into_iter()
+            .filter(|t| !is_status_taint(&t.key))
+            .collect()
+    }
+}
+
 /// A core/v1 Taint, serialised as in the API (and in kubeadm's `nodeRegistration.taints`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -15,16 +15,16 @@ use std::path::{Path, PathBuf};
 use crate::k8s::{self, Resource, Taint};
 use crate::node::layout;
 
-const KUBE_SYSTEM: &str = "kube-system";
+pub(super) const KUBE_SYSTEM: &str = "kube-system";
 /// k8s.io/kubernetes cmd/kubeadm/app/constants: `KubeProxyConfigMap`, `KubeProxyConfigMapKey`.
-const KUBE_PROXY: &str = "kube-proxy";
-const KUBE_PROXY_CONFIG_KEY: &str = "config.conf";
+pub(super) const KUBE_PROXY: &str = "kube-proxy";
+pub(super) const KUBE_PROXY_CONFIG_KEY: &str = "config.conf";
 /// constants.go `KubeletBaseConfigurationConfigMap` (v1.24+; before, `kubelet-config-1.<minor>`)
 /// and `KubeletBaseConfigurationConfigMapKey`.
-const KUBELET_CONFIG: &str = "kubelet-config";
-const KUBELET_CONFIG_KEY: &str = "kubelet";
+pub(super) const KUBELET_CONFIG: &str = "kubelet-config";
+pub(super) const KUBELET_CONFIG_KEY: &str = "kubelet";
 /// The CoreDNS Deployment (constants.go `CoreDNSDeploymentName`).
-const COREDNS: &str = "coredns";
+pub(super) const COREDNS: &str = "coredns";
 /// kubeadm's init phases for the two addons (cmd/phases/init/addons.go).
 pub const SKIP_KUBE_PROXY: &str = "addon/kube-proxy";
 pub const SKIP_COREDNS: &str = "addon/coredns";
@@ -251,12 +251,7 @@ impl Carryover {
         let taints = match value(&keys.node) {
             None => None,
             Some(v) => match k8s::node(v) {
-                Ok(node) => Some(
-                    node.taints
-                        .into_iter()
-                        .filter(|t| !k8s::is_status_taint(&t.key))
-                        .collect(),
-                ),
+                Ok(node) => Some(node.operator_taints()),
                 Err(k8s::Error::Encrypted { provider }) => {
                     warnings.push(Fact::NodeTaints.encrypted(&keys.node, &provider));
                     Some(Vec::new())
@@ -298,18 +293,18 @@ impl Carryover {
 }
 
 /// The etcd keys the facts come from.
-struct Keys {
-    kube_proxy_config: String,
-    kubelet_config: String,
+pub(super) struct Keys {
+    pub(super) kube_proxy_config: String,
+    pub(super) kubelet_config: String,
     /// `kubelet-config-1.` (the versioned names before v1.24).
     kubelet_config_versioned: String,
-    kube_proxy_daemonset: String,
-    coredns: String,
-    node: String,
+    pub(super) kube_proxy_daemonset: String,
+    pub(super) coredns: String,
+    pub(super) node: String,
 }
 
 impl Keys {
-    fn new(prefix: &str, node_name: &str) -> Keys {
+    pub(super) fn new(prefix: &str, node_name: &str) -> Keys {
         let config_map = |name: &str| Resource::ConfigMaps.key(prefix, Some(KUBE_SYSTEM), name);
         Keys {
             kube_proxy_config: config_map(KUBE_PROXY),
@@ -363,21 +358,24 @@ fn config_map_entry(
     data_key: &'static str,
     snapshot: &Path,
 ) -> Result<String, Error> {
-    let map = k8s::config_map(value).map_err(|source| Error::Object {
-        fact,
-        key: key.to_string(),
-        snapshot: snapshot.to_path_buf(),
-        source,
-    })?;
-    map.data
-        .get(data_key)
-        .cloned()
+    config_map_data(value, data_key)
+        .map_err(|source| Error::Object {
+            fact,
+            key: key.to_string(),
+            snapshot: snapshot.to_path_buf(),
+            source,
+        })?
         .ok_or_else(|| Error::MissingData {
             fact,
             key: key.to_string(),
             data_key,
             snapshot: snapshot.to_path_buf(),
         })
+}
+
+/// The `data_key` entry of the stored ConfigMap `value`; `None` when the ConfigMap has none.
+pub(super) fn config_map_data(value: &[u8], data_key: &str) -> Result<Option<String>, k8s::Error> {
+    Ok(k8s::config_map(value)?.data.get(data_key).cloned())
 }
 
 /// The operator's kubelet flags in kubeadm-flags.env: `KUBELET_KUBEADM_ARGS="--a=b --c=d"` as

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::backup::{client_endpoint, client_tls};
-use super::carryover::Carryover;
+use super::carryover::{self, Carryover};
 use super::check::CERT_WARN_DAYS;
 use super::restore::{staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
@@ -15,7 +15,7 @@ use crate::bundle::Manifest;
 use crate::etcd::client::EtcdClient;
 use crate::fsutil;
 use crate::host::failpoint;
-use crate::k8s::{self, Resource, Taint};
+use crate::k8s::{self, Taint};
 use crate::node::apiserver::ApiServer;
 use crate::node::certs::{self, Expiry};
 use crate::node::kubeadm::{self, InitNode};
@@ -921,28 +921,35 @@ fn kubeadm_changes(layout: &Layout, carried: &Carried) -> Vec<String> {
             )]
         }
     };
-    let prefix = carried.etcd_prefix.as_str();
+    let keys = carryover::Keys::new(&carried.etcd_prefix, &carried.node);
     let mut get = |key: &str| client.get(key.as_bytes());
     let mut changes = Vec::new();
-    let config_map = |key: &str, value: Vec<u8>, data_key: &str| match k8s::config_map(&value) {
-        Ok(map) => Ok(map.data.get(data_key).cloned().unwrap_or_default()),
-        Err(e) => Err(format!("{key} not compared: {e}")),
+    let config_map = |key: &str, value: Vec<u8>, data_key: &str| {
+        carryover::config_map_data(&value, data_key)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| format!("{key} not compared: {e}"))
     };
-    for (name, data_key, before, skipped) in [
-        ("kubelet-config", "kubelet", &facts.kubelet_config, false),
+    for (name, key, data_key, before, skipped) in [
         (
-            "kube-proxy",
-            "config.conf",
+            carryover::KUBELET_CONFIG,
+            &keys.kubelet_config,
+            carryover::KUBELET_CONFIG_KEY,
+            &facts.kubelet_config,
+            false,
+        ),
+        (
+            carryover::KUBE_PROXY,
+            &keys.kube_proxy_config,
+            carryover::KUBE_PROXY_CONFIG_KEY,
             &facts.kube_proxy_config,
             facts
                 .skip_addons
                 .iter()
-                .any(|p| p == super::carryover::SKIP_KUBE_PROXY),
+                .any(|p| p == carryover::SKIP_KUBE_PROXY),
         ),
     ] {
-        let key = Resource::ConfigMaps.key(prefix, Some("kube-system"), name);
-        let after = match get(&key) {
-            Ok(Some(value)) => config_map(&key, value, data_key),
+        let after = match get(key) {
+            Ok(Some(value)) => config_map(key, value, data_key),
             Ok(None) => continue,
             Err(e) => Err(format!("{key} not compared: {e}")),
         };
@@ -953,44 +960,33 @@ fn kubeadm_changes(layout: &Layout, carried: &Carried) -> Vec<String> {
                 let settings = changed_settings(before, &after);
                 if !settings.is_empty() {
                     changes.push(format!(
-                        "ConfigMap kube-system/{name}: kubeadm changed {}",
+                        "ConfigMap {}/{name}: kubeadm changed {}",
+                        carryover::KUBE_SYSTEM,
                         settings.join(", ")
                     ));
                 }
             }
             (Ok(_), None) => changes.push(format!(
-                "ConfigMap kube-system/{name}: kubeadm's defaults (the backup's could not be read)"
+                "ConfigMap {}/{name}: kubeadm's defaults (the backup's could not be read)",
+                carryover::KUBE_SYSTEM
             )),
         }
     }
-    for (resource, name, phase) in [
-        (
-            Resource::DaemonSets,
-            "kube-proxy",
-            super::carryover::SKIP_KUBE_PROXY,
-        ),
-        (
-            Resource::Deployments,
-            "coredns",
-            super::carryover::SKIP_COREDNS,
-        ),
+    for (key, phase) in [
+        (&keys.kube_proxy_daemonset, carryover::SKIP_KUBE_PROXY),
+        (&keys.coredns, carryover::SKIP_COREDNS),
     ] {
-        let key = resource.key(prefix, Some("kube-system"), name);
-        if facts.skip_addons.iter().any(|p| p == phase) && matches!(get(&key), Ok(Some(_))) {
+        if facts.skip_addons.iter().any(|p| p == phase) && matches!(get(key), Ok(Some(_))) {
             changes.push(format!(
                 "{key}: created by kubeadm although {phase} was skipped"
             ));
         }
     }
     if let Some(before) = &facts.taints {
-        let key = Resource::Nodes.key(prefix, None, &carried.node);
-        match get(&key).map(|v| v.map(|v| k8s::node(&v))) {
+        let key = &keys.node;
+        match get(key).map(|v| v.map(|v| k8s::node(&v))) {
             Ok(Some(Ok(node))) => {
-                let after: Vec<Taint> = node
-                    .taints
-                    .into_iter()
-                    .filter(|t| !k8s::is_status_taint(&t.key))
-                    .collect();
+                let after = node.operator_taints();
                 let same = |a: &Taint, b: &Taint| {
                     (&a.key, &a.value, &a.effect) == (&b.key, &b.value, &b.effect)
                 };
