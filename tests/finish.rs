@@ -330,6 +330,7 @@ impl Target {
         let base = [
             ("PATH", path.as_str()),
             ("KUBEADM_DOUBLE_ROOT", root.as_str()),
+            // The node IP is on loopback, which kubeadm refuses as advertiseAddress.
             ("KUBEADM_DOUBLE_ALLOW_LOOPBACK", "1"),
             // wait-control-plane dials admin.conf's server, as kubeadm does.
             ("KUBEADM_DOUBLE_APISERVER", "admin.conf"),

@@ -197,6 +197,7 @@ fn every_cell_restores_or_is_refused_before_anything_changes() {
                     ("PATH", path.as_str()),
                     ("KUBEADM_DOUBLE_VERSION", kubeadm_version.as_str()),
                     ("KUBEADM_DOUBLE_ROOT", root.to_str().unwrap()),
+                    // The node IP is on loopback, which kubeadm refuses as advertiseAddress.
                     ("KUBEADM_DOUBLE_ALLOW_LOOPBACK", "1"),
                     // Cells run side by side in this namespace; ports are not what they test.
                     ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS", "1"),

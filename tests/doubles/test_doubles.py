@@ -109,6 +109,8 @@ class Doubles(unittest.TestCase):
         self.tmp = tempfile.mkdtemp(prefix="doubles-")
         self.root = os.path.join(self.tmp, "root")
         shutil.copytree(self.base, self.root, symlinks=True)
+        # The node IP is on loopback, which kubeadm refuses as advertiseAddress; port checks off: these tests run
+        # on the host network side by side (PortChecks runs them in a namespace of its own).
         self.env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, KUBEADM_DOUBLE_SKIP_PORT_CHECKS="1",
                         KUBEADM_DOUBLE_ALLOW_LOOPBACK="1", KUBEADM_DOUBLE_VERSION="v1.27.4",
                         PATH=HERE + os.pathsep + os.environ["PATH"])
@@ -499,6 +501,7 @@ class PortChecks(unittest.TestCase):
         self.cfg = os.path.join(self.tmp, "kubeadm.yaml")
         with open(self.cfg, "w") as f:
             f.write(config())
+        # The node IP is on loopback, which kubeadm refuses as advertiseAddress.
         self.env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.tmp, KUBEADM_DOUBLE_ALLOW_LOOPBACK="1",
                         PATH=HERE + os.pathsep + os.environ["PATH"])
         for name in ("KUBEADM_DOUBLE_SKIP_PORT_CHECKS", "KUBEADM_DOUBLE_APISERVER"):
@@ -793,6 +796,8 @@ class ClusterPhases(unittest.TestCase):
         path = os.path.join(self.tmp, "kubeadm.yaml")
         with open(path, "w") as f:
             f.write(cfg)
+        # The node IP is on loopback, which kubeadm refuses as advertiseAddress; port checks off: these tests run
+        # on the host network side by side.
         env = dict(os.environ, KUBEADM_DOUBLE_ROOT=self.root, KUBEADM_DOUBLE_SKIP_PORT_CHECKS="1",
                    KUBEADM_DOUBLE_ALLOW_LOOPBACK="1", KUBEADM_DOUBLE_APISERVER=self.server,
                    KUBEADM_DOUBLE_WAIT_SECONDS="20", PATH=HERE + os.pathsep + os.environ["PATH"])
