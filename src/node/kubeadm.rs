@@ -234,23 +234,6 @@ fn probe_version(program: &Path, args: &[&str], prefix: &str) -> Result<Version,
         })
 }
 
-/// The ClusterConfiguration's `apiVersion` and `kubernetesVersion`.
-pub fn cluster_versions(
-    cluster_configuration: &str,
-    origin: &str,
-) -> Result<(String, Option<String>), Error> {
-    let doc = parse_yaml(cluster_configuration, origin)?;
-    let text = |key: &str| {
-        doc.get(key)
-            .and_then(serde_norway::Value::as_str)
-            .map(str::to_string)
-    };
-    Ok((
-        text("apiVersion").unwrap_or_default(),
-        text("kubernetesVersion"),
-    ))
-}
-
 fn parse_yaml(text: &str, origin: &str) -> Result<serde_norway::Value, Error> {
     serde_norway::from_str(text).map_err(|e| Error::KubeadmConfig {
         key: origin.to_string(),

@@ -19,6 +19,7 @@ use crate::k8s::{self, Taint};
 use crate::node::apiserver::ApiServer;
 use crate::node::certs::{self, Expiry};
 use crate::node::kubeadm::{self, InitNode};
+use crate::node::kubeadm_config;
 use crate::node::kubeconfig::Kubeconfig;
 use crate::node::layout::{self, Layout};
 use crate::node::{ports, StaticPod};
@@ -308,8 +309,10 @@ fn prepare(
         path: cluster_path.clone(),
         source,
     })?;
-    let (api_version, kubernetes_version) = kubeadm::cluster_versions(&cluster, &origin)?;
-    let bundle = kubernetes_version
+    let info = kubeadm_config::cluster_info(&cluster, &origin)?;
+    let api_version = info.api_version.unwrap_or_default();
+    let bundle = info
+        .kubernetes_version
         .or_else(|| manifest.cluster.kubernetes_version.clone())
         .ok_or_else(|| Error::State {
             path: cluster_path.clone(),
