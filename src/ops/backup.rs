@@ -264,17 +264,32 @@ pub(super) fn collect_files(layout: &Layout) -> Result<Vec<CollectedFile>, Error
 /// flag or volume as its `source`; a file already in the bundle that is not kubeadm's (a webhook
 /// kubeconfig beside admin.conf) gets its source too, so phase 1 restores it.
 fn collect_pod_inputs(layout: &Layout, files: &mut Vec<CollectedFile>) -> Result<(), Error> {
-    let manifests: Vec<String> = files
-        .iter()
-        .map(|f| f.entry.path.clone())
-        .filter(|p| {
-            p.strip_prefix(layout::MANIFESTS_DIR).is_some_and(|name| {
-                name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")
-            })
+    // Indices stay valid: the loop only appends.
+    let manifests: Vec<usize> = (0..files.len())
+        .filter(|&i| {
+            files[i]
+                .entry
+                .path
+                .strip_prefix(layout::MANIFESTS_DIR)
+                .is_some_and(|name| {
+                    name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json")
+                })
         })
         .collect();
     for manifest in manifests {
-        let pod = match StaticPod::load(&layout.path(&manifest)) {
+        // The bytes read for the bundle, not a second read of the file.
+        let path = layout.path(&files[manifest].entry.path);
+        let parsed = match std::str::from_utf8(&files[manifest].data) {
+            Ok(text) => StaticPod::parse(text, &path),
+            Err(_) => Err(crate::node::Error::Read {
+                path: path.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "stream did not contain valid UTF-8",
+                ),
+            }),
+        };
+        let pod = match parsed {
             Ok(pod) => pod,
             Err(e) => {
                 log::warn!("backup: {e}; the files it names are not looked for");
