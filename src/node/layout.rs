@@ -138,7 +138,6 @@ pub const ETCD_CA_CERT: &str = "etc/kubernetes/pki/etcd/ca.crt";
 
 /// Where kube-apiserver keeps objects in etcd unless `--etcd-prefix` says otherwise.
 pub const DEFAULT_ETCD_PREFIX: &str = "/registry";
-pub const KUBEADM_CONFIG_MAP: &str = "configmaps/kube-system/kubeadm-config";
 
 /// A node's filesystem seen from `root`.
 #[derive(Debug, Clone)]

@@ -115,10 +115,10 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
             path.display().to_string(),
         ),
         None => {
-            let key = format!(
-                "{}/{}",
-                request.etcd_prefix.trim_end_matches('/'),
-                layout::KUBEADM_CONFIG_MAP
+            let key = crate::k8s::Resource::ConfigMaps.key(
+                &request.etcd_prefix,
+                Some("kube-system"),
+                "kubeadm-config",
             );
             let value = client
                 .get(key.as_bytes())
