@@ -104,27 +104,43 @@ pub fn expiring(
     now: OffsetDateTime,
     warn_days: u32,
 ) -> Result<(Vec<Expiry>, Vec<Expiry>), Error> {
-    let read =
-        |names: &[&str], due: &dyn Fn(time::Duration) -> bool| -> Result<Vec<Expiry>, Error> {
-            let mut found = Vec::new();
-            for name in names {
-                let path = pki.join(format!("{name}.crt"));
-                if !path.exists() {
-                    continue;
-                }
-                let info = read_cert(&path)?;
-                if due(info.not_after - now) {
-                    found.push(Expiry {
-                        name: name.to_string(),
-                        not_after: info.not_after,
-                    });
-                }
+    let read = |names: &[&str], counts: &dyn Fn(Due) -> bool| -> Result<Vec<Expiry>, Error> {
+        let mut found = Vec::new();
+        for name in names {
+            let path = pki.join(format!("{name}.crt"));
+            if !path.exists() {
+                continue;
             }
-            Ok(found)
-        };
-    // As `cpr check` rates them: expired at `not_after <= now`, due within the window before.
-    let authorities = read(&AUTHORITIES, &|left| left <= time::Duration::ZERO)?;
-    let window = time::Duration::days(i64::from(warn_days));
-    let leaves = read(&KUBEADM_LEAVES, &|left| left < window)?;
+            let info = read_cert(&path)?;
+            if due(info.not_after, now, warn_days).is_some_and(counts) {
+                found.push(Expiry {
+                    name: name.to_string(),
+                    not_after: info.not_after,
+                });
+            }
+        }
+        Ok(found)
+    };
+    // As `cpr check` rates them.
+    let authorities = read(&AUTHORITIES, &|due| due == Due::Expired)?;
+    let leaves = read(&KUBEADM_LEAVES, &|_| true)?;
     Ok((authorities, leaves))
+}
+
+/// How near a certificate is to its end: expired at `not_after <= now`, soon within `warn_days`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Due {
+    Expired,
+    Soon,
+}
+
+/// Whether a certificate ending at `not_after` is expired or due within `warn_days` at `now`.
+pub fn due(not_after: OffsetDateTime, now: OffsetDateTime, warn_days: u32) -> Option<Due> {
+    if not_after <= now {
+        Some(Due::Expired)
+    } else if not_after - now < time::Duration::days(i64::from(warn_days)) {
+        Some(Due::Soon)
+    } else {
+        None
+    }
 }

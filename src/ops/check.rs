@@ -11,7 +11,7 @@ use super::backup::{client_endpoint, client_tls, collect_files, unencrypted_keys
 use super::Error;
 use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
 use crate::etcd::client::EtcdClient;
-use crate::node::certs::parse_cert;
+use crate::node::certs::{self, parse_cert, Due};
 use crate::node::inputs::is_encryption_configuration;
 use crate::node::kubeconfig::Kubeconfig;
 use crate::node::layout::{self, Layout};
@@ -458,12 +458,10 @@ fn certificates(
         match parse_cert(pem, Path::new(path)) {
             Ok(info) => {
                 let days_left = (info.not_after - now).whole_days();
-                let status = if info.not_after <= now {
-                    Status::Fail
-                } else if info.not_after - now < time::Duration::days(i64::from(warn_days)) {
-                    Status::Warn
-                } else {
-                    Status::Ok
+                let status = match certs::due(info.not_after, now, warn_days) {
+                    Some(Due::Expired) => Status::Fail,
+                    Some(Due::Soon) => Status::Warn,
+                    None => Status::Ok,
                 };
                 certs.push(Certificate {
                     authority: is_authority(path),
