@@ -9,8 +9,6 @@ use super::Error;
 pub struct StaticPod {
     pub path: PathBuf,
     pub image: String,
-    /// `--flag=value` pairs of the first container's command and args, in order.
-    pub flags: Vec<(String, String)>,
     /// Every container and init container, the first container first.
     pub containers: Vec<Container>,
     /// `spec.volumes` of type hostPath.
@@ -19,7 +17,6 @@ pub struct StaticPod {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    pub name: String,
     /// `--flag=value` pairs of its command and args, in order.
     pub flags: Vec<(String, String)>,
     pub mounts: Vec<VolumeMount>,
@@ -88,15 +85,17 @@ impl StaticPod {
         Ok(StaticPod {
             path: path.to_path_buf(),
             image,
-            flags: containers[0].flags.clone(),
             containers,
             host_paths,
         })
     }
 
-    /// The last value given for `--name`, as the binary's flag parser would take it.
+    /// The last value given for `--name` in the first container's command and args, as the
+    /// binary's flag parser would take it.
     pub fn flag(&self, name: &str) -> Option<&str> {
-        self.flags
+        self.containers
+            .first()?
+            .flags
             .iter()
             .rev()
             .find(|(flag, _)| flag == name)
@@ -162,11 +161,7 @@ fn container(value: &Value) -> Container {
             })
         })
         .collect();
-    Container {
-        name: str_of(value, "name").unwrap_or_default().to_string(),
-        flags,
-        mounts,
-    }
+    Container { flags, mounts }
 }
 
 #[cfg(test)]
