@@ -20,11 +20,11 @@
 
 use serde_norway::Value;
 
-use super::layout;
+use super::layout::{self, within};
 use super::pod::StaticPod;
 
 /// Flags that name what a component writes, never what it reads: logs, data and working dirs.
-pub const OUTPUT_FLAGS: [&str; 9] = [
+const OUTPUT_FLAGS: [&str; 9] = [
     "audit-log-path",
     "log-file",
     "log-dir",
@@ -158,17 +158,8 @@ fn host_path(pod: &StaticPod, container: &super::pod::Container, path: &str) -> 
     normalize(&format!("{host}{}", &path[at.len()..]))
 }
 
-/// `path` equals `dir` or lies below it.
-fn within(path: &str, dir: &str) -> bool {
-    dir == "/"
-        || path == dir
-        || path
-            .strip_prefix(dir)
-            .is_some_and(|rest| rest.starts_with('/'))
-}
-
 /// `/a//b/./c/` → `/a/b/c`; `None` for relative paths and `..`, which no kubeadm manifest writes.
-pub fn normalize(path: &str) -> Option<String> {
+fn normalize(path: &str) -> Option<String> {
     if !path.starts_with('/') {
         return None;
     }

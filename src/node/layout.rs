@@ -92,17 +92,23 @@ pub const NOT_CONFIGURATION: [(&str, &str); 20] = [
     ("/lib/modules", "kernel modules"),
 ];
 
+/// `path` equals `dir` or lies below it (both absolute and normalized).
+pub fn within(path: &str, dir: &str) -> bool {
+    dir == "/"
+        || path == dir
+        || path
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
 /// Why `path` (absolute, normalized, as on the node) is not configuration to back up or restore, if
 /// it is not: below a `NOT_CONFIGURATION` tree, one of kubeadm's kubeconfigs or kubelet files, or
 /// something a restore moved aside or staged (`*.cpr-old-*`, `*.cpr-new`).
 pub fn not_configuration(path: &str) -> Option<&'static str> {
-    let below = |tree: &str| {
-        path == tree
-            || path
-                .strip_prefix(tree)
-                .is_some_and(|rest| rest.starts_with('/'))
-    };
-    if let Some((_, why)) = NOT_CONFIGURATION.iter().find(|(tree, _)| below(tree)) {
+    if let Some((_, why)) = NOT_CONFIGURATION
+        .iter()
+        .find(|(tree, _)| within(path, tree))
+    {
         return Some(why);
     }
     let relative = path.trim_start_matches('/');

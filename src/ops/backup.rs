@@ -382,14 +382,19 @@ fn named_by(input: &Input) -> impl Fn(Error) -> Error + '_ {
     }
 }
 
-/// A bundle holding an EncryptionConfiguration is as sensitive as the CA key: say so when it is
-/// not encrypted.
-fn sensitivity_warnings(files: &[CollectedFile], encrypted: bool) -> Vec<String> {
-    let keys: Vec<String> = files
+/// The files that are an EncryptionConfiguration, as paths on the node.
+pub(super) fn encryption_configurations(files: &[CollectedFile]) -> Vec<String> {
+    files
         .iter()
         .filter(|f| inputs::is_encryption_configuration(&f.data))
         .map(|f| format!("/{}", f.entry.path))
-        .collect();
+        .collect()
+}
+
+/// A bundle holding an EncryptionConfiguration is as sensitive as the CA key: say so when it is
+/// not encrypted.
+fn sensitivity_warnings(files: &[CollectedFile], encrypted: bool) -> Vec<String> {
+    let keys = encryption_configurations(files);
     if keys.is_empty() || encrypted {
         return Vec::new();
     }

@@ -7,7 +7,9 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
-use super::backup::{client_endpoint, client_tls, collect_files, unencrypted_keys};
+use super::backup::{
+    client_endpoint, client_tls, collect_files, encryption_configurations, unencrypted_keys,
+};
 use super::Error;
 use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
 use crate::etcd::client::EtcdClient;
@@ -161,22 +163,14 @@ pub fn check_node(
     report.certificates = certs;
     report.checks.push(match collect_files(&layout) {
         Ok(files) => {
-            let named = |keys: bool| {
-                files
-                    .iter()
-                    .filter(|f| {
-                        if keys {
-                            is_encryption_configuration(&f.data)
-                        } else {
-                            f.entry.source.is_some()
-                        }
-                    })
-                    .map(|f| format!("/{}", f.entry.path))
-                    .collect::<Vec<_>>()
-            };
+            let taken: Vec<String> = files
+                .iter()
+                .filter(|f| f.entry.source.is_some())
+                .map(|f| format!("/{}", f.entry.path))
+                .collect();
             pod_files_check(
-                &named(false),
-                &named(true),
+                &taken,
+                &encryption_configurations(&files),
                 encrypts,
                 "a backup of this node",
             )
