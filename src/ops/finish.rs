@@ -724,15 +724,23 @@ fn restart_kubelet(request: &FinishRequest) -> Result<(), Error> {
     systemctl_kubelet(request, "restart")
 }
 
+/// `systemctl ARGS…`; only failing to run it is an error, its exit status is the caller's to judge.
+fn systemctl(request: &FinishRequest, args: &[&str]) -> Result<std::process::ExitStatus, Error> {
+    std::process::Command::new(&request.systemctl)
+        .args(args)
+        .status()
+        .map_err(|source| {
+            crate::node::Error::Run {
+                command: format!("{} {}", request.systemctl.display(), args.join(" ")),
+                source,
+            }
+            .into()
+        })
+}
+
 /// `systemctl VERB kubelet`; a failure is only logged: what it was for is checked afterwards.
 fn systemctl_kubelet(request: &FinishRequest, verb: &str) -> Result<(), Error> {
-    let status = std::process::Command::new(&request.systemctl)
-        .args([verb, "kubelet"])
-        .status()
-        .map_err(|source| crate::node::Error::Run {
-            command: format!("{} {verb} kubelet", request.systemctl.display()),
-            source,
-        })?;
+    let status = systemctl(request, &[verb, "kubelet"])?;
     if !status.success() {
         log::warn!("finish: `systemctl {verb} kubelet` exited with {status}");
     }
@@ -753,17 +761,10 @@ pub fn settle_unit(
     if let Some(why) = failure {
         record_failure(&layout, unit, why)?;
     }
-    let command = format!("{} disable {unit}", request.systemctl.display());
-    let status = std::process::Command::new(&request.systemctl)
-        .args(["disable", unit])
-        .status()
-        .map_err(|source| crate::node::Error::Run {
-            command: command.clone(),
-            source,
-        })?;
+    let status = systemctl(request, &["disable", unit])?;
     if !status.success() {
         return Err(Error::DisableUnit {
-            command,
+            command: format!("{} disable {unit}", request.systemctl.display()),
             unit: unit.to_string(),
             status,
         });
