@@ -238,14 +238,9 @@ impl Carryover {
         };
         let mut kubelet_config_source = kubelet_config.as_ref().and(kubelet_key);
         if kubelet_config.is_none() {
-            let path = bundle_dir.join(layout::KUBELET_CONFIG);
-            match fs::read_to_string(&path) {
-                Ok(text) => {
-                    kubelet_config = Some(text);
-                    kubelet_config_source = Some(format!("/{}", layout::KUBELET_CONFIG));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(source) => return Err(Error::Read { path, source }),
+            if let Some(text) = read_optional(&bundle_dir.join(layout::KUBELET_CONFIG))? {
+                kubelet_config = Some(text);
+                kubelet_config_source = Some(format!("/{}", layout::KUBELET_CONFIG));
             }
         }
         let taints = match value(&keys.node) {
@@ -267,18 +262,12 @@ impl Carryover {
             },
         };
         let flags_path = bundle_dir.join(layout::KUBEADM_FLAGS);
-        let kubelet_extra_args = match fs::read_to_string(&flags_path) {
-            Ok(text) => kubelet_extra_args(&text).map_err(|why| Error::KubeletFlags {
+        let kubelet_extra_args = match read_optional(&flags_path)? {
+            Some(text) => kubelet_extra_args(&text).map_err(|why| Error::KubeletFlags {
                 path: flags_path.clone(),
                 why,
             })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: flags_path,
-                    source,
-                })
-            }
+            None => Vec::new(),
         };
         Ok(Carryover {
             kubelet_config,
@@ -289,6 +278,18 @@ impl Carryover {
             kubelet_extra_args,
             warnings,
         })
+    }
+}
+
+/// The text of the bundle's file at `path`; `None` when the bundle has none.
+fn read_optional(path: &Path) -> Result<Option<String>, Error> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::Read {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
 }
 
