@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::objects::etcdctl_put;
 use common::*;
 use serde_json::Value;
 use std::fs;
@@ -420,15 +421,7 @@ fn secrets_encrypted_at_rest_decrypt_with_the_restored_encryption_configuration(
         );
         let prefix = format!("k8s:enc:{provider}:v1:key");
         assert!(value.starts_with(prefix.as_bytes()), "{provider}");
-        let mut put = node
-            .etcdctl_command()
-            .args(["put", &key])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        put.stdin.take().unwrap().write_all(&value).unwrap();
-        assert!(put.wait().unwrap().success());
+        etcdctl_put(node.etcdctl_command(), &key, &value);
         written.push((key, plain));
     }
     let store = tempfile::tempdir().unwrap();

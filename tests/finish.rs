@@ -28,10 +28,6 @@ const ETCD_CLIENT_PORT: u16 = 2379;
 const ETCD_PEER_PORT: u16 = 2380;
 const KUBELET_PORT: u16 = 10250;
 
-fn doubles() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
-}
-
 /// What kubelet does for these tests, inside the node's namespace and as the systemctl double says it
 /// runs. While the kubelet unit is active and kubeadm has written its config (without
 /// var/lib/kubelet/config.yaml kubelet exits at once), it listens on kubelet's port 10250 and runs the
@@ -466,19 +462,11 @@ fn restore_then_finish_brings_the_control_plane_back_and_a_rerun_changes_nothing
         second_scheduler
     );
     assert!(
-        report["staticPods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "second-scheduler.yaml"),
+        static_pods(&report).contains(&"second-scheduler.yaml"),
         "{report}"
     );
     assert!(
-        !report["staticPods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == ".kubelet-keep"),
+        !static_pods(&report).contains(&".kubelet-keep"),
         "a hidden file of the manifest dir is not a static pod: {report}"
     );
     let restarts = log_lines(&root.join("var/log/systemctl.log"));
@@ -786,14 +774,7 @@ fn a_control_plane_endpoint_served_by_kube_vip_is_up_for_wait_control_plane() {
         report["apiserver"],
         format!("https://{VIP}:{APISERVER_PORT}")
     );
-    assert!(
-        report["staticPods"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "kube-vip.yaml"),
-        "{report}"
-    );
+    assert!(static_pods(&report).contains(&"kube-vip.yaml"), "{report}");
     assert_eq!(
         fs::read_to_string(target.root().join("etc/kubernetes/manifests/kube-vip.yaml")).unwrap(),
         kube_vip
@@ -1090,25 +1071,26 @@ fn backed_up_cluster(objects: &Objects, cluster: &str) -> (KubeadmNode, tempfile
     })
 }
 
+/// The manifest file names of the report's `staticPods`.
+fn static_pods(report: &Value) -> Vec<&str> {
+    report["staticPods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 /// The value of `key` in the restored node's running etcd (kubeadm's ports, in its namespace).
 fn restored_value(target: &Target, key: &str) -> Option<Vec<u8>> {
-    let pki = target.root().join("etc/kubernetes/pki");
-    let out = target
-        .ns
-        .command(EtcdVersion::V3_5.etcdctl())
-        .arg(format!("--endpoints=https://127.0.0.1:{ETCD_CLIENT_PORT}"))
-        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
-        .arg(format!(
-            "--cert={}",
-            pki.join("etcd/healthcheck-client.crt").display()
-        ))
-        .arg(format!(
-            "--key={}",
-            pki.join("etcd/healthcheck-client.key").display()
-        ))
-        .args(["get", key, "--print-value-only"])
-        .output()
-        .unwrap();
+    let out = etcdctl_tls(
+        target.ns.command(EtcdVersion::V3_5.etcdctl()),
+        &format!("https://127.0.0.1:{ETCD_CLIENT_PORT}"),
+        &target.root().join("etc/kubernetes/pki"),
+    )
+    .args(["get", key, "--print-value-only"])
+    .output()
+    .unwrap();
     assert!(
         out.status.success(),
         "{}",

@@ -104,10 +104,6 @@ fn cluster_configuration(b: u32, api: &str) -> String {
     text
 }
 
-fn doubles() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
-}
-
 /// A directory with a `kubelet` that answers `--version` as kubelet 1.`minor`.3 does.
 fn kubelet_bin(dir: &Path, minor: u32) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;

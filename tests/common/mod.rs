@@ -69,6 +69,11 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The kubeadm, kubelet, systemctl and API server doubles (tests/doubles/README.md).
+pub fn doubles() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/doubles")
+}
+
 pub fn cpr_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cpr"))
 }
@@ -325,19 +330,12 @@ impl KubeadmNode {
     /// The etcdctl command line of `etcdctl`, for callers that need its stdin.
     pub fn etcdctl_command(&self) -> Command {
         let mut command = Command::new(self.version.etcdctl());
-        command
-            .env("ETCDCTL_API", "3")
-            .arg(format!("--endpoints={}", self.endpoint()))
-            .arg(format!("--cacert={}", self.pki("etcd/ca.crt").display()))
-            .arg(format!(
-                "--cert={}",
-                self.pki("etcd/healthcheck-client.crt").display()
-            ))
-            .arg(format!(
-                "--key={}",
-                self.pki("etcd/healthcheck-client.key").display()
-            ));
-        command
+        command.env("ETCDCTL_API", "3");
+        etcdctl_tls(
+            command,
+            &self.endpoint(),
+            &self.root().join("etc/kubernetes/pki"),
+        )
     }
 
     /// The live revision, from `etcdctl endpoint status`.
@@ -364,6 +362,22 @@ impl Drop for KubeadmNode {
     fn drop(&mut self) {
         self.stop_etcd();
     }
+}
+
+/// `cmd` (an etcdctl) given `--endpoints=ENDPOINT` and the health-check client pair of a kubeadm
+/// node's `pki` dir (etc/kubernetes/pki), as an operator would run it on the node.
+pub fn etcdctl_tls(mut cmd: Command, endpoint: &str, pki: &Path) -> Command {
+    cmd.arg(format!("--endpoints={endpoint}"))
+        .arg(format!("--cacert={}", pki.join("etcd/ca.crt").display()))
+        .arg(format!(
+            "--cert={}",
+            pki.join("etcd/healthcheck-client.crt").display()
+        ))
+        .arg(format!(
+            "--key={}",
+            pki.join("etcd/healthcheck-client.key").display()
+        ));
+    cmd
 }
 
 /// Every path below `dir` with its permission bits and, for files, its bytes: a root is unchanged
