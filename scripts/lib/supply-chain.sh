@@ -1,17 +1,31 @@
 # shellcheck shell=bash
 # The supply-chain check of scripts/test: cargo-deny (deny.toml) on Cargo.lock, offline. Advisories
-# come from the RustSec snapshot beside the checkout (CPR_ADVISORY_SNAPSHOT overrides), whatever is
+# come from the RustSec snapshot beside the checkout (or beside the local checkout a clone was made from;
+# CPR_ADVISORY_SNAPSHOT overrides), whatever is
 # there on this run; cargo-deny reads a git checkout, so a throwaway one is made from the snapshot,
 # its commit dated as the snapshot is (deny.toml's maximum-db-staleness counts from that date).
 # A vulnerability, an unsound or unmaintained crate not excused in deny.toml, a licence outside
 # deny.toml's list or an unknown source fails the check. Sourced by scripts/test after deps.sh.
 
-ADVISORY_SNAPSHOT=${CPR_ADVISORY_SNAPSHOT:-../shared/rustsec-advisory-db}
+# The snapshot beside the checkout; in a clone of a local checkout (a fresh-clone run: `git clone . "$d"`),
+# beside the checkout it was cloned from.
+advisory_snapshot() {
+  local beside=../shared/rustsec-advisory-db origin
+  origin=$(git config --get remote.origin.url 2>/dev/null || true)
+  if [ -n "${CPR_ADVISORY_SNAPSHOT:-}" ]; then
+    echo "$CPR_ADVISORY_SNAPSHOT"
+  elif [ ! -f "$beside/SNAPSHOT" ] && [ -d "$origin" ] && [ -f "$origin/$beside/SNAPSHOT" ]; then
+    echo "$origin/$beside"
+  else
+    echo "$beside"
+  fi
+}
 # Where cargo-deny 0.20 looks for the RustSec database under db-path (named after its URL).
 ADVISORY_DB_DIR=advisory-db-3157b0e258782691
 
 check_supply_chain() {
-  local snapshot=$ADVISORY_SNAPSHOT dbs db stamp status=0
+  local snapshot dbs db stamp status=0
+  snapshot=$(advisory_snapshot)
   if [ ! -f "$snapshot/SNAPSHOT" ]; then
     echo "supply chain: no RustSec snapshot at $snapshot (a SNAPSHOT file is missing). Put one there or set CPR_ADVISORY_SNAPSHOT" >&2
     return 1
