@@ -120,21 +120,9 @@ fn put(path: &Path, content: &str, mode: u32, uid: u32, gid: u32) {
     std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
 }
 
+/// `cpr backup … --output json EXTRA…`.
 fn backup(root: &Path, store: &Path, extra: &[&str]) -> std::process::Output {
-    let args = [
-        &[
-            "backup",
-            "--root",
-            root.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--output",
-            "json",
-        ],
-        extra,
-    ]
-    .concat();
-    cpr(&args)
+    cpr_backup(root, store, &[&["--output", "json"], extra].concat())
 }
 
 fn json(text: &str) -> Value {

@@ -146,15 +146,7 @@ fn make_bundles(dir: &Path) -> (Source, Source) {
         "40",
     ]));
     let backup = |store: PathBuf| {
-        let out = cpr(&[
-            "backup",
-            "--root",
-            root.to_str().unwrap(),
-            "--store",
-            store.to_str().unwrap(),
-            "--output",
-            "json",
-        ]);
+        let out = cpr_backup(&root, &store, &["--output", "json"]);
         let report: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
         Source {
             store,

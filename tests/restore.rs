@@ -22,13 +22,7 @@ struct Backup {
 fn backed_up(version: EtcdVersion, keys: usize) -> Backup {
     let mut node = KubeadmNode::start(version, keys);
     let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&[
-        "backup",
-        "--root",
-        node.root().to_str().unwrap(),
-        "--store",
-        store.path().to_str().unwrap(),
-    ]));
+    ok(&cpr_backup(node.root(), store.path(), &[]));
     let (revision, keys) = (node.revision(), node.key_count());
     node.stop_etcd();
     Backup {

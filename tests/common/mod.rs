@@ -165,21 +165,36 @@ pub fn restore_args(store: &Path, root: &Path, ip: &str) -> Vec<String> {
     .collect()
 }
 
+/// `cpr backup --root ROOT --store STORE EXTRA…`.
+pub fn cpr_backup(root: &Path, store: &Path, extra: &[&str]) -> Output {
+    let args = [
+        &[
+            "backup",
+            "--root",
+            root.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ],
+        extra,
+    ]
+    .concat();
+    cpr(&args)
+}
+
 /// `cpr backup` of `node` (its etcd running) with the ClusterConfiguration in `cluster_config`, into
 /// a fresh directory store.
 pub fn backup_into_dir(node: &KubeadmNode, cluster_config: &Path) -> tempfile::TempDir {
     let store = tempfile::tempdir().unwrap();
-    ok(&cpr(&[
-        "backup",
-        "--root",
-        node.root().to_str().unwrap(),
-        "--store",
-        store.path().to_str().unwrap(),
-        "--endpoint",
-        &node.endpoint(),
-        "--cluster-config",
-        cluster_config.to_str().unwrap(),
-    ]));
+    ok(&cpr_backup(
+        node.root(),
+        store.path(),
+        &[
+            "--endpoint",
+            &node.endpoint(),
+            "--cluster-config",
+            cluster_config.to_str().unwrap(),
+        ],
+    ));
     store
 }
 
