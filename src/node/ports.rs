@@ -2,15 +2,16 @@
 //! network namespace cpr runs in) and `<pid>/fd` (which process holds a socket). kubeadm's
 //! `PortOpenCheck` listens on `:port`, so a listener on any address fails it.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
 
 /// The socket state `LISTEN` in /proc/net/tcp (include/net/tcp_states.h: TCP_LISTEN = 10).
 const LISTEN: &str = "0A";
 
-/// Inodes of the sockets listening on TCP `port`, any address, IPv4 or IPv6.
-pub fn listeners(proc: &Path, port: u16) -> Vec<u64> {
-    let mut inodes = Vec::new();
+/// Inodes of the listening TCP sockets by port, any address, IPv4 or IPv6: both tables read once.
+pub fn listening(proc: &Path) -> HashMap<u16, Vec<u64>> {
+    let mut by_port: HashMap<u16, Vec<u64>> = HashMap::new();
     for table in ["net/tcp", "net/tcp6"] {
         let Ok(text) = fs::read_to_string(proc.join(table)) else {
             continue;
@@ -24,14 +25,17 @@ pub fn listeners(proc: &Path, port: u16) -> Vec<u64> {
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if local_port == Some(port) {
-                if let Ok(inode) = fields[9].parse() {
-                    inodes.push(inode);
-                }
+            if let (Some(port), Ok(inode)) = (local_port, fields[9].parse()) {
+                by_port.entry(port).or_default().push(inode);
             }
         }
     }
-    inodes
+    by_port
+}
+
+/// Inodes of the sockets listening on TCP `port`, any address, IPv4 or IPv6.
+fn listeners(proc: &Path, port: u16) -> Vec<u64> {
+    listening(proc).remove(&port).unwrap_or_default()
 }
 
 /// Whether anything listens on TCP `port`.
@@ -40,7 +44,7 @@ pub fn in_use(proc: &Path, port: u16) -> bool {
 }
 
 /// `name (pid N)` of every process holding one of `inodes`, for an operator to stop.
-pub fn holders(proc: &Path, inodes: &[u64]) -> Vec<String> {
+fn holders(proc: &Path, inodes: &[u64]) -> Vec<String> {
     let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
     let mut found = Vec::new();
     for entry in fs::read_dir(proc).into_iter().flatten().flatten() {
@@ -62,13 +66,13 @@ pub fn holders(proc: &Path, inodes: &[u64]) -> Vec<String> {
     found
 }
 
-/// Who listens on `port`, in words: `etcd (pid 42)`, or why cpr cannot say.
-pub fn describe_holder(proc: &Path, port: u16) -> String {
-    let inodes = listeners(proc, port);
+/// Who listens on `port` through the sockets `inodes` (as `listening` read them), in words:
+/// `etcd (pid 42)`, or why cpr cannot say.
+pub fn describe_holder(proc: &Path, port: u16, inodes: &[u64]) -> String {
     if inodes.is_empty() {
         return "nothing any more".to_string();
     }
-    let holders = holders(proc, &inodes);
+    let holders = holders(proc, inodes);
     if !holders.is_empty() {
         holders.join(", ")
     } else if in_use(proc, port) {
@@ -120,8 +124,9 @@ mod tests {
     #[test]
     fn the_holder_is_named_by_its_process() {
         let proc = fake_proc();
-        assert_eq!(describe_holder(proc.path(), 2379), "etcd (pid 77)");
-        assert!(describe_holder(proc.path(), 10250).contains("cannot see"));
-        assert_eq!(describe_holder(proc.path(), 6443), "nothing any more");
+        let describe = |port| describe_holder(proc.path(), port, &listeners(proc.path(), port));
+        assert_eq!(describe(2379), "etcd (pid 77)");
+        assert!(describe(10250).contains("cannot see"));
+        assert_eq!(describe(6443), "nothing any more");
     }
 }

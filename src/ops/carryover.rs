@@ -382,7 +382,7 @@ pub(super) fn config_map_data(value: &[u8], data_key: &str) -> Result<Option<Str
 /// The operator's kubelet flags in kubeadm-flags.env: `KUBELET_KUBEADM_ARGS="--a=b --c=d"` as
 /// flags.go writes it (`%s=%q` of the `--name=value` list that `ArgumentsToCommand` builds), minus
 /// [`KUBEADM_WRITTEN_FLAGS`]. Other lines (comments, other variables) are ignored.
-pub fn kubelet_extra_args(text: &str) -> Result<Vec<(String, String)>, String> {
+fn kubelet_extra_args(text: &str) -> Result<Vec<(String, String)>, String> {
     let Some(line) = text.lines().find_map(|l| {
         l.trim()
             .strip_prefix(KUBELET_ARGS_VARIABLE)

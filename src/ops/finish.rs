@@ -699,25 +699,31 @@ fn wait_for_ports(
     advice: &str,
 ) -> Result<(), Error> {
     let mut logged = false;
-    while let Some(&(port, component)) = ports.iter().find(|(p, _)| ports::in_use(proc, *p)) {
+    loop {
+        let listening = ports::listening(proc);
+        let Some((&(port, component), inodes)) = ports
+            .iter()
+            .find_map(|p| listening.get(&p.0).map(|inodes| (p, inodes)))
+        else {
+            return Ok(());
+        };
         if Instant::now() >= deadline {
             return Err(Error::PortInUse {
                 port,
                 component: component.to_string(),
-                holder: ports::describe_holder(proc, port),
+                holder: ports::describe_holder(proc, port, inodes),
                 advice: advice.to_string(),
             });
         }
         if !logged {
             log::info!(
                 "finish: waiting for port {port} ({component}, held by {}) to free for kubeadm's preflight",
-                ports::describe_holder(proc, port)
+                ports::describe_holder(proc, port, inodes)
             );
             logged = true;
         }
         std::thread::sleep(PORT_POLL);
     }
-    Ok(())
 }
 
 fn restart_kubelet(request: &FinishRequest) -> Result<(), Error> {
