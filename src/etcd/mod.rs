@@ -16,7 +16,7 @@ pub mod snap;
 pub mod status;
 pub mod wal;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use client::ClientError;
 pub use member::{cluster_id, member_id, Cluster, Member};
@@ -24,6 +24,11 @@ pub use restore::{
     ensure_not_in_use, restore_from_file, restore_from_reader, RestoreOptions, Restored,
 };
 pub use status::{snapshot_status, Status};
+
+/// Where etcd keeps its bbolt db below the data dir `data_dir`.
+pub fn db_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("member/snap/db")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -74,7 +74,7 @@ pub struct Restored {
 
 /// Refuses when an etcd process holds the db of `data_dir` (bbolt takes an flock on it).
 pub fn ensure_not_in_use(data_dir: &Path) -> Result<(), Error> {
-    let db = data_dir.join("member/snap/db");
+    let db = super::db_path(data_dir);
     match File::open(&db) {
         Ok(f) => lock_shared(f, &db).map(drop),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),

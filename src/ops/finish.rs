@@ -27,8 +27,6 @@ use crate::node::{ports, StaticPod};
 const KUBEADM_CONFIG: &str = "kubeadm-init.yaml";
 /// What this recovery carries into `kubeadm init`, read once from the restored etcd db before init.
 const CARRYOVER_FILE: &str = "carryover.json";
-/// Where etcd keeps its bbolt db below the data dir.
-const ETCD_DB: &str = "member/snap/db";
 /// kubeadm's own manifests, kept where kubelet does not look, when the backup's version replaces them.
 const GENERATED_DIR: &str = "kubeadm-generated";
 const KUBEADM_MANIFESTS: [&str; 4] = [
@@ -263,7 +261,7 @@ fn carryover(layout: &Layout, manifest: &Manifest, state: &State) -> Result<Carr
         .data_dir
         .as_deref()
         .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
-    let db = layout.path(data_dir).join(ETCD_DB);
+    let db = crate::etcd::db_path(&layout.path(data_dir));
     let bundle_dir = staged_bundle_dir(layout);
     // kube-apiserver's --etcd-prefix in the backed-up manifest; kubeadm never sets one.
     let apiserver = bundle_dir.join(layout::APISERVER_MANIFEST);
