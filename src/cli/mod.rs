@@ -20,12 +20,17 @@ pub mod list;
 pub mod prune;
 pub mod restore;
 pub mod verify;
+pub mod version;
 
 #[derive(FromArgs, Debug)]
 /// cpr backs up a kubeadm control-plane node and restores a replacement node from the backup.
 pub struct Cpr {
+    /// print the version, git commit, build date, target and features (as cpr version does)
+    #[argh(switch)]
+    pub version: bool,
+    /// optional so that `cpr --version` parses without one; `run` requires it otherwise
     #[argh(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(FromArgs, Debug)]
@@ -42,10 +47,28 @@ pub enum Command {
     Check(check::CheckCmd),
     Init(init::InitCmd),
     Keygen(keygen::KeygenCmd),
+    Version(version::VersionCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
-    match cpr.command {
+    let command = match (cpr.version, cpr.command) {
+        (true, None) => Command::Version(version::VersionCmd {
+            output: Output::Text,
+        }),
+        (true, Some(_)) => {
+            return Err(Error::Usage(
+                "--version takes no command; run cpr --version, or cpr version --output json"
+                    .into(),
+            ))
+        }
+        (false, Some(command)) => command,
+        (false, None) => {
+            return Err(Error::Usage(
+                "no command given; run cpr --help for the list".into(),
+            ))
+        }
+    };
+    match command {
         Command::Backup(cmd) => backup::run(cmd),
         Command::Restore(cmd) => restore::run(cmd),
         Command::Finish(cmd) => finish::run(cmd),
@@ -57,6 +80,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Check(cmd) => check::run(cmd),
         Command::Init(cmd) => init::run(cmd),
         Command::Keygen(cmd) => keygen::run(cmd),
+        Command::Version(cmd) => version::run(cmd),
     }
 }
 
