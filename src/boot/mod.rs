@@ -9,6 +9,7 @@ mod modules;
 mod net;
 pub mod phase1;
 mod root;
+mod secure_boot;
 
 use std::ffi::CString;
 use std::io;
@@ -190,6 +191,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         example: "LABEL=name, UUID=uuid or /dev/name (the disk to restore onto)",
     })?;
     let mut modules = Modules::open(root);
+    secure_boot::report(host, root, &mut modules);
     let tried = modules.load_for_devices(host, root);
     log::info!(
         "modules: {tried} tried for the devices present ({} ms)",

@@ -118,7 +118,16 @@ impl Modules {
             tried += self.load(host, dep);
         }
         match host.load_module(&self.dir.join(&path)) {
-            Ok(()) => log::debug!("modules: loaded {module}"),
+            // Shown by default: under Secure Boot lockdown this is the proof that signed drivers load.
+            Ok(()) => log::info!("modules: loaded {module}"),
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(nix::libc::EKEYREJECTED | nix::libc::ENOKEY)
+                ) =>
+            {
+                log::warn!("modules: {module} was refused ({error}): the kernel is locked down (Secure Boot) and loads only modules signed by its vendor; build the image from the same Debian kernel package as its modules")
+            }
             // A driver whose alias matches may still find no device it supports (ENODEV); harmless.
             Err(error) => log::debug!("modules: {module} did not load: {error}"),
         }
