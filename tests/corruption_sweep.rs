@@ -83,6 +83,7 @@ impl Sweep<'_> {
                 ips: vec![NODE_IP.parse().unwrap()],
             },
             force_identity: true,
+            new_address: false,
             bump_revision: Some(1_000_000_000),
             identity: self.identity.clone(),
             verify_key: self.verify_key.clone(),

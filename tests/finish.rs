@@ -1230,3 +1230,341 @@ fn a_cluster_without_kube_proxy_gets_none_back_and_keeps_its_taints_through_v1be
     );
     assert_eq!(report["kubeadmChanges"], serde_json::json!([]), "{report}");
 }
+
+/// The replacement machine's address: the lost node had `NODE_IP` (a loopback stand-in for
+/// 10.0.1.10, where the source's real etcd ran on this host).
+const NEW_IP: &str = "10.0.1.20";
+const WORKER_IP: &str = "10.0.1.30";
+const WORKERS: [&str; 2] = ["worker0", "worker1"];
+
+/// A source cluster with two worker Nodes and Cilium's ConfigMap pinning the API server to the
+/// node's address (`k8s-service-host`), backed up with `cluster` as its ClusterConfiguration.
+fn cluster_with_workers(cluster: &str, apiserver_sans: &str) -> (KubeadmNode, tempfile::TempDir) {
+    let pinned = tempfile::NamedTempFile::new().unwrap();
+    fs::write(pinned.path(), NODE_IP).unwrap();
+    let mut objects = cluster_objects(true, &[]);
+    for worker in WORKERS {
+        objects.push((
+            format!("/registry/minions/{worker}"),
+            stored(&["--node", worker]),
+        ));
+    }
+    objects.push((
+        "/registry/configmaps/kube-system/cilium-config".to_string(),
+        stored(&[
+            "kube-system",
+            "cilium-config",
+            &format!("k8s-service-host={}", pinned.path().display()),
+        ]),
+    ));
+    backed_up_node_with(5, None, cluster, apiserver_sans, |source| {
+        for (key, value) in &objects {
+            etcdctl_put(source.etcdctl_command(), key, value);
+        }
+    })
+}
+
+/// `cpr restore --new-address --no-finish --output json` as a machine named `name` at `NEW_IP`:
+/// the restore's report.
+fn restore_onto_new_address(target: &Target, store: &Path, name: &str) -> Output {
+    let root = target.root().to_str().unwrap();
+    let args = [
+        "restore",
+        "--store",
+        store.to_str().unwrap(),
+        "--root",
+        root,
+        "--node",
+        NODE_NAME,
+        "--hostname",
+        name,
+        "--ip",
+        NEW_IP,
+        "--new-address",
+        "--no-finish",
+        "--output",
+        "json",
+    ];
+    target.cpr(&args, &[("KUBEADM_DOUBLE_HOSTNAME", name)])
+}
+
+/// The SAN IPs of a PEM certificate, and whether `ca` signed it (openssl verify).
+fn sans_and_signer(cert: &Path, ca: &Path) -> (Vec<std::net::IpAddr>, bool) {
+    let info = cpr::node::certs::read_cert(cert).unwrap();
+    let verified = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(ca)
+        .arg(cert)
+        .output()
+        .unwrap()
+        .status
+        .success();
+    (info.ips, verified)
+}
+
+/// A GET of `path` on `server` from inside `ns` with `ca` as the only trust anchor and `kubeconfig`'s
+/// client credentials: the HTTP status, or the TLS/connection error.
+fn get_with(ns: &NetNs, server: &str, path: &str, ca: &Path, kubeconfig: &Path) -> String {
+    let config = cpr::node::kubeconfig::Kubeconfig::load(kubeconfig).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("cert.pem"), &config.client_cert_pem).unwrap();
+    fs::write(dir.path().join("key.pem"), &config.client_key_pem).unwrap();
+    let script = format!(
+        "import ssl, urllib.request\n\
+         ctx = ssl.create_default_context(cafile={ca:?})\n\
+         ctx.load_cert_chain({d:?} + '/cert.pem', {d:?} + '/key.pem')\n\
+         try:\n\
+         \x20   print(urllib.request.urlopen({url:?}, context=ctx, timeout=10).status)\n\
+         except Exception as e:\n\
+         \x20   print('error', e)",
+        ca = ca.display().to_string(),
+        d = dir.path().display().to_string(),
+        url = format!("{server}{path}"),
+    );
+    let out = ns
+        .command("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `cpr worker repoint --server SERVER --root ROOT` inside the worker's namespace (the systemctl
+/// double on PATH records the kubelet restart under ROOT).
+fn repoint(worker: &NetNs, root: &Path, server: &str) -> Output {
+    let path = format!("{}:{}", doubles().display(), std::env::var("PATH").unwrap());
+    let root = root.to_str().unwrap();
+    run_cpr(
+        worker.command(cpr_bin()),
+        &["worker", "repoint", "--server", server, "--root", root],
+        &[("PATH", path.as_str()), ("KUBEADM_DOUBLE_ROOT", root)],
+    )
+}
+
+/// The lost node had NODE_IP and the name master0; the replacement gets 10.0.1.20 and keeps the name.
+/// Before anything changes the plan names the re-issued certificates, the etcd member's new peer URL,
+/// the workers' command and Cilium's pinned address. Afterwards real etcd serves the restored data on
+/// the new address with a certificate for it signed by the restored etcd CA, the apiserver double serves
+/// a regenerated certificate that a client with the restored CA and admin credentials accepts, and a
+/// worker whose kubelet.conf names the old address follows with `cpr worker repoint` — refusing a
+/// server whose certificate another CA signed, changing nothing.
+#[test]
+fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_follow() {
+    let (source, store) = cluster_with_workers(&cluster_configuration(NODE_IP), "");
+    let target = Target::provisioned();
+    let worker = NetNs::new();
+    target
+        .ns
+        .link(&worker, &format!("{NEW_IP}/24"), &format!("{WORKER_IP}/24"));
+    let root = target.root();
+
+    let out = restore_onto_new_address(&target, store.path(), NODE_NAME);
+    let restored: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let plan = &restored["restore"]["newAddress"];
+    assert_eq!(plan["newAddress"], NEW_IP, "{plan}");
+    assert_eq!(
+        plan["etcdPeerUrl"],
+        format!("https://{NEW_IP}:{ETCD_PEER_PORT}")
+    );
+    assert_eq!(plan["etcdMember"], NODE_NAME);
+    let reissued: Vec<&str> = plan["reissuedCertificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(
+        reissued,
+        ["apiserver", "etcd/server", "etcd/peer"],
+        "{plan}"
+    );
+    assert!(
+        plan["keptCertificates"].to_string().contains("\"ca\""),
+        "{plan}"
+    );
+    let new_server = format!("https://{NEW_IP}:{APISERVER_PORT}");
+    assert_eq!(
+        plan["controlPlaneEndpoint"]["newServer"], new_server,
+        "{plan}"
+    );
+    for (i, name) in WORKERS.iter().enumerate() {
+        assert_eq!(plan["workers"][i]["node"], *name, "{plan}");
+        assert_eq!(
+            plan["workers"][i]["command"],
+            format!("cpr worker repoint --server {new_server}")
+        );
+    }
+    assert!(plan["pinnedSettings"][0]
+        .as_str()
+        .unwrap()
+        .contains("kube-system/cilium-config key k8s-service-host"));
+    assert_eq!(plan["oldNode"], Value::Null);
+    // The plan is said before the swap.
+    let log = stderr(&out);
+    assert!(
+        log.find("restore onto a new address").unwrap() < log.find("moved").unwrap_or(usize::MAX),
+        "{log}"
+    );
+
+    let kubelet = Kubelet::start(&target);
+    let report: Value =
+        serde_json::from_str(&ok(&target.finish(&["--output", "json"], &[]))).unwrap();
+    assert_eq!(
+        report["apiserver"],
+        format!("https://{NEW_IP}:{APISERVER_PORT}"),
+        "{report}"
+    );
+    let calls = log_lines(&root.join("var/log/kubeadm-double.log"));
+    let config = calls[0]["config"].as_str().unwrap();
+    assert!(
+        config.contains(&format!("advertiseAddress: {NEW_IP}"))
+            && config.contains(&format!("controlPlaneEndpoint: {NEW_IP}:{APISERVER_PORT}")),
+        "{config}"
+    );
+    assert_eq!(
+        report["readdressedCertificates"],
+        serde_json::json!(["apiserver", "etcd/server", "etcd/peer"])
+    );
+    let steps = report["newAddressSteps"].to_string();
+    for name in [
+        "kube-public/cluster-info",
+        "kube-system/kube-proxy",
+        "kube-system/kubeadm-config",
+    ] {
+        assert!(
+            steps.contains(&format!("ConfigMap {name}: names {new_server}")),
+            "{steps}"
+        );
+    }
+    // The old certificates are kept aside; the new ones name the new address, signed by the restored CAs.
+    let aside = fs::read_dir(root.join("etc/kubernetes"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-readdressed"))
+        .unwrap()
+        .path();
+    assert_eq!(
+        fs::read(aside.join("apiserver.crt")).unwrap(),
+        fs::read(source.pki("apiserver.crt")).unwrap()
+    );
+    let pki = root.join("etc/kubernetes/pki");
+    for (cert, ca) in [
+        ("apiserver.crt", "ca.crt"),
+        ("etcd/server.crt", "etcd/ca.crt"),
+        ("etcd/peer.crt", "etcd/ca.crt"),
+    ] {
+        assert_eq!(
+            fs::read(pki.join(ca)).unwrap(),
+            fs::read(source.pki(ca)).unwrap()
+        );
+        let (ips, signed) = sans_and_signer(&pki.join(cert), &source.pki(ca));
+        assert!(
+            signed && ips.contains(&NEW_IP.parse().unwrap()),
+            "{cert}: {ips:?}"
+        );
+        assert!(!ips.contains(&NODE_IP.parse().unwrap()), "{cert}: {ips:?}");
+    }
+
+    // Real etcd serves the restored data on the new address, to a client trusting the source's etcd CA.
+    let keys = run(etcdctl_tls(
+        worker.command(EtcdVersion::V3_5.etcdctl()),
+        &format!("https://{NEW_IP}:{ETCD_CLIENT_PORT}"),
+        &source.root().join("etc/kubernetes/pki"),
+    )
+    .args(["get", "--prefix", "--keys-only", "/registry/minions/"]));
+    assert!(keys.contains("/registry/minions/worker0"), "{keys}");
+    // The API server answers a client with the restored CA and the admin credentials, from the worker.
+    let admin = root.join("etc/kubernetes/admin.conf");
+    assert_eq!(
+        get_with(
+            &worker,
+            &new_server,
+            "/api/v1/nodes",
+            &source.pki("ca.crt"),
+            &admin
+        ),
+        "200"
+    );
+
+    // A worker whose kubelet.conf names the old address: a forged server is refused, nothing changes.
+    let worker_root = tempfile::tempdir().unwrap();
+    let conf = worker_root.path().join("etc/kubernetes/kubelet.conf");
+    fs::create_dir_all(conf.parent().unwrap()).unwrap();
+    fs::copy(source.root().join("etc/kubernetes/kubelet.conf"), &conf).unwrap();
+    let forged = tempfile::tempdir().unwrap();
+    run(
+        std::process::Command::new(fixtures().join("kubeadm-node")).args([
+            forged.path().to_str().unwrap(),
+            NODE_NAME,
+            NEW_IP,
+            "1",
+            "2",
+        ]),
+    );
+    let mut impostor = target
+        .ns
+        .command(doubles().join("fake-apiserver"))
+        .args(["--root", forged.path().to_str().unwrap(), "--listen"])
+        .arg(format!("{NEW_IP}:7443"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(impostor.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let before = tree_with_modes(worker_root.path());
+    let refused = repoint(
+        &worker,
+        worker_root.path(),
+        &format!("https://{NEW_IP}:7443"),
+    );
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("did not prove to be this cluster's API server")
+            && stderr(&refused).contains("Nothing was changed"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(tree_with_modes(worker_root.path()), before);
+
+    let old = fs::read(&conf).unwrap();
+    let said = ok(&repoint(&worker, worker_root.path(), &new_server));
+    assert!(said.contains(&format!("now names {new_server}")), "{said}");
+    let now = cpr::node::kubeconfig::Kubeconfig::load(&conf).unwrap();
+    assert_eq!(now.server, new_server);
+    let kept: Vec<_> = fs::read_dir(conf.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("kubelet.conf.cpr-old-")
+        })
+        .collect();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(fs::read(kept[0].path()).unwrap(), old);
+    let systemctl = log_lines(&worker_root.path().join("var/log/systemctl.log"));
+    assert!(
+        systemctl
+            .iter()
+            .any(|l| l["argv"].to_string().contains("restart")),
+        "{systemctl:?}"
+    );
+    // With the repointed kubeconfig the worker reaches the new control plane.
+    assert_eq!(
+        get_with(
+            &worker,
+            &new_server,
+            "/healthz",
+            &source.pki("ca.crt"),
+            &conf
+        ),
+        "200"
+    );
+    drop(kubelet);
+}

@@ -62,6 +62,8 @@ pub struct BootArgs {
     /// Key files inside the image, passed on to the restore.
     pub identity: Option<PathBuf>,
     pub verify_key: Option<PathBuf>,
+    /// Restore onto this machine's own address and name (`cpr.new_address=1`).
+    pub new_address: bool,
 }
 
 impl Default for BootArgs {
@@ -79,6 +81,7 @@ impl Default for BootArgs {
             init: PathBuf::from("/sbin/init"),
             identity: None,
             verify_key: None,
+            new_address: false,
         }
     }
 }
@@ -139,6 +142,20 @@ impl BootArgs {
             "init" => self.init = PathBuf::from(absolute(key, value)?),
             "identity" => self.identity = path().filter(|_| !value.is_empty()),
             "verify_key" => self.verify_key = path().filter(|_| !value.is_empty()),
+            // A bare `cpr.new_address` reads as on, as kernel boolean parameters do.
+            "new_address" => {
+                self.new_address = match value {
+                    "" | "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "use 1 to restore onto this machine's own address and name, or 0",
+                        ))
+                    }
+                }
+            }
             _ => log::warn!("kernel command line: ignoring unknown key cpr.{key}"),
         }
         Ok(())

@@ -225,6 +225,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         verify_key: args.verify_key.as_deref(),
         hostname,
         ips: vec![IpAddr::V4(network.address)],
+        new_address: args.new_address,
     })?;
     log::info!("restore: {summary}");
     let exe = std::env::current_exe().map_err(|source| Error::Target {

@@ -27,6 +27,8 @@ pub struct Phase1<'a> {
     pub verify_key: Option<&'a Path>,
     pub hostname: String,
     pub ips: Vec<IpAddr>,
+    /// `cpr.new_address=1`: restore onto this machine's own address and name.
+    pub new_address: bool,
 }
 
 /// Phase 1 of the restore into `request.sysroot`; returns a one-line summary for the console.
@@ -48,6 +50,7 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
             ips: request.ips.clone(),
         },
         force_identity: false,
+        new_address: request.new_address,
         bump_revision: Some(DEFAULT_BUMP_REVISION),
         identity: request.identity.map(Path::to_path_buf),
         verify_key: request.verify_key.map(Path::to_path_buf),

@@ -21,6 +21,7 @@ pub mod prune;
 pub mod restore;
 pub mod verify;
 pub mod version;
+pub mod worker;
 
 #[derive(FromArgs, Debug)]
 /// cpr backs up a kubeadm control-plane node and restores a replacement node from the backup.
@@ -48,6 +49,7 @@ pub enum Command {
     Init(init::InitCmd),
     Keygen(keygen::KeygenCmd),
     Version(version::VersionCmd),
+    Worker(worker::WorkerCmd),
 }
 
 pub fn run(cpr: Cpr) -> Result<(), Error> {
@@ -81,6 +83,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Init(cmd) => init::run(cmd),
         Command::Keygen(cmd) => keygen::run(cmd),
         Command::Version(cmd) => version::run(cmd),
+        Command::Worker(cmd) => worker::run(cmd),
     }
 }
 

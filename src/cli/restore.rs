@@ -8,6 +8,7 @@ use super::finish::{finish_request, FinishArgs};
 use super::{load_config, open_store, Output};
 use crate::node::identity::Machine;
 use crate::ops::finish::{describe, finish};
+use crate::ops::readdress;
 use crate::ops::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
 use crate::Error;
 
@@ -42,6 +43,10 @@ pub struct RestoreCmd {
     /// restore even when this machine's name or addresses differ from the bundle's node
     #[argh(switch)]
     pub force_identity: bool,
+    /// restore onto this machine's own address (the first --ip, or the interfaces') and name: the etcd
+    /// member and the leaf certificates naming the old ones are re-issued; prints the plan first
+    #[argh(switch)]
+    pub new_address: bool,
     /// raise the etcd revision by this much and mark older revisions compacted (default 1000000000)
     #[argh(option)]
     pub bump_revision: Option<u64>,
@@ -74,6 +79,11 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             "--bump-revision and --no-bump-revision exclude each other".to_string(),
         ));
     }
+    if cmd.new_address && cmd.force_identity {
+        return Err(Error::Usage(
+            "--new-address and --force-identity exclude each other: --new-address re-addresses the node, --force-identity restores it as it was".to_string(),
+        ));
+    }
     let (config, config_path) = load_config(cmd.config.as_deref(), &cmd.root)?;
     let store = open_store(cmd.store, &config, &config_path)?;
     let machine = Machine {
@@ -92,6 +102,7 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
         node: cmd.node,
         machine,
         force_identity: cmd.force_identity,
+        new_address: cmd.new_address,
         bump_revision: (!cmd.no_bump_revision)
             .then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
         identity: cmd.identity.or(config.restore.identity),
@@ -135,6 +146,9 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             }
             for (bundle, why) in &restored.skipped {
                 println!("  skipped {bundle}: {why}");
+            }
+            if let Some(plan) = &restored.new_address {
+                print!("{}", readdress::describe(plan));
             }
             for old in &restored.moved_aside {
                 println!("  moved aside (kept): {}", old.display());

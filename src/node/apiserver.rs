@@ -1,4 +1,5 @@
-//! kube-apiserver, reached with a kubeconfig's own credentials: readiness and a few read-only lists.
+//! kube-apiserver, reached with a kubeconfig's own credentials: readiness, a few lists, and the
+//! deletions a restore onto a new address makes.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -57,19 +58,49 @@ impl ApiServer {
         &self.server
     }
 
-    /// `GET path` → the body, or why not.
-    pub fn get(&self, path: &str) -> Result<String, String> {
+    /// `METHOD path` → the status and body; an error only when no answer came (connection, TLS: a
+    /// server whose certificate the kubeconfig's CA did not sign never answers).
+    pub fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<(reqwest::StatusCode, String), String> {
         let url = format!("{}{path}", self.server);
         rt::block_on(async {
-            let response = self.client.get(&url).send().await.map_err(|e| chain(&e))?;
+            let response = self
+                .client
+                .request(method, &url)
+                .send()
+                .await
+                .map_err(|e| chain(&e))?;
             let status = response.status();
             let body = response.text().await.map_err(|e| chain(&e))?;
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(format!("HTTP {status}: {}", body.trim()))
-            }
+            Ok((status, body))
         })
+    }
+
+    /// `GET path` → the body, or why not.
+    pub fn get(&self, path: &str) -> Result<String, String> {
+        match self.request(reqwest::Method::GET, path)? {
+            (status, body) if status.is_success() => Ok(body),
+            (status, body) => Err(format!("HTTP {status}: {}", body.trim())),
+        }
+    }
+
+    /// `DELETE path`, as `kubectl delete` sends it: whether the object was there.
+    pub fn delete(&self, path: &str) -> Result<bool, Error> {
+        let failed = |why: String| Error::ApiServer {
+            server: format!("{}{path}", self.server),
+            why,
+        };
+        match self
+            .request(reqwest::Method::DELETE, path)
+            .map_err(failed)?
+        {
+            (status, _) if status.is_success() => Ok(true),
+            (reqwest::StatusCode::NOT_FOUND, _) => Ok(false),
+            (status, body) => Err(failed(format!("HTTP {status}: {}", body.trim()))),
+        }
     }
 
     pub fn get_json(&self, path: &str) -> Result<serde_json::Value, Error> {

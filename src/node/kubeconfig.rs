@@ -32,8 +32,24 @@ impl Kubeconfig {
         Self::parse(&text, path)
     }
 
+    /// As `load`, also reading credentials the file names by path (`client-certificate:`, as a
+    /// kubelet.conf after TLS bootstrap does) from under `root`.
+    pub fn load_under(root: &Path, path: &Path) -> Result<Kubeconfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse_with(&text, path, Some(root))
+    }
+
     /// Reads the current context's cluster and user (the first of each when there is no context).
     pub fn parse(text: &str, path: &Path) -> Result<Kubeconfig, Error> {
+        Self::parse_with(text, path, None)
+    }
+
+    /// `parse`; with `root`, a credential given as a file (`certificate-authority`, `client-key`, …)
+    /// instead of embedded data is read from that path under `root`.
+    fn parse_with(text: &str, path: &Path, root: Option<&Path>) -> Result<Kubeconfig, Error> {
         let invalid = |why: &str| Error::Kubeconfig {
             path: path.to_path_buf(),
             why: why.to_string(),
@@ -57,6 +73,13 @@ impl Kubeconfig {
             pick("clusters", "cluster", "cluster").ok_or_else(|| invalid("no cluster"))?;
         let user = pick("users", "user", "user").ok_or_else(|| invalid("no user"))?;
         let data = |item: &Value, key: &str| -> Result<Vec<u8>, Error> {
+            let file = item
+                .get(key.trim_end_matches("-data"))
+                .and_then(Value::as_str);
+            if let (None, Some(root), Some(file)) = (item.get(key), root, file) {
+                let file = root.join(file.trim_start_matches('/'));
+                return std::fs::read(&file).map_err(|source| Error::Read { path: file, source });
+            }
             let text = item.get(key).and_then(Value::as_str).ok_or_else(|| {
                 invalid(&format!(
                     "no {key} (cpr reads kubeadm's embedded credentials)"

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::k8s::{self, Resource, Taint};
 use crate::node::layout;
+use crate::node::StaticPod;
 
 pub(super) const KUBE_SYSTEM: &str = "kube-system";
 /// k8s.io/kubernetes cmd/kubeadm/app/constants: `KubeProxyConfigMap`, `KubeProxyConfigMapKey`.
@@ -428,6 +429,23 @@ fn kubelet_extra_args(text: &str) -> Result<Vec<(String, String)>, String> {
         }
     }
     Ok(args)
+}
+
+/// kube-apiserver's `--etcd-prefix` in the backed-up manifest under `bundle_dir` (kubeadm never sets
+/// one, so kube-apiserver's default when the manifest does not say).
+pub fn etcd_prefix(bundle_dir: &Path) -> String {
+    let apiserver = bundle_dir.join(layout::APISERVER_MANIFEST);
+    match StaticPod::load(&apiserver) {
+        Ok(pod) => pod.flag("etcd-prefix").map(str::to_string),
+        Err(e) => {
+            log::warn!(
+                "reading --etcd-prefix from the backed-up kube-apiserver manifest: {e}; using {}",
+                layout::DEFAULT_ETCD_PREFIX
+            );
+            None
+        }
+    }
+    .unwrap_or_else(|| layout::DEFAULT_ETCD_PREFIX.to_string())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::backup::{client_endpoint, client_tls};
 use super::carryover::{self, Carryover};
 use super::check::CERT_WARN_DAYS;
+use super::readdress;
 use super::restore::{staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
 use super::Error;
@@ -39,8 +40,6 @@ const DEFAULT_BIND_PORT: u16 = 6443;
 /// The machine's /proc, whatever `--root` is: ports belong to the network namespace cpr runs in.
 const PROC: &str = "/proc";
 const PORT_POLL: Duration = Duration::from_millis(200);
-/// Where restored leaf certificates that kubeadm has to regenerate are kept: `<pki>.cpr-old-<stamp>-expired`.
-const EXPIRED_SUFFIX: &str = "-expired";
 
 pub struct FinishRequest {
     pub root: PathBuf,
@@ -67,6 +66,12 @@ pub struct FinishReport {
     /// Restored leaf certificates (as `etcd/server`) that had expired or were about to, moved aside so
     /// that kubeadm signed new ones with the restored CAs.
     pub regenerated_certificates: Vec<String>,
+    /// Restored leaf certificates that named the lost node's address or name, moved aside so that
+    /// kubeadm signed new ones for the new address (`--new-address`).
+    pub readdressed_certificates: Vec<String>,
+    /// The plan of a restore onto a new address, and what was done for it once the control plane was up.
+    pub new_address: Option<readdress::Plan>,
+    pub new_address_steps: Vec<String>,
     /// What `kubeadm init` was given from the backup besides the ClusterConfiguration.
     pub carried_over: Option<CarriedOver>,
     /// What kubeadm changed compared with the backup (ConfigMaps, addons, the Node's taints), read from
@@ -99,7 +104,7 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
             bundle: state.bundle.clone(),
             already_done: true,
             moved_aside: state.moved_aside.clone(),
-            regenerated_certificates: regenerated(&layout, &state),
+            regenerated_certificates: regenerated(&layout, &state, Reissue::Expiring),
             ..FinishReport::default()
         });
     }
@@ -114,6 +119,11 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         restart_kubelet(request)?;
     }
     let mut report = health(request, &layout)?;
+    if let Some(moved) = &state.new_address {
+        report.new_address_steps = after_new_address(&layout, moved);
+        report.readdressed_certificates = regenerated(&layout, &state, Reissue::Readdressed);
+        report.new_address = Some(moved.clone());
+    }
     let carried = load_carryover(&layout, &state);
     if let Some(carried) = &carried {
         report.kubeadm_changes = kubeadm_changes(&layout, carried);
@@ -127,7 +137,7 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     report.moved_aside = state.moved_aside.clone();
     report.kubeconfigs = kubeconfigs;
     report.static_pods = static_pods;
-    report.regenerated_certificates = regenerated(&layout, &state);
+    report.regenerated_certificates = regenerated(&layout, &state, Reissue::Expiring);
     Ok(report)
 }
 
@@ -139,8 +149,28 @@ fn init(
 ) -> Result<(), Error> {
     // Checks first: a refusal leaves every file as it was.
     let prepared = prepare(request, layout, manifest, state, true)?;
-    let expiring = expiring_leaves(layout, time::OffsetDateTime::now_utc())?;
-    move_aside_expiring_leaves(layout, state, &expiring)?;
+    let expiring: Vec<(String, String)> = expiring_leaves(layout, time::OffsetDateTime::now_utc())?
+        .into_iter()
+        .map(|leaf| (leaf.name, format!("expires {}", leaf.not_after)))
+        .collect();
+    move_aside_leaves(layout, state, Reissue::Expiring, &expiring)?;
+    if let Some(moved) = state.new_address.clone() {
+        let readdressed: Vec<(String, String)> = moved
+            .reissued_certificates
+            .iter()
+            .map(|leaf| {
+                (
+                    leaf.clone(),
+                    format!(
+                        "names the lost node ({} / {})",
+                        moved.old_name, moved.old_address
+                    ),
+                )
+            })
+            .collect();
+        move_aside_leaves(layout, state, Reissue::Readdressed, &readdressed)?;
+        move_aside_old_kubeconfigs(layout, state, &moved)?;
+    }
     move_aside_stale_manifests(layout, state)?;
     free_preflight_ports(request, prepared.bind_port)?;
     restore_static_pods(layout, StaticPods::Custom)?;
@@ -263,16 +293,7 @@ fn carryover(layout: &Layout, manifest: &Manifest, state: &State) -> Result<Carr
         .unwrap_or(layout::DEFAULT_ETCD_DATA_DIR);
     let db = crate::etcd::db_path(&layout.path(data_dir));
     let bundle_dir = staged_bundle_dir(layout);
-    // kube-apiserver's --etcd-prefix in the backed-up manifest; kubeadm never sets one.
-    let apiserver = bundle_dir.join(layout::APISERVER_MANIFEST);
-    let etcd_prefix = match StaticPod::load(&apiserver) {
-        Ok(pod) => pod.flag("etcd-prefix").map(str::to_string),
-        Err(e) => {
-            log::warn!("finish: reading --etcd-prefix from the backed-up kube-apiserver manifest: {e}; using {}", layout::DEFAULT_ETCD_PREFIX);
-            None
-        }
-    }
-    .unwrap_or_else(|| layout::DEFAULT_ETCD_PREFIX.to_string());
+    let etcd_prefix = carryover::etcd_prefix(&bundle_dir);
     log::info!(
         "finish: reading the cluster's kubelet and kube-proxy settings, addons and the node's taints from {} (keys under {etcd_prefix})",
         db.display()
@@ -360,8 +381,16 @@ fn prepare(
         Err(e) => return Err(e),
     };
     let facts = &carried.carryover;
+    let (name, address, cluster) = match &state.new_address {
+        Some(moved) => (
+            moved.new_name.clone(),
+            moved.new_address,
+            readdress::cluster_configuration(&cluster, moved, &origin)?,
+        ),
+        None => (manifest.node.name.clone(), address, cluster),
+    };
     let node = InitNode {
-        name: manifest.node.name.clone(),
+        name,
         advertise_address: address,
         bind_port,
         cri_socket: manifest.node.cri_socket.clone(),
@@ -433,25 +462,43 @@ fn expiring_leaves(layout: &Layout, now: time::OffsetDateTime) -> Result<Vec<Exp
     Ok(leaves)
 }
 
-/// Moves each expiring leaf's `.crt` and `.key` into `<pki>.cpr-old-<stamp>-expired/` (kept, never
-/// deleted), so that `kubeadm init` signs new ones with the restored CA. Each destination is recorded
-/// in the state before its rename: a run killed in between finds the file still expiring and moves it
-/// then. The key goes first, so a `.crt` left behind is still seen as expiring.
-fn move_aside_expiring_leaves(
+/// Why restored leaf certificates are moved aside for kubeadm to sign new ones with the restored CAs;
+/// they are kept in `<pki>.cpr-old-<stamp><suffix>/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reissue {
+    /// Expired, or expiring within `cpr check`'s window.
+    Expiring,
+    /// Their SANs name the lost node's address or name (`--new-address`).
+    Readdressed,
+}
+
+impl Reissue {
+    fn suffix(self) -> &'static str {
+        match self {
+            Reissue::Expiring => "-expired",
+            Reissue::Readdressed => "-readdressed",
+        }
+    }
+}
+
+/// Moves each leaf's `.crt` and `.key` (`leaves`: its name and why, for the log) into the `why` dir
+/// beside pki (kept, never deleted), so that `kubeadm init` signs new ones with the restored CA. Each
+/// destination is recorded in the state before its rename: a run killed in between finds the file
+/// still there and moves it then. The key goes first, so a `.crt` left behind is still seen.
+fn move_aside_leaves(
     layout: &Layout,
     state: &mut State,
-    leaves: &[Expiry],
+    why: Reissue,
+    leaves: &[(String, String)],
 ) -> Result<(), Error> {
     let pki = layout.path(layout::PKI_DIR);
-    let aside = expired_dir(layout, state);
-    for leaf in leaves {
+    let aside = reissue_dir(layout, state, why);
+    for (name, reason) in leaves {
         log::info!(
-            "finish: the restored certificate {}.crt expires {}: moving it and its key aside for kubeadm to sign new ones with the restored CA",
-            leaf.name,
-            leaf.not_after
+            "finish: the restored certificate {name}.crt {reason}: moving it and its key aside for kubeadm to sign new ones with the restored CA"
         );
         for ext in ["key", "crt"] {
-            let relative = format!("{}.{ext}", leaf.name);
+            let relative = format!("{name}.{ext}");
             let from = pki.join(&relative);
             if !from.exists() {
                 continue;
@@ -476,22 +523,60 @@ fn move_aside_expiring_leaves(
     Ok(())
 }
 
-fn expired_dir(layout: &Layout, state: &State) -> PathBuf {
+fn reissue_dir(layout: &Layout, state: &State, why: Reissue) -> PathBuf {
     fsutil::sibling(
         &layout.path(layout::PKI_DIR),
-        &format!(".cpr-old-{}{EXPIRED_SUFFIX}", state.stamp),
+        &format!(".cpr-old-{}{}", state.stamp, why.suffix()),
     )
 }
 
-/// The leaf certificates this recovery moved aside for kubeadm to regenerate, as `etcd/server`.
-fn regenerated(layout: &Layout, state: &State) -> Vec<String> {
-    let aside = expired_dir(layout, state);
+/// The leaf certificates this recovery moved aside for kubeadm to regenerate (`why`), as `etcd/server`.
+fn regenerated(layout: &Layout, state: &State, why: Reissue) -> Vec<String> {
+    let aside = reissue_dir(layout, state, why);
     state
         .moved_aside
         .iter()
         .filter_map(|p| p.strip_prefix(&aside).ok())
         .filter_map(|p| p.to_str()?.strip_suffix(".crt").map(str::to_string))
         .collect()
+}
+
+/// kubeadm keeps an existing kubeconfig whose server differs (only a warning, phases/kubeconfig/
+/// kubeconfig.go `validateKubeConfig`): one that names the lost node's address is moved aside to
+/// `<file>.cpr-old-<stamp>` (kept) so that kubeadm writes it with the new server.
+fn move_aside_old_kubeconfigs(
+    layout: &Layout,
+    state: &mut State,
+    moved: &readdress::Plan,
+) -> Result<(), Error> {
+    let old = moved.old_address.to_string();
+    for relative in layout::KUBEADM_KUBECONFIGS {
+        let path = layout.path(relative);
+        let Ok(text) = fs::read_to_string(&path) else {
+            continue;
+        };
+        let names_old = text.lines().any(|line| {
+            line.trim_start().starts_with("server:") && readdress::names_address(line, &old)
+        });
+        if !names_old {
+            continue;
+        }
+        let aside = fsutil::sibling(&path, &format!(".cpr-old-{}", state.stamp));
+        if !state.moved_aside.contains(&aside) {
+            state.moved_aside.push(aside.clone());
+            state.save(layout)?;
+        }
+        fsutil::rename_durable(&path, &aside).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+        log::info!(
+            "finish: {} names the lost node's address {old}: moved aside to {} for kubeadm to write it anew",
+            path.display(),
+            aside.display()
+        );
+    }
+    Ok(())
 }
 
 /// kubeadm refuses to overwrite control-plane manifests (its FileAvailable checks). Ones left by an
@@ -914,14 +999,7 @@ fn wait_for_etcd(
 /// A part that cannot be read is said, never an error: the control plane is up by now.
 fn kubeadm_changes(layout: &Layout, carried: &Carried) -> Vec<String> {
     let facts = &carried.carryover;
-    let client = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))
-        .map_err(Error::from)
-        .and_then(|pod| Ok((client_endpoint(&pod)?, client_tls(layout, &pod)?)))
-        .and_then(|(endpoint, tls)| {
-            EtcdClient::connect(&endpoint, Some(&tls))
-                .map_err(|e| Error::from(crate::etcd::Error::from(e)))
-        });
-    let mut client = match client {
+    let mut client = match restored_etcd(layout) {
         Ok(client) => client,
         Err(e) => {
             return vec![format!(
@@ -1019,6 +1097,101 @@ fn kubeadm_changes(layout: &Layout, carried: &Carried) -> Vec<String> {
         }
     }
     changes
+}
+
+/// The restored etcd, through the client URL and certificates of the etcd manifest kubeadm wrote.
+fn restored_etcd(layout: &Layout) -> Result<EtcdClient, Error> {
+    let pod = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))?;
+    let (endpoint, tls) = (client_endpoint(&pod)?, client_tls(layout, &pod)?);
+    EtcdClient::connect(&endpoint, Some(&tls)).map_err(|e| crate::etcd::Error::from(e).into())
+}
+
+/// What a restore onto a new address does once the new control plane is up, as report lines: the old
+/// Node deleted through the API (`kubectl delete node`), the ConfigMaps kubeadm rewrote from the new
+/// controlPlaneEndpoint checked in etcd, and kube-proxy's pods deleted so that their DaemonSet starts
+/// them again with the new kubeconfig (kube-proxy reads it only at start). A step that fails is said
+/// with what to do, never an error: the control plane is up by now.
+fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
+    let mut lines = Vec::new();
+    let api = Kubeconfig::load(&layout.path(layout::ADMIN_CONF))
+        .and_then(|kubeconfig| ApiServer::new(&kubeconfig));
+    let api = match api {
+        Ok(api) => api,
+        Err(e) => {
+            return vec![format!(
+                "not done: reaching kube-apiserver through admin.conf failed: {e}"
+            )]
+        }
+    };
+    if let Some(old) = &moved.old_node {
+        lines.push(match api.delete(&format!("/api/v1/nodes/{old}")) {
+            Ok(true) => format!(
+                "Node {old} deleted (the lost node's; {} registers itself)",
+                moved.new_name
+            ),
+            Ok(false) => format!("Node {old} was already gone"),
+            Err(e) => format!("Node {old} NOT deleted: {e}. Run `kubectl delete node {old}`"),
+        });
+    }
+    let readdress::Endpoint::Moved { new_server, .. } = &moved.control_plane_endpoint else {
+        return lines;
+    };
+    let prefix = carryover::etcd_prefix(&staged_bundle_dir(layout));
+    match restored_etcd(layout) {
+        Ok(mut client) => {
+            for (namespace, name, data_key) in readdress::KUBEADM_WRITTEN {
+                let key = crate::k8s::Resource::ConfigMaps.key(&prefix, Some(namespace), name);
+                let entry = client
+                    .get(key.as_bytes())
+                    .map_err(|e| e.to_string())
+                    .and_then(|value| match value {
+                        Some(value) => {
+                            carryover::config_map_data(&value, data_key).map_err(|e| e.to_string())
+                        }
+                        None => Ok(None),
+                    });
+                lines.push(match entry {
+                    Ok(Some(text)) if text.contains(new_server.trim_start_matches("https://")) => {
+                        format!("ConfigMap {namespace}/{name}: names {new_server} (written by kubeadm)")
+                    }
+                    Ok(Some(_)) => format!(
+                        "ConfigMap {namespace}/{name}: its {data_key} does NOT name {new_server}; edit it (kubectl -n {namespace} edit configmap {name})"
+                    ),
+                    Ok(None) => format!("ConfigMap {namespace}/{name}: not in the cluster"),
+                    Err(e) => format!("ConfigMap {namespace}/{name}: not checked: {e}"),
+                });
+            }
+        }
+        Err(e) => lines.push(format!(
+            "ConfigMaps not checked: reading the restored etcd failed: {e}"
+        )),
+    }
+    let pods =
+        api.get_json("/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-proxy");
+    let names: Vec<String> = match pods {
+        Ok(list) => list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            // The selector again: a server that ignored it must not lose other pods.
+            .filter(|pod| pod["metadata"]["labels"]["k8s-app"] == "kube-proxy")
+            .filter_map(|pod| pod["metadata"]["name"].as_str().map(str::to_string))
+            .collect(),
+        Err(e) => {
+            lines.push(format!("kube-proxy pods not restarted: listing them failed: {e}. Run `kubectl -n kube-system delete pods -l k8s-app=kube-proxy`"));
+            return lines;
+        }
+    };
+    if names.is_empty() {
+        lines.push("kube-proxy: no pods to restart".to_string());
+    }
+    for pod in names {
+        lines.push(match api.delete(&format!("/api/v1/namespaces/kube-system/pods/{pod}")) {
+            Ok(_) => format!("kube-proxy pod {pod} deleted: its DaemonSet starts it again with the new server"),
+            Err(e) => format!("kube-proxy pod {pod} NOT restarted: {e}. Run `kubectl -n kube-system delete pod {pod}`"),
+        });
+    }
+    lines
 }
 
 /// Each setting (leaf of the YAML document `before`) whose value in `after` differs, as
@@ -1152,6 +1325,19 @@ pub fn describe(report: &FinishReport) -> String {
         out.push_str(&list(
             "what kubeadm changed compared with the backup",
             &changes,
+        ));
+    }
+    if let Some(moved) = &report.new_address {
+        for line in readdress::describe(moved).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&list(
+            "certificates re-issued by kubeadm for the new address (the old ones are kept aside)",
+            &report.readdressed_certificates,
+        ));
+        out.push_str(&list(
+            "done for the new address once the control plane was up",
+            &report.new_address_steps,
         ));
     }
     out.push_str(&list("kubeconfig installed", &paths(&report.kubeconfigs)));

@@ -6,9 +6,11 @@ pub mod check;
 pub mod finish;
 pub mod metrics;
 pub mod prune;
+pub mod readdress;
 pub mod restore;
 pub mod sealed;
 pub mod state;
+pub mod worker;
 
 use std::path::PathBuf;
 
@@ -51,8 +53,16 @@ pub enum Error {
     NoBundle { store: String, node: String },
     #[error("no bundle in {store} verified; every candidate failed:\n  {}", tried.join("\n  "))]
     NoUsableBundle { store: String, tried: Vec<String> },
-    #[error("this machine is not the node in the bundle:\n  {}\nFix the machine's name and addresses, or pass --force-identity if you know the consequences", differences.join("\n  "))]
+    #[error("this machine is not the node in the bundle:\n  {}\nGive the machine the node's name and address, or restore onto this machine's own with --new-address (boot: cpr.new_address=1): the etcd member and the certificates that name the old address or name are re-issued for the new ones, and the report says what the workers need; it prints that plan before changing anything. --force-identity restores as is, if you know the consequences", differences.join("\n  "))]
     Identity { differences: Vec<String> },
+    #[error("restoring node {node} onto a new address is refused: {why}. Nothing was changed")]
+    NewAddress { node: String, why: String },
+    #[error("cpr worker repoint, pointing {kubeconfig} at {server}: {why}")]
+    Repoint {
+        kubeconfig: PathBuf,
+        server: String,
+        why: String,
+    },
     #[error("cannot move {live} aside: {old} already exists. An earlier restore left it; move it away and run again")]
     SwapConflict { live: PathBuf, old: PathBuf },
     #[error(
@@ -122,7 +132,7 @@ impl Error {
             | Error::SwapConflict { .. }
             | Error::Metrics { .. }
             | Error::DisableUnit { .. } => 7,
-            Error::Identity { .. } => 8,
+            Error::Identity { .. } | Error::NewAddress { .. } | Error::Repoint { .. } => 8,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,
             Error::ChecksFailed { .. } => 9,

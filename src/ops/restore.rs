@@ -10,6 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use time::OffsetDateTime;
 
+use super::readdress::{self, Plan};
 use super::sealed::{self, OpenKeys, Source};
 use super::state::{self, Phase, State};
 use super::Error;
@@ -42,6 +43,8 @@ pub struct RestoreRequest<'a> {
     pub node: Option<String>,
     pub machine: Machine,
     pub force_identity: bool,
+    /// Restore onto this machine's own address and name (`--new-address`, `cpr.new_address=1`).
+    pub new_address: bool,
     /// `None` restores the revision as it was (not recommended: watch caches would stay stale).
     pub bump_revision: Option<u64>,
     /// age identity file for encrypted bundles (`--identity`, `cpr.identity=` on a recovery boot).
@@ -63,6 +66,8 @@ pub struct RestoreReport {
     pub skipped: Vec<(String, String)>,
     /// Phase 1 had already completed; nothing changed.
     pub already_done: bool,
+    /// What the restore onto a new address changes (`--new-address`).
+    pub new_address: Option<Plan>,
 }
 
 pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
@@ -93,6 +98,13 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
         clear_staging(&layout)?;
         match stage(request, &keys, &layout, name) {
             Ok((manifest, restored)) => {
+                let new_address = match plan_new_address(request, &layout, &manifest) {
+                    Ok(plan) => plan,
+                    Err(error) => {
+                        clear_staging(&layout)?;
+                        return Err(error);
+                    }
+                };
                 let state = State {
                     version: state::STATE_VERSION,
                     bundle: name.clone(),
@@ -102,6 +114,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                     revision: restored.revision,
                     bumped_revision: restored.bumped_revision,
                     moved_aside: Vec::new(),
+                    new_address,
                 };
                 log::info!(
                     "restore: {name} verified and staged (etcd revision {}, {} files)",
@@ -336,6 +349,14 @@ impl RestoreSink<'_> {
     }
 
     fn check_identity(&self, manifest: &Manifest, pki: Option<&Path>) -> Result<(), Error> {
+        if self.request.new_address {
+            let (address, _) = readdress::new_identity(&self.request.machine, manifest)?;
+            readdress::check_members(manifest, address)?;
+            return match pki {
+                Some(pki) => readdress::check_authorities(manifest, pki, OffsetDateTime::now_utc()),
+                None => Ok(()),
+            };
+        }
         let expected = Expected {
             node_name: manifest.node.name.clone(),
             hostname: manifest.node.hostname.clone(),
@@ -412,13 +433,22 @@ impl Sink for RestoreSink<'_> {
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
         let manifest = self.manifest.clone().expect("the manifest comes first");
         let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
-        if let Err(error) = self.check_identity(&manifest, Some(&pki)) {
-            return Err(self.fail(error));
-        }
+        let member = self.check_identity(&manifest, Some(&pki)).and_then(|()| {
+            self.request
+                .new_address
+                .then(|| readdress::new_identity(&self.request.machine, &manifest))
+                .transpose()
+        });
+        let member = match member {
+            Ok(member) => {
+                member.map(|(address, name)| readdress::etcd_member(&manifest, address, &name))
+            }
+            Err(error) => return Err(self.fail(error)),
+        };
         let live = data_dir(self.layout, &manifest);
         let result = ensure_not_in_use(&live)
             .and_then(|()| {
-                let options = etcd_options(&manifest, self.request.bump_revision);
+                let options = etcd_options(&manifest, member, self.request.bump_revision);
                 log::info!(
                     "restore: rebuilding the etcd data dir for member {} (peer URLs {}){}",
                     options.name,
@@ -471,11 +501,22 @@ impl Read for Halfway<'_> {
     }
 }
 
-/// The member as the backed-up node knew it. A cluster that had several members comes back as a
-/// one-member cluster (etcd's disaster-recovery procedure); the others rejoin with `kubeadm join`.
-fn etcd_options(manifest: &Manifest, bump_revision: Option<u64>) -> RestoreOptions {
-    let name = manifest.etcd.member_name.clone();
-    let peers = manifest.etcd.peer_urls.join(",");
+/// The member as the backed-up node knew it, or as `member` (name, peer URL) on a new address. A
+/// cluster that had several members comes back as a one-member cluster (etcd's disaster-recovery
+/// procedure); the others rejoin with `kubeadm join`.
+fn etcd_options(
+    manifest: &Manifest,
+    member: Option<(String, String)>,
+    bump_revision: Option<u64>,
+) -> RestoreOptions {
+    let (name, peer_urls) = match member {
+        Some((name, url)) => (name, vec![url]),
+        None => (
+            manifest.etcd.member_name.clone(),
+            manifest.etcd.peer_urls.clone(),
+        ),
+    };
+    let peers = peer_urls.join(",");
     if manifest.etcd.members.len() > 1 {
         log::warn!(
             "restore: the backup's etcd cluster had {} members; restoring {name} as a single-member cluster",
@@ -483,9 +524,7 @@ fn etcd_options(manifest: &Manifest, bump_revision: Option<u64>) -> RestoreOptio
         );
     }
     RestoreOptions {
-        initial_cluster: manifest
-            .etcd
-            .peer_urls
+        initial_cluster: peer_urls
             .iter()
             .map(|url| format!("{name}={url}"))
             .collect::<Vec<_>>()
@@ -748,5 +787,27 @@ fn report(
         moved_aside: state.moved_aside.clone(),
         skipped,
         already_done,
+        new_address: state.new_address.clone(),
     }
+}
+
+/// The plan of a restore onto a new address, from the staged bundle and etcd db; printed before the
+/// swap changes anything live.
+fn plan_new_address(
+    request: &RestoreRequest<'_>,
+    layout: &Layout,
+    manifest: &Manifest,
+) -> Result<Option<Plan>, Error> {
+    if !request.new_address {
+        return Ok(None);
+    }
+    let (address, name) = readdress::new_identity(&request.machine, manifest)?;
+    let bundle_dir = staged_bundle_dir(layout);
+    let db = crate::etcd::db_path(&etcd_target(&data_dir(layout, manifest)));
+    let prefix = super::carryover::etcd_prefix(&bundle_dir);
+    let plan = readdress::plan(manifest, address, &name, &bundle_dir, &db, &prefix)?;
+    for line in readdress::describe(&plan).lines() {
+        log::info!("restore: {line}");
+    }
+    Ok(Some(plan))
 }

@@ -39,6 +39,9 @@ pub struct State {
     /// Originals moved aside (absolute paths under the root), never deleted.
     #[serde(default)]
     pub moved_aside: Vec<PathBuf>,
+    /// A restore onto a new address (`--new-address`): what phase 2 changes for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_address: Option<super::readdress::Plan>,
 }
 
 pub fn state_dir(layout: &Layout) -> PathBuf {

@@ -1,0 +1,510 @@
+//! `cpr restore --new-address`: the replacement machine has another address (and perhaps another
+//! name) than the lost node, as a cloud or a DHCP server hands out. Planned from the verified,
+//! staged bundle before anything live changes: phase 1 restores the etcd member under the new name
+//! and peer URL; phase 2 has `kubeadm init` re-issue, from the restored CAs, every leaf certificate
+//! whose SANs name the old address or name, gives it the new advertise address, and, when the
+//! controlPlaneEndpoint was the old address, the new one (kubeadm then rewrites kubeadm-config,
+//! cluster-info and kube-proxy's kubeconfig from it); the workers repoint with `cpr worker repoint`.
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::Error;
+use crate::bundle::Manifest;
+use crate::k8s::Resource;
+use crate::node::certs::{self, read_cert, Due};
+use crate::node::identity::Machine;
+use crate::node::layout;
+
+/// kubeadm's default API server port (cmd/kubeadm/app/constants: `KubeAPIServerPort`).
+const DEFAULT_BIND_PORT: u16 = 6443;
+/// etcd's peer port when the bundle records no peer URL (cmd/kubeadm/app/constants: `EtcdListenPeerPort`).
+const DEFAULT_PEER_PORT: u16 = 2380;
+/// The subcommand a worker runs to follow the control plane to its new address.
+pub const WORKER_COMMAND: &str = "cpr worker repoint --server";
+/// ConfigMaps kubeadm itself rewrites from the new controlPlaneEndpoint (kube-system/kubeadm-config:
+/// phases/uploadconfig/uploadconfig.go; kube-public/cluster-info: phases/bootstraptoken/clusterinfo/
+/// clusterinfo.go, from admin.conf's server; kube-system/kube-proxy: phases/addons/proxy/proxy.go).
+pub const KUBEADM_WRITTEN: [(&str, &str, &str); 3] = [
+    ("kube-system", "kubeadm-config", "ClusterConfiguration"),
+    ("kube-public", "cluster-info", "kubeconfig"),
+    ("kube-system", "kube-proxy", "kubeconfig.conf"),
+];
+
+/// What a restore onto a new address changes; recorded in the state file for phase 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    pub old_address: IpAddr,
+    pub new_address: IpAddr,
+    pub old_name: String,
+    pub new_name: String,
+    /// The etcd member as the restore builds it: this node's name and its new peer URL.
+    pub etcd_member: String,
+    pub etcd_peer_url: String,
+    /// Leaf certificates (as `etcd/server`) whose SANs name the old address or name: moved aside
+    /// (kept) so that `kubeadm init` signs new ones with the restored CAs and the new SANs.
+    pub reissued_certificates: Vec<String>,
+    /// The certificate authorities, `sa.key`/`sa.pub` and the leaves that name neither, kept as they are.
+    pub kept_certificates: Vec<String>,
+    /// The kubeconfigs kubeadm writes afresh (phase 1 restores none), with the new server.
+    pub kubeconfigs: Vec<String>,
+    pub control_plane_endpoint: Endpoint,
+    /// The old Node object, removed through the API once the new control plane is up (the name changed).
+    pub old_node: Option<String>,
+    /// Every other Node of the snapshot, and what it needs.
+    pub workers: Vec<Worker>,
+    /// ConfigMap entries besides kubeadm's own that name the old address (a CNI's API server
+    /// setting, such as Cilium's `k8s-service-host` or Calico's `KUBERNETES_SERVICE_HOST`): the
+    /// operator changes them.
+    pub pinned_settings: Vec<String>,
+}
+
+/// What becomes of the address the workers and kube-proxy reach the control plane through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "change"
+)]
+pub enum Endpoint {
+    /// controlPlaneEndpoint was the old address (or unset, so kubeadm used the advertise address):
+    /// the restore gives kubeadm the new one, and every worker repoints.
+    Moved {
+        old_server: String,
+        new_server: String,
+    },
+    /// A DNS name, or an address that is not the node's (a VIP, a load balancer): nothing changes
+    /// for the workers once it leads to the new address.
+    Kept { endpoint: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    pub node: String,
+    /// The command to run on it; `None`: it needs nothing.
+    pub command: Option<String>,
+}
+
+impl Plan {
+    pub fn renamed(&self) -> bool {
+        !self.old_name.eq_ignore_ascii_case(&self.new_name)
+    }
+
+    pub fn readdressed(&self) -> bool {
+        self.old_address != self.new_address
+    }
+}
+
+/// The address and node name this machine restores the bundle's node under: the bundle's address
+/// when the machine has it, else its first address (`--ip` in the order given, `cpr.ip=`, DHCP); its
+/// hostname lowercased, as kubeadm names a node (`nodeutil.GetHostname`).
+pub fn new_identity(machine: &Machine, manifest: &Manifest) -> Result<(IpAddr, String), Error> {
+    let old = old_address(manifest)?;
+    let address = if machine.ips.contains(&old) {
+        old
+    } else {
+        *machine.ips.first().ok_or_else(|| refusal(
+            manifest,
+            "this machine has no address to restore onto (no interface is up with a global address); bring its network up, or name the address with --ip (cpr.ip= on a recovery boot)".to_string(),
+        ))?
+    };
+    let name = machine.hostname.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Err(refusal(
+            manifest,
+            "this machine has no hostname to name the node after; set one, or pass --hostname (cpr.hostname= on a recovery boot)".to_string(),
+        ));
+    }
+    Ok((address, name))
+}
+
+fn old_address(manifest: &Manifest) -> Result<IpAddr, Error> {
+    manifest
+        .node
+        .advertise_address
+        .as_deref()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| refusal(manifest, "the bundle records no advertise address for its node, so cpr cannot tell which certificates and settings name it".to_string()))
+}
+
+fn refusal(manifest: &Manifest, why: String) -> Error {
+    Error::NewAddress {
+        node: manifest.node.name.clone(),
+        why,
+    }
+}
+
+/// The refusals that need only the manifest: another member's address, and a cluster of several
+/// members (a rejoin, not a re-address).
+pub fn check_members(manifest: &Manifest, address: IpAddr) -> Result<(), Error> {
+    let others: Vec<_> = manifest
+        .etcd
+        .members
+        .iter()
+        .filter(|m| m.name != manifest.etcd.member_name)
+        .collect();
+    if let Some(member) = others.iter().find(|m| {
+        m.peer_urls
+            .iter()
+            .chain(&m.client_urls)
+            .any(|url| url_host(url) == Some(address))
+    }) {
+        return Err(refusal(
+            manifest,
+            format!(
+                "{address} is the address of etcd member {:?} ({}); two members on one address cannot both serve. Give this machine an address of its own (--ip, cpr.ip=) and restore again",
+                member.name,
+                member.peer_urls.join(", ")
+            ),
+        ));
+    }
+    if !others.is_empty() {
+        return Err(refusal(
+            manifest,
+            format!(
+                "the backup's etcd cluster has {} members ({}); --new-address restores single-member control planes only, until cpr's HA support covers re-addressing one member of several. If the other members still have quorum, remove the lost member (etcdctl member remove) and join this machine with `kubeadm join --control-plane` instead; if they are all lost, restore on a machine with the lost node's address",
+                manifest.etcd.members.len(),
+                manifest
+                    .etcd
+                    .members
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// kubeadm signs the re-issued leaves with the restored CAs: each needs its certificate and key,
+/// unexpired (`pki` is the staged copy).
+pub fn check_authorities(
+    manifest: &Manifest,
+    pki: &Path,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    for name in certs::AUTHORITIES {
+        for ext in ["crt", "key"] {
+            if !pki.join(format!("{name}.{ext}")).exists() {
+                return Err(refusal(
+                    manifest,
+                    format!(
+                        "the bundle holds no {name}.{ext} under {}: kubeadm needs the certificate authority {name} with its key to sign the re-issued certificates (an external CA cannot be re-addressed by cpr). Restore on a machine with the lost node's address, or put the CA's files into the bundle's pki",
+                        layout::PKI_DIR
+                    ),
+                ));
+            }
+        }
+        let info = read_cert(&pki.join(format!("{name}.crt")))?;
+        if certs::due(info.not_after, now, 0) == Some(Due::Expired) {
+            return Err(refusal(
+                manifest,
+                format!(
+                    "the certificate authority {name}.crt expired on {}: nothing it signs is trusted, so re-issued certificates would be useless. Rotate the CA (Kubernetes docs, \"Manual rotation of CA certificates\") and take a new backup",
+                    info.not_after.date()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The etcd member's name and peer URL on the new address (the old peer URL's scheme and port).
+pub fn etcd_member(manifest: &Manifest, address: IpAddr, name: &str) -> (String, String) {
+    let port = manifest
+        .etcd
+        .peer_urls
+        .first()
+        .and_then(|url| url.rsplit_once(':'))
+        .and_then(|(_, port)| port.trim_end_matches('/').parse().ok())
+        .unwrap_or(DEFAULT_PEER_PORT);
+    (
+        name.to_string(),
+        format!("https://{}", host_port(address, port)),
+    )
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+fn host_port(address: IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(address, port).to_string()
+}
+
+/// The host of `scheme://host[:port]/…` as an address, if it is one.
+fn url_host(url: &str) -> Option<IpAddr> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    endpoint_host(rest.split('/').next().unwrap_or_default())
+        .parse()
+        .ok()
+}
+
+/// The host of `host`, `host:port`, `[v6]` or `[v6]:port`.
+fn endpoint_host(endpoint: &str) -> &str {
+    if let Some(rest) = endpoint.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or_default();
+    }
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => host,
+        _ => endpoint,
+    }
+}
+
+/// The full plan, from the staged bundle (`bundle_dir`: its files; `db`: the staged etcd db).
+pub fn plan(
+    manifest: &Manifest,
+    address: IpAddr,
+    name: &str,
+    bundle_dir: &Path,
+    db: &Path,
+    etcd_prefix: &str,
+) -> Result<Plan, Error> {
+    let old_address = old_address(manifest)?;
+    let old_name = manifest.node.name.clone();
+    let pki = bundle_dir.join(layout::PKI_DIR);
+    let renamed = !old_name.eq_ignore_ascii_case(name);
+    let mut reissued = Vec::new();
+    let mut kept: Vec<String> = certs::AUTHORITIES.iter().map(|a| a.to_string()).collect();
+    kept.extend(["sa".to_string()]);
+    for leaf in certs::KUBEADM_LEAVES {
+        let path = pki.join(format!("{leaf}.crt"));
+        if !path.exists() {
+            continue;
+        }
+        let info = read_cert(&path)?;
+        let names_old = (old_address != address && info.covers_ip(&old_address))
+            || (renamed && info.covers_dns(&old_name));
+        if names_old {
+            reissued.push(leaf.to_string());
+        } else {
+            kept.push(leaf.to_string());
+        }
+    }
+    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
+    let endpoint = manifest.cluster.control_plane_endpoint.as_deref();
+    let control_plane_endpoint = match endpoint.filter(|e| !e.is_empty()) {
+        Some(e) if endpoint_host(e).parse::<IpAddr>().ok() != Some(old_address) => Endpoint::Kept {
+            endpoint: e.to_string(),
+        },
+        // kubeadm adds bindPort to an endpoint without one (SetClusterDynamicDefaults).
+        found => {
+            let port = found
+                .and_then(|e| e.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(bind_port);
+            Endpoint::Moved {
+                old_server: format!("https://{}", host_port(old_address, port)),
+                new_server: format!("https://{}", host_port(address, port)),
+            }
+        }
+    };
+    let (etcd_member, etcd_peer_url) = etcd_member(manifest, address, name);
+    let (workers, pinned_settings) = snapshot_facts(
+        db,
+        etcd_prefix,
+        &old_name,
+        old_address,
+        &control_plane_endpoint,
+    )?;
+    Ok(Plan {
+        old_address,
+        new_address: address,
+        old_name: old_name.clone(),
+        new_name: name.to_string(),
+        etcd_member,
+        etcd_peer_url,
+        reissued_certificates: reissued,
+        kept_certificates: kept,
+        kubeconfigs: layout::KUBEADM_KUBECONFIGS
+            .iter()
+            .map(|c| format!("/{c}"))
+            .collect(),
+        control_plane_endpoint,
+        old_node: renamed.then_some(old_name),
+        workers,
+        pinned_settings,
+    })
+}
+
+/// The other Nodes of the snapshot with what each needs, and the ConfigMap entries outside
+/// kubeadm's own that name the old address.
+fn snapshot_facts(
+    db: &Path,
+    etcd_prefix: &str,
+    node: &str,
+    old_address: IpAddr,
+    endpoint: &Endpoint,
+) -> Result<(Vec<Worker>, Vec<String>), Error> {
+    let nodes = Resource::Nodes.key(etcd_prefix, None, "");
+    let config_maps = Resource::ConfigMaps.key(etcd_prefix, None, "");
+    let values = crate::etcd::keys::current_values(db, &|key| {
+        key.starts_with(nodes.as_bytes()) || key.starts_with(config_maps.as_bytes())
+    })?;
+    let command = match endpoint {
+        Endpoint::Moved { new_server, .. } => Some(format!("{WORKER_COMMAND} {new_server}")),
+        Endpoint::Kept { .. } => None,
+    };
+    let old = old_address.to_string();
+    let mut workers = Vec::new();
+    let mut pinned = Vec::new();
+    for (key, value) in &values {
+        let key = String::from_utf8_lossy(key);
+        if let Some(name) = key.strip_prefix(nodes.as_str()) {
+            if name != node {
+                workers.push(Worker {
+                    node: name.to_string(),
+                    command: command.clone(),
+                });
+            }
+            continue;
+        }
+        let Some(path) = key.strip_prefix(config_maps.as_str()) else {
+            continue;
+        };
+        let kubeadms = KUBEADM_WRITTEN
+            .iter()
+            .any(|(ns, name, _)| path == format!("{ns}/{name}"));
+        if kubeadms {
+            continue;
+        }
+        // An object cpr cannot read (encrypted at rest) cannot be searched; kubeadm's are above.
+        let Ok(map) = crate::k8s::config_map(value) else {
+            continue;
+        };
+        for (entry, text) in &map.data {
+            if names_address(text, &old) {
+                pinned.push(format!(
+                    "ConfigMap {}/{} key {entry} names {old}",
+                    map.namespace, map.name
+                ));
+            }
+        }
+    }
+    Ok((workers, pinned))
+}
+
+/// `text` names `address` as a whole token (10.0.1.1 is not in 10.0.1.10).
+pub fn names_address(text: &str, address: &str) -> bool {
+    text.match_indices(address).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + address.len()..].chars().next();
+        let part = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
+        !part(before) && !part(after)
+    })
+}
+
+/// The backed-up ClusterConfiguration for `kubeadm init` on the new address: a controlPlaneEndpoint
+/// that was the old address becomes the new one, so kubeadm writes the new server into admin.conf,
+/// kubelet.conf, cluster-info and kube-proxy's kubeconfig alike, and into the apiserver certificate.
+pub fn cluster_configuration(yaml: &str, plan: &Plan, origin: &str) -> Result<String, Error> {
+    let Endpoint::Moved { new_server, .. } = &plan.control_plane_endpoint else {
+        return Ok(yaml.to_string());
+    };
+    let mut doc: serde_norway::Value =
+        serde_norway::from_str(yaml).map_err(|e| crate::node::Error::KubeadmConfig {
+            key: origin.to_string(),
+            why: format!("the ClusterConfiguration is not valid YAML: {e}"),
+        })?;
+    let had_endpoint = doc
+        .get("controlPlaneEndpoint")
+        .and_then(serde_norway::Value::as_str)
+        .is_some_and(|e| !e.is_empty());
+    if !had_endpoint {
+        return Ok(yaml.to_string());
+    }
+    doc["controlPlaneEndpoint"] =
+        serde_norway::Value::from(new_server.trim_start_matches("https://"));
+    Ok(serde_norway::to_string(&doc).expect("YAML values serialize"))
+}
+
+/// The plan as an operator reads it before anything changes (and in the report).
+pub fn describe(plan: &Plan) -> String {
+    let mut out = format!(
+        "restore onto a new address: node {} at {} becomes {} at {}\n",
+        plan.old_name, plan.old_address, plan.new_name, plan.new_address
+    );
+    let mut line = |text: String| {
+        out.push_str("  ");
+        out.push_str(&text);
+        out.push('\n');
+    };
+    line(format!(
+        "etcd member: {} with peer URL {} (the restored data, a one-member cluster)",
+        plan.etcd_member, plan.etcd_peer_url
+    ));
+    line(format!(
+        "certificates re-issued by kubeadm init from the restored CAs (the old ones kept aside): {}",
+        list(&plan.reissued_certificates)
+    ));
+    line(format!(
+        "certificates kept: {}",
+        list(&plan.kept_certificates)
+    ));
+    line(format!(
+        "kubeconfigs written by kubeadm with the new server: {}",
+        plan.kubeconfigs.join(", ")
+    ));
+    line(match &plan.old_node {
+        Some(old) => format!(
+            "Node {old}: deleted through the API once the new control plane is up; the kubelet registers {}",
+            plan.new_name
+        ),
+        None => format!("Node {}: kept (same name)", plan.old_name),
+    });
+    match &plan.control_plane_endpoint {
+        Endpoint::Moved {
+            old_server,
+            new_server,
+        } => {
+            line(format!(
+                "controlPlaneEndpoint {old_server} becomes {new_server}; kubeadm rewrites kubeadm-config, cluster-info and kube-proxy's kubeconfig from it, and cpr restarts the kube-proxy pods"
+            ));
+            if plan.workers.is_empty() {
+                line("workers: none in the backup".to_string());
+            }
+            for worker in &plan.workers {
+                line(format!(
+                    "worker {}: run `{}` on it",
+                    worker.node,
+                    worker.command.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        Endpoint::Kept { endpoint } => line(format!(
+            "controlPlaneEndpoint {endpoint} is kept: point it (its DNS record or load balancer) at {}; workers need nothing",
+            plan.new_address
+        )),
+    }
+    for pinned in &plan.pinned_settings {
+        line(format!("change by hand: {pinned}"));
+    }
+    out
+}
+
+fn list(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_hosts_and_whole_addresses() {
+        assert_eq!(endpoint_host("10.0.1.10:6443"), "10.0.1.10");
+        assert_eq!(endpoint_host("[fd00::10]:6443"), "fd00::10");
+        assert_eq!(endpoint_host("api.example.org"), "api.example.org");
+        assert_eq!(url_host("https://10.0.1.11:2380"), "10.0.1.11".parse().ok());
+        assert!(names_address("server: https://10.0.1.10:6443", "10.0.1.10"));
+        assert!(!names_address("10.0.1.100", "10.0.1.10"));
+        assert!(!names_address("110.0.1.10", "10.0.1.10"));
+    }
+}
