@@ -38,3 +38,31 @@ kernel_dir() {
 kernel_version() {
   basename "$(ls -d "$1"/lib/modules/* | head -1)"
 }
+
+# Debian's Secure Boot chain, extracted under the cache: prints the directory, which holds
+# usr/lib/shim/{shim,mm}x64.efi.signed (shim and MokManager, signed by Microsoft's UEFI CA) and
+# usr/lib/grub/x86_64-efi-signed/{gcd,grubnet}x64.efi.signed (Debian-signed monolithic GRUB images for
+# CD and network boot). The directory is named after the packages' versions, so an update downloads anew.
+signed_chain_dir() {
+  local cache packages=(shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed) versions dir deb
+  cache=$(image_cache)
+  versions=$(apt-cache show --no-all-versions "${packages[@]}" 2>/dev/null | awk '/^Version:/ { printf "%s%s", sep, $2; sep = "_" }')
+  if [ -z "$versions" ]; then
+    echo "image: apt-cache knows no ${packages[*]}; run apt-get update" >&2
+    return 1
+  fi
+  dir=$cache/signed-chain-${versions//[~:+]/-}
+  if [ ! -f "$dir/.complete" ]; then
+    echo "image: downloading ${packages[*]}" >&2
+    rm -rf "$dir" "$dir.tmp"
+    mkdir -p "$dir.tmp"
+    (cd "$dir.tmp" && apt-get download -qq "${packages[@]}" >&2)
+    for deb in "$dir.tmp"/*.deb; do
+      dpkg-deb -x "$deb" "$dir.tmp/root"
+    done
+    mv "$dir.tmp/root" "$dir"
+    rm -rf "$dir.tmp"
+    touch "$dir/.complete"
+  fi
+  echo "$dir"
+}

@@ -27,8 +27,11 @@ const ETCD_FILL_MB: usize = 96;
 const BOOT_TIMEOUT_SECS: u64 = 120;
 /// Debian's systemd under software emulation, and phase 2 with it.
 const SYSTEMD_BOOT_TIMEOUT_SECS: u64 = 600;
-/// UEFI firmware for QEMU, from Debian's ovmf package.
-const OVMF: &str = "/usr/share/ovmf/OVMF.fd";
+/// UEFI firmware for QEMU, from Debian's ovmf package: the Secure Boot build (it needs SMM), whose
+/// variable store decides whether Secure Boot is enforced (Microsoft's keys enrolled) or off (none).
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+const OVMF_VARS_MICROSOFT_KEYS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
+const OVMF_VARS_NO_KEYS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// What `cpr restore` adds to the etcd revision by default.
 const BUMP: i64 = 1_000_000_000;
 
@@ -223,13 +226,35 @@ fn debugfs_write(disk: &Path, requests: &[String]) {
 enum Medium {
     Direct,
     Iso,
-    /// The same ISO on a UEFI machine (OVMF): GRUB instead of isolinux.
-    UefiIso,
+    /// The same ISO on a UEFI machine (OVMF): shim, Debian's signed GRUB and kernel instead of
+    /// isolinux.
+    UefiIso(SecureBoot),
+    /// The ISO written to a USB stick (isohybrid: the firmware boots the GPT's EFI partition).
+    UefiUsbStick(SecureBoot),
+    /// UEFI network boot from slirp's TFTP server: the firmware's own PXE fetches shimx64.efi from
+    /// image/build-pxe's output.
+    UefiPxe(SecureBoot),
     /// Network boot from slirp's TFTP server: this boot file, from image/build-pxe's output.
     Pxe(&'static str),
     /// No recovery medium: the machine boots the OS on its disk (Debian's own kernel and initrd, as
     /// a firmware loading them from the disk would).
     OwnOs,
+}
+
+/// The UEFI machine's Secure Boot setting: the same firmware either way.
+#[derive(Clone, Copy)]
+enum SecureBoot {
+    Enforcing,
+    Off,
+}
+
+/// The signed file of the ISO in which a test changes one byte of code.
+#[derive(Clone, Copy)]
+enum Tampered {
+    /// EFI/BOOT/grubx64.efi in the ISO's EFI image: shim must refuse it.
+    Grub,
+    /// /boot/vmlinuz: GRUB (through shim) must refuse it.
+    Kernel,
 }
 
 /// The replacement machine's disk at power-on.
@@ -259,6 +284,11 @@ struct Boot {
     typing: Option<&'static str>,
     /// debugfs requests applied to the disk before power-on (what the test changes on the machine).
     prepare: Vec<String>,
+    /// One byte of this file's code changed in the ISO before power-on.
+    tampered: Option<Tampered>,
+    /// Power the VM off once a console line holds this: firmware that refused to boot waits for a
+    /// key press forever.
+    stop_at: Option<&'static str>,
 }
 
 impl Boot {
@@ -272,6 +302,8 @@ impl Boot {
             dhcp_start: None,
             typing: None,
             prepare: Vec::new(),
+            tampered: None,
+            stop_at: None,
         }
     }
 }
@@ -409,6 +441,81 @@ fn build_image(script: &str, output: &Path, cmdline: &str) {
         .arg(cmdline));
 }
 
+/// OVMF's Secure Boot build, with a writable copy of the variable store that sets Secure Boot.
+fn uefi_firmware(qemu: &mut Command, work: &Path, secure_boot: SecureBoot) {
+    let vars = work.join("OVMF_VARS.fd");
+    let template = match secure_boot {
+        SecureBoot::Enforcing => OVMF_VARS_MICROSOFT_KEYS,
+        SecureBoot::Off => OVMF_VARS_NO_KEYS,
+    };
+    std::fs::copy(template, &vars)
+        .unwrap_or_else(|e| panic!("{template}: {e} (scripts/lib/deps.sh installs ovmf)"));
+    qemu.args(["-machine", "q35,smm=on"])
+        .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=0,file={OVMF_CODE},readonly=on"
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            vars.display()
+        ));
+}
+
+/// Changes one byte in the middle of `file`'s .text section inside the ISO: code that the
+/// Authenticode hash covers, not padding. The file is extracted from the ISO, its section found with
+/// `objdump -h`, and a window of that code found again among the ISO's bytes.
+fn tamper(iso: &Path, file: Tampered) {
+    let dir = tempfile::tempdir().unwrap();
+    let extracted = dir.path().join("signed.efi");
+    let extract = |path: &str, to: &Path| {
+        run(Command::new("xorriso")
+            .args(["-osirrox", "on", "-indev"])
+            .arg(iso)
+            .arg("-extract")
+            .arg(path)
+            .arg(to))
+    };
+    match file {
+        Tampered::Kernel => extract("/boot/vmlinuz", &extracted),
+        Tampered::Grub => {
+            let image = dir.path().join("efiboot.img");
+            extract("/boot/efiboot.img", &image);
+            run(Command::new("mcopy")
+                .arg("-i")
+                .arg(&image)
+                .arg("::/EFI/BOOT/grubx64.efi")
+                .arg(&extracted))
+        }
+    };
+    let sections = run(Command::new("objdump").arg("-h").arg(&extracted));
+    // Idx Name Size VMA LMA File-off Algn
+    let (offset, size) = sections
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|words| words.len() == 7 && words[1] == ".text")
+        .map(|words| {
+            let hex = |word: &str| usize::from_str_radix(word, 16).unwrap();
+            (hex(words[5]), hex(words[2]))
+        })
+        .unwrap_or_else(|| panic!("objdump -h shows no .text section:\n{sections}"));
+    let pe = std::fs::read(&extracted).unwrap();
+    let middle = offset + size / 2;
+    let window = &pe[middle..middle + 64];
+    assert!(
+        window.iter().filter(|&&b| b != 0).count() > 16,
+        "the middle of .text looks like padding: {window:02x?}"
+    );
+    let mut image = std::fs::read(iso).unwrap();
+    let at = image
+        .windows(window.len())
+        .position(|w| w == window)
+        .expect("the extracted file's code is not in the ISO as one piece");
+    image[at + 32] ^= 0xff;
+    std::fs::write(iso, image).unwrap();
+}
+
 fn boot(spec: Boot) -> Outcome {
     let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
     let f = fixture();
@@ -459,8 +566,20 @@ fn boot(spec: Boot) -> Outcome {
         .to_string(),
         "qemu-system-x86_64",
     ])
-    .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"])
-    .args(["-device", "virtio-net-pci,netdev=n0"]);
+    .args(["-accel", "tcg", "-m", "1024", "-nographic", "-no-reboot"]);
+    match spec.medium {
+        Medium::UefiIso(secure_boot)
+        | Medium::UefiUsbStick(secure_boot)
+        | Medium::UefiPxe(secure_boot) => {
+            uefi_firmware(&mut qemu, work.path(), secure_boot);
+            // No iPXE option ROM: a server's firmware network-boots with its own PXE, which is
+            // what shim's network boot is made for.
+            qemu.args(["-device", "virtio-net-pci,netdev=n0,romfile="]);
+        }
+        _ => {
+            qemu.args(["-device", "virtio-net-pci,netdev=n0"]);
+        }
+    }
     match spec.medium {
         Medium::Direct => {
             qemu.arg("-kernel")
@@ -470,18 +589,34 @@ fn boot(spec: Boot) -> Outcome {
                 .arg("-append")
                 .arg(&cmdline);
         }
-        Medium::Iso | Medium::UefiIso => {
+        Medium::Iso | Medium::UefiIso(_) | Medium::UefiUsbStick(_) => {
             let iso = work.path().join("recovery.iso");
             build_image("build-iso", &iso, &cmdline);
-            if matches!(spec.medium, Medium::UefiIso) {
-                qemu.args(["-bios", OVMF]);
+            if let Some(file) = spec.tampered {
+                tamper(&iso, file);
             }
-            qemu.arg("-cdrom").arg(&iso).args(["-boot", "d"]);
+            if matches!(spec.medium, Medium::UefiUsbStick(_)) {
+                qemu.args(["-device", "qemu-xhci"])
+                    .arg("-drive")
+                    .arg(format!(
+                        "if=none,id=stick,format=raw,readonly=on,file={}",
+                        iso.display()
+                    ))
+                    .args(["-device", "usb-storage,drive=stick,bootindex=0"]);
+            } else {
+                qemu.arg("-cdrom").arg(&iso).args(["-boot", "d"]);
+            }
         }
         Medium::Pxe(bootfile) => {
             let tftp = work.path().join("tftp");
             build_image("build-pxe", &tftp, &cmdline);
             netdev.push_str(&format!(",tftp={},bootfile={bootfile}", tftp.display()));
+            qemu.args(["-boot", "n"]);
+        }
+        Medium::UefiPxe(_) => {
+            let tftp = work.path().join("tftp");
+            build_image("build-pxe", &tftp, &cmdline);
+            netdev.push_str(&format!(",tftp={},bootfile=shimx64.efi", tftp.display()));
             qemu.args(["-boot", "n"]);
         }
         Medium::OwnOs => {
@@ -516,14 +651,17 @@ fn boot(spec: Boot) -> Outcome {
         });
     }
     let stdout = child.stdout.take().unwrap();
+    let (stop_at, qemu_pid) = (spec.stop_at, child.id());
     let reader = std::thread::spawn(move || {
         std::io::BufRead::split(std::io::BufReader::new(stdout), b'\n')
             .map_while(Result::ok)
             .map(|line| {
-                (
-                    started.elapsed(),
-                    String::from_utf8_lossy(&line).into_owned(),
-                )
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if stop_at.is_some_and(|marker| line.contains(marker)) {
+                    // timeout(1) passes the TERM on to QEMU, which exits at once.
+                    let _ = Command::new("kill").arg(qemu_pid.to_string()).status();
+                }
+                (started.elapsed(), line)
             })
             .collect::<Vec<_>>()
     });
@@ -635,12 +773,77 @@ fn iso_boot_restores_the_latest_bundle_and_hands_over() {
     assert_recovered(&boot(spec));
 }
 
+/// Secure Boot enforced by firmware trusting Microsoft's keys: the firmware verifies shim, shim
+/// verifies Debian's GRUB, GRUB has shim verify the kernel. The kernel runs locked down and loads
+/// only signed modules: Debian's virtio drivers load.
 #[test]
-fn uefi_iso_boot_through_grub_restores_and_hands_over() {
-    let outcome = boot(Boot::new(Medium::UefiIso));
+fn secure_boot_iso_boot_restores_under_lockdown_with_signed_drivers() {
+    let outcome = boot(Boot::new(Medium::UefiIso(SecureBoot::Enforcing)));
     assert_recovered(&outcome);
-    // isolinux never runs on UEFI machines: the standalone GRUB on the ISO's EFI image booted it.
+    // isolinux never runs on UEFI machines: the signed GRUB booted it.
     outcome.assert_console("cpr recovery (press e to edit the command line)");
+    // cpr reads the SecureBoot EFI variable and /sys/kernel/security/lockdown.
+    outcome.assert_console("secure boot: enabled (SecureBoot=1); kernel lockdown: integrity");
+    for driver in ["virtio_pci", "virtio_blk", "virtio_net"] {
+        outcome.assert_console(&format!("modules: loaded {driver}"));
+    }
+    assert!(
+        !outcome.console.contains("was refused"),
+        "a module was refused under lockdown:\n{}",
+        outcome.console
+    );
+    eprintln!(
+        "figures: Secure Boot ISO {} KiB, power-on to handoff {:.1} s, whole VM run {:.1} s",
+        std::fs::metadata(outcome.disk.path().join("recovery.iso"))
+            .unwrap()
+            .len()
+            >> 10,
+        outcome.seconds_to("handing over to /sbin/init"),
+        outcome.elapsed.as_secs_f64()
+    );
+}
+
+/// The same firmware with no keys enrolled (Secure Boot off) boots the same ISO, written to a USB
+/// stick: the signed chain is not what makes the ISO boot.
+#[test]
+fn secure_boot_off_the_iso_boots_from_a_usb_stick() {
+    let outcome = boot(Boot::new(Medium::UefiUsbStick(SecureBoot::Off)));
+    assert_recovered(&outcome);
+    outcome.assert_console("secure boot: disabled (SecureBoot=0); kernel lockdown: none");
+}
+
+/// The same firmware, Secure Boot enforcing, refuses the ISO once one byte of GRUB's or the
+/// kernel's signed code changed: shim refuses GRUB, GRUB (through shim) refuses the kernel.
+#[test]
+fn secure_boot_refuses_an_iso_whose_grub_or_kernel_changed_by_one_byte() {
+    for (file, refusal) in [
+        (
+            Tampered::Grub,
+            "Verification failed: (0x1A) Security Violation",
+        ),
+        (Tampered::Kernel, "bad shim signature"),
+    ] {
+        let mut spec = Boot::new(Medium::UefiIso(SecureBoot::Enforcing));
+        spec.tampered = Some(file);
+        spec.stop_at = Some(refusal);
+        let outcome = boot(spec);
+        outcome.assert_console(refusal);
+        assert!(
+            !outcome.console.contains("cpr:"),
+            "the tampered ISO started the kernel:\n{}",
+            outcome.console
+        );
+    }
+}
+
+/// UEFI network boot with Secure Boot enforcing: the firmware's PXE fetches shimx64.efi over TFTP,
+/// shim fetches and verifies Debian's network GRUB, which loads the signed kernel from the server.
+#[test]
+fn secure_boot_network_boot_restores() {
+    let outcome = boot(Boot::new(Medium::UefiPxe(SecureBoot::Enforcing)));
+    assert_recovered(&outcome);
+    outcome.assert_console("Fetching Netboot Image grubx64.efi");
+    outcome.assert_console("secure boot: enabled (SecureBoot=1); kernel lockdown: integrity");
 }
 
 #[test]

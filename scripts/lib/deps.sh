@@ -18,7 +18,8 @@ APT_PACKAGES=(
   cpio kmod e2fsprogs file            # initramfs archive, modprobe/depmod, ext4 disks, static check
   xorriso isolinux syslinux-common pxelinux  # the recovery ISO and the PXE files
   grub-efi-amd64-bin grub-common mtools dosfstools  # the ISO's UEFI boot (standalone GRUB on a FAT image)
-  ovmf                                # UEFI firmware for the UEFI ISO boot under QEMU
+  ovmf                                # UEFI firmware (Secure Boot build) for the UEFI boots under QEMU
+  sbsigntool                          # image/build-iso: sbverify --list, the kernel must be signed
   ca-certificates                     # the CA bundle the initramfs carries for https stores
   age minisign                        # encrypted, signed bundles opened with the reference tools
   mmdebstrap                          # image/build-target-os: the replacement machine's Debian + systemd OS
