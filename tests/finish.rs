@@ -258,6 +258,15 @@ fn backed_up_node_with(
             &format!(":{ETCD_CLIENT_PORT}"),
         );
     fs::write(&manifest, text).unwrap();
+    // kube-apiserver reaches that etcd on kubeadm's client port too.
+    let apiserver = source
+        .root()
+        .join("etc/kubernetes/manifests/kube-apiserver.yaml");
+    let text = fs::read_to_string(&apiserver).unwrap().replace(
+        &format!("127.0.0.1:{}", source.client_port),
+        &format!("127.0.0.1:{ETCD_CLIENT_PORT}"),
+    );
+    fs::write(&apiserver, text).unwrap();
     let store = backup_into_dir(&source, &cluster_config);
     source.stop_etcd();
     (source, store)
@@ -1465,6 +1474,20 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         assert!(!ips.contains(&NODE_IP.parse().unwrap()), "{cert}: {ips:?}");
     }
 
+    // The backed-up versions of kubeadm's manifests came back on the new address.
+    let manifests = root.join("etc/kubernetes/manifests");
+    let apiserver = fs::read_to_string(manifests.join("kube-apiserver.yaml")).unwrap();
+    assert!(
+        apiserver.contains(&format!("--advertise-address={NEW_IP}")),
+        "{apiserver}"
+    );
+    let etcd = fs::read_to_string(manifests.join("etcd.yaml")).unwrap();
+    assert!(
+        etcd.contains(&format!(
+            "--listen-peer-urls=https://{NEW_IP}:{ETCD_PEER_PORT}"
+        )) && !etcd.contains(NODE_IP),
+        "{etcd}"
+    );
     // Real etcd serves the restored data on the new address, to a client trusting the source's etcd CA.
     let keys = run(etcdctl_tls(
         worker.command(EtcdVersion::V3_5.etcdctl()),
@@ -1565,6 +1588,116 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
             &conf
         ),
         "200"
+    );
+    drop(kubelet);
+}
+
+/// `/etc/netns/NS/hosts`, which `ip netns exec` mounts over /etc/hosts inside NS: a DNS record for
+/// the namespace alone, removed again on drop.
+struct NetnsHosts(PathBuf);
+
+impl NetnsHosts {
+    fn new(ns: &NetNs, lines: &str) -> NetnsHosts {
+        let dir = Path::new("/etc/netns").join(ns.name());
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("hosts"), format!("127.0.0.1 localhost\n{lines}\n")).unwrap();
+        NetnsHosts(dir)
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The replacement also gets another name (master0b), and the controlPlaneEndpoint is a DNS name:
+/// the plan renames the etcd member, re-issues the certificates naming master0, keeps the endpoint
+/// and says the workers need nothing once the name leads to the new address; once the control plane
+/// is up the old Node is deleted through the API and the new one serves.
+#[test]
+fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() {
+    const ENDPOINT: &str = "cp.prod.internal";
+    const NEW_NAME: &str = "master0b";
+    let (_source, store) =
+        cluster_with_workers(&cluster_configuration(ENDPOINT), &format!("DNS:{ENDPOINT}"));
+    let target = Target::provisioned();
+    let worker = NetNs::new();
+    target
+        .ns
+        .link(&worker, &format!("{NEW_IP}/24"), &format!("{WORKER_IP}/24"));
+    let out = restore_onto_new_address(&target, store.path(), NEW_NAME);
+    let restored: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let plan = &restored["restore"]["newAddress"];
+    assert_eq!(
+        (&plan["newName"], &plan["etcdMember"], &plan["oldNode"]),
+        (
+            &Value::from(NEW_NAME),
+            &Value::from(NEW_NAME),
+            &Value::from(NODE_NAME)
+        ),
+        "{plan}"
+    );
+    assert_eq!(plan["controlPlaneEndpoint"]["change"], "kept", "{plan}");
+    assert_eq!(
+        plan["controlPlaneEndpoint"]["endpoint"],
+        format!("{ENDPOINT}:{APISERVER_PORT}")
+    );
+    assert!(plan["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["command"].is_null()));
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!(
+            "point it (its DNS record or load balancer) at {NEW_IP}"
+        )) && said.contains("workers need nothing"),
+        "{said}"
+    );
+
+    // The operator points the name at the new address, as the plan says.
+    let _dns = NetnsHosts::new(&target.ns, &format!("{NEW_IP} {ENDPOINT}"));
+    let kubelet = Kubelet::start(&target);
+    let env = [("KUBEADM_DOUBLE_HOSTNAME", NEW_NAME)];
+    let report: Value =
+        serde_json::from_str(&ok(&target.finish(&["--output", "json"], &env))).unwrap();
+    let config = log_lines(&target.root().join("var/log/kubeadm-double.log"))[0]["config"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        config.contains(&format!("name: \"{NEW_NAME}\""))
+            && config.contains(&format!("advertiseAddress: {NEW_IP}"))
+            && config.contains(&format!(
+                "controlPlaneEndpoint: {ENDPOINT}:{APISERVER_PORT}"
+            )),
+        "{config}"
+    );
+    let steps = report["newAddressSteps"].to_string();
+    assert!(
+        steps.contains(&format!("Node {NODE_NAME} deleted")),
+        "{steps}"
+    );
+    assert_eq!(
+        restored_value(&target, &format!("/registry/minions/{NODE_NAME}")),
+        None
+    );
+    assert!(restored_value(&target, &format!("/registry/minions/{NEW_NAME}")).is_some());
+    assert!(
+        report["nodes"][0].as_str().unwrap().starts_with(NEW_NAME),
+        "{report}"
+    );
+    // etcd serves the restored data as member master0b on the new address.
+    let members = run(etcdctl_tls(
+        worker.command(EtcdVersion::V3_5.etcdctl()),
+        &format!("https://{NEW_IP}:{ETCD_CLIENT_PORT}"),
+        &target.root().join("etc/kubernetes/pki"),
+    )
+    .args(["member", "list"]));
+    assert!(
+        members.contains(&format!("{NEW_NAME}, https://{NEW_IP}:{ETCD_PEER_PORT}")),
+        "{members}"
     );
     drop(kubelet);
 }

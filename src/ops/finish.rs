@@ -113,7 +113,8 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         init(request, &layout, &manifest, &mut state)?;
     }
     let kubeconfigs = install_kubeconfigs(&layout, request.sudo_user.as_deref())?;
-    let (static_pods, changed) = restore_static_pods(&layout, StaticPods::All)?;
+    let (static_pods, changed) =
+        restore_static_pods(&layout, StaticPods::All, state.new_address.as_ref())?;
     failpoint("finish:static-pods");
     if changed {
         restart_kubelet(request)?;
@@ -173,7 +174,7 @@ fn init(
     }
     move_aside_stale_manifests(layout, state)?;
     free_preflight_ports(request, prepared.bind_port)?;
-    restore_static_pods(layout, StaticPods::Custom)?;
+    restore_static_pods(layout, StaticPods::Custom, None)?;
     // Before kubeadm starts etcd on the data dir: a re-run reads this, never the changed db.
     let carried_path = state::state_dir(layout).join(CARRYOVER_FILE);
     let carried = serde_json::to_vec_pretty(&prepared.carried).expect("the carry-over serializes");
@@ -678,7 +679,12 @@ enum StaticPods {
 /// Puts the backup's static pods back: the names of those in place from the backup, and whether any
 /// file changed. kubeadm's differing version is kept under `var/lib/cpr/kubeadm-generated/`: never in
 /// the manifests dir, where kubelet would run it.
-fn restore_static_pods(layout: &Layout, which: StaticPods) -> Result<(Vec<String>, bool), Error> {
+/// On a new address (`moved`), kubeadm's own manifests come back with the new address and name.
+fn restore_static_pods(
+    layout: &Layout,
+    which: StaticPods,
+    moved: Option<&readdress::Plan>,
+) -> Result<(Vec<String>, bool), Error> {
     let staged_dir = staged_bundle_dir(layout).join(layout::MANIFESTS_DIR);
     let live_dir = layout.path(layout::MANIFESTS_DIR);
     let mut names: Vec<String> = match fs::read_dir(&staged_dir) {
@@ -708,6 +714,12 @@ fn restore_static_pods(layout: &Layout, which: StaticPods) -> Result<(Vec<String
             path: staged_dir.join(&name),
             source,
         })?;
+        let backed_up = match moved.filter(|_| kubeadms) {
+            Some(plan) => {
+                readdress::manifest(&String::from_utf8_lossy(&backed_up), plan).into_bytes()
+            }
+            None => backed_up,
+        };
         let live = live_dir.join(&name);
         match fs::read(&live) {
             Ok(generated) if generated == backed_up => {

@@ -389,12 +389,18 @@ fn snapshot_facts(
 
 /// `text` names `address` as a whole token (10.0.1.1 is not in 10.0.1.10).
 pub fn names_address(text: &str, address: &str) -> bool {
-    text.match_indices(address).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
-        let after = text[at + address.len()..].chars().next();
-        let part = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
-        !part(before) && !part(after)
-    })
+    whole_matches(text, address).next().is_some()
+}
+
+/// Where `address` stands in `text` as a whole token, not as part of a longer address or name.
+fn whole_matches<'a>(text: &'a str, address: &'a str) -> impl Iterator<Item = usize> + 'a {
+    let part = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric() || c == '.');
+    text.match_indices(address)
+        .map(|(at, _)| at)
+        .filter(move |&at| {
+            !part(text[..at].chars().next_back())
+                && !part(text[at + address.len()..].chars().next())
+        })
 }
 
 /// The backed-up ClusterConfiguration for `kubeadm init` on the new address: a controlPlaneEndpoint
@@ -419,6 +425,34 @@ pub fn cluster_configuration(yaml: &str, plan: &Plan, origin: &str) -> Result<St
     doc["controlPlaneEndpoint"] =
         serde_norway::Value::from(new_server.trim_start_matches("https://"));
     Ok(serde_norway::to_string(&doc).expect("YAML values serialize"))
+}
+
+/// A backed-up manifest of kubeadm's own static pods for the new address: the old address becomes
+/// the new one wherever it stands as a whole token (`--advertise-address`, etcd's URLs, probes), and
+/// on a rename etcd's `--name` and `--initial-cluster` member name follow; the operator's other
+/// changes (admission plugins, extra flags) stay.
+pub fn manifest(text: &str, plan: &Plan) -> String {
+    let (old, new) = (plan.old_address.to_string(), plan.new_address.to_string());
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for at in whole_matches(text, &old) {
+        out.push_str(&text[last..at]);
+        out.push_str(&new);
+        last = at + old.len();
+    }
+    let rest = &text[last..];
+    out.push_str(rest);
+    if !plan.renamed() {
+        return out;
+    }
+    out.replace(
+        &format!("--name={}\n", plan.old_name),
+        &format!("--name={}\n", plan.new_name),
+    )
+    .replace(
+        &format!("--initial-cluster={}=", plan.old_name),
+        &format!("--initial-cluster={}=", plan.new_name),
+    )
 }
 
 /// The plan as an operator reads it before anything changes (and in the report).
@@ -475,7 +509,7 @@ pub fn describe(plan: &Plan) -> String {
             }
         }
         Endpoint::Kept { endpoint } => line(format!(
-            "controlPlaneEndpoint {endpoint} is kept: point it (its DNS record or load balancer) at {}; workers need nothing",
+            "controlPlaneEndpoint {endpoint} is kept: point it (its DNS record or load balancer) at {} before phase 2 (`cpr finish`), whose kubeadm init waits for the API server through it; workers need nothing",
             plan.new_address
         )),
     }
@@ -496,6 +530,32 @@ fn list(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kubeadm_manifest_follows_the_new_address_and_name() {
+        let plan = Plan {
+            old_address: "10.0.1.10".parse().unwrap(),
+            new_address: "10.0.1.20".parse().unwrap(),
+            old_name: "master0".into(),
+            new_name: "master0b".into(),
+            etcd_member: "master0b".into(),
+            etcd_peer_url: "https://10.0.1.20:2380".into(),
+            reissued_certificates: vec![],
+            kept_certificates: vec![],
+            kubeconfigs: vec![],
+            control_plane_endpoint: Endpoint::Kept {
+                endpoint: "cp:6443".into(),
+            },
+            old_node: Some("master0".into()),
+            workers: vec![],
+            pinned_settings: vec![],
+        };
+        let text = "    - --listen-peer-urls=https://10.0.1.10:2380\n    - --name=master0\n    - --initial-cluster=master0=https://10.0.1.10:2380\n    - --other=10.0.1.100\n";
+        assert_eq!(
+            manifest(text, &plan),
+            "    - --listen-peer-urls=https://10.0.1.20:2380\n    - --name=master0b\n    - --initial-cluster=master0b=https://10.0.1.20:2380\n    - --other=10.0.1.100\n"
+        );
+    }
 
     #[test]
     fn endpoint_hosts_and_whole_addresses() {
