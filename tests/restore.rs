@@ -194,7 +194,9 @@ fn refusals_name_the_step_and_change_nothing() {
     ]);
     assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("someone-else") && stderr(&out).contains("--force-identity"),
+        stderr(&out).contains("someone-else")
+            && stderr(&out).contains("--force-identity")
+            && stderr(&out).contains("--new-address (boot: cpr.new_address=1)"),
         "{}",
         stderr(&out)
     );
@@ -392,4 +394,72 @@ fn a_full_disk_while_staging_is_a_clear_error_and_changes_nothing() {
         after, before,
         "nothing live changed and nothing staged was left behind"
     );
+}
+
+/// `cpr restore --new-address` refuses, before anything changes, a bundle whose certificate
+/// authority kubeadm could not sign the re-issued certificates with (a key missing, a CA expired), an
+/// address another etcd member has, and a cluster of several members (a rejoin, until HA covers it).
+#[test]
+fn a_new_address_is_refused_without_a_usable_ca_on_a_members_address_and_with_several_members() {
+    let mut node = KubeadmNode::start(EtcdVersion::V3_5, 5);
+    let back_up = |node: &KubeadmNode| {
+        let store = tempfile::tempdir().unwrap();
+        ok(&cpr_backup(node.root(), store.path(), &[]));
+        store
+    };
+    let swapped = |path: PathBuf, with: Option<String>, node: &KubeadmNode| {
+        let kept = fs::read(&path).unwrap();
+        match with {
+            Some(text) => fs::write(&path, text).unwrap(),
+            None => fs::remove_file(&path).unwrap(),
+        }
+        let store = back_up(node);
+        fs::write(&path, kept).unwrap();
+        store
+    };
+    let no_key = swapped(node.pki("etcd/ca.key"), None, &node);
+    let expired = swapped(
+        node.pki("front-proxy-ca.crt"),
+        Some(common::certs::cert_expiring_in(-1, "front-proxy-ca")),
+        &node,
+    );
+    let new_ip = "10.0.1.20";
+    let learner = format!("https://{new_ip}:2380");
+    ok(&node
+        .etcdctl_command()
+        .args([
+            "member",
+            "add",
+            "learner0",
+            "--learner",
+            "--peer-urls",
+            &learner,
+        ])
+        .output()
+        .unwrap());
+    let two_members = back_up(&node);
+    node.stop_etcd();
+
+    let target = fresh_target();
+    let before = tree(target.path());
+    for (store, ip, says) in [
+        (&no_key, new_ip, "holds no etcd/ca.key"),
+        (&expired, new_ip, "front-proxy-ca.crt expired"),
+        (
+            &two_members,
+            new_ip,
+            "10.0.1.20 is the address of etcd member ",
+        ),
+        (&two_members, "10.0.1.21", "has 2 members ("),
+    ] {
+        let args = restore_args(store.path(), target.path(), ip);
+        let out = cpr(&with(&args, &["--new-address", "--no-finish"]));
+        assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+        let message = stderr(&out);
+        assert!(
+            message.contains(says) && message.contains("Nothing was changed"),
+            "{says}: {message}"
+        );
+        assert_eq!(tree(target.path()), before);
+    }
 }

@@ -157,8 +157,8 @@ pub fn check_members(manifest: &Manifest, address: IpAddr) -> Result<(), Error> 
         return Err(refusal(
             manifest,
             format!(
-                "{address} is the address of etcd member {:?} ({}); two members on one address cannot both serve. Give this machine an address of its own (--ip, cpr.ip=) and restore again",
-                member.name,
+                "{address} is the address of etcd member {} ({}); two members on one address cannot both serve. Give this machine an address of its own (--ip, cpr.ip=) and restore again",
+                member_label(member),
                 member.peer_urls.join(", ")
             ),
         ));
@@ -173,13 +173,22 @@ pub fn check_members(manifest: &Manifest, address: IpAddr) -> Result<(), Error> 
                     .etcd
                     .members
                     .iter()
-                    .map(|m| m.name.as_str())
+                    .map(member_label)
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
         ));
     }
     Ok(())
+}
+
+/// A member's name, or its ID when it never started (etcd names a member when it first joins).
+fn member_label(member: &crate::bundle::manifest::Member) -> String {
+    if member.name.is_empty() {
+        format!("{} (not started yet)", member.id)
+    } else {
+        format!("{:?}", member.name)
+    }
 }
 
 /// kubeadm signs the re-issued leaves with the restored CAs: each needs its certificate and key,
