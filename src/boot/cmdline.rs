@@ -309,6 +309,21 @@ mod tests {
     }
 
     #[test]
+    fn new_address_is_a_switch_and_anything_else_is_named() {
+        for (word, on) in [
+            ("cpr.new_address=1", true),
+            ("cpr.new_address", true),
+            ("cpr.new_address=0", false),
+        ] {
+            let (args, result) = BootArgs::parse(word);
+            result.unwrap();
+            assert_eq!(args.new_address, on, "{word}");
+        }
+        let (_, result) = BootArgs::parse("cpr.new_address=maybe");
+        assert!(result.unwrap_err().to_string().contains("cpr.new_address"));
+    }
+
+    #[test]
     fn uuids_and_devices_and_quoted_values() {
         let (args, _) = BootArgs::parse("cpr.root=UUID=0A1B-C2D3 cpr.bundle=\"a b\"");
         assert_eq!(args.root, Some(RootSpec::Uuid("0a1b-c2d3".into())));

@@ -114,13 +114,26 @@ pub fn new_identity(machine: &Machine, manifest: &Manifest) -> Result<(IpAddr, S
         ))?
     };
     let name = machine.hostname.trim().to_ascii_lowercase();
-    if name.is_empty() {
+    if !is_node_name(&name) {
         return Err(refusal(
             manifest,
-            "this machine has no hostname to name the node after; set one, or pass --hostname (cpr.hostname= on a recovery boot)".to_string(),
+            format!("this machine's hostname {name:?} cannot name a Node (kubeadm wants a DNS-1123 subdomain: lowercase letters, digits, '-' and '.'); set one, or pass --hostname (cpr.hostname= on a recovery boot)"),
         ));
     }
     Ok((address, name))
+}
+
+/// A DNS-1123 subdomain, as kubeadm's `ValidateNodeRegistrationOptions` requires of a node name
+/// (k8s.io/apimachinery pkg/util/validation: `IsDNS1123Subdomain`).
+fn is_node_name(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(label)
 }
 
 fn old_address(manifest: &Manifest) -> Result<IpAddr, Error> {
@@ -575,5 +588,7 @@ mod tests {
         assert!(names_address("server: https://10.0.1.10:6443", "10.0.1.10"));
         assert!(!names_address("10.0.1.100", "10.0.1.10"));
         assert!(!names_address("110.0.1.10", "10.0.1.10"));
+        assert!(is_node_name("master0b.example.org"));
+        assert!(!is_node_name("(none)") && !is_node_name("") && !is_node_name("-a"));
     }
 }
