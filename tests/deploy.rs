@@ -125,12 +125,24 @@ fn the_cronjob_passes_kubectl_dry_run_and_the_schemas() {
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str())
         .collect();
-    for path in ["/etc/kubernetes", "/usr/local/sbin/cpr", "/etc/cpr"] {
+    for path in ["/etc/kubernetes", "/etc/cpr"] {
         assert!(
             host_paths.contains(&path),
             "{path} not mounted: {host_paths:?}"
         );
     }
+    // The binary comes from cpr's image (packaging/build-oci), of this version, not from the host.
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .rsplit_once(':')
+            .unwrap()
+            .1,
+        env!("CARGO_PKG_VERSION"),
+        "{container}"
+    );
     let command: Vec<&str> = pod["containers"][0]["command"]
         .as_array()
         .unwrap()
@@ -139,7 +151,7 @@ fn the_cronjob_passes_kubectl_dry_run_and_the_schemas() {
         .collect();
     assert_eq!(
         &command[..4],
-        ["/usr/local/sbin/cpr", "backup", "--root", "/host"]
+        ["/usr/sbin/cpr", "backup", "--root", "/host"]
     );
 
     // Every flag the CronJob passes is one cpr accepts.

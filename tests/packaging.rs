@@ -633,6 +633,23 @@ fn the_oci_image_is_reproducible_and_its_unpacked_rootfs_runs_cpr() {
         ["etc/ssl/certs/ca-certificates.crt", "usr/sbin/cpr"],
         "the image holds only the binary and the CA bundle"
     );
+    // deploy/cronjob.yaml runs this image's binary.
+    let cronjob: Value =
+        serde_norway::from_str(&std::fs::read_to_string(repo("deploy/cronjob.yaml")).unwrap())
+            .unwrap();
+    let container = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0];
+    let command = container["command"][0].as_str().unwrap();
+    assert!(
+        rootfs.join(command.trim_start_matches('/')).is_file(),
+        "the CronJob runs {command}, which the image does not hold"
+    );
+    assert!(
+        container["image"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("/cpr:{tag}")),
+        "{container}"
+    );
     let config: Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["process"]["args"][0], "/usr/sbin/cpr", "{config}");
