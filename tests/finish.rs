@@ -1245,6 +1245,11 @@ fn a_cluster_without_kube_proxy_gets_none_back_and_keeps_its_taints_through_v1be
 const NEW_IP: &str = "10.0.1.20";
 const WORKER_IP: &str = "10.0.1.30";
 const WORKERS: [&str; 2] = ["worker0", "worker1"];
+/// Pods of the source cluster (name, `k8s-app` label): kube-proxy's restart on a new address.
+const KUBE_SYSTEM_PODS: [(&str, &str); 2] = [
+    ("kube-proxy-7xk2p", "kube-proxy"),
+    ("coredns-5d78c9869d-q2x4v", "kube-dns"),
+];
 
 /// A source cluster with two worker Nodes and Cilium's ConfigMap pinning the API server to the
 /// node's address (`k8s-service-host`), backed up with `cluster` as its ClusterConfiguration.
@@ -1256,6 +1261,12 @@ fn cluster_with_workers(cluster: &str, apiserver_sans: &str) -> (KubeadmNode, te
         objects.push((
             format!("/registry/minions/{worker}"),
             stored(&["--node", worker]),
+        ));
+    }
+    for (pod, app) in KUBE_SYSTEM_PODS {
+        objects.push((
+            format!("/registry/pods/kube-system/{pod}"),
+            stored(&["--pod", "kube-system", pod, &format!("k8s-app={app}")]),
         ));
     }
     objects.push((
@@ -1435,6 +1446,20 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         serde_json::json!(["apiserver", "etcd/server", "etcd/peer"])
     );
     let steps = report["newAddressSteps"].to_string();
+    // kube-proxy reads its kubeconfig at start: its pod was deleted through the API, nothing else.
+    assert!(
+        steps.contains("kube-proxy pod kube-proxy-7xk2p deleted"),
+        "{steps}"
+    );
+    assert_eq!(
+        restored_value(&target, "/registry/pods/kube-system/kube-proxy-7xk2p"),
+        None
+    );
+    assert!(restored_value(
+        &target,
+        "/registry/pods/kube-system/coredns-5d78c9869d-q2x4v"
+    )
+    .is_some());
     for name in [
         "kube-public/cluster-info",
         "kube-system/kube-proxy",
@@ -1678,6 +1703,13 @@ fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() 
     assert!(
         steps.contains(&format!("Node {NODE_NAME} deleted")),
         "{steps}"
+    );
+    // kubeadm's changes are read from the Node it marked, the new one.
+    assert!(
+        !report["kubeadmChanges"]
+            .to_string()
+            .contains("the Node is gone"),
+        "{report}"
     );
     assert_eq!(
         restored_value(&target, &format!("/registry/minions/{NODE_NAME}")),

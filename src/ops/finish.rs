@@ -125,7 +125,13 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         report.readdressed_certificates = regenerated(&layout, &state, Reissue::Readdressed);
         report.new_address = Some(moved.clone());
     }
-    let carried = load_carryover(&layout, &state);
+    let carried = load_carryover(&layout, &state).map(|mut carried| {
+        // The taints were read from the lost node's Node; kubeadm marked the one under the new name.
+        if let Some(moved) = &state.new_address {
+            carried.node = moved.new_name.clone();
+        }
+        carried
+    });
     if let Some(carried) = &carried {
         report.kubeadm_changes = kubeadm_changes(&layout, carried);
         report.carried_over = Some(CarriedOver::from(&carried.carryover));

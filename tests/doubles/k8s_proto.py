@@ -87,6 +87,8 @@ def _build_classes():
                                  ("spec", 2, F.TYPE_MESSAGE, opt, ".k8s.DaemonSetSpec")])
     _message(file, "Deployment", [("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta"),
                                   ("spec", 2, F.TYPE_MESSAGE, opt, ".k8s.DeploymentSpec")])
+    # core/v1 Pod (metadata 1; spec and status are not modelled).
+    _message(file, "Pod", [("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
 
@@ -96,11 +98,11 @@ def _build_classes():
 
     def get(name):
         return message_class(pool.FindMessageTypeByName("k8s." + name))
-    return {name: get(name) for name in ("Unknown", "ConfigMap", "Node", "DaemonSet", "Deployment")}
+    return {name: get(name) for name in ("Unknown", "ConfigMap", "Node", "DaemonSet", "Deployment", "Pod")}
 
 
 CLASSES = _build_classes()
-API_VERSION = {"ConfigMap": "v1", "Node": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
+API_VERSION = {"ConfigMap": "v1", "Node": "v1", "Pod": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
 
 
 def new(kind, namespace, name, labels=None):
