@@ -1731,5 +1731,19 @@ fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() 
         members.contains(&format!("{NEW_NAME}, https://{NEW_IP}:{ETCD_PEER_PORT}")),
         "{members}"
     );
+    // The next backup of the restored node lands under its new name.
+    let later = tempfile::tempdir().unwrap();
+    let root = target.root().to_str().unwrap();
+    ok(&target.cpr(
+        &[
+            "backup",
+            "--root",
+            root,
+            "--store",
+            later.path().to_str().unwrap(),
+        ],
+        &[],
+    ));
+    assert!(later.path().join(CLUSTER).join(NEW_NAME).is_dir());
     drop(kubelet);
 }
