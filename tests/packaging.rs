@@ -24,12 +24,18 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// A private copy of the binary under test: other test runs in this checkout rebuild
-/// target/…/debug/cpr when a commit lands, and a package must be compared with the binary it holds.
-fn snapshot_binary() -> (tempfile::TempDir, PathBuf) {
+/// A private copy of the release binary, which is what gets packaged (lintian sees other strings in
+/// it than in a debug build). `cargo build --release` first: a no-op after scripts/test's own, and
+/// otherwise the packages would hold old code. A copy, because other runs in this checkout rebuild
+/// target/ when a commit lands, and a package must be compared with the binary it holds.
+fn release_binary() -> (tempfile::TempDir, PathBuf) {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    run(Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--bin", "cpr"])
+        .current_dir(repo(".")));
     let dir = tempfile::tempdir().unwrap();
     let copy = dir.path().join("cpr");
-    std::fs::copy(cpr_bin(), &copy).unwrap();
+    std::fs::copy(repo("target/x86_64-unknown-linux-gnu/release/cpr"), &copy).unwrap();
     (dir, copy)
 }
 
@@ -374,7 +380,7 @@ fn build_deb(binary: &Path, outdir: &Path) -> PathBuf {
 fn the_deb_is_lintian_clean_installs_into_bookworm_and_purges_all_but_backups() {
     require("dpkg-deb", "the apt package dpkg");
     let lintian = require("lintian", "the apt package lintian");
-    let (_keep, binary) = snapshot_binary();
+    let (_keep, binary) = release_binary();
     let packages = tempfile::tempdir().unwrap();
     let deb = build_deb(&binary, &packages.path().join("a"));
     assert_eq!(
@@ -578,7 +584,7 @@ fn build_oci(binary: &Path, outdir: &Path) -> String {
 #[test]
 fn the_oci_image_is_reproducible_and_its_unpacked_rootfs_runs_cpr() {
     let umoci = require("umoci", "the apt package umoci");
-    let (_keep, binary) = snapshot_binary();
+    let (_keep, binary) = release_binary();
     let images = tempfile::tempdir().unwrap();
     let (first, second) = (images.path().join("first"), images.path().join("second"));
     let digest = build_oci(&binary, &first);
