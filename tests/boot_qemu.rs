@@ -660,20 +660,41 @@ fn boot(spec: Boot) -> Outcome {
             }
         });
     }
-    let stdout = child.stdout.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
     let (stop_at, qemu_pid) = (spec.stop_at, child.id());
     let reader = std::thread::spawn(move || {
-        std::io::BufRead::split(std::io::BufReader::new(stdout), b'\n')
-            .map_while(Result::ok)
-            .map(|line| {
-                let line = String::from_utf8_lossy(&line).into_owned();
-                if stop_at.is_some_and(|marker| line.contains(marker)) {
-                    // timeout(1) passes the TERM on to QEMU, which exits at once.
-                    let _ = Command::new("kill").arg(qemu_pid.to_string()).status();
-                }
-                (started.elapsed(), line)
-            })
-            .collect::<Vec<_>>()
+        let seen = |text: &str| stop_at.is_some_and(|marker| text.contains(marker));
+        let mut lines: Vec<(Duration, String)> = Vec::new();
+        let mut pending = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut stopped = false;
+        while let Ok(n @ 1..) = std::io::Read::read(&mut stdout, &mut chunk) {
+            pending.extend_from_slice(&chunk[..n]);
+            let checked = lines.len();
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                lines.push((
+                    started.elapsed(),
+                    String::from_utf8_lossy(&line[..end]).into_owned(),
+                ));
+            }
+            // A firmware dialog waiting for a key ends no line: the unfinished one counts too.
+            if !stopped
+                && (seen(&String::from_utf8_lossy(&pending))
+                    || lines[checked..].iter().any(|(_, line)| seen(line)))
+            {
+                // timeout(1) passes the TERM on to QEMU, which exits at once.
+                let _ = Command::new("kill").arg(qemu_pid.to_string()).status();
+                stopped = true;
+            }
+        }
+        if !pending.is_empty() {
+            lines.push((
+                started.elapsed(),
+                String::from_utf8_lossy(&pending).into_owned(),
+            ));
+        }
+        lines
     });
     let out = child.wait_with_output().unwrap();
     let lines = reader.join().unwrap();
@@ -848,6 +869,7 @@ fn secure_boot_refuses_an_iso_whose_grub_or_kernel_changed_by_one_byte() {
         spec.tampered = Some(file);
         spec.stop_at = Some(refusal);
         let outcome = boot(spec);
+        outcome.assert_sane();
         outcome.assert_console(refusal);
         assert!(
             !outcome.console.contains("cpr:"),
