@@ -62,6 +62,34 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     result
 }
 
+/// Creates `path` with `bytes` unless it exists, atomically and durably: the content is written and
+/// fsynced under a name of this process's own, then hard-linked to `path`, which fails rather than
+/// replace what another writer linked first. Returns whether this call created it.
+pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
+    let tmp = sibling(path, &format!(".{}.new", std::process::id()));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(|e| context("creating", &tmp, e))?;
+        file.write_all(bytes)
+            .map_err(|e| context("writing", &tmp, e))?;
+        file.sync_all().map_err(|e| context("fsync of", &tmp, e))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(context(&format!("linking {} to", tmp.display()), path, e)),
+        }
+        sync_dir(parent(path)).map_err(|e| context("fsync of directory", parent(path), e))?;
+        Ok(true)
+    })();
+    let _ = fs::remove_file(&tmp);
+    result
+}
+
 /// Renames and makes the rename durable in both directories.
 pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     fs::rename(from, to).map_err(|e| context(&format!("renaming {} to", from.display()), to, e))?;

@@ -87,6 +87,8 @@ impl Sweep<'_> {
             bump_revision: Some(1_000_000_000),
             identity: self.identity.clone(),
             verify_key: self.verify_key.clone(),
+            quorum_probe: cpr::ops::ha::DEFAULT_PROBE,
+            discard_survivors: false,
         });
         result.map(drop).map_err(|e| e.to_string())
     }

@@ -64,6 +64,10 @@ pub struct BootArgs {
     pub verify_key: Option<PathBuf>,
     /// Restore onto this machine's own address and name (`cpr.new_address=1`).
     pub new_address: bool,
+    /// Seconds the members of a several-member cluster are probed for a quorum (`cpr.quorum_probe=`).
+    pub quorum_probe: Option<u64>,
+    /// Restore a lost quorum from the bundles though members survive (`cpr.discard_survivors=1`).
+    pub discard_survivors: bool,
 }
 
 impl Default for BootArgs {
@@ -82,6 +86,8 @@ impl Default for BootArgs {
             identity: None,
             verify_key: None,
             new_address: false,
+            quorum_probe: None,
+            discard_survivors: false,
         }
     }
 }
@@ -142,23 +148,37 @@ impl BootArgs {
             "init" => self.init = PathBuf::from(absolute(key, value)?),
             "identity" => self.identity = path().filter(|_| !value.is_empty()),
             "verify_key" => self.verify_key = path().filter(|_| !value.is_empty()),
-            // A bare `cpr.new_address` reads as on, as kernel boolean parameters do.
             "new_address" => {
-                self.new_address = match value {
-                    "" | "1" | "true" | "yes" => true,
-                    "0" | "false" | "no" => false,
-                    _ => {
-                        return Err(invalid(
-                            key,
-                            value,
-                            "use 1 to restore onto this machine's own address and name, or 0",
-                        ))
-                    }
-                }
+                self.new_address = switch(
+                    key,
+                    value,
+                    "use 1 to restore onto this machine's own address and name, or 0",
+                )?
             }
+            "quorum_probe" => {
+                self.quorum_probe = Some(
+                    value
+                        .parse()
+                        .map_err(|_| invalid(key, value, "use a number of seconds, e.g. 30"))?,
+                )
+            }
+            "discard_survivors" => self.discard_survivors = switch(
+                key,
+                value,
+                "use 1 to restore a lost quorum from the bundles though members still run, or 0",
+            )?,
             _ => log::warn!("kernel command line: ignoring unknown key cpr.{key}"),
         }
         Ok(())
+    }
+}
+
+/// A bare `cpr.KEY` reads as on, as kernel boolean parameters do.
+fn switch(key: &str, value: &str, advice: &str) -> Result<bool, Error> {
+    match value {
+        "" | "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(invalid(key, value, advice)),
     }
 }
 

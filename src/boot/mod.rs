@@ -226,6 +226,8 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         hostname,
         ips: vec![IpAddr::V4(network.address)],
         new_address: args.new_address,
+        quorum_probe: args.quorum_probe,
+        discard_survivors: args.discard_survivors,
     })?;
     log::info!("restore: {summary}");
     let exe = std::env::current_exe().map_err(|source| Error::Target {

@@ -4,9 +4,11 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::Error;
 use crate::node::identity::Machine;
+use crate::ops::ha;
 use crate::ops::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
 use crate::store::{self, StoreOptions};
 
@@ -29,6 +31,9 @@ pub struct Phase1<'a> {
     pub ips: Vec<IpAddr>,
     /// `cpr.new_address=1`: restore onto this machine's own address and name.
     pub new_address: bool,
+    /// Seconds to probe a several-member cluster for a quorum; `None`: the default.
+    pub quorum_probe: Option<u64>,
+    pub discard_survivors: bool,
 }
 
 /// Phase 1 of the restore into `request.sysroot`; returns a one-line summary for the console.
@@ -54,6 +59,10 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
         bump_revision: Some(DEFAULT_BUMP_REVISION),
         identity: request.identity.map(Path::to_path_buf),
         verify_key: request.verify_key.map(Path::to_path_buf),
+        quorum_probe: request
+            .quorum_probe
+            .map_or(ha::DEFAULT_PROBE, Duration::from_secs),
+        discard_survivors: request.discard_survivors,
     })
     .map_err(|error| match error {
         // The live-OS advice names --node and --cluster; a booting machine is steered by cpr.* keys.

@@ -3,11 +3,13 @@
 use argh::FromArgs;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::finish::{finish_request, FinishArgs};
 use super::{load_config, open_store, Output};
 use crate::node::identity::Machine;
 use crate::ops::finish::{describe, finish};
+use crate::ops::ha::{self, Quorum};
 use crate::ops::readdress;
 use crate::ops::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
 use crate::Error;
@@ -68,6 +70,14 @@ pub struct RestoreCmd {
     /// minisign public key: refuse bundles it did not sign (default: restore.verifyKey)
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
+    /// seconds to probe the etcd members of a several-member cluster before its quorum counts as
+    /// lost (default 30)
+    #[argh(option, default = "ha::DEFAULT_PROBE.as_secs()")]
+    pub quorum_probe: u64,
+    /// restore a lost quorum from the bundles even though some members still run with their data
+    /// (their data dirs are moved aside on their own nodes' restores, not deleted)
+    #[argh(switch)]
+    pub discard_survivors: bool,
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
@@ -107,6 +117,8 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             .then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
         identity: cmd.identity.or(config.restore.identity),
         verify_key: cmd.verify_key.or(config.restore.verify_key),
+        quorum_probe: Duration::from_secs(cmd.quorum_probe),
+        discard_survivors: cmd.discard_survivors,
     };
     let restored = restore(&request)?;
     let finished = if cmd.no_finish {
@@ -143,6 +155,24 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
                         .map(|r| format!(", now {r} with older revisions compacted"))
                         .unwrap_or_default()
                 );
+            }
+            match &restored.quorum {
+                Some(Quorum::Lost {
+                    seconds,
+                    rounds,
+                    survivors,
+                }) => println!(
+                    "  etcd quorum lost: no member answered a linearizable read in {seconds} s ({rounds} rounds){}",
+                    if survivors.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; surviving members discarded: {}", survivors.join(", "))
+                    }
+                ),
+                Some(Quorum::Alive { .. }) | None => {}
+            }
+            if let Some(point) = &restored.restore_point {
+                println!("  etcd snapshot from the cluster's restore point {point}");
             }
             for (bundle, why) in &restored.skipped {
                 println!("  skipped {bundle}: {why}");

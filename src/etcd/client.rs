@@ -66,11 +66,22 @@ pub struct MemberInfo {
 pub struct EtcdClient {
     client: Client,
     endpoint: String,
+    timeout: Duration,
 }
 
 impl EtcdClient {
     pub fn connect(endpoint: &str, tls: Option<&TlsFiles>) -> Result<Self, ClientError> {
-        let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        Self::connect_within(endpoint, tls, CONNECT_TIMEOUT, REQUEST_TIMEOUT)
+    }
+
+    /// `connect` with its own bounds: a quorum probe asks many times, each briefly.
+    pub fn connect_within(
+        endpoint: &str,
+        tls: Option<&TlsFiles>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut options = ConnectOptions::new().with_connect_timeout(connect_timeout);
         if let Some(files) = tls {
             let read = |path: &Path| {
                 std::fs::read(path).map_err(|source| ClientError::Credential {
@@ -86,7 +97,7 @@ impl EtcdClient {
         let endpoint = endpoint.to_string();
         let client = rt::block_on(async {
             tokio::time::timeout(
-                CONNECT_TIMEOUT,
+                connect_timeout,
                 Client::connect([endpoint.as_str()], Some(options)),
             )
             .await
@@ -94,10 +105,14 @@ impl EtcdClient {
         .map_err(|_| ClientError::Timeout {
             endpoint: endpoint.clone(),
             step: "connect",
-            seconds: CONNECT_TIMEOUT.as_secs(),
+            seconds: connect_timeout.as_secs(),
         })?
         .map_err(|e| request_error(&endpoint, "connect", e))?;
-        Ok(EtcdClient { client, endpoint })
+        Ok(EtcdClient {
+            client,
+            endpoint,
+            timeout: request_timeout,
+        })
     }
 
     pub fn endpoint(&self) -> &str {
@@ -139,6 +154,32 @@ impl EtcdClient {
                 is_learner: m.is_learner(),
             })
             .collect())
+    }
+
+    /// A linearizable read: etcd answers it only through a leader that a quorum follows.
+    pub fn quorum_read(&mut self) -> Result<i64, ClientError> {
+        let response = self.bounded("linearizable read", |c| {
+            Box::pin(async move {
+                c.get(
+                    "cpr-quorum-probe",
+                    Some(etcd_client::GetOptions::new().with_count_only()),
+                )
+                .await
+            })
+        })?;
+        Ok(response.header().map_or(0, |h| h.revision()))
+    }
+
+    /// `HashKV` at `revision` (0: the current one): (hash, the revision it covers, compact revision).
+    pub fn hash_kv(&mut self, revision: i64) -> Result<(u32, i64, i64), ClientError> {
+        let response = self.bounded("hash kv", |c| {
+            Box::pin(async move { c.hash_kv(revision).await })
+        })?;
+        Ok((
+            response.hash(),
+            response.header().map_or(0, |h| h.revision()),
+            response.compact_version(),
+        ))
     }
 
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
@@ -184,12 +225,13 @@ impl EtcdClient {
         >,
     ) -> Result<T, ClientError> {
         let endpoint = self.endpoint.clone();
+        let timeout = self.timeout;
         let future = call(&mut self.client);
-        rt::block_on(async { tokio::time::timeout(REQUEST_TIMEOUT, future).await })
+        rt::block_on(async { tokio::time::timeout(timeout, future).await })
             .map_err(|_| ClientError::Timeout {
                 endpoint: endpoint.clone(),
                 step,
-                seconds: REQUEST_TIMEOUT.as_secs(),
+                seconds: timeout.as_secs(),
             })?
             .map_err(|e| request_error(&endpoint, step, e))
     }

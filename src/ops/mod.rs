@@ -4,6 +4,7 @@ pub mod backup;
 pub mod carryover;
 pub mod check;
 pub mod finish;
+pub mod ha;
 pub mod metrics;
 pub mod prune;
 pub mod readdress;
@@ -100,6 +101,20 @@ pub enum Error {
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
     /// Boxed: its variants carry the key, the snapshot and the decoding error.
+    #[error("restoring {node}: etcd still has a quorum ({member} answered a linearizable read at {endpoint}, revision {revision}), so restoring a snapshot would roll the cluster back and split it. Rejoin this node to the live cluster instead: remove its old member (etcdctl member remove), then kubeadm join --control-plane. Nothing was changed")]
+    QuorumAlive {
+        node: String,
+        member: String,
+        endpoint: String,
+        revision: i64,
+    },
+    #[error("restoring {node}: etcd has no quorum, but {} still run with their data, which holds writes newer than any bundle. Take a snapshot from one (cpr etcd snapshot save --endpoints its client URL) and back it up, or pass --discard-survivors (boot: cpr.discard_survivors=1) to restore from the bundle anyway; their data dirs are moved aside, not deleted. Nothing was changed", survivors.join(", "))]
+    Survivors {
+        node: String,
+        survivors: Vec<String>,
+    },
+    #[error("restore point {claim}: {why}. Nothing was changed")]
+    RestorePoint { claim: String, why: String },
     #[error(transparent)]
     Carryover(Box<carryover::Error>),
     #[error(transparent)]
@@ -133,6 +148,8 @@ impl Error {
             | Error::Metrics { .. }
             | Error::DisableUnit { .. } => 7,
             Error::Identity { .. } | Error::NewAddress { .. } | Error::Repoint { .. } => 8,
+            Error::QuorumAlive { .. } | Error::Survivors { .. } => 11,
+            Error::RestorePoint { .. } => 4,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,
             Error::ChecksFailed { .. } => 9,

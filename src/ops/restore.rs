@@ -8,8 +8,10 @@ use std::io::{self, Read};
 use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use time::OffsetDateTime;
 
+use super::ha::{self, Quorum};
 use super::readdress::{self, Plan};
 use super::sealed::{self, OpenKeys, Source};
 use super::state::{self, Phase, State};
@@ -52,6 +54,10 @@ pub struct RestoreRequest<'a> {
     /// minisign public key; when set, a bundle must carry its valid signature before anything of it
     /// is extracted (`--verify-key`, `cpr.verify_key=`).
     pub verify_key: Option<PathBuf>,
+    /// How long the members of a several-member cluster are probed before its quorum counts as lost.
+    pub quorum_probe: Duration,
+    /// Restore a lost quorum from the bundles even though some members still run with their data.
+    pub discard_survivors: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -68,6 +74,10 @@ pub struct RestoreReport {
     pub already_done: bool,
     /// What the restore onto a new address changes (`--new-address`).
     pub new_address: Option<Plan>,
+    /// What the probe of a several-member cluster found.
+    pub quorum: Option<Quorum>,
+    /// A lost quorum restored from another node's bundle: the snapshot every member restored.
+    pub restore_point: Option<String>,
 }
 
 pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
@@ -80,13 +90,13 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                 state.bundle,
                 state::state_path(&layout).display()
             );
-            return Ok(report(&layout, &state, Vec::new(), true));
+            return Ok(report(&layout, &state, Vec::new(), None, true));
         }
         log::info!(
             "restore: resuming the swap of {} staged by an earlier run",
             state.bundle
         );
-        return swap_in(&layout, state, Vec::new());
+        return swap_in(&layout, state, Vec::new(), None);
     }
 
     // Key files are read before anything else: a wrong path fails alike for every bundle.
@@ -94,10 +104,11 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
     let candidates = candidates(request)?;
     let stamp = BundleName::new("x", "x", OffsetDateTime::now_utc(), false)?.stamp;
     let mut skipped = Vec::new();
+    let mut quorum = None;
     for name in &candidates {
         clear_staging(&layout)?;
-        match stage(request, &keys, &layout, name) {
-            Ok((manifest, restored)) => {
+        match stage(request, &keys, &layout, name, &mut quorum) {
+            Ok((manifest, restored, restore_point)) => {
                 let new_address = match plan_new_address(request, &layout, &manifest) {
                     Ok(plan) => plan,
                     Err(error) => {
@@ -115,6 +126,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                     bumped_revision: restored.bumped_revision,
                     moved_aside: Vec::new(),
                     new_address,
+                    restore_point,
                 };
                 log::info!(
                     "restore: {name} verified and staged (etcd revision {}, {} files)",
@@ -123,7 +135,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                 );
                 state.save(&layout)?;
                 failpoint("restore:state-saved");
-                return swap_in(&layout, state, skipped);
+                return swap_in(&layout, state, skipped, quorum);
             }
             Err(error) if falls_back(&error) && request.bundle.is_none() => {
                 log::warn!("restore: skipping {name}: {error}");
@@ -160,12 +172,9 @@ fn falls_back(error: &Error) -> bool {
     }
 }
 
-/// Bundle names to try, newest first.
-fn candidates(request: &RestoreRequest<'_>) -> Result<Vec<String>, Error> {
-    if let Some(name) = &request.bundle {
-        return Ok(vec![name.clone()]);
-    }
-    let node = request.node.clone().unwrap_or_else(|| {
+/// The node whose bundles this machine restores.
+fn node_of(request: &RestoreRequest<'_>) -> String {
+    request.node.clone().unwrap_or_else(|| {
         request
             .machine
             .hostname
@@ -173,7 +182,27 @@ fn candidates(request: &RestoreRequest<'_>) -> Result<Vec<String>, Error> {
             .next()
             .unwrap_or_default()
             .to_string()
-    });
+    })
+}
+
+/// `--bundle` naming another node's bundle pins the restore point of a lost quorum (a store that
+/// cannot hold a claim needs it); this node's own files still come from its own newest bundle.
+fn pinned_point<'r>(request: &'r RestoreRequest<'_>) -> Option<&'r str> {
+    let name = request.bundle.as_deref()?;
+    let node = BundleName::parse(name).ok()?.node;
+    (node != node_of(request)).then_some(name)
+}
+
+/// Bundle names to try, newest first.
+fn candidates(request: &RestoreRequest<'_>) -> Result<Vec<String>, Error> {
+    if let Some(name) = request
+        .bundle
+        .as_ref()
+        .filter(|_| pinned_point(request).is_none())
+    {
+        return Ok(vec![name.clone()]);
+    }
+    let node = node_of(request);
     let clusters = match &request.cluster {
         Some(cluster) => vec![cluster.clone()],
         None => clusters_of(request.store, &node)?,
@@ -243,14 +272,7 @@ fn clear_staging(layout: &Layout) -> Result<(), Error> {
     if let Ok(manifest) = staged_manifest(layout) {
         scratch.push(etcd_target(&data_dir(layout, &manifest)));
     }
-    for path in scratch {
-        match fs::remove_dir_all(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(Error::Write { path, source }),
-        }
-    }
-    Ok(())
+    scratch.iter().try_for_each(|path| remove_scratch(path))
 }
 
 fn new_path(live: &Path) -> PathBuf {
@@ -288,25 +310,30 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
-/// Downloads, verifies and stages one bundle. Nothing live changes.
+/// Downloads, verifies and stages one bundle (and, for a lost quorum, the restore point's snapshot
+/// when it is another bundle). Nothing live changes. Returns the restore point when it is not `name`.
 fn stage(
     request: &RestoreRequest<'_>,
     keys: &OpenKeys,
     layout: &Layout,
     name: &str,
-) -> Result<(Manifest, Restored), Error> {
+    quorum: &mut Option<Quorum>,
+) -> Result<(Manifest, Restored, Option<String>), Error> {
     let staging = staging(layout);
     state::ensure_dir(&staging)?;
     log::info!("restore: fetching {name} from {}", request.store.location());
     let mut input = sealed::open(Source::Store(request.store, name), keys, &staging)?;
     let mut sink = RestoreSink {
         request,
+        name,
         layout,
         files: Extract::new(&staging.join(STAGED_BUNDLE)),
         staging: staging.clone(),
         failure: None,
         restored: None,
         manifest: None,
+        quorum,
+        point: Point::This,
     };
     let result = read_bundle(&mut input, name, &mut sink);
     if let Some(failure) = sink.failure.take() {
@@ -314,10 +341,31 @@ fn stage(
     }
     let manifest = result?;
     input.finish()?;
-    let restored = sink
-        .restored
-        .take()
-        .expect("a verified bundle has a snapshot");
+    let point = match sink.point {
+        Point::ToClaim => {
+            let claimed = ha::claim(request.store, &manifest, name)?;
+            log::info!(
+                "restore: restore point {} (claimed by {} at {})",
+                claimed.bundle,
+                claimed.claimed_by,
+                claimed.claimed_at
+            );
+            (claimed.bundle != name).then_some(claimed.bundle)
+        }
+        Point::Other(other) => Some(other),
+        Point::This => None,
+    };
+    let restored = match &point {
+        Some(other) => {
+            let target = etcd_target(&data_dir(layout, &manifest));
+            remove_scratch(&target)?;
+            stage_point_snapshot(request, keys, &staging, &manifest, other, &target)?
+        }
+        None => sink
+            .restored
+            .take()
+            .expect("a verified bundle has a snapshot"),
+    };
     failpoint("restore:staged-files");
     materialize_pki(layout, &staging.join(STAGED_BUNDLE))?;
     fsutil::sync_tree(&staging).map_err(|source| Error::Write {
@@ -325,13 +373,159 @@ fn stage(
         source,
     })?;
     failpoint("restore:staged");
-    Ok((manifest, restored))
+    Ok((manifest, restored, point))
+}
+
+/// Restores this node's member from the snapshot of `point`, another node's bundle, into `target`.
+/// A failure here is never a reason to pick another bundle: every member must restore this one.
+fn stage_point_snapshot(
+    request: &RestoreRequest<'_>,
+    keys: &OpenKeys,
+    staging: &Path,
+    own: &Manifest,
+    point: &str,
+    target: &Path,
+) -> Result<Restored, Error> {
+    log::info!(
+        "restore: fetching the restore point {point} from {} for its etcd snapshot",
+        request.store.location()
+    );
+    let fail = |error: Error| {
+        Error::RestorePoint {
+        claim: point.to_string(),
+        why: format!("{error}. Every member restores this bundle's snapshot, so no other is tried: fix the cause and run again on this node"),
+    }
+    };
+    let scratch = staging.join("restore-point");
+    state::ensure_dir(&scratch)?;
+    let mut input =
+        sealed::open(Source::Store(request.store, point), keys, &scratch).map_err(fail)?;
+    let mut sink = PointSink {
+        own,
+        point,
+        target,
+        bump_revision: request.bump_revision,
+        options: None,
+        failure: None,
+        restored: None,
+    };
+    let result = read_bundle(&mut input, point, &mut sink);
+    if let Some(failure) = sink.failure.take() {
+        return Err(fail(failure));
+    }
+    result.map_err(|e| fail(e.into()))?;
+    input.finish().map_err(fail)?;
+    Ok(sink.restored.expect("a verified bundle has a snapshot"))
+}
+
+/// Reads the restore point's bundle for its snapshot alone; its files belong to another node.
+struct PointSink<'a> {
+    own: &'a Manifest,
+    point: &'a str,
+    target: &'a Path,
+    bump_revision: Option<u64>,
+    options: Option<crate::etcd::RestoreOptions>,
+    failure: Option<Error>,
+    restored: Option<Restored>,
+}
+
+impl PointSink<'_> {
+    fn fail(&mut self, error: Error) -> io::Error {
+        let message = error.to_string();
+        self.failure = Some(error);
+        io::Error::other(message)
+    }
+}
+
+impl Sink for PointSink<'_> {
+    fn manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
+        if (&manifest.cluster.name, &manifest.etcd.cluster_id)
+            != (&self.own.cluster.name, &self.own.etcd.cluster_id)
+        {
+            return Err(self.fail(Error::RestorePoint {
+                claim: self.point.to_string(),
+                why: format!(
+                    "it is a bundle of cluster {} (etcd cluster {}), this node's is {} (etcd cluster {})",
+                    manifest.cluster.name,
+                    manifest.etcd.cluster_id,
+                    self.own.cluster.name,
+                    self.own.etcd.cluster_id
+                ),
+            }));
+        }
+        match ha::restore_options(self.own, self.point, manifest, self.bump_revision) {
+            Ok(options) => {
+                self.options = Some(options);
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error)),
+        }
+    }
+
+    fn file(&mut self, _entry: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+
+    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        let options = self.options.clone().expect("the manifest comes first");
+        log_member_restore(&options);
+        let restored = restore_from_reader(
+            data,
+            entry.size,
+            Path::new(&entry.path),
+            self.target,
+            &options,
+        );
+        match restored {
+            Ok(restored) => {
+                self.restored = Some(restored);
+                Ok(())
+            }
+            Err(error) => Err(self.fail(error.into())),
+        }
+    }
+}
+
+/// Where this node's etcd member comes from, as the sink decides on reaching the snapshot.
+enum Point {
+    /// This bundle's snapshot: a one-member cluster, or the restore point already claimed or pinned.
+    This,
+    /// This bundle's snapshot, restored before the claim that makes it the restore point; another
+    /// node may have claimed first, and then that bundle's snapshot replaces it.
+    ToClaim,
+    /// Another bundle's snapshot; this one's was only verified.
+    Other(String),
+}
+
+fn log_member_restore(options: &crate::etcd::RestoreOptions) {
+    log::info!(
+        "restore: rebuilding the etcd data dir for member {} (peer URLs {}, initial cluster {}){}",
+        options.name,
+        options.initial_advertise_peer_urls,
+        options.initial_cluster,
+        match options.bump_revision {
+            Some(bump) => format!(", revision bumped by {bump} and marked compacted"),
+            None => String::new(),
+        }
+    );
+}
+
+fn remove_scratch(path: &Path) -> Result<(), Error> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(Error::Write {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 /// Sees the bundle as it streams in: checks identity on the manifest (before downloading the rest),
 /// extracts files to staging, and feeds the snapshot straight into the native etcd restore.
 struct RestoreSink<'a> {
     request: &'a RestoreRequest<'a>,
+    name: &'a str,
     layout: &'a Layout,
     files: Extract,
     staging: PathBuf,
@@ -339,9 +533,76 @@ struct RestoreSink<'a> {
     failure: Option<Error>,
     restored: Option<Restored>,
     manifest: Option<Manifest>,
+    /// Probed once per run, whatever the number of bundles tried.
+    quorum: &'a mut Option<Quorum>,
+    point: Point,
 }
 
 impl RestoreSink<'_> {
+    /// For a cluster of several members: refuses a live quorum (or survivors, unless discarded),
+    /// then finds the restore point: pinned, claimed by another node, or this bundle to claim.
+    fn restore_point(&mut self, manifest: &Manifest) -> Result<Point, Error> {
+        let quorum = match self.quorum.clone() {
+            Some(quorum) => quorum,
+            None => {
+                let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
+                log::info!(
+                    "restore: etcd had {} members; probing them for a quorum for {} s with the bundle's etcd client certificate",
+                    manifest.etcd.members.len(),
+                    self.request.quorum_probe.as_secs()
+                );
+                let quorum = ha::probe(manifest, &ha::client_tls(&pki), self.request.quorum_probe);
+                log::info!("restore: quorum probe: {quorum:?}");
+                *self.quorum = Some(quorum.clone());
+                quorum
+            }
+        };
+        let node = manifest.node.name.clone();
+        match quorum {
+            Quorum::Alive {
+                member,
+                endpoint,
+                revision,
+            } => {
+                return Err(Error::QuorumAlive {
+                    node,
+                    member,
+                    endpoint,
+                    revision,
+                })
+            }
+            Quorum::Lost { survivors, .. } if !survivors.is_empty() => {
+                if !self.request.discard_survivors {
+                    return Err(Error::Survivors { node, survivors });
+                }
+                log::warn!(
+                    "restore: discarding the data of surviving members {} (--discard-survivors): every member restores a bundle",
+                    survivors.join(", ")
+                );
+            }
+            Quorum::Lost { .. } => {}
+        }
+        if let Some(pinned) = pinned_point(self.request) {
+            return Ok(Point::Other(pinned.to_string()));
+        }
+        if self.request.bundle.is_some() {
+            return Ok(Point::This);
+        }
+        Ok(match ha::claimed(self.request.store, manifest)? {
+            Some(point) if point.bundle != self.name => {
+                log::info!(
+                    "restore: following the restore point {} claimed by {} at {}",
+                    point.bundle,
+                    point.claimed_by,
+                    point.claimed_at
+                );
+                Point::Other(point.bundle)
+            }
+            Some(_) => Point::This,
+            None => Point::ToClaim,
+        })
+    }
+
     fn fail(&mut self, error: Error) -> io::Error {
         let message = error.to_string();
         self.failure = Some(error);
@@ -445,19 +706,32 @@ impl Sink for RestoreSink<'_> {
             }
             Err(error) => return Err(self.fail(error)),
         };
+        let several = manifest.etcd.members.len() > 1 && !self.request.new_address;
+        let options = if several {
+            let point = self.restore_point(&manifest).and_then(|point| {
+                ha::restore_options(&manifest, self.name, &manifest, self.request.bump_revision)
+                    .map(|options| (point, options))
+            });
+            match point {
+                Ok((Point::Other(other), _)) => {
+                    self.point = Point::Other(other);
+                    // Read through, so that this bundle's own files are known to be intact.
+                    return io::copy(data, &mut io::sink()).map(drop);
+                }
+                Ok((point, options)) => {
+                    self.point = point;
+                    options
+                }
+                Err(error) => return Err(self.fail(error)),
+            }
+        } else {
+            etcd_options(&manifest, member, self.request.bump_revision)
+        };
         let live = data_dir(self.layout, &manifest);
         let result = ensure_not_in_use(&live)
+            .map_err(Error::from)
             .and_then(|()| {
-                let options = etcd_options(&manifest, member, self.request.bump_revision);
-                log::info!(
-                    "restore: rebuilding the etcd data dir for member {} (peer URLs {}){}",
-                    options.name,
-                    options.initial_advertise_peer_urls,
-                    match options.bump_revision {
-                        Some(bump) => format!(", revision bumped by {bump} and marked compacted"),
-                        None => String::new(),
-                    }
-                );
+                log_member_restore(&options);
                 let mut data = Halfway {
                     inner: data,
                     seen: 0,
@@ -470,8 +744,8 @@ impl Sink for RestoreSink<'_> {
                     &etcd_target(&live),
                     &options,
                 )
-            })
-            .map_err(Error::from);
+                .map_err(Error::from)
+            });
         match result {
             Ok(restored) => {
                 self.restored = Some(restored);
@@ -501,9 +775,8 @@ impl Read for Halfway<'_> {
     }
 }
 
-/// The member as the backed-up node knew it, or as `member` (name, peer URL) on a new address. A
-/// cluster that had several members comes back as a one-member cluster (etcd's disaster-recovery
-/// procedure); the others rejoin with `kubeadm join`.
+/// The member of a one-member cluster as the backed-up node knew it, or as `member` (name, peer URL)
+/// on a new address (which a several-member cluster refuses before this).
 fn etcd_options(
     manifest: &Manifest,
     member: Option<(String, String)>,
@@ -517,12 +790,6 @@ fn etcd_options(
         ),
     };
     let peers = peer_urls.join(",");
-    if manifest.etcd.members.len() > 1 {
-        log::warn!(
-            "restore: the backup's etcd cluster had {} members; restoring {name} as a single-member cluster",
-            manifest.etcd.members.len()
-        );
-    }
     RestoreOptions {
         initial_cluster: peer_urls
             .iter()
@@ -633,6 +900,7 @@ fn swap_in(
     layout: &Layout,
     mut state: State,
     skipped: Vec<(String, String)>,
+    quorum: Option<Quorum>,
 ) -> Result<RestoreReport, Error> {
     let manifest = staged_manifest(layout)?;
     let live_data = data_dir(layout, &manifest);
@@ -683,7 +951,7 @@ fn swap_in(
             .map(|r| format!(", now {r}"))
             .unwrap_or_default()
     );
-    Ok(report(layout, &state, skipped, false))
+    Ok(report(layout, &state, skipped, quorum, false))
 }
 
 /// Puts back the files static pods read (the bundle's entries with a `source`) with their modes and
@@ -774,6 +1042,7 @@ fn report(
     layout: &Layout,
     state: &State,
     skipped: Vec<(String, String)>,
+    quorum: Option<Quorum>,
     already_done: bool,
 ) -> RestoreReport {
     let manifest = staged_manifest(layout).ok();
@@ -788,6 +1057,8 @@ fn report(
         skipped,
         already_done,
         new_address: state.new_address.clone(),
+        quorum,
+        restore_point: state.restore_point.clone(),
     }
 }
 

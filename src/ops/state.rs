@@ -42,6 +42,9 @@ pub struct State {
     /// A restore onto a new address (`--new-address`): what phase 2 changes for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_address: Option<super::readdress::Plan>,
+    /// A lost quorum: the bundle whose snapshot every member restored, when it is not `bundle`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_point: Option<String>,
 }
 
 pub fn state_dir(layout: &Layout) -> PathBuf {

@@ -134,6 +134,17 @@ impl Store for DirStore {
             _ => Ok(()),
         }
     }
+
+    fn create_if_absent(&self, name: &str, data: &[u8]) -> Result<bool, Error> {
+        let path = self.path(name)?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
+        fsutil::create_new(&path, data, 0o600).map_err(|e| Error::io("creating", path, e))
+    }
 }
 
 /// Calls `found` with the name (relative to `root`) and metadata of every regular file under `dir`.

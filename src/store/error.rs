@@ -71,6 +71,9 @@ pub enum Error {
     #[error("writing {path}: the file system is full. Free space there or choose another store; the partial file was removed")]
     DiskFull { path: PathBuf },
 
+    #[error("writing {url}: this store cannot create an object only if it is absent, which the nodes of a lost quorum need to agree on one restore point. Pin the restore point on every node instead (cpr restore --bundle NAME, boot: cpr.bundle=NAME), or use a directory or S3 store")]
+    NoCreateIfAbsent { url: String },
+
     #[error("index {url}: {reason}. Fix or delete it: the next backup rewrites it, and listing falls back to the store's own listing where it can")]
     Index { url: String, reason: String },
 }

@@ -54,6 +54,15 @@ pub trait Store: Send + Sync {
     fn create(&self, name: &str) -> Result<Box<dyn Upload>, Error>;
     /// Removes the object; removing one that does not exist is not an error.
     fn delete(&self, name: &str) -> Result<(), Error>;
+    /// Writes a small object only if none exists under `name` (the first of several writers wins, the
+    /// others see its content); returns whether this call wrote it. Stores without such a write (a
+    /// plain HTTP server) refuse.
+    fn create_if_absent(&self, name: &str, data: &[u8]) -> Result<bool, Error> {
+        let _ = data;
+        Err(Error::NoCreateIfAbsent {
+            url: format!("{}/{name}", self.location().trim_end_matches('/')),
+        })
+    }
 }
 
 /// An object being written. Dropping it without `commit` leaves nothing visible under the final name.

@@ -241,6 +241,27 @@ impl Store for S3Store {
             Err(e) => Err(e),
         }
     }
+
+    /// A conditional PUT (`If-None-Match: *`): S3 answers 412 when the key exists, and 409 when another
+    /// conditional write to it is in flight; either way another writer won. A retried PUT whose first
+    /// answer was lost also gets 412: the caller reads the object back and finds its own content.
+    fn create_if_absent(&self, name: &str, data: &[u8]) -> Result<bool, Error> {
+        let s3 = &self.0;
+        let key = s3.key(name)?;
+        let shown = s3.shown(&key);
+        let body = Bytes::copy_from_slice(data);
+        let request = || {
+            let url = PutObject::new(&s3.bucket, s3.credentials(), &key).sign(SIGN_FOR);
+            s3.net.client().put(url).header("If-None-Match", "*")
+        };
+        match rt::block_on(s3.send_bytes("writing", &shown, request, &body)) {
+            Ok(_) => Ok(true),
+            Err(Error::Status {
+                status: 409 | 412, ..
+            }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 fn parse_time(text: &str) -> Option<SystemTime> {

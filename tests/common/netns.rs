@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 const PREFIX: &str = "cpr-";
+const BRIDGE: &str = "br0";
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 pub struct NetNs {
@@ -53,6 +54,32 @@ impl NetNs {
 
     /// A veth pair between this namespace and `other`, each end up with its address (`10.0.0.1/24`).
     pub fn link(&self, other: &NetNs, mine: &str, theirs: &str) {
+        let (a, b) = self.veth(other);
+        for (ns, dev, addr) in [(self, &a, mine), (other, &b, theirs)] {
+            ns.ip(&["addr", "add", addr, "dev", dev]);
+            ns.ip(&["link", "set", dev, "up"]);
+        }
+    }
+
+    /// A namespace holding the bridge `br0`, which namespaces `join` as machines join a switch.
+    pub fn hub() -> NetNs {
+        let hub = NetNs::new();
+        hub.ip(&["link", "add", BRIDGE, "type", "bridge"]);
+        hub.ip(&["link", "set", BRIDGE, "up"]);
+        hub
+    }
+
+    /// Plugs this namespace into `hub`'s bridge, its end of the cable with `address` (`10.0.0.1/24`).
+    pub fn join(&self, hub: &NetNs, address: &str) {
+        let (mine, port) = self.veth(hub);
+        self.ip(&["addr", "add", address, "dev", &mine]);
+        self.ip(&["link", "set", &mine, "up"]);
+        hub.ip(&["link", "set", &port, "master", BRIDGE]);
+        hub.ip(&["link", "set", &port, "up"]);
+    }
+
+    /// A veth pair, one end in this namespace and one in `other`, both down and without addresses.
+    fn veth(&self, other: &NetNs) -> (String, String) {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let (a, b) = (
             format!("cv{}a{n}", std::process::id()),
@@ -61,10 +88,7 @@ impl NetNs {
         ip(&["link", "add", &a, "type", "veth", "peer", "name", &b]);
         ip(&["link", "set", &a, "netns", &self.name]);
         ip(&["link", "set", &b, "netns", &other.name]);
-        for (ns, dev, addr) in [(self, &a, mine), (other, &b, theirs)] {
-            ns.ip(&["addr", "add", addr, "dev", dev]);
-            ns.ip(&["link", "set", dev, "up"]);
-        }
+        (a, b)
     }
 
     /// Whether something listens on TCP `port` (any address) inside the namespace.

@@ -1,0 +1,224 @@
+//! A control plane of several etcd members: is its quorum alive, and when it is lost, the one restore
+//! point every node restores.
+//!
+//! A minority lost leaves a cluster that must not be rolled back: the probe asks every member the
+//! bundle lists for a linearizable read, with the bundle's own etcd client certificate, for a stated
+//! time, and one answer means quorum. When none answers, every node restores the same snapshot with
+//! the full member list. The nodes agree on it through a claim in the store, created only if absent:
+//! the first node to verify a bundle claims it, every other node follows the claim and never picks
+//! another, whatever fails on its side. The `--initial-cluster-token` comes from the restore point,
+//! so members restored from different bundles get different member and cluster IDs and can never
+//! form one cluster.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::Error;
+use crate::bundle::manifest::Manifest;
+use crate::etcd::client::{EtcdClient, TlsFiles};
+use crate::etcd::RestoreOptions;
+use crate::store::Store;
+
+/// How long a lost quorum is looked for before it is believed: longer than an etcd leader election
+/// (1 s by default) plus a member's restart, so a node that reboots does not pass for dead.
+pub const DEFAULT_PROBE: Duration = Duration::from_secs(30);
+/// Each question to a member is bounded by this, so one black-holed address cannot eat the window.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+const ROUND_PAUSE: Duration = Duration::from_millis(500);
+/// A restore point is a few hundred bytes; anything larger is not one.
+const MAX_CLAIM_BYTES: u64 = 64 << 10;
+
+/// What the probe of the bundle's members found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase", tag = "quorum")]
+pub enum Quorum {
+    /// `member` answered a linearizable read at `endpoint`: a leader with a quorum behind it.
+    Alive {
+        member: String,
+        endpoint: String,
+        revision: i64,
+    },
+    /// No member answered a linearizable read for `seconds`; `survivors` answered status: they run
+    /// with their data but without a quorum.
+    Lost {
+        seconds: u64,
+        rounds: u32,
+        survivors: Vec<String>,
+    },
+}
+
+/// The bundle's etcd client pair, as staged from it: kubeadm's health-check client, signed by the
+/// etcd CA every member trusts.
+pub fn client_tls(pki: &Path) -> TlsFiles {
+    let etcd = pki.join("etcd");
+    TlsFiles {
+        ca: etcd.join("ca.crt"),
+        cert: etcd.join("healthcheck-client.crt"),
+        key: etcd.join("healthcheck-client.key"),
+    }
+}
+
+/// Asks every member listed in `manifest`, round after round for `window` (at least two rounds), for a
+/// linearizable read; stops at the first answer.
+pub fn probe(manifest: &Manifest, tls: &TlsFiles, window: Duration) -> Quorum {
+    let started = Instant::now();
+    let mut rounds = 0;
+    let mut survivors = Vec::new();
+    loop {
+        rounds += 1;
+        for member in &manifest.etcd.members {
+            for endpoint in &member.client_urls {
+                let client =
+                    EtcdClient::connect_within(endpoint, Some(tls), ASK_TIMEOUT, ASK_TIMEOUT);
+                let mut client = match client {
+                    Ok(client) => client,
+                    Err(error) => {
+                        log::debug!("quorum probe: {error}");
+                        continue;
+                    }
+                };
+                match client.quorum_read() {
+                    Ok(revision) => {
+                        return Quorum::Alive {
+                            member: member.name.clone(),
+                            endpoint: endpoint.clone(),
+                            revision,
+                        }
+                    }
+                    Err(error) => log::debug!("quorum probe: {error}"),
+                }
+                if client.status().is_ok() && !survivors.contains(&member.name) {
+                    survivors.push(member.name.clone());
+                }
+            }
+        }
+        if rounds >= 2 && started.elapsed() >= window {
+            return Quorum::Lost {
+                seconds: started.elapsed().as_secs(),
+                rounds,
+                survivors,
+            };
+        }
+        std::thread::sleep(ROUND_PAUSE);
+    }
+}
+
+/// The claim every node of a lost quorum follows: which bundle's snapshot they all restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestorePoint {
+    pub bundle: String,
+    /// The node that claimed it, and when (RFC 3339), for the operator.
+    pub claimed_by: String,
+    pub claimed_at: String,
+}
+
+/// The claim's object name: one per incarnation of the cluster (its etcd cluster ID), so that the
+/// next loss of the restored cluster, whose bundles carry the new ID, claims afresh.
+pub fn claim_name(manifest: &Manifest) -> String {
+    format!(
+        "{}/restore-point-{}.json",
+        manifest.cluster.name, manifest.etcd.cluster_id
+    )
+}
+
+/// The restore point already claimed for the cluster of `manifest`, if any.
+pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestorePoint>, Error> {
+    let name = claim_name(manifest);
+    let mut reader = match store.open_limited(&name, Some(MAX_CLAIM_BYTES)) {
+        Ok(reader) => reader,
+        Err(crate::store::Error::NotFound { .. }) => return Ok(None),
+        Err(error) => return Err(error.into()),
+    };
+    let mut text = Vec::new();
+    reader
+        .read_to_end(&mut text)
+        .map_err(|e| Error::RestorePoint {
+            claim: format!("{}/{name}", store.location()),
+            why: e.to_string(),
+        })?;
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| Error::RestorePoint {
+            claim: format!("{}/{name}", store.location()),
+            why: format!("not a restore point ({e})"),
+        })
+}
+
+/// Claims `bundle` unless another node claimed first; returns the restore point that holds.
+pub fn claim(store: &dyn Store, manifest: &Manifest, bundle: &str) -> Result<RestorePoint, Error> {
+    let point = RestorePoint {
+        bundle: bundle.to_string(),
+        claimed_by: manifest.node.name.clone(),
+        claimed_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    let mut text = serde_json::to_vec_pretty(&point).expect("a restore point serializes");
+    text.push(b'\n');
+    if store.create_if_absent(&claim_name(manifest), &text)? {
+        return Ok(point);
+    }
+    claimed(store, manifest)?.ok_or_else(|| Error::RestorePoint {
+        claim: format!("{}/{}", store.location(), claim_name(manifest)),
+        why: "the store said it exists, then that it does not; was it deleted by hand?".into(),
+    })
+}
+
+/// `--initial-cluster-token` for every member restored from `bundle` (whose manifest is `point`):
+/// it names the bundle and its snapshot (revision, size), so two restore points never share it.
+pub fn cluster_token(bundle: &str, point: &Manifest) -> String {
+    let digest = Sha256::digest(format!(
+        "{bundle}\n{}\n{}\n",
+        point.etcd.revision, point.snapshot.size
+    ));
+    format!("cpr-{}", &hex::encode(digest)[..16])
+}
+
+/// The restore of this node's member (`own`, its own bundle) into the cluster the restore point
+/// `point` lists: every voting member with its peer URLs, this one by its own name.
+pub fn restore_options(
+    own: &Manifest,
+    bundle: &str,
+    point: &Manifest,
+    bump_revision: Option<u64>,
+) -> Result<RestoreOptions, Error> {
+    let voters: Vec<_> = point
+        .etcd
+        .members
+        .iter()
+        .filter(|m| !m.is_learner)
+        .collect();
+    if !voters.iter().any(|m| m.name == own.etcd.member_name) {
+        return Err(Error::RestorePoint {
+            claim: bundle.to_string(),
+            why: format!(
+                "its cluster's voting members are {}, not {}: this node was not a member when that bundle was taken. Restore it as a new member once the others are up (kubeadm join --control-plane)",
+                voters.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+                own.etcd.member_name
+            ),
+        });
+    }
+    let initial_cluster = voters
+        .iter()
+        .flat_map(|m| {
+            m.peer_urls
+                .iter()
+                .map(move |url| format!("{}={url}", m.name))
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    Ok(RestoreOptions {
+        name: own.etcd.member_name.clone(),
+        initial_cluster,
+        initial_cluster_token: cluster_token(bundle, point),
+        initial_advertise_peer_urls: own.etcd.peer_urls.join(","),
+        bump_revision,
+        // As for one member: the bundle reader checks the snapshot's trailer on these bytes.
+        skip_hash_check: true,
+        ..RestoreOptions::default()
+    })
+}
