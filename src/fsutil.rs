@@ -8,6 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `error` with the failed step and path in front, its kind kept.
 fn context(step: &str, path: &Path, error: io::Error) -> io::Error {
@@ -63,15 +64,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 }
 
 /// Creates `path` with `bytes` unless it exists, atomically and durably: the content is written and
-/// fsynced under a name of this process's own, then hard-linked to `path`, which fails rather than
+/// fsynced under a name of this call's own, then hard-linked to `path`, which fails rather than
 /// replace what another writer linked first. Returns whether this call created it.
 pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
-    let tmp = sibling(path, &format!(".{}.new", std::process::id()));
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = sibling(path, &format!(".{}-{n}.new", std::process::id()));
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(mode)
             .open(&tmp)
             .map_err(|e| context("creating", &tmp, e))?;

@@ -212,3 +212,37 @@ fn index_is_reconciled_with_the_listing() {
     assert_eq!(index::list_bundles(&*store, "c", "n").unwrap().len(), 3);
     assert_eq!(mode(&tmp.path().join("c/n/index.json")), 0o600);
 }
+
+/// The restore point of a lost quorum: of writers racing to create one object, exactly one creates
+/// it, every other sees that one's content, and no temporary file is left.
+#[test]
+fn create_if_absent_has_one_winner_among_racing_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir_store(dir.path());
+    let name = "prod/restore-point-1.json";
+    let won: Vec<bool> = std::thread::scope(|scope| {
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = &store;
+                scope.spawn(move || {
+                    store
+                        .create_if_absent(name, format!("writer {i}\n").as_bytes())
+                        .unwrap()
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+    let winner = won.iter().position(|w| *w).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(name)).unwrap(),
+        format!("writer {winner}\n")
+    );
+    assert!(!store.create_if_absent(name, b"late\n").unwrap());
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("prod")).unwrap().count(),
+        1,
+        "no temporary file left"
+    );
+}

@@ -222,3 +222,19 @@ fn https_with_the_configured_ca_and_refused_without() {
         .expect("a CA file without certificates");
     assert!(matches!(err, Error::Tls { .. }), "{err}");
 }
+
+/// HTTP has no create-if-absent that every server honours: the claim of a lost quorum's restore point
+/// is refused with the way out (pin the bundle on every node), and nothing is sent.
+#[test]
+fn create_if_absent_is_refused_with_the_pin_to_use_instead() {
+    let store = open("http://127.0.0.1:9/backups");
+    let error = store
+        .create_if_absent("prod/restore-point-1.json", b"{}")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("http://127.0.0.1:9/backups"), "{error}");
+    assert!(
+        error.contains("--bundle") && error.contains("cpr.bundle="),
+        "{error}"
+    );
+}

@@ -145,3 +145,16 @@ fn credentials_come_from_the_standard_variables() {
         "{debug}"
     );
 }
+
+/// A conditional PUT (`If-None-Match: *`, which moto implements as S3 does): the first writer
+/// creates the restore point, a second is told it exists and the object keeps the first's bytes.
+#[test]
+fn create_if_absent_is_a_conditional_put() {
+    init_logging();
+    let moto = moto();
+    let store = moto.store("backups/prod");
+    let name = "prod/restore-point-1.json";
+    assert!(store.create_if_absent(name, b"first\n").unwrap());
+    assert!(!store.create_if_absent(name, b"second\n").unwrap());
+    assert_eq!(get(&*store, name).unwrap(), b"first\n");
+}
