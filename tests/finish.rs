@@ -1603,6 +1603,9 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
             .any(|l| l["argv"].to_string().contains("restart")),
         "{systemctl:?}"
     );
+    // A second run finds nothing to change.
+    let again = ok(&repoint(&worker, worker_root.path(), &new_server));
+    assert!(again.contains("nothing changed"), "{again}");
     // With the repointed kubeconfig the worker reaches the new control plane.
     assert_eq!(
         get_with(

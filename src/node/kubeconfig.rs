@@ -108,3 +108,34 @@ fn named<'a>(doc: &'a Value, list: &str, name: &str) -> Option<&'a Value> {
         .iter()
         .find(|item| item.get("name").and_then(Value::as_str) == Some(name))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker's kubelet.conf after TLS bootstrap names its client pair by path (kubeadm join:
+    /// `/var/lib/kubelet/pki/kubelet-client-current.pem`); read under the given root.
+    #[test]
+    fn credentials_named_by_path_are_read_under_the_root() {
+        let root = tempfile::tempdir().unwrap();
+        let pki = root.path().join("var/lib/kubelet/pki");
+        std::fs::create_dir_all(&pki).unwrap();
+        std::fs::write(pki.join("kubelet-client-current.pem"), "PAIR").unwrap();
+        let path = root.path().join("kubelet.conf");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.0.1.10:6443\n  name: default-cluster\nusers:\n- name: default-auth\n  user:\n    client-certificate: /var/lib/kubelet/pki/kubelet-client-current.pem\n    client-key: /var/lib/kubelet/pki/kubelet-client-current.pem\n",
+        )
+        .unwrap();
+        let config = Kubeconfig::load_under(root.path(), &path).unwrap();
+        assert_eq!(config.ca_pem, b"CA");
+        assert_eq!(
+            (config.client_cert_pem, config.client_key_pem),
+            (b"PAIR".to_vec(), b"PAIR".to_vec())
+        );
+        assert!(Kubeconfig::load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("no client-certificate-data"));
+    }
+}
