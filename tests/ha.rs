@@ -178,7 +178,7 @@ struct Cluster {
 impl Cluster {
     /// `size` stacked control-plane nodes `master1..`, 10.77.0.1.., sharing one set of CAs, their
     /// etcd members one cluster; seeded by the first node.
-    fn start(size: usize) -> Cluster {
+    fn new(size: usize) -> Cluster {
         let hub = NetNs::hub();
         let names: Vec<String> = (1..=size).map(|i| format!("master{i}")).collect();
         let ips: Vec<String> = (1..=size).map(|i| format!("10.77.0.{i}")).collect();
@@ -229,16 +229,20 @@ impl Cluster {
     }
 
     fn start_all(&mut self) {
-        for node in &mut self.nodes {
-            node.start_etcd();
-        }
-        self.wait_healthy();
+        self.start_etcd(&self.all());
     }
 
-    /// Every member answers a linearizable read and the member list has every node, none a learner.
-    fn wait_healthy(&self) {
+    fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+
+    /// Starts the etcd of the nodes `which` and waits until each answers a linearizable read.
+    fn start_etcd(&mut self, which: &[usize]) {
+        for &i in which {
+            self.nodes[i].start_etcd();
+        }
         let deadline = Instant::now() + Duration::from_secs(60);
-        for node in &self.nodes {
+        for node in which.iter().map(|&i| &self.nodes[i]) {
             loop {
                 let healthy = node
                     .etcdctl(&["endpoint", "health", "--command-timeout=2s"])
@@ -285,14 +289,17 @@ impl Cluster {
 
     /// Phase 1 on every node at once; each run's JSON report.
     fn restore_all(&self, extra: &[&str]) -> Vec<Value> {
-        let children: Vec<Child> = self
-            .nodes
+        self.restore(&self.all(), extra)
+    }
+
+    /// Phase 1 on the nodes `which` at once; each run's JSON report.
+    fn restore(&self, which: &[usize], extra: &[&str]) -> Vec<Value> {
+        let children: Vec<(Child, &Node)> = which
             .iter()
-            .map(|node| node.restore(self.store(), extra))
+            .map(|&i| (self.nodes[i].restore(self.store(), extra), &self.nodes[i]))
             .collect();
         children
             .into_iter()
-            .zip(&self.nodes)
             .map(|(child, node)| {
                 let out = child.wait_with_output().unwrap();
                 assert!(
@@ -359,7 +366,7 @@ fn claim(store: &Path) -> Value {
 /// Kill every node, wipe it, restore all at once: one cluster from one snapshot.
 fn lost_quorum_comes_back_from_one_snapshot(size: usize) {
     let started = Instant::now();
-    let mut cluster = Cluster::start(size);
+    let mut cluster = Cluster::new(size);
     cluster.nodes[0].put("/cpr-test/before-backup", "kept");
     cluster.backup_all();
     cluster.nodes[0].put("/cpr-test/after-backup", "lost with the quorum");
@@ -413,7 +420,7 @@ fn five_nodes_lost_all_restore_concurrently_into_one_cluster() {
 /// The newest bundle of every node is damaged: all nodes fall back to the same older snapshot.
 #[test]
 fn a_corrupt_newest_bundle_leads_every_node_to_the_same_older_one() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::new(3);
     cluster.nodes[0].put("/cpr-test/generation", "first");
     cluster.backup_all();
     cluster.nodes[0].put("/cpr-test/generation", "second");
@@ -444,16 +451,25 @@ fn a_corrupt_newest_bundle_leads_every_node_to_the_same_older_one() {
     }
 }
 
+/// One of three lost: the quorum lives, a snapshot would roll it back, so the restore is refused.
 /// Two of three lost: the survivor runs without a quorum. Restoring from a bundle would drop its
 /// newer writes, so it is refused without --discard-survivors and nothing changes; with it, every
 /// node restores the same snapshot.
 #[test]
-fn two_of_three_lost_a_survivor_is_never_discarded_without_the_flag() {
-    let mut cluster = Cluster::start(3);
+fn one_lost_is_refused_and_with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
+    let mut cluster = Cluster::new(3);
     cluster.backup_all();
-    for node in &mut cluster.nodes[..2] {
-        node.wipe();
-    }
+    cluster.nodes[0].wipe();
+    let out = cluster.nodes[0]
+        .restore(cluster.store(), &[])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", common::stderr(&out));
+    let why = common::stderr(&out);
+    assert!(why.contains("still has a quorum"), "{why}");
+    assert!(!cluster.nodes[0].root().join("var/lib/etcd").exists());
+
+    cluster.nodes[1].wipe();
     let refused = cluster.nodes[0].restore(cluster.store(), &[]);
     let out = refused.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(11), "{}", common::stderr(&out));
@@ -476,10 +492,12 @@ fn two_of_three_lost_a_survivor_is_never_discarded_without_the_flag() {
 }
 
 /// A node killed in the middle of writing its member's db (before any claim) and one killed after
-/// staging (after its claim, before the swap) both converge when run again, into one cluster.
+/// staging (after its claim, before the swap) both converge when run again; the third node, restored
+/// only once the other two run as the restored cluster, joins it instead of taking it for a live
+/// cluster to leave alone.
 #[test]
 fn nodes_killed_mid_restore_converge_when_run_again() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::new(3);
     cluster.backup_all();
     cluster.wipe_all();
     for (node, failpoint) in [(0, "restore:mid-snapshot"), (1, "restore:state-saved")] {
@@ -495,7 +513,10 @@ fn nodes_killed_mid_restore_converge_when_run_again() {
             node.name
         );
     }
-    cluster.restore_all(&[]);
-    cluster.start_all();
+    cluster.restore(&[0, 1], &[]);
+    cluster.start_etcd(&[0, 1]);
+    let late = cluster.restore(&[2], &[]);
+    assert_eq!(late[0]["quorum"]["quorum"], "alive", "{}", late[0]);
+    cluster.start_etcd(&[2]);
     cluster.assert_one_cluster();
 }

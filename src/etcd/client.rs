@@ -156,8 +156,9 @@ impl EtcdClient {
             .collect())
     }
 
-    /// A linearizable read: etcd answers it only through a leader that a quorum follows.
-    pub fn quorum_read(&mut self) -> Result<i64, ClientError> {
+    /// A linearizable read: etcd answers it only through a leader that a quorum follows. Returns the
+    /// revision and the cluster ID of the answer.
+    pub fn quorum_read(&mut self) -> Result<(i64, u64), ClientError> {
         let response = self.bounded("linearizable read", |c| {
             Box::pin(async move {
                 c.get(
@@ -167,7 +168,9 @@ impl EtcdClient {
                 .await
             })
         })?;
-        Ok(response.header().map_or(0, |h| h.revision()))
+        Ok(response
+            .header()
+            .map_or((0, 0), |h| (h.revision(), h.cluster_id())))
     }
 
     /// `HashKV` at `revision` (0: the current one): (hash, the revision it covers, compact revision).

@@ -35,11 +35,13 @@ const MAX_CLAIM_BYTES: u64 = 64 << 10;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase", tag = "quorum")]
 pub enum Quorum {
-    /// `member` answered a linearizable read at `endpoint`: a leader with a quorum behind it.
+    /// `member` answered a linearizable read at `endpoint`: a leader with a quorum behind it, in the
+    /// cluster `cluster_id` (lowercase hex).
     Alive {
         member: String,
         endpoint: String,
         revision: i64,
+        cluster_id: String,
     },
     /// No member answered a linearizable read for `seconds`; `survivors` answered status: they run
     /// with their data but without a quorum.
@@ -81,11 +83,12 @@ pub fn probe(manifest: &Manifest, tls: &TlsFiles, window: Duration) -> Quorum {
                     }
                 };
                 match client.quorum_read() {
-                    Ok(revision) => {
+                    Ok((revision, cluster_id)) => {
                         return Quorum::Alive {
                             member: member.name.clone(),
                             endpoint: endpoint.clone(),
                             revision,
+                            cluster_id: format!("{cluster_id:x}"),
                         }
                     }
                     Err(error) => log::debug!("quorum probe: {error}"),
@@ -111,6 +114,9 @@ pub fn probe(manifest: &Manifest, tls: &TlsFiles, window: Duration) -> Quorum {
 #[serde(rename_all = "camelCase")]
 pub struct RestorePoint {
     pub bundle: String,
+    /// The etcd cluster ID its members get (lowercase hex): a node that finds this cluster alive is a
+    /// late member of it, not a node of a live cluster to rejoin.
+    pub cluster_id: String,
     /// The node that claimed it, and when (RFC 3339), for the operator.
     pub claimed_by: String,
     pub claimed_at: String,
@@ -148,10 +154,17 @@ pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestoreP
         })
 }
 
-/// Claims `bundle` unless another node claimed first; returns the restore point that holds.
-pub fn claim(store: &dyn Store, manifest: &Manifest, bundle: &str) -> Result<RestorePoint, Error> {
+/// Claims `bundle`, whose members form the cluster `cluster_id`, unless another node claimed first;
+/// returns the restore point that holds.
+pub fn claim(
+    store: &dyn Store,
+    manifest: &Manifest,
+    bundle: &str,
+    cluster_id: u64,
+) -> Result<RestorePoint, Error> {
     let point = RestorePoint {
         bundle: bundle.to_string(),
+        cluster_id: format!("{cluster_id:x}"),
         claimed_by: manifest.node.name.clone(),
         claimed_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)

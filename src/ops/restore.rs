@@ -343,7 +343,13 @@ fn stage(
     input.finish()?;
     let point = match sink.point {
         Point::ToClaim => {
-            let claimed = ha::claim(request.store, &manifest, name)?;
+            let cluster_id = sink
+                .restored
+                .as_ref()
+                .expect("a verified bundle has a snapshot")
+                .cluster
+                .id;
+            let claimed = ha::claim(request.store, &manifest, name, cluster_id)?;
             log::info!(
                 "restore: restore point {} (claimed by {} at {})",
                 claimed.bundle,
@@ -558,11 +564,20 @@ impl RestoreSink<'_> {
             }
         };
         let node = manifest.node.name.clone();
+        let claimed = ha::claimed(self.request.store, manifest)?;
         match quorum {
+            Quorum::Alive {
+                cluster_id, member, ..
+            } if claimed.as_ref().is_some_and(|p| p.cluster_id == cluster_id) => {
+                log::info!(
+                    "restore: {member} answers for the cluster restored from the restore point (etcd cluster {cluster_id}); this member joins it, restored from the same snapshot"
+                );
+            }
             Quorum::Alive {
                 member,
                 endpoint,
                 revision,
+                ..
             } => {
                 return Err(Error::QuorumAlive {
                     node,
@@ -588,7 +603,7 @@ impl RestoreSink<'_> {
         if self.request.bundle.is_some() {
             return Ok(Point::This);
         }
-        Ok(match ha::claimed(self.request.store, manifest)? {
+        Ok(match claimed {
             Some(point) if point.bundle != self.name => {
                 log::info!(
                     "restore: following the restore point {} claimed by {} at {}",
