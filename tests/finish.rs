@@ -1734,19 +1734,17 @@ fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() 
         members.contains(&format!("{NEW_NAME}, https://{NEW_IP}:{ETCD_PEER_PORT}")),
         "{members}"
     );
-    // The next backup of the restored node lands under its new name.
-    let later = tempfile::tempdir().unwrap();
+    // The next backup of the restored node lands under its new name, and its node's listing holds
+    // the bundles of its old name too.
     let root = target.root().to_str().unwrap();
-    ok(&target.cpr(
-        &[
-            "backup",
-            "--root",
-            root,
-            "--store",
-            later.path().to_str().unwrap(),
-        ],
-        &[],
-    ));
-    assert!(later.path().join(CLUSTER).join(NEW_NAME).is_dir());
+    let store = store.path().to_str().unwrap();
+    ok(&target.cpr(&["backup", "--root", root, "--store", store], &[]));
+    assert!(Path::new(store).join(CLUSTER).join(NEW_NAME).is_dir());
+    let listed = ok(&target.cpr(&["list", "--store", store, "--node", NEW_NAME], &[]));
+    assert!(
+        listed.contains(&format!("{NODE_NAME} (now {NEW_NAME})"))
+            && listed.contains(&format!("{CLUSTER}/{NEW_NAME}/")),
+        "{listed}"
+    );
     drop(kubelet);
 }

@@ -49,7 +49,16 @@ fn table(entries: &[IndexEntry], now: OffsetDateTime) -> String {
         "{:<52} {:>10} {:<16} {:>12} {:>8}\n",
         "BUNDLE", "SIZE", "NODE", "REVISION", "AGE"
     );
+    // A node renamed by a restore onto a new address: its old name's bundles are its own.
+    let renamed: std::collections::BTreeMap<&str, &str> = entries
+        .iter()
+        .filter_map(|e| Some((e.renamed_from.as_deref()?, e.node.as_str())))
+        .collect();
     for entry in entries {
+        let node = match renamed.get(entry.node.as_str()) {
+            Some(now) => format!("{} (now {now})", entry.node),
+            None => entry.node.clone(),
+        };
         let revision = entry.revision.map_or("-".to_string(), |r| r.to_string());
         let flags = match (entry.encrypted, entry.signed) {
             (true, true) => " (encrypted, signed)",
@@ -61,7 +70,7 @@ fn table(entries: &[IndexEntry], now: OffsetDateTime) -> String {
             "{:<52} {:>10} {:<16} {:>12} {:>8}{flags}\n",
             entry.name,
             human_bytes(entry.size),
-            entry.node,
+            node,
             revision,
             age(now - entry.created)
         ));

@@ -196,6 +196,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
             encrypted: request.seal.encrypts(),
             signed: sealed.signed,
             sha256: Some(sealed.sha256),
+            renamed_from: renamed_from(&layout, &node_name),
             extra: Default::default(),
         },
     )?;
@@ -531,6 +532,19 @@ fn node(name: &str, apiserver: Option<&StaticPod>, layout: &Layout) -> Node {
             .and_then(|p| p.parse().ok()),
         cri_socket: cri_socket(&layout.path(layout::KUBEADM_FLAGS)),
     }
+}
+
+/// The node's name before a restore onto a new address renamed it to `node` (this machine's recovery
+/// state records it), so that its older bundles stay found under the new name.
+/// An unreadable state file costs the link, never the backup.
+fn renamed_from(layout: &Layout, node: &str) -> Option<String> {
+    let state = super::state::State::load(layout)
+        .inspect_err(|e| log::warn!("backup: the old name of a renamed node is not recorded: {e}"))
+        .ok()??;
+    state
+        .new_address
+        .filter(|plan| plan.renamed() && plan.new_name == node)
+        .map(|plan| plan.old_name)
 }
 
 /// kubeadm writes `KUBELET_KUBEADM_ARGS="--container-runtime-endpoint=unix:///… …"`.

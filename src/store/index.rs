@@ -48,6 +48,10 @@ pub struct IndexEntry {
     /// it catches damage the bundle's own checks cannot see, such as a zstd frame-header bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// The node's name before a restore onto a new address renamed it: that name's bundles are this
+    /// node's older ones (`cpr list --node` shows them with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renamed_from: Option<String>,
     /// Fields a newer cpr wrote, kept when this one rewrites the index.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -208,6 +212,7 @@ pub fn list_bundles(
                 encrypted: object.name.ends_with(ENCRYPTED_SUFFIX),
                 signed: names.contains(format!("{}{SIGNATURE_SUFFIX}", object.name).as_str()),
                 sha256: None,
+                renamed_from: None,
                 extra: BTreeMap::new(),
             },
         };

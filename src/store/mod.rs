@@ -156,6 +156,22 @@ pub fn bundles(
     for (cluster, node) in &nodes {
         entries.extend(index::list_bundles(store, cluster, node)?);
     }
+    // A node asked for by name brings the bundles it had under its name before a rename.
+    if node.is_some() {
+        let mut former: Vec<(String, String)> = entries
+            .iter()
+            .filter_map(|e| {
+                let cluster = e.name.split('/').next()?.to_string();
+                Some((cluster, e.renamed_from.clone()?))
+            })
+            .filter(|n| !nodes.contains(n))
+            .collect();
+        former.sort();
+        former.dedup();
+        for (cluster, old) in &former {
+            entries.extend(index::list_bundles(store, cluster, old)?);
+        }
+    }
     entries.sort_by(|a, b| stamp(&a.name).cmp(stamp(&b.name)));
     Ok(entries)
 }

@@ -180,6 +180,7 @@ mod tests {
             encrypted: false,
             signed: false,
             sha256: None,
+            renamed_from: None,
             extra: Default::default(),
         }
     }
