@@ -25,21 +25,21 @@ impl std::fmt::Debug for Kubeconfig {
 
 impl Kubeconfig {
     pub fn load(path: &Path) -> Result<Kubeconfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::parse(&text, path)
+        Self::read(path, None)
     }
 
     /// As `load`, also reading credentials the file names by path (`client-certificate:`, as a
     /// kubelet.conf after TLS bootstrap does) from under `root`.
     pub fn load_under(root: &Path, path: &Path) -> Result<Kubeconfig, Error> {
+        Self::read(path, Some(root))
+    }
+
+    fn read(path: &Path, root: Option<&Path>) -> Result<Kubeconfig, Error> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse_with(&text, path, Some(root))
+        Self::parse_with(&text, path, root)
     }
 
     /// Reads the current context's cluster and user (the first of each when there is no context).
