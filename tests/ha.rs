@@ -112,6 +112,29 @@ impl Node {
         (revision, hash[0]["HashKV"]["hash"].as_u64().unwrap())
     }
 
+    /// The `etcd-members` check of `cpr check` on this node.
+    fn members_check(&self) -> Value {
+        let out = self
+            .cpr(&[
+                "check",
+                "--root",
+                self.root().to_str().unwrap(),
+                "--output",
+                "json",
+            ])
+            .output()
+            .unwrap();
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("cpr check: {e}: {}", common::stderr(&out)));
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "etcd-members")
+            .unwrap_or_else(|| panic!("no etcd-members check: {report}"))
+            .clone()
+    }
+
     fn cpr(&self, args: &[&str]) -> Command {
         let mut command = self.ns.command(cpr_bin());
         command
@@ -401,6 +424,10 @@ fn lost_quorum_comes_back_from_one_snapshot(size: usize) {
         assert_eq!(node.get("/cpr-test/before-backup").as_deref(), Some("kept"));
         assert_eq!(node.get("/cpr-test/after-backup"), None);
     }
+    let members = cluster.nodes[0].members_check();
+    assert_eq!(members["status"], "ok", "{members}");
+    let detail = members["detail"].as_str().unwrap();
+    assert!(detail.starts_with(&format!("{size} members (")), "{detail}");
     eprintln!(
         "{size} nodes: backup, loss, concurrent restore and one healthy cluster in {:.1} s",
         started.elapsed().as_secs_f64()

@@ -153,7 +153,10 @@ pub fn check_node(
     collect_node_pems(&layout, &mut pems, &mut unreadable);
     let mut report = CheckReport {
         target: format!("node {}", root.display()),
-        checks: vec![check_etcd(&layout), check_store(store)],
+        checks: check_etcd(&layout)
+            .into_iter()
+            .chain([check_store(store)])
+            .collect(),
         certificates: Vec::new(),
     };
     let certs = certificates(&pems, warn_days, now, &mut unreadable);
@@ -245,7 +248,10 @@ pub fn check_bundle(
     })
 }
 
-fn check_etcd(layout: &Layout) -> Check {
+/// The node's etcd answers; with several members, a second check that every member answers with the
+/// same data (`HashKV`).
+fn check_etcd(layout: &Layout) -> Vec<Check> {
+    let mut members = None;
     let result = (|| -> Result<String, Error> {
         let pod = StaticPod::load(&layout.path(layout::ETCD_MANIFEST))?;
         let endpoint = client_endpoint(&pod)?;
@@ -257,6 +263,9 @@ fn check_etcd(layout: &Layout) -> Check {
         let mut client =
             EtcdClient::connect(&endpoint, tls.as_ref()).map_err(crate::etcd::Error::from)?;
         let status = client.status().map_err(crate::etcd::Error::from)?;
+        if client.members().map_err(crate::etcd::Error::from)?.len() > 1 {
+            members = Some(super::ha::compare_members(&mut client, tls.as_ref()));
+        }
         let with = tls.map_or("no TLS".to_string(), |t| {
             format!("client certificate {}", t.cert.display())
         });
@@ -267,7 +276,7 @@ fn check_etcd(layout: &Layout) -> Check {
             human_bytes(status.db_size)
         ))
     })();
-    match result {
+    let etcd = match result {
         Ok(detail) => Check {
             name: "etcd",
             status: Status::Ok,
@@ -278,7 +287,20 @@ fn check_etcd(layout: &Layout) -> Check {
             status: Status::Fail,
             detail: e.to_string(),
         },
-    }
+    };
+    let members = members.map(|compared| match compared {
+        Ok(detail) => Check {
+            name: "etcd-members",
+            status: Status::Ok,
+            detail,
+        },
+        Err(detail) => Check {
+            name: "etcd-members",
+            status: Status::Fail,
+            detail: format!("{detail}. Check those members' etcd logs; a member restored from another snapshot cannot join (cpr restore gives each restore point its own cluster token)"),
+        },
+    });
+    [Some(etcd), members].into_iter().flatten().collect()
 }
 
 fn check_store(store: Option<&dyn Store>) -> Check {

@@ -235,3 +235,61 @@ pub fn restore_options(
         ..RestoreOptions::default()
     })
 }
+
+/// Every member of the cluster behind `client` answers, and all have the same `HashKV` at the
+/// revision they have all reached: one cluster restored from one snapshot, or a healthy one. `Ok`
+/// says so with the figures; `Err` names the member that is missing or differs.
+pub fn compare_members(client: &mut EtcdClient, tls: Option<&TlsFiles>) -> Result<String, String> {
+    let members = client.members().map_err(|e| e.to_string())?;
+    let mut seen = Vec::new();
+    let mut failed = Vec::new();
+    for member in &members {
+        let Some(endpoint) = member.client_urls.first() else {
+            failed.push(format!(
+                "{} has no client URL (a learner not yet started?)",
+                member.name
+            ));
+            continue;
+        };
+        let answer = EtcdClient::connect_within(endpoint, tls, ASK_TIMEOUT, ASK_TIMEOUT)
+            .and_then(|mut c| c.status().map(|s| (c, s.revision)));
+        match answer {
+            Ok((member_client, revision)) => {
+                seen.push((member.name.clone(), member_client, revision))
+            }
+            Err(error) => failed.push(format!("{}: {error}", member.name)),
+        }
+    }
+    let Some(common) = seen.iter().map(|(_, _, revision)| *revision).min() else {
+        return Err(failed.join("; "));
+    };
+    let mut hashes = Vec::new();
+    for (name, member_client, _) in &mut seen {
+        match member_client.hash_kv(common) {
+            Ok((hash, _, _)) => hashes.push((name.clone(), hash)),
+            Err(error) => failed.push(format!("{name}: {error}")),
+        }
+    }
+    if let Some((first, hash)) = hashes.first() {
+        for (name, other) in &hashes[1..] {
+            if other != hash {
+                failed.push(format!(
+                    "{name} has HashKV {other:08x} at revision {common}, {first} {hash:08x}: the members hold different data"
+                ));
+            }
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; "));
+    }
+    Ok(format!(
+        "{} members ({}), all with HashKV {:08x} at revision {common}",
+        hashes.len(),
+        hashes
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        hashes.first().map_or(0, |(_, h)| *h)
+    ))
+}
