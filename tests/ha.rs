@@ -148,15 +148,18 @@ impl Node {
 
     /// `cpr restore` phase 1 of this node from `store`, as the recovery boot runs it, started.
     fn restore(&self, store: &Path, extra: &[&str]) -> Child {
-        self.restore_command(store, extra).spawn().unwrap()
+        self.restore_command(store.to_str().unwrap(), extra)
+            .spawn()
+            .unwrap()
     }
 
-    fn restore_command(&self, store: &Path, extra: &[&str]) -> Command {
+    /// `cpr restore` phase 1 of this node from the store at `url`.
+    fn restore_command(&self, url: &str, extra: &[&str]) -> Command {
         let args = [
             &[
                 "restore",
                 "--store",
-                store.to_str().unwrap(),
+                url,
                 "--root",
                 self.root().to_str().unwrap(),
                 "--node",
@@ -530,7 +533,7 @@ fn nodes_killed_mid_restore_converge_when_run_again() {
     for (node, failpoint) in [(0, "restore:mid-snapshot"), (1, "restore:state-saved")] {
         let node = &cluster.nodes[node];
         let out = node
-            .restore_command(cluster.store(), &[])
+            .restore_command(cluster.store().to_str().unwrap(), &[])
             .env("CPR_FAILPOINT", failpoint)
             .output()
             .unwrap();
@@ -545,5 +548,58 @@ fn nodes_killed_mid_restore_converge_when_run_again() {
     let late = cluster.restore(&[2], &[]);
     assert_eq!(late[0]["quorum"]["quorum"], "alive", "{}", late[0]);
     cluster.start_etcd(&[2]);
+    cluster.assert_one_cluster();
+}
+
+/// A read-only HTTP store cannot hold a claim, so a node that reaches the store that way follows the
+/// restore point pinned with --bundle: through a flaky link (each bundle's first two downloads cut
+/// off mid-body) the downloads resume and it restores the same snapshot as the others. (A store that
+/// stays down fails the restore after the store's retries, exit 3, before anything is staged.)
+#[test]
+fn a_node_behind_a_flaky_read_only_store_restores_the_pinned_snapshot() {
+    let mut cluster = Cluster::new(3);
+    cluster.backup_all();
+    cluster.wipe_all();
+    cluster.restore(&[0, 1], &[]);
+    let point = claim(cluster.store())["bundle"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let late = &cluster.nodes[2];
+    let port = common::free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let pinned = ["--bundle", point.as_str(), "--cluster", CLUSTER];
+    let log = late.root().join("flaky.log");
+    let mut server = late
+        .ns
+        .command("python3")
+        .arg(fixtures().join("store-flaky-server.py"))
+        .arg(port.to_string())
+        .arg(cluster.store())
+        .arg("store")
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !late.ns.listening(port) {
+        assert!(Instant::now() < deadline, "the flaky store did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = late.restore_command(&url, &pinned).output().unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["restore"]["restorePoint"],
+        point.as_str(),
+        "{report}"
+    );
+    let resumed = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        resumed.lines().filter(|l| l.starts_with("bytes=")).count() >= 2,
+        "{resumed}"
+    );
+    cluster.start_all();
     cluster.assert_one_cluster();
 }
