@@ -292,9 +292,23 @@ impl Cluster {
         self.store.path()
     }
 
+    /// `cpr list` of the store, as text.
+    fn list(&self) -> String {
+        ok(&common::cpr(&[
+            "list",
+            "--store",
+            self.store().to_str().unwrap(),
+        ]))
+    }
+
     /// `cpr backup` on every node, each of its own etcd.
     fn backup_all(&self) {
-        for node in &self.nodes {
+        self.backup(&self.all());
+    }
+
+    /// `cpr backup` on the nodes `which`.
+    fn backup(&self, which: &[usize]) {
+        for node in which.iter().map(|&i| &self.nodes[i]) {
             let out = node
                 .cpr(&[
                     "backup",
@@ -394,7 +408,20 @@ fn lost_quorum_comes_back_from_one_snapshot(size: usize) {
     let started = Instant::now();
     let mut cluster = Cluster::new(size);
     cluster.nodes[0].put("/cpr-test/before-backup", "kept");
+    cluster.backup(&[0]);
+    let listed = cluster.list();
+    assert!(listed.contains("master2          NO BUNDLE"), "{listed}");
     cluster.backup_all();
+    let listed = cluster.list();
+    let members = (1..=size)
+        .map(|i| format!("master{i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    assert!(
+        listed.contains(&format!("cluster {CLUSTER}: etcd members {members}")),
+        "{listed}"
+    );
+    assert!(!listed.contains("NO BUNDLE"), "{listed}");
     cluster.nodes[0].put("/cpr-test/after-backup", "lost with the quorum");
     cluster.wipe_all();
 

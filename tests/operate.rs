@@ -81,6 +81,7 @@ fn seed(store: &dyn Store, bundle: &[u8]) {
                 signed: true,
                 sha256: None,
                 renamed_from: None,
+                etcd_members: Vec::new(),
                 extra: Default::default(),
             },
         )

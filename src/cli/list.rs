@@ -39,7 +39,10 @@ pub fn run(cmd: ListCmd) -> Result<(), Error> {
             "{}",
             serde_json::to_string_pretty(&entries).expect("index entries serialize")
         ),
-        Output::Text => print!("{}", table(&entries, OffsetDateTime::now_utc())),
+        Output::Text => {
+            let now = OffsetDateTime::now_utc();
+            print!("{}{}", table(&entries, now), members(&entries, now));
+        }
     }
     Ok(())
 }
@@ -74,6 +77,41 @@ fn table(entries: &[IndexEntry], now: OffsetDateTime) -> String {
             revision,
             age(now - entry.created)
         ));
+    }
+    out
+}
+
+/// For each cluster whose newest bundle lists several etcd members: every member's newest bundle, so
+/// that a control-plane node without a recent one of its own stands out before it is needed.
+fn members(entries: &[IndexEntry], now: OffsetDateTime) -> String {
+    let cluster_of = |e: &IndexEntry| e.name.split('/').next().unwrap_or_default().to_string();
+    let mut out = String::new();
+    let mut seen = std::collections::BTreeSet::new();
+    // Newest first: the first entry of a cluster with a member list is its current one.
+    for listed in entries.iter().filter(|e| !e.etcd_members.is_empty()) {
+        let cluster = cluster_of(listed);
+        if !seen.insert(cluster.clone()) {
+            continue;
+        }
+        out.push_str(&format!(
+            "\ncluster {cluster}: etcd members {} (from {})\n",
+            listed.etcd_members.join(", "),
+            listed.name
+        ));
+        for member in &listed.etcd_members {
+            let newest = entries
+                .iter()
+                .find(|e| cluster_of(e) == cluster && &e.node == member);
+            out.push_str(&match newest {
+                Some(e) => format!(
+                    "  {member:<16} newest bundle {} ago\n",
+                    age(now - e.created)
+                ),
+                None => {
+                    format!("  {member:<16} NO BUNDLE: back this node up too (cpr backup on it)\n")
+                }
+            });
+        }
     }
     out
 }

@@ -197,6 +197,11 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
             signed: sealed.signed,
             sha256: Some(sealed.sha256),
             renamed_from: renamed_from(&layout, &node_name),
+            etcd_members: if members.len() > 1 {
+                members.iter().map(|m| m.name.clone()).collect()
+            } else {
+                Vec::new()
+            },
             extra: Default::default(),
         },
     )?;

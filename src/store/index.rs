@@ -52,6 +52,10 @@ pub struct IndexEntry {
     /// node's older ones (`cpr list --node` shows them with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renamed_from: Option<String>,
+    /// The names of the etcd members when the bundle was taken, when there were several: which
+    /// control-plane nodes should have bundles of their own (`cpr list` says which do).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub etcd_members: Vec<String>,
     /// Fields a newer cpr wrote, kept when this one rewrites the index.
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
@@ -213,6 +217,7 @@ pub fn list_bundles(
                 signed: names.contains(format!("{}{SIGNATURE_SUFFIX}", object.name).as_str()),
                 sha256: None,
                 renamed_from: None,
+                etcd_members: Vec::new(),
                 extra: BTreeMap::new(),
             },
         };

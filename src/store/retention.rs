@@ -181,6 +181,7 @@ mod tests {
             signed: false,
             sha256: None,
             renamed_from: None,
+            etcd_members: Vec::new(),
             extra: Default::default(),
         }
     }

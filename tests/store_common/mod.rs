@@ -167,6 +167,7 @@ pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
         signed: false,
         sha256: None,
         renamed_from: None,
+        etcd_members: Vec::new(),
         extra: Default::default(),
     }
 }
