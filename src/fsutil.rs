@@ -42,21 +42,26 @@ pub fn commit_file(file: &File, tmp: &Path, path: &Path) -> io::Result<()> {
     rename_durable(tmp, path)
 }
 
+/// Writes `bytes` to `tmp` (a new file, or one replaced whole) with `mode`.
+fn write_tmp(tmp: &Path, bytes: &[u8], mode: u32, new: bool) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .create_new(new)
+        .truncate(true)
+        .mode(mode)
+        .open(tmp)
+        .map_err(|e| context("creating", tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| context("writing", tmp, e))?;
+    Ok(file)
+}
+
 /// Replaces `path` with `bytes` atomically: readers see the old or the new content, never a mix.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let tmp = sibling(path, ".tmp");
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| context("creating", &tmp, e))?;
-        file.write_all(bytes)
-            .map_err(|e| context("writing", &tmp, e))?;
-        commit_file(&file, &tmp, path)
-    })();
+    let result =
+        write_tmp(&tmp, bytes, mode, false).and_then(|file| commit_file(&file, &tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -71,14 +76,7 @@ pub fn create_new(path: &Path, bytes: &[u8], mode: u32) -> io::Result<bool> {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let tmp = sibling(path, &format!(".{}-{n}.new", std::process::id()));
     let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)
-            .map_err(|e| context("creating", &tmp, e))?;
-        file.write_all(bytes)
-            .map_err(|e| context("writing", &tmp, e))?;
+        let file = write_tmp(&tmp, bytes, mode, true)?;
         file.sync_all().map_err(|e| context("fsync of", &tmp, e))?;
         match fs::hard_link(&tmp, path) {
             Ok(()) => {}

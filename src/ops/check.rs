@@ -276,31 +276,27 @@ fn check_etcd(layout: &Layout) -> Vec<Check> {
             human_bytes(status.db_size)
         ))
     })();
-    let etcd = match result {
-        Ok(detail) => Check {
-            name: "etcd",
-            status: Status::Ok,
-            detail,
-        },
-        Err(e) => Check {
-            name: "etcd",
-            status: Status::Fail,
-            detail: e.to_string(),
-        },
-    };
-    let members = members.map(|compared| match compared {
-        Ok(detail) => Check {
-            name: "etcd-members",
-            status: Status::Ok,
-            detail,
-        },
-        Err(detail) => Check {
-            name: "etcd-members",
-            status: Status::Fail,
-            detail: format!("{detail}. Check those members' etcd logs; a member restored from another snapshot cannot join (cpr restore gives each restore point its own cluster token)"),
-        },
+    let etcd = passed_or_failed("etcd", result.map_err(|e| e.to_string()));
+    let members = members.map(|compared| {
+        passed_or_failed(
+            "etcd-members",
+            compared.map_err(|detail| format!("{detail}. Check those members' etcd logs; a member restored from another snapshot cannot join (cpr restore gives each restore point its own cluster token)")),
+        )
     });
     [Some(etcd), members].into_iter().flatten().collect()
+}
+
+/// A check that passed with `Ok`'s detail or failed with `Err`'s.
+fn passed_or_failed(name: &'static str, result: Result<String, String>) -> Check {
+    let (status, detail) = match result {
+        Ok(detail) => (Status::Ok, detail),
+        Err(detail) => (Status::Fail, detail),
+    };
+    Check {
+        name,
+        status,
+        detail,
+    }
 }
 
 fn check_store(store: Option<&dyn Store>) -> Check {

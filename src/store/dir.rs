@@ -31,6 +31,18 @@ impl DirStore {
         check_name(name)?;
         Ok(self.root.join(name))
     }
+
+    /// The path of `name` to write, its directory made (private) first.
+    fn new_path(&self, name: &str) -> Result<PathBuf, Error> {
+        let path = self.path(name)?;
+        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&parent)
+            .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
+        Ok(path)
+    }
 }
 
 impl Store for DirStore {
@@ -94,13 +106,7 @@ impl Store for DirStore {
     }
 
     fn create(&self, name: &str) -> Result<Box<dyn Upload>, Error> {
-        let path = self.path(name)?;
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&parent)
-            .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
+        let path = self.new_path(name)?;
         let part = PathBuf::from(format!("{}{PART_SUFFIX}", path.display()));
         let file = OpenOptions::new()
             .write(true)
@@ -136,13 +142,7 @@ impl Store for DirStore {
     }
 
     fn create_if_absent(&self, name: &str, data: &[u8]) -> Result<bool, Error> {
-        let path = self.path(name)?;
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&parent)
-            .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
+        let path = self.new_path(name)?;
         fsutil::create_new(&path, data, 0o600).map_err(|e| Error::io("creating", path, e))
     }
 }
