@@ -5,10 +5,20 @@
 use std::path::Path;
 use std::process::Command;
 
-fn git(args: &[&str]) -> Option<String> {
-    let out = Command::new("git").args(args).output().ok()?;
-    let text = String::from_utf8(out.stdout).ok()?;
-    (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+/// git's answer, or why there is none (no git, not a checkout, an unreadable .git).
+fn git(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && !text.is_empty() {
+        Ok(text)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr)
+            .trim()
+            .replace('\n', " "))
+    }
 }
 
 /// Days since 1970-01-01 to (year, month, day): Howard Hinnant's civil_from_days, which a build
@@ -43,9 +53,9 @@ fn main() {
     for path in ["HEAD", "packed-refs"]
         .into_iter()
         .map(String::from)
-        .chain(git(&["symbolic-ref", "-q", "HEAD"]))
+        .chain(git(&["symbolic-ref", "-q", "HEAD"]).ok())
     {
-        if let Some(file) = git(&["rev-parse", "--git-path", &path]) {
+        if let Ok(file) = git(&["rev-parse", "--git-path", &path]) {
             if Path::new(&file).exists() {
                 println!("cargo:rerun-if-changed={file}");
             }
@@ -53,10 +63,13 @@ fn main() {
     }
     // Outside a git checkout (a source tarball) the commit is unknown and the date comes from
     // SOURCE_DATE_EPOCH alone, as Debian's and most distributions' builders set it.
-    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|| "unknown".to_string());
+    let commit = git(&["rev-parse", "HEAD"]).unwrap_or_else(|why| {
+        println!("cargo:warning=no git commit for cpr version ({why}): it will say unknown");
+        "unknown".to_string()
+    });
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
-        .or_else(|| git(&["log", "-1", "--format=%ct", "HEAD"]))
+        .or_else(|| git(&["log", "-1", "--format=%ct", "HEAD"]).ok())
         .map(|value| {
             value
                 .trim()
