@@ -91,6 +91,10 @@ fn version_names_the_cargo_version_the_commit_and_its_time() {
     assert_eq!(info["staticBinary"], true);
     assert_eq!(info["features"], serde_json::json!([]));
     let commit = info["gitCommit"].as_str().unwrap();
+    assert_ne!(
+        commit, "unknown",
+        "the binary was built where git could not read this checkout (cargo printed why)"
+    );
     let head = git(&["rev-parse", "HEAD"]);
     // Others commit in this checkout while tests run: a HEAD newer than the binary is a stale build,
     // not a wrong stamp; the commit must still be one of this branch's.
