@@ -197,11 +197,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
             signed: sealed.signed,
             sha256: Some(sealed.sha256),
             renamed_from: renamed_from(&layout, &node_name),
-            etcd_members: if members.len() > 1 {
-                members.iter().map(|m| m.name.clone()).collect()
-            } else {
-                Vec::new()
-            },
+            etcd_members: member_names(&members),
             extra: Default::default(),
         },
     )?;
@@ -542,6 +538,16 @@ fn node(name: &str, apiserver: Option<&StaticPod>, layout: &Layout) -> Node {
 /// The node's name before a restore onto a new address renamed it to `node` (this machine's recovery
 /// state records it), so that its older bundles stay found under the new name.
 /// An unreadable state file costs the link, never the backup.
+/// The etcd members by name, sorted, when there are several (a single member is the node itself).
+fn member_names(members: &[MemberInfo]) -> Vec<String> {
+    if members.len() < 2 {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    names.sort();
+    names
+}
+
 fn renamed_from(layout: &Layout, node: &str) -> Option<String> {
     let state = super::state::State::load(layout)
         .inspect_err(|e| log::warn!("backup: the old name of a renamed node is not recorded: {e}"))
