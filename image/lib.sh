@@ -21,16 +21,11 @@ kernel_dir() {
   version=${package#linux-image-}
   dir=$cache/kernel-$version
   if [ ! -f "$dir/.complete" ]; then
-    echo "image: downloading $package" >&2
-    rm -rf "$dir" "$dir.tmp"
-    mkdir -p "$dir.tmp"
-    (cd "$dir.tmp" && apt-get download -qq "$package" >&2)
-    dpkg-deb -x "$dir.tmp"/*.deb "$dir.tmp/root"
+    extract_debs "$dir.tmp" "$package" || return 1
+    require_files "$dir.tmp/root" "$package" "boot/vmlinuz-$version" || return 1
     # The package ships no modules.dep: depmod builds it (and modules.alias) for this tree.
-    depmod -b "$dir.tmp/root" "$version"
-    mv "$dir.tmp/root" "$dir"
-    rm -rf "$dir.tmp"
-    touch "$dir/.complete"
+    depmod -b "$dir.tmp/root" "$version" || { echo "image: depmod failed for $package in $dir.tmp/root (see above)" >&2; return 1; }
+    finish_cache_dir "$dir" || return 1
   fi
   echo "$dir"
 }
@@ -44,7 +39,7 @@ kernel_version() {
 # usr/lib/grub/x86_64-efi-signed/{gcd,grubnet}x64.efi.signed (Debian-signed monolithic GRUB images for
 # CD and network boot). The directory is named after the packages' versions, so an update downloads anew.
 signed_chain_dir() {
-  local cache packages=(shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed) versions dir deb
+  local cache packages=(shim-signed shim-helpers-amd64-signed grub-efi-amd64-signed) versions dir
   cache=$(image_cache)
   versions=$(apt-cache show --no-all-versions "${packages[@]}" 2>/dev/null | awk '/^Version:/ { printf "%s%s", sep, $2; sep = "_" }')
   if [ -z "$versions" ]; then
@@ -53,16 +48,47 @@ signed_chain_dir() {
   fi
   dir=$cache/signed-chain-${versions//[~:+]/-}
   if [ ! -f "$dir/.complete" ]; then
-    echo "image: downloading ${packages[*]}" >&2
-    rm -rf "$dir" "$dir.tmp"
-    mkdir -p "$dir.tmp"
-    (cd "$dir.tmp" && apt-get download -qq "${packages[@]}" >&2)
-    for deb in "$dir.tmp"/*.deb; do
-      dpkg-deb -x "$deb" "$dir.tmp/root"
-    done
-    mv "$dir.tmp/root" "$dir"
-    rm -rf "$dir.tmp"
-    touch "$dir/.complete"
+    extract_debs "$dir.tmp" "${packages[@]}" || return 1
+    require_files "$dir.tmp/root" "${packages[*]}" usr/lib/shim/shimx64.efi.signed usr/lib/shim/mmx64.efi.signed \
+      usr/lib/grub/x86_64-efi-signed/gcdx64.efi.signed usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed || return 1
+    finish_cache_dir "$dir" || return 1
   fi
   echo "$dir"
+}
+
+# These run inside $(...), where bash turns set -e off: every step checks its own result, so a failed
+# download never leaves a cache directory marked complete.
+
+# Downloads each PACKAGE's .deb into TMP and extracts them all into TMP/root (TMP is made anew).
+extract_debs() {
+  local tmp=$1 package
+  shift
+  rm -rf "$tmp" && mkdir -p "$tmp/root" || { echo "image: cannot make $tmp" >&2; return 1; }
+  for package in "$@"; do
+    echo "image: downloading $package" >&2
+    if ! (mkdir -p "$tmp/$package" && cd "$tmp/$package" && apt-get download -qq "$package" >&2); then
+      echo "image: apt-get download $package failed (see above): check the network and the apt sources (apt-get update), then build again" >&2
+      return 1
+    fi
+    dpkg-deb -x "$tmp/$package"/*.deb "$tmp/root" || { echo "image: cannot extract $package's .deb in $tmp/$package (see above); delete $tmp and build again" >&2; return 1; }
+  done
+}
+
+# Checks that the files the image scripts take from PACKAGES are in ROOT.
+require_files() {
+  local root=$1 packages=$2 file
+  shift 2
+  for file in "$@"; do
+    if [ ! -f "$root/$file" ]; then
+      echo "image: $packages did not provide $file (looked in $root): the package layout changed; image/lib.sh needs updating" >&2
+      return 1
+    fi
+  done
+}
+
+# Moves DIR.tmp/root into place as DIR and marks it complete.
+finish_cache_dir() {
+  local dir=$1
+  rm -rf "$dir" && mv "$dir.tmp/root" "$dir" && rm -rf "$dir.tmp" && touch "$dir/.complete" ||
+    { echo "image: cannot move $dir.tmp/root to $dir (see above)" >&2; return 1; }
 }
