@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use cmdline::{BootArgs, IpConfig, Policy, RootSpec};
 
-use crate::host::{Host, Power};
+use crate::host::{Access, Host, Power};
 use modules::Modules;
 
 /// Where the target's root filesystem is mounted, below the initramfs root.
@@ -172,7 +172,8 @@ pub fn early_mounts(host: &dyn Host, root: &Path) -> Result<(), Error> {
         };
         std::fs::create_dir_all(&path).map_err(fail)?;
         if !host.is_mountpoint(&path).map_err(fail)? {
-            host.mount(fstype, &path, fstype, options).map_err(fail)?;
+            host.mount(fstype, &path, fstype, options, Access::ReadWrite)
+                .map_err(fail)?;
         }
     }
     Ok(())
@@ -302,7 +303,7 @@ fn mount_target(
     };
     std::fs::create_dir_all(sysroot).map_err(fail)?;
     let device = target.device.to_string_lossy();
-    host.mount(&device, sysroot, target.fstype, "")
+    host.mount(&device, sysroot, target.fstype, "", Access::ReadWrite)
         .map_err(fail)
 }
 
@@ -470,7 +471,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let host = Recorder::default();
         let sysroot = root.path().join(SYSROOT);
-        host.mount("/dev/vda", &sysroot, "ext4", "").unwrap();
+        host.mount("/dev/vda", &sysroot, "ext4", "", Access::ReadWrite)
+            .unwrap();
         on_failure(&host, root.path(), Policy::PowerOff);
         assert_eq!(
             host.calls()[1..],

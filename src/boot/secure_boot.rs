@@ -2,10 +2,10 @@
 //! the firmware enforced the signature chain and whether the kernel is locked down (only signed
 //! modules load, so a driver outside Debian's signed set would be refused).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::modules::Modules;
-use crate::host::Host;
+use crate::host::{Access, Host};
 
 /// The EFI global variable GUID (UEFI specification, "Globally Defined Variables").
 const SECURE_BOOT_VARIABLE: &str = "SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
@@ -13,16 +13,28 @@ const EFI: &str = "sys/firmware/efi";
 const EFIVARS: &str = "sys/firmware/efi/efivars";
 const SECURITYFS: &str = "sys/kernel/security";
 
-/// Mounts efivarfs (a module in Debian's cloud kernel) and securityfs where they are missing, then
-/// logs the SecureBoot variable and the kernel's lockdown mode. Nothing here is fatal: a machine
-/// booted by BIOS has no EFI variables, and the recovery goes on either way.
+/// Mounts efivarfs (a module in Debian's cloud kernel) and securityfs where they are missing, logs
+/// the SecureBoot variable and the kernel's lockdown mode, and unmounts them again. Nothing here is
+/// fatal: a machine booted by BIOS has no EFI variables, and the recovery goes on either way.
 pub fn report(host: &dyn Host, root: &Path, modules: &mut Modules) {
-    if root.join(EFI).is_dir() {
+    let efi = root.join(EFI).is_dir();
+    if efi {
         modules.load_alias(host, "fs-efivarfs");
-        mount_if_missing(host, &root.join(EFIVARS), "efivarfs");
     }
-    mount_if_missing(host, &root.join(SECURITYFS), "securityfs");
+    // Read-only, and only for this reading: /sys moves into the target at the handoff, and the
+    // target's systemd, finding them mounted, would keep these mounts, while its AppArmor loads
+    // profiles through securityfs and efibootmgr writes EFI variables.
+    let mounted: Vec<PathBuf> = [(efi, EFIVARS, "efivarfs"), (true, SECURITYFS, "securityfs")]
+        .into_iter()
+        .filter(|(wanted, _, _)| *wanted)
+        .filter_map(|(_, dir, fstype)| mount_if_missing(host, &root.join(dir), fstype))
+        .collect();
     log::info!("{}", describe(root));
+    for path in mounted {
+        if let Err(error) = host.umount(&path) {
+            log::warn!("secure boot: unmounting {}: {error}", path.display());
+        }
+    }
 }
 
 /// `secure boot: enabled (SecureBoot=1); kernel lockdown: integrity`, from the mounted filesystems.
@@ -47,13 +59,19 @@ fn describe(root: &Path) -> String {
     format!("secure boot: {state}; kernel lockdown: {mode}")
 }
 
-fn mount_if_missing(host: &dyn Host, path: &Path, fstype: &str) {
-    if path.is_dir() && !host.is_mountpoint(path).unwrap_or(true) {
-        if let Err(error) = host.mount(fstype, path, fstype, "") {
+/// Mounts `fstype` read-only on `path` unless something is mounted there; returns the path it mounted.
+fn mount_if_missing(host: &dyn Host, path: &Path, fstype: &str) -> Option<PathBuf> {
+    if !path.is_dir() || host.is_mountpoint(path).unwrap_or(true) {
+        return None;
+    }
+    match host.mount(fstype, path, fstype, "", Access::ReadOnly) {
+        Ok(()) => Some(path.to_path_buf()),
+        Err(error) => {
             log::warn!(
                 "secure boot: mounting {fstype} on {}: {error}",
                 path.display()
             );
+            None
         }
     }
 }
@@ -61,6 +79,30 @@ fn mount_if_missing(host: &dyn Host, path: &Path, fstype: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::Recorder;
+
+    #[test]
+    fn mounts_efivarfs_and_securityfs_read_only_for_the_reading_only() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path();
+        std::fs::create_dir_all(r.join(EFIVARS)).unwrap();
+        std::fs::create_dir_all(r.join(SECURITYFS)).unwrap();
+        let host = Recorder::default();
+        report(&host, r, &mut Modules::open(r));
+        let (efivars, security) = (r.join(EFIVARS), r.join(SECURITYFS));
+        assert_eq!(
+            host.calls(),
+            [
+                format!("mount efivarfs {} efivarfs  (read-only)", efivars.display()),
+                format!(
+                    "mount securityfs {} securityfs  (read-only)",
+                    security.display()
+                ),
+                format!("umount {}", efivars.display()),
+                format!("umount {}", security.display()),
+            ]
+        );
+    }
 
     #[test]
     fn reads_the_secure_boot_variable_and_the_lockdown_mode() {

@@ -10,7 +10,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use super::{Host, Power};
+use super::{Access, Host, Power};
 
 pub struct Linux;
 
@@ -19,9 +19,20 @@ fn errno(error: nix::Error) -> io::Error {
 }
 
 impl Host for Linux {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        data: &str,
+        access: Access,
+    ) -> io::Result<()> {
         let data = (!data.is_empty()).then_some(data);
-        nix::mount::mount(Some(source), target, Some(fstype), MsFlags::empty(), data).map_err(errno)
+        let flags = match access {
+            Access::ReadWrite => MsFlags::empty(),
+            Access::ReadOnly => MsFlags::MS_RDONLY,
+        };
+        nix::mount::mount(Some(source), target, Some(fstype), flags, data).map_err(errno)
     }
 
     fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()> {

@@ -14,6 +14,14 @@ mod recorder;
 pub use linux::Linux;
 pub use recorder::Recorder;
 
+/// Whether a mount may be written through. Filesystems cpr only reads are mounted read-only, so a
+/// bug cannot write to them (an efivarfs write reaches the firmware's variable store).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    ReadWrite,
+    ReadOnly,
+}
+
 /// What the machine does after a failed recovery boot, or when asked to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Power {
@@ -24,8 +32,16 @@ pub enum Power {
 /// The kernel operations a PID-1 boot needs beyond file I/O. `Linux` performs them; `Recorder` only
 /// records them, so boot logic runs in unit tests and in `cpr init --root` without root or a VM.
 pub trait Host {
-    /// `mount(2)` of a filesystem: `source` on `target` with type `fstype` and `data` options.
-    fn mount(&self, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()>;
+    /// `mount(2)` of a filesystem: `source` on `target` with type `fstype` and `data` options,
+    /// `MS_RDONLY` for `Access::ReadOnly`.
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        data: &str,
+        access: Access,
+    ) -> io::Result<()>;
     /// `mount --move`: the mount at `from` reappears at `to`, with everything below it.
     fn move_mount(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn umount(&self, target: &Path) -> io::Result<()>;

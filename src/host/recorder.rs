@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::{Host, Power};
+use super::{Access, Host, Power};
 
 #[derive(Default)]
 pub struct Recorder {
@@ -43,9 +43,20 @@ impl Recorder {
 }
 
 impl Host for Recorder {
-    fn mount(&self, source: &str, target: &Path, fstype: &str, data: &str) -> io::Result<()> {
+    fn mount(
+        &self,
+        source: &str,
+        target: &Path,
+        fstype: &str,
+        data: &str,
+        access: Access,
+    ) -> io::Result<()> {
+        let read_only = match access {
+            Access::ReadWrite => "",
+            Access::ReadOnly => " (read-only)",
+        };
         self.record(format!(
-            "mount {source} {} {fstype} {data}",
+            "mount {source} {} {fstype} {data}{read_only}",
             target.display()
         ))?;
         self.mountpoints.lock().unwrap().push(target.to_path_buf());
