@@ -1419,12 +1419,21 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         .unwrap()
         .contains("kube-system/cilium-config key k8s-service-host"));
     assert_eq!(plan["oldNode"], Value::Null);
-    // The plan is said before the swap.
+    // The plan is said, as the operator reads it, before the swap.
     let log = stderr(&out);
+    let plan_at = log.find("restore onto a new address").unwrap();
     assert!(
-        log.find("restore onto a new address").unwrap() < log.find("moved").unwrap_or(usize::MAX),
+        plan_at < log.find("restore: pki and the etcd data dir").unwrap(),
         "{log}"
     );
+    for name in WORKERS {
+        assert!(
+            log[plan_at..].contains(&format!(
+                "worker {name}: run `cpr worker repoint --server {new_server}` on it"
+            )),
+            "{log}"
+        );
+    }
 
     let kubelet = Kubelet::start(&target);
     let report: Value =
@@ -1684,10 +1693,32 @@ fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() 
         "{said}"
     );
 
+    // Phase 2 while the name still leads to the lost node: refused before anything changes, as
+    // kubeadm init would wait for the API server through it.
+    let env = [("KUBEADM_DOUBLE_HOSTNAME", NEW_NAME)];
+    let stale = NetnsHosts::new(&target.ns, &format!("{NODE_IP} {ENDPOINT}"));
+    let before = tree_with_modes(&target.root().join("etc/kubernetes"));
+    let refused = target.finish(&[], &env);
+    assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!(
+            "{ENDPOINT}:{APISERVER_PORT} still resolves to the lost node's address {NODE_IP}"
+        )) && stderr(&refused).contains(&format!(
+            "Point {ENDPOINT} (its DNS record or load balancer) at {NEW_IP}, then run `cpr finish`"
+        )),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(
+        tree_with_modes(&target.root().join("etc/kubernetes")),
+        before
+    );
+    assert!(!target.root().join("var/log/kubeadm-double.log").exists());
+    drop(stale);
+
     // The operator points the name at the new address, as the plan says.
     let _dns = NetnsHosts::new(&target.ns, &format!("{NEW_IP} {ENDPOINT}"));
     let kubelet = Kubelet::start(&target);
-    let env = [("KUBEADM_DOUBLE_HOSTNAME", NEW_NAME)];
     let report: Value =
         serde_json::from_str(&ok(&target.finish(&["--output", "json"], &env))).unwrap();
     let config = log_lines(&target.root().join("var/log/kubeadm-double.log"))[0]["config"]

@@ -36,7 +36,6 @@ const KUBEADM_MANIFESTS: [&str; 4] = [
     "kube-controller-manager.yaml",
     "kube-scheduler.yaml",
 ];
-const DEFAULT_BIND_PORT: u16 = 6443;
 /// The machine's /proc, whatever `--root` is: ports belong to the network namespace cpr runs in.
 const PROC: &str = "/proc";
 const PORT_POLL: Duration = Duration::from_millis(200);
@@ -156,6 +155,9 @@ fn init(
 ) -> Result<(), Error> {
     // Checks first: a refusal leaves every file as it was.
     let prepared = prepare(request, layout, manifest, state, true)?;
+    if let Some(moved) = &state.new_address {
+        readdress::check_endpoint(moved)?;
+    }
     let expiring: Vec<(String, String)> = expiring_leaves(layout, time::OffsetDateTime::now_utc())?
         .into_iter()
         .map(|leaf| (leaf.name, format!("expires {}", leaf.not_after)))
@@ -328,7 +330,10 @@ fn prepare(
     state: &State,
     for_init: bool,
 ) -> Result<Prepared, Error> {
-    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
+    let bind_port = manifest
+        .node
+        .bind_port
+        .unwrap_or(readdress::DEFAULT_BIND_PORT);
     let cluster_path = staged_bundle_dir(layout).join(layout::CLUSTER_CONFIGURATION_ENTRY);
     let origin = cluster_path.display().to_string();
     let cluster = fs::read_to_string(&cluster_path).map_err(|source| Error::Read {
@@ -1155,9 +1160,10 @@ fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
         return lines;
     };
     let prefix = carryover::etcd_prefix(&staged_bundle_dir(layout));
+    let host_port = new_server.trim_start_matches("https://");
     match restored_etcd(layout) {
         Ok(mut client) => {
-            for (namespace, name, data_key) in readdress::KUBEADM_WRITTEN {
+            for (namespace, name, data_key) in readdress::rewritten_config_maps(moved) {
                 let key = crate::k8s::Resource::ConfigMaps.key(&prefix, Some(namespace), name);
                 let entry = client
                     .get(key.as_bytes())
@@ -1169,7 +1175,7 @@ fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
                         None => Ok(None),
                     });
                 lines.push(match entry {
-                    Ok(Some(text)) if text.contains(new_server.trim_start_matches("https://")) => {
+                    Ok(Some(text)) if readdress::names_address(&text, host_port) => {
                         format!("ConfigMap {namespace}/{name}: names {new_server} (written by kubeadm)")
                     }
                     Ok(Some(_)) => format!(
@@ -1183,6 +1189,10 @@ fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
         Err(e) => lines.push(format!(
             "ConfigMaps not checked: reading the restored etcd failed: {e}"
         )),
+    }
+    if moved.kube_proxy != readdress::KubeProxy::Rewritten {
+        lines.push(readdress::kube_proxy_step(moved.kube_proxy, new_server));
+        return lines;
     }
     let pods =
         api.get_json("/api/v1/namespaces/kube-system/pods?labelSelector=k8s-app%3Dkube-proxy");

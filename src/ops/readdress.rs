@@ -6,12 +6,13 @@
 //! controlPlaneEndpoint was the old address, the new one (kubeadm then rewrites kubeadm-config,
 //! cluster-info and kube-proxy's kubeconfig from it); the workers repoint with `cpr worker repoint`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, ToSocketAddrs};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::carryover::{Carryover, SKIP_KUBE_PROXY};
 use super::Error;
 use crate::bundle::Manifest;
 use crate::k8s::Resource;
@@ -20,7 +21,7 @@ use crate::node::identity::Machine;
 use crate::node::layout;
 
 /// kubeadm's default API server port (cmd/kubeadm/app/constants: `KubeAPIServerPort`).
-const DEFAULT_BIND_PORT: u16 = 6443;
+pub(crate) const DEFAULT_BIND_PORT: u16 = 6443;
 /// etcd's peer port when the bundle records no peer URL (cmd/kubeadm/app/constants: `EtcdListenPeerPort`).
 const DEFAULT_PEER_PORT: u16 = 2380;
 /// The subcommand a worker runs to follow the control plane to its new address.
@@ -53,6 +54,8 @@ pub struct Plan {
     /// The kubeconfigs kubeadm writes afresh (phase 1 restores none), with the new server.
     pub kubeconfigs: Vec<String>,
     pub control_plane_endpoint: Endpoint,
+    /// What becomes of kube-proxy's kubeconfig (the `kube-system/kube-proxy` ConfigMap).
+    pub kube_proxy: KubeProxy,
     /// The old Node object, removed through the API once the new control plane is up (the name changed).
     pub old_node: Option<String>,
     /// Every other Node of the snapshot, and what it needs.
@@ -76,10 +79,28 @@ pub enum Endpoint {
     Moved {
         old_server: String,
         new_server: String,
+        /// Whether the ClusterConfiguration set it: kubeadm never fills an empty one in
+        /// (SetClusterDynamicDefaults), so kubeadm-config then names no server.
+        set: bool,
     },
     /// A DNS name, or an address that is not the node's (a VIP, a load balancer): nothing changes
     /// for the workers once it leads to the new address.
     Kept { endpoint: String },
+    /// The node keeps its address (only its name changes): so does every server the workers know.
+    Unchanged { endpoint: String },
+}
+
+/// kube-proxy's kubeconfig, which kubeadm's addon/kube-proxy phase writes from the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum KubeProxy {
+    /// The phase runs: kubeadm rewrites the ConfigMap, cpr restarts the pods.
+    Rewritten,
+    /// The phase is skipped (the ConfigMap is encrypted at rest, or the cluster runs no kube-proxy
+    /// DaemonSet), so the ConfigMap stays as backed up: the operator edits it.
+    ByHand,
+    /// The cluster has no kube-proxy ConfigMap.
+    Absent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -306,26 +327,18 @@ pub fn plan(
             kept.push(leaf.to_string());
         }
     }
-    let bind_port = manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT);
-    let endpoint = manifest.cluster.control_plane_endpoint.as_deref();
-    let control_plane_endpoint = match endpoint.filter(|e| !e.is_empty()) {
-        Some(e) if endpoint_host(e).parse::<IpAddr>().ok() != Some(old_address) => Endpoint::Kept {
-            endpoint: e.to_string(),
-        },
-        // kubeadm adds bindPort to an endpoint without one (SetClusterDynamicDefaults).
-        found => {
-            let port = found
-                .and_then(|e| e.rsplit_once(':'))
-                .and_then(|(_, p)| p.parse().ok())
-                .unwrap_or(bind_port);
-            Endpoint::Moved {
-                old_server: format!("https://{}", host_port(old_address, port)),
-                new_server: format!("https://{}", host_port(address, port)),
-            }
-        }
-    };
+    let control_plane_endpoint = control_plane_endpoint(
+        manifest.cluster.control_plane_endpoint.as_deref(),
+        old_address,
+        address,
+        manifest.node.bind_port.unwrap_or(DEFAULT_BIND_PORT),
+    );
     let (etcd_member, etcd_peer_url) = etcd_member(manifest, address, name);
-    let (workers, pinned_settings) = snapshot_facts(
+    let skipped = Carryover::from_snapshot(db, etcd_prefix, &old_name, bundle_dir)?
+        .skip_addons
+        .iter()
+        .any(|phase| phase == SKIP_KUBE_PROXY);
+    let (workers, pinned_settings, kube_proxy_map) = snapshot_facts(
         db,
         etcd_prefix,
         &old_name,
@@ -346,21 +359,57 @@ pub fn plan(
             .map(|c| format!("/{c}"))
             .collect(),
         control_plane_endpoint,
+        kube_proxy: match (skipped, kube_proxy_map) {
+            (false, _) => KubeProxy::Rewritten,
+            (true, true) => KubeProxy::ByHand,
+            (true, false) => KubeProxy::Absent,
+        },
         old_node: renamed.then_some(old_name),
         workers,
         pinned_settings,
     })
 }
 
-/// The other Nodes of the snapshot with what each needs, and the ConfigMap entries outside
-/// kubeadm's own that name the old address.
+/// What becomes of the controlPlaneEndpoint (`endpoint`, as the ClusterConfiguration sets it) when
+/// the node moves from `old_address` to `address`.
+fn control_plane_endpoint(
+    endpoint: Option<&str>,
+    old_address: IpAddr,
+    address: IpAddr,
+    bind_port: u16,
+) -> Endpoint {
+    let endpoint = endpoint.filter(|e| !e.is_empty());
+    match endpoint {
+        _ if address == old_address => Endpoint::Unchanged {
+            endpoint: endpoint.map_or_else(|| host_port(old_address, bind_port), str::to_string),
+        },
+        Some(e) if endpoint_host(e).parse::<IpAddr>().ok() != Some(old_address) => Endpoint::Kept {
+            endpoint: e.to_string(),
+        },
+        // kubeadm adds bindPort to an endpoint without one (SetClusterDynamicDefaults).
+        found => {
+            let port = found
+                .and_then(|e| e.rsplit_once(':'))
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or(bind_port);
+            Endpoint::Moved {
+                old_server: format!("https://{}", host_port(old_address, port)),
+                new_server: format!("https://{}", host_port(address, port)),
+                set: found.is_some(),
+            }
+        }
+    }
+}
+
+/// The other Nodes of the snapshot with what each needs, the ConfigMap entries outside kubeadm's
+/// own that name the old address, and whether kube-proxy's ConfigMap exists.
 fn snapshot_facts(
     db: &Path,
     etcd_prefix: &str,
     node: &str,
     old_address: IpAddr,
     endpoint: &Endpoint,
-) -> Result<(Vec<Worker>, Vec<String>), Error> {
+) -> Result<(Vec<Worker>, Vec<String>, bool), Error> {
     let nodes = Resource::Nodes.key(etcd_prefix, None, "");
     let config_maps = Resource::ConfigMaps.key(etcd_prefix, None, "");
     let values = crate::etcd::keys::current_values(db, &|key| {
@@ -368,11 +417,13 @@ fn snapshot_facts(
     })?;
     let command = match endpoint {
         Endpoint::Moved { new_server, .. } => Some(format!("{WORKER_COMMAND} {new_server}")),
-        Endpoint::Kept { .. } => None,
+        Endpoint::Kept { .. } | Endpoint::Unchanged { .. } => None,
     };
     let old = old_address.to_string();
     let mut workers = Vec::new();
     let mut pinned = Vec::new();
+    let kube_proxy = Resource::ConfigMaps.key(etcd_prefix, Some("kube-system"), "kube-proxy");
+    let kube_proxy_map = values.contains_key(kube_proxy.as_bytes());
     for (key, value) in &values {
         let key = String::from_utf8_lossy(key);
         if let Some(name) = key.strip_prefix(nodes.as_str()) {
@@ -406,7 +457,7 @@ fn snapshot_facts(
             }
         }
     }
-    Ok((workers, pinned))
+    Ok((workers, pinned, kube_proxy_map))
 }
 
 /// `text` names `address` as a whole token (10.0.1.1 is not in 10.0.1.10).
@@ -515,10 +566,20 @@ pub fn describe(plan: &Plan) -> String {
         Endpoint::Moved {
             old_server,
             new_server,
+            set,
         } => {
+            let mut rewritten = vec!["cluster-info"];
+            if *set {
+                rewritten.insert(0, "kubeadm-config");
+            }
+            if plan.kube_proxy == KubeProxy::Rewritten {
+                rewritten.push("kube-proxy's kubeconfig");
+            }
             line(format!(
-                "controlPlaneEndpoint {old_server} becomes {new_server}; kubeadm rewrites kubeadm-config, cluster-info and kube-proxy's kubeconfig from it, and cpr restarts the kube-proxy pods"
+                "controlPlaneEndpoint {old_server} becomes {new_server}; kubeadm rewrites {} from it",
+                rewritten.join(", ")
             ));
+            line(kube_proxy_step(plan.kube_proxy, new_server));
             if plan.workers.is_empty() {
                 line("workers: none in the backup".to_string());
             }
@@ -534,11 +595,74 @@ pub fn describe(plan: &Plan) -> String {
             "controlPlaneEndpoint {endpoint} is kept: point it (its DNS record or load balancer) at {} before phase 2 (`cpr finish`), whose kubeadm init waits for the API server through it; workers need nothing",
             plan.new_address
         )),
+        Endpoint::Unchanged { endpoint } => line(format!(
+            "controlPlaneEndpoint {endpoint} is unchanged (the node keeps its address); workers need nothing"
+        )),
     }
     for pinned in &plan.pinned_settings {
         line(format!("change by hand: {pinned}"));
     }
     out
+}
+
+/// kubeadm's ConfigMaps that name the new server once phase 2 ran: kubeadm-config only when the
+/// ClusterConfiguration set the endpoint, kube-proxy's only when kubeadm's phase rewrote it.
+pub fn rewritten_config_maps(plan: &Plan) -> Vec<(&'static str, &'static str, &'static str)> {
+    let Endpoint::Moved { set, .. } = &plan.control_plane_endpoint else {
+        return Vec::new();
+    };
+    KUBEADM_WRITTEN
+        .into_iter()
+        .filter(|(_, name, _)| match *name {
+            "kubeadm-config" => *set,
+            "kube-proxy" => plan.kube_proxy == KubeProxy::Rewritten,
+            _ => true,
+        })
+        .collect()
+}
+
+/// What happens to kube-proxy when the server moves.
+pub fn kube_proxy_step(kube_proxy: KubeProxy, new_server: &str) -> String {
+    match kube_proxy {
+        KubeProxy::Rewritten => "kube-proxy: cpr deletes its pods through the API once the control plane is up, so that its DaemonSet starts them with the new kubeconfig".to_string(),
+        KubeProxy::ByHand => format!("kube-proxy: kubeadm's addon/kube-proxy phase is skipped (its ConfigMap is encrypted at rest, or no kube-proxy DaemonSet), so ConfigMap kube-system/kube-proxy keeps the old server: set kubeconfig.conf's server to {new_server} (kubectl -n kube-system edit configmap kube-proxy), then `kubectl -n kube-system delete pods -l k8s-app=kube-proxy`"),
+        KubeProxy::Absent => "kube-proxy: none in the cluster".to_string(),
+    }
+}
+
+/// Phase 2's `kubeadm init` waits for the API server through a kept controlPlaneEndpoint: a name
+/// that still leads to the lost node, or nowhere, would time it out after the node changed, so
+/// phase 2 refuses first. An address (a VIP, a load balancer) and a name leading elsewhere (a load
+/// balancer's) are the operator's to know.
+pub fn check_endpoint(plan: &Plan) -> Result<(), Error> {
+    let Endpoint::Kept { endpoint } = &plan.control_plane_endpoint else {
+        return Ok(());
+    };
+    let host = endpoint_host(endpoint);
+    if !plan.readdressed() || host.parse::<IpAddr>().is_ok() {
+        return Ok(());
+    }
+    let resolved: Vec<IpAddr> = (host, 0)
+        .to_socket_addrs()
+        .map(|addrs| addrs.map(|a| a.ip()).collect())
+        .unwrap_or_default();
+    let leads = if resolved.is_empty() {
+        "does not resolve".to_string()
+    } else if resolved.contains(&plan.old_address) {
+        format!(
+            "still resolves to the lost node's address {}",
+            plan.old_address
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::NewAddress {
+        node: plan.old_name.clone(),
+        why: format!(
+            "the controlPlaneEndpoint {endpoint} {leads}, and kubeadm init waits for the API server through it. Point {host} (its DNS record or load balancer) at {}, then run `cpr finish`",
+            plan.new_address
+        ),
+    })
 }
 
 fn list(items: &[String]) -> String {
@@ -568,6 +692,7 @@ mod tests {
             control_plane_endpoint: Endpoint::Kept {
                 endpoint: "cp:6443".into(),
             },
+            kube_proxy: KubeProxy::Rewritten,
             old_node: Some("master0".into()),
             workers: vec![],
             pinned_settings: vec![],
@@ -577,6 +702,106 @@ mod tests {
             manifest(text, &plan),
             "    - --listen-peer-urls=https://10.0.1.20:2380\n    - --name=master0b\n    - --initial-cluster=master0b=https://10.0.1.20:2380\n    - --other=10.0.1.100\n"
         );
+    }
+
+    fn plan_with(endpoint: Endpoint, kube_proxy: KubeProxy) -> Plan {
+        Plan {
+            old_address: "10.0.1.10".parse().unwrap(),
+            new_address: "10.0.1.20".parse().unwrap(),
+            old_name: "master0".into(),
+            new_name: "master0".into(),
+            etcd_member: "master0".into(),
+            etcd_peer_url: "https://10.0.1.20:2380".into(),
+            reissued_certificates: vec![],
+            kept_certificates: vec![],
+            kubeconfigs: vec![],
+            control_plane_endpoint: endpoint,
+            kube_proxy,
+            old_node: None,
+            workers: vec![],
+            pinned_settings: vec![],
+        }
+    }
+
+    #[test]
+    fn the_same_address_changes_nothing_for_the_workers() {
+        let old: IpAddr = "10.0.1.10".parse().unwrap();
+        for endpoint in [None, Some("10.0.1.10:6443"), Some("cp.example.org:6443")] {
+            assert!(
+                matches!(
+                    control_plane_endpoint(endpoint, old, old, 6443),
+                    Endpoint::Unchanged { .. }
+                ),
+                "{endpoint:?}"
+            );
+        }
+        let new = "10.0.1.20".parse().unwrap();
+        assert_eq!(
+            control_plane_endpoint(None, old, new, 6443),
+            Endpoint::Moved {
+                old_server: "https://10.0.1.10:6443".into(),
+                new_server: "https://10.0.1.20:6443".into(),
+                set: false
+            }
+        );
+    }
+
+    #[test]
+    fn only_the_config_maps_kubeadm_rewrites_are_expected_to_name_the_new_server() {
+        let moved = |set| Endpoint::Moved {
+            old_server: "https://10.0.1.10:6443".into(),
+            new_server: "https://10.0.1.20:6443".into(),
+            set,
+        };
+        let names = |plan: &Plan| -> Vec<&str> {
+            rewritten_config_maps(plan)
+                .into_iter()
+                .map(|(_, name, _)| name)
+                .collect()
+        };
+        let all = plan_with(moved(true), KubeProxy::Rewritten);
+        assert_eq!(
+            names(&all),
+            ["kubeadm-config", "cluster-info", "kube-proxy"]
+        );
+        // kubeadm never fills in an unset endpoint; a skipped kube-proxy phase leaves its ConfigMap.
+        let unset = plan_with(moved(false), KubeProxy::ByHand);
+        assert_eq!(names(&unset), ["cluster-info"]);
+        let said = describe(&unset);
+        assert!(
+            said.contains("kubeadm rewrites cluster-info from it")
+                && said.contains("kubectl -n kube-system edit configmap kube-proxy")
+                && !said.contains("cpr deletes its pods"),
+            "{said}"
+        );
+    }
+
+    #[test]
+    fn a_kept_endpoint_must_not_lead_to_the_lost_node() {
+        let kept = |endpoint: &str| {
+            let mut plan = plan_with(
+                Endpoint::Kept {
+                    endpoint: endpoint.into(),
+                },
+                KubeProxy::Rewritten,
+            );
+            plan.old_address = "127.0.0.1".parse().unwrap();
+            plan
+        };
+        let err = check_endpoint(&kept("localhost:6443"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("still resolves to the lost node's address 127.0.0.1")
+                && err.contains("Point localhost (its DNS record or load balancer) at 10.0.1.20, then run `cpr finish`"),
+            "{err}"
+        );
+        let err = check_endpoint(&kept("cp.invalid:6443"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not resolve"), "{err}");
+        // A VIP or a load balancer's address is the operator's to know.
+        check_endpoint(&kept("10.0.1.5:6443")).unwrap();
     }
 
     #[test]
