@@ -156,20 +156,27 @@ pub fn bundles(
     for (cluster, node) in &nodes {
         entries.extend(index::list_bundles(store, cluster, node)?);
     }
-    // A node asked for by name brings the bundles it had under its name before a rename.
+    // A node asked for by name brings the bundles it had under its names before each rename
+    // (A renamed B, then C: C's bundles name B, B's name A).
     if node.is_some() {
-        let mut former: Vec<(String, String)> = entries
-            .iter()
-            .filter_map(|e| {
-                let cluster = e.name.split('/').next()?.to_string();
-                Some((cluster, e.renamed_from.clone()?))
-            })
-            .filter(|n| !nodes.contains(n))
-            .collect();
-        former.sort();
-        former.dedup();
-        for (cluster, old) in &former {
-            entries.extend(index::list_bundles(store, cluster, old)?);
+        let mut seen = nodes;
+        let mut unread = 0;
+        while unread < entries.len() {
+            let mut former: Vec<(String, String)> = entries[unread..]
+                .iter()
+                .filter_map(|e| {
+                    let name = crate::bundle::name::BundleName::parse(&e.name).ok()?;
+                    Some((name.cluster, e.renamed_from.clone()?))
+                })
+                .filter(|n| !seen.contains(n))
+                .collect();
+            former.sort();
+            former.dedup();
+            unread = entries.len();
+            for (cluster, old) in former {
+                entries.extend(index::list_bundles(store, &cluster, &old)?);
+                seen.push((cluster, old));
+            }
         }
     }
     entries.sort_by(|a, b| stamp(&a.name).cmp(stamp(&b.name)));
@@ -178,4 +185,45 @@ pub fn bundles(
 
 fn stamp(name: &str) -> &str {
     name.rsplit('/').next().unwrap_or(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_renamed_twice_brings_the_bundles_of_both_its_former_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            dir::DirStore::new(dir.path().to_path_buf(), std::time::Duration::from_secs(60));
+        for (node, stamp, from) in [
+            ("a", "20260101T000000Z", None),
+            ("b", "20260201T000000Z", Some("a")),
+            ("c", "20260301T000000Z", Some("b")),
+        ] {
+            let name = format!("k/{node}/{stamp}.tar.zst");
+            std::fs::create_dir_all(dir.path().join("k").join(node)).unwrap();
+            std::fs::write(dir.path().join(&name), b"bundle").unwrap();
+            let entry = index::IndexEntry {
+                name,
+                size: 6,
+                created: time::OffsetDateTime::UNIX_EPOCH,
+                node: node.to_string(),
+                revision: None,
+                encrypted: false,
+                signed: false,
+                sha256: None,
+                renamed_from: from.map(str::to_string),
+                etcd_members: Vec::new(),
+                extra: Default::default(),
+            };
+            index::append(&store, "k", node, entry).unwrap();
+        }
+        let names: Vec<String> = bundles(&store, Some("k"), Some("c"))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.node)
+            .collect();
+        assert_eq!(names, ["a", "b", "c"]);
+    }
 }
