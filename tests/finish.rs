@@ -1777,5 +1777,55 @@ fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() 
             && listed.contains(&format!("{CLUSTER}/{NEW_NAME}/")),
         "{listed}"
     );
+    // Pruning the new node to one bundle with several of the old name's: each name keeps its
+    // newest, so the new node's only bundle stays.
+    let new_dir = Path::new(store).join(CLUSTER).join(NEW_NAME);
+    let bundles_in = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tar.zst"))
+            .collect();
+        names.sort();
+        names
+    };
+    let new_bundles = bundles_in(&new_dir);
+    let old_dir = Path::new(store).join(CLUSTER).join(NODE_NAME);
+    let old_bundle = bundles_in(&old_dir).pop().unwrap();
+    for stamp in ["20200101T000000Z", "20200102T000000Z"] {
+        fs::copy(
+            old_dir.join(&old_bundle),
+            old_dir.join(format!("{stamp}.tar.zst")),
+        )
+        .unwrap();
+    }
+    ok(&target.cpr(
+        &[
+            "prune",
+            "--store",
+            store,
+            "--node",
+            NEW_NAME,
+            "--keep-last",
+            "1",
+        ],
+        &[],
+    ));
+    assert_eq!(bundles_in(&new_dir), new_bundles);
+    assert_eq!(bundles_in(&old_dir), [old_bundle]);
+    // `cpr check --bundle latest` for the new name checks its newest bundle.
+    let checked = target.cpr(
+        &[
+            "check", "--store", store, "--bundle", "latest", "--node", NEW_NAME,
+        ],
+        &[],
+    );
+    assert!(
+        String::from_utf8_lossy(&checked.stdout)
+            .contains(&format!("{CLUSTER}/{NEW_NAME}/{}", new_bundles[0])),
+        "{}",
+        stderr(&checked)
+    );
     drop(kubelet);
 }
