@@ -1266,7 +1266,13 @@ fn cluster_with_workers(cluster: &str, apiserver_sans: &str) -> (KubeadmNode, te
     for (pod, app) in KUBE_SYSTEM_PODS {
         objects.push((
             format!("/registry/pods/kube-system/{pod}"),
-            stored(&["--pod", "kube-system", pod, &format!("k8s-app={app}")]),
+            stored(&[
+                "--pod",
+                "kube-system",
+                pod,
+                &format!("k8s-app={app}"),
+                &format!("@{NODE_NAME}"),
+            ]),
         ));
     }
     objects.push((
@@ -1455,15 +1461,22 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         serde_json::json!(["apiserver", "etcd/server", "etcd/peer"])
     );
     let steps = report["newAddressSteps"].to_string();
-    // kube-proxy reads its kubeconfig at start: its pod was deleted through the API, nothing else.
+    // kube-proxy reads its kubeconfig at start: its pod's deletion was asked through the API,
+    // nothing else's. A scheduled pod stays, terminating, until its node's kubelet confirms.
     assert!(
-        steps.contains("kube-proxy pod kube-proxy-7xk2p deleted"),
+        steps.contains("kube-proxy pod kube-proxy-7xk2p: deletion requested"),
         "{steps}"
     );
+    let deletes: Vec<String> = log_lines(&root.join("var/log/fake-apiserver.log"))
+        .iter()
+        .filter(|l| l["method"] == "DELETE")
+        .map(|l| l["path"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(
-        restored_value(&target, "/registry/pods/kube-system/kube-proxy-7xk2p"),
-        None
+        deletes,
+        ["/api/v1/namespaces/kube-system/pods/kube-proxy-7xk2p"]
     );
+    assert!(restored_value(&target, "/registry/pods/kube-system/kube-proxy-7xk2p").is_some());
     assert!(restored_value(
         &target,
         "/registry/pods/kube-system/coredns-5d78c9869d-q2x4v"

@@ -1132,7 +1132,8 @@ fn restored_etcd(layout: &Layout) -> Result<EtcdClient, Error> {
 /// What a restore onto a new address does once the new control plane is up, as report lines: the old
 /// Node deleted through the API (`kubectl delete node`), the ConfigMaps kubeadm rewrote from the new
 /// controlPlaneEndpoint checked in etcd, and kube-proxy's pods deleted so that their DaemonSet starts
-/// them again with the new kubeconfig (kube-proxy reads it only at start). A step that fails is said
+/// them again with the new kubeconfig (kube-proxy reads it only at start) — once each pod's kubelet,
+/// reaching the new server, has stopped it (a scheduled pod's deletion is graceful). A step that fails is said
 /// with what to do, never an error: the control plane is up by now.
 fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
     let mut lines = Vec::new();
@@ -1215,7 +1216,7 @@ fn after_new_address(layout: &Layout, moved: &readdress::Plan) -> Vec<String> {
     }
     for pod in names {
         lines.push(match api.delete(&format!("/api/v1/namespaces/kube-system/pods/{pod}")) {
-            Ok(_) => format!("kube-proxy pod {pod} deleted: its DaemonSet starts it again with the new server"),
+            Ok(_) => format!("kube-proxy pod {pod}: deletion requested; its DaemonSet starts it again with the new server once its node's kubelet, reaching the new control plane (on a worker: after `cpr worker repoint`), stops it"),
             Err(e) => format!("kube-proxy pod {pod} NOT restarted: {e}. Run `kubectl -n kube-system delete pod {pod}`"),
         });
     }

@@ -51,6 +51,8 @@ def _build_classes():
         ("uid", 5, F.TYPE_STRING, opt, None),
         ("resourceVersion", 6, F.TYPE_STRING, opt, None),
         ("creationTimestamp", 8, F.TYPE_MESSAGE, opt, ".k8s.Time"),
+        ("deletionTimestamp", 9, F.TYPE_MESSAGE, opt, ".k8s.Time"),
+        ("deletionGracePeriodSeconds", 10, F.TYPE_INT64, opt, None),
         ("labels", 11, F.TYPE_MESSAGE, rep, ".k8s.ObjectMeta.LabelsEntry"),
     ])
     _map_entry(meta, "LabelsEntry")
@@ -87,8 +89,12 @@ def _build_classes():
                                  ("spec", 2, F.TYPE_MESSAGE, opt, ".k8s.DaemonSetSpec")])
     _message(file, "Deployment", [("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta"),
                                   ("spec", 2, F.TYPE_MESSAGE, opt, ".k8s.DeploymentSpec")])
-    # core/v1 Pod (metadata 1; spec and status are not modelled).
-    _message(file, "Pod", [("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta")])
+    # core/v1 Pod (metadata 1, spec 2; status is not modelled), PodSpec (terminationGracePeriodSeconds 4,
+    # nodeName 10).
+    _message(file, "PodSpec", [("terminationGracePeriodSeconds", 4, F.TYPE_INT64, opt, None),
+                               ("nodeName", 10, F.TYPE_STRING, opt, None)])
+    _message(file, "Pod", [("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta"),
+                           ("spec", 2, F.TYPE_MESSAGE, opt, ".k8s.PodSpec")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
 
