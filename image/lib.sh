@@ -92,3 +92,26 @@ finish_cache_dir() {
   rm -rf "$dir" && mv "$dir.tmp/root" "$dir" && rm -rf "$dir.tmp" && touch "$dir/.complete" ||
     { echo "image: cannot move $dir.tmp/root to $dir (see above)" >&2; return 1; }
 }
+
+# Exits (2) if CMDLINE holds a character GRUB's config language interprets: GRUB would expand or split
+# on it (isolinux and pxelinux pass it on), so the machine would boot a different line.
+refuse_grub_metacharacters() {
+  local script=$1 cmdline=$2
+  case $cmdline in
+    *[\$\;\&\|\<\>\"\'\\{}]*)
+      echo "$script: the command line holds a character GRUB's config language interprets (\$ ; & | < > quotes \\ { }): $cmdline" >&2
+      exit 2 ;;
+  esac
+}
+
+# Exits (1) if KERNEL carries no Secure Boot signature: firmware enforcing Secure Boot would refuse it
+# only at boot time, on the machine being recovered. (sbverify lists signatures; the firmware and shim
+# check them.)
+require_signed_kernel() {
+  local script=$1 kernel=$2
+  command -v sbverify >/dev/null || { echo "$script: sbverify is missing (apt-get install sbsigntool); it checks that $kernel is signed" >&2; exit 1; }
+  if ! sbverify --list "$kernel" 2>/dev/null | grep -q '^signature 1'; then
+    echo "$script: $kernel carries no Secure Boot signature (sbverify --list): Secure Boot firmware would refuse it. Use Debian's signed kernel (linux-image-*-amd64, not -unsigned), or build with --unsigned for machines with Secure Boot off" >&2
+    exit 1
+  fi
+}
