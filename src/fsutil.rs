@@ -35,6 +35,18 @@ pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// `path`, else `<path>.1`, `<path>.2`, …: the first name nothing holds, so a file moved there
+/// replaces nothing kept aside earlier.
+pub fn untaken(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 0;
+    while candidate.symlink_metadata().is_ok() {
+        n += 1;
+        candidate = sibling(&path, &format!(".{n}"));
+    }
+    candidate
+}
+
 /// Makes `file`, written at `tmp`, the content of `path`: fsync, rename, fsync the directory. A
 /// crash at any point leaves the old `path` or the new one, never a torn file.
 pub fn commit_file(file: &File, tmp: &Path, path: &Path) -> io::Result<()> {
@@ -117,6 +129,16 @@ pub fn sync_tree(root: &Path) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_untaken_name_skips_every_file_kept_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let kept = dir.path().join("admin.conf.cpr-old-20260101T000000Z");
+        assert_eq!(untaken(kept.clone()), kept);
+        fs::write(&kept, "first").unwrap();
+        fs::write(sibling(&kept, ".1"), "second").unwrap();
+        assert_eq!(untaken(kept.clone()), sibling(&kept, ".2"));
+    }
+
     use super::*;
 
     #[test]

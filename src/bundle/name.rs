@@ -22,6 +22,13 @@ pub struct BundleName {
     pub encrypted: bool,
 }
 
+/// `at` as a bundle name's stamp, `YYYYMMDDTHHMMSSZ` in UTC; also what names a file kept aside.
+pub fn stamp(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(STAMP)
+        .expect("the stamp format has only numeric fields")
+}
+
 impl BundleName {
     pub fn new(
         cluster: &str,
@@ -32,10 +39,7 @@ impl BundleName {
         let name = BundleName {
             cluster: cluster.to_string(),
             node: node.to_string(),
-            stamp: at
-                .to_offset(time::UtcOffset::UTC)
-                .format(STAMP)
-                .expect("the stamp format has only numeric fields"),
+            stamp: stamp(at),
             encrypted,
         };
         name.check()?;

@@ -515,12 +515,7 @@ fn move_aside_leaves(
             if !from.exists() {
                 continue;
             }
-            let mut to = aside.join(&relative);
-            let mut n = 0;
-            while to.exists() {
-                n += 1;
-                to = aside.join(format!("{relative}.{n}"));
-            }
+            let to = fsutil::untaken(aside.join(&relative));
             if let Some(dir) = to.parent() {
                 state::ensure_dir(dir)?;
             }
@@ -573,7 +568,7 @@ fn move_aside_old_kubeconfigs(
         if !names_old {
             continue;
         }
-        let aside = fsutil::sibling(&path, &format!(".cpr-old-{}", state.stamp));
+        let aside = fsutil::untaken(fsutil::sibling(&path, &format!(".cpr-old-{}", state.stamp)));
         if !state.moved_aside.contains(&aside) {
             state.moved_aside.push(aside.clone());
             state.save(layout)?;

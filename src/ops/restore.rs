@@ -102,7 +102,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
     // Key files are read before anything else: a wrong path fails alike for every bundle.
     let keys = OpenKeys::load(request.identity.as_deref(), request.verify_key.as_deref())?;
     let candidates = candidates(request)?;
-    let stamp = BundleName::new("x", "x", OffsetDateTime::now_utc(), false)?.stamp;
+    let stamp = crate::bundle::name::stamp(OffsetDateTime::now_utc());
     let mut skipped = Vec::new();
     let mut quorum = None;
     for name in &candidates {

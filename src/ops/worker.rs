@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use serde_norway::Value;
 
 use super::Error;
-use crate::bundle::name::BundleName;
 use crate::fsutil;
 use crate::node::apiserver::ApiServer;
 use crate::node::kubeconfig::Kubeconfig;
@@ -93,7 +92,7 @@ pub fn repoint(request: &RepointRequest) -> Result<RepointReport, Error> {
             path: path.clone(),
             source,
         })?;
-    let stamp = BundleName::new("x", "x", time::OffsetDateTime::now_utc(), false)?.stamp;
+    let stamp = crate::bundle::name::stamp(time::OffsetDateTime::now_utc());
     let aside = fsutil::sibling(&path, &format!(".cpr-old-{stamp}"));
     keep(&path, &aside).map_err(|source| Error::Write {
         path: aside.clone(),
