@@ -48,7 +48,8 @@ impl Kubeconfig {
     }
 
     /// `parse`; with `root`, a credential given as a file (`certificate-authority`, `client-key`, …)
-    /// instead of embedded data is read from that path under `root`.
+    /// instead of embedded data is read from that path under `root`, a relative one from the
+    /// kubeconfig's own directory (client-go's `ResolveLocalPaths`).
     fn parse_with(text: &str, path: &Path, root: Option<&Path>) -> Result<Kubeconfig, Error> {
         let invalid = |why: &str| Error::Kubeconfig {
             path: path.to_path_buf(),
@@ -77,7 +78,10 @@ impl Kubeconfig {
                 .get(key.trim_end_matches("-data"))
                 .and_then(Value::as_str);
             if let (None, Some(root), Some(file)) = (item.get(key), root, file) {
-                let file = root.join(file.trim_start_matches('/'));
+                let file = match file.strip_prefix('/') {
+                    Some(absolute) => root.join(absolute),
+                    None => path.parent().unwrap_or(Path::new(".")).join(file),
+                };
                 return std::fs::read(&file).map_err(|source| Error::Read { path: file, source });
             }
             let text = item.get(key).and_then(Value::as_str).ok_or_else(|| {
@@ -115,6 +119,23 @@ mod tests {
 
     /// A worker's kubelet.conf after TLS bootstrap names its client pair by path (kubeadm join:
     /// `/var/lib/kubelet/pki/kubelet-client-current.pem`); read under the given root.
+    #[test]
+    fn a_relative_credential_path_is_read_beside_the_kubeconfig() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc/kubernetes");
+        std::fs::create_dir_all(conf.join("pki")).unwrap();
+        std::fs::write(conf.join("pki/client.pem"), "PAIR").unwrap();
+        let path = conf.join("kubelet.conf");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.0.1.10:6443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate: pki/client.pem\n    client-key: pki/client.pem\n",
+        )
+        .unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        let config = Kubeconfig::load_under(elsewhere.path(), &path).unwrap();
+        assert_eq!(config.client_key_pem, b"PAIR");
+    }
+
     #[test]
     fn credentials_named_by_path_are_read_under_the_root() {
         let root = tempfile::tempdir().unwrap();
