@@ -344,6 +344,23 @@ mod tests {
     }
 
     #[test]
+    fn a_lost_quorums_keys_are_read_and_bad_values_named() {
+        let (args, result) = BootArgs::parse("cpr.quorum_probe=45 cpr.discard_survivors");
+        result.unwrap();
+        assert_eq!(
+            (args.quorum_probe, args.discard_survivors),
+            (Some(45), true)
+        );
+        let (args, _) = BootArgs::parse("quiet");
+        assert_eq!((args.quorum_probe, args.discard_survivors), (None, false));
+        for word in ["cpr.quorum_probe=soon", "cpr.discard_survivors=maybe"] {
+            let (_, result) = BootArgs::parse(word);
+            let error = result.unwrap_err().to_string();
+            assert!(error.contains(&word[..word.find('=').unwrap()]), "{error}");
+        }
+    }
+
+    #[test]
     fn uuids_and_devices_and_quoted_values() {
         let (args, _) = BootArgs::parse("cpr.root=UUID=0A1B-C2D3 cpr.bundle=\"a b\"");
         assert_eq!(args.root, Some(RootSpec::Uuid("0a1b-c2d3".into())));
