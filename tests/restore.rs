@@ -57,20 +57,20 @@ impl Backup {
     }
 }
 
-/// Every file below `dir`, relative, with its bytes.
-fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+/// Every file and directory below `dir`, relative, with a file's bytes (`None`: a directory), so an
+/// empty directory left behind shows too.
+fn tree(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
         for entry in fs::read_dir(&d).unwrap() {
             let path = entry.unwrap().path();
+            let relative = path.strip_prefix(dir).unwrap().to_path_buf();
             if path.is_dir() {
+                out.push((relative, None));
                 stack.push(path);
             } else {
-                out.push((
-                    path.strip_prefix(dir).unwrap().to_path_buf(),
-                    fs::read(&path).unwrap(),
-                ));
+                out.push((relative, Some(fs::read(&path).unwrap())));
             }
         }
     }
@@ -462,4 +462,17 @@ fn a_new_address_is_refused_without_a_usable_ca_on_a_members_address_and_with_se
         );
         assert_eq!(tree(target.path()), before);
     }
+    // A hostname that cannot name a Node, before anything else is looked at.
+    let mut args = restore_args(no_key.path(), target.path(), new_ip);
+    let at = args.iter().position(|a| a == "--hostname").unwrap();
+    args[at + 1] = "master_0".to_string();
+    let out = cpr(&with(&args, &["--new-address", "--no-finish"]));
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hostname \"master_0\" cannot name a Node")
+            && stderr(&out).contains("Nothing was changed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tree(target.path()), before);
 }

@@ -99,6 +99,18 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
         return swap_in(&layout, state, Vec::new(), None);
     }
 
+    // A refusal leaves nothing behind: the state dir made for staging goes again (when empty).
+    let state_dir = state::state_dir(&layout);
+    let made_state_dir = !state_dir.exists();
+    let restored = stage_and_swap(request, &layout);
+    if restored.is_err() && made_state_dir {
+        let _ = fs::remove_dir(&state_dir);
+    }
+    restored
+}
+
+/// A restore with no earlier run: each candidate staged and verified until one is, then swapped in.
+fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<RestoreReport, Error> {
     // Key files are read before anything else: a wrong path fails alike for every bundle.
     let keys = OpenKeys::load(request.identity.as_deref(), request.verify_key.as_deref())?;
     let candidates = candidates(request)?;
@@ -106,13 +118,13 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
     let mut skipped = Vec::new();
     let mut quorum = None;
     for name in &candidates {
-        clear_staging(&layout)?;
-        match stage(request, &keys, &layout, name, &mut quorum) {
+        clear_staging(layout)?;
+        match stage(request, &keys, layout, name, &mut quorum) {
             Ok((manifest, restored, restore_point)) => {
-                let new_address = match plan_new_address(request, &layout, &manifest) {
+                let new_address = match plan_new_address(request, layout, &manifest) {
                     Ok(plan) => plan,
                     Err(error) => {
-                        clear_staging(&layout)?;
+                        clear_staging(layout)?;
                         return Err(error);
                     }
                 };
@@ -133,17 +145,17 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
                     restored.revision,
                     manifest.files.len()
                 );
-                state.save(&layout)?;
+                state.save(layout)?;
                 failpoint("restore:state-saved");
-                return swap_in(&layout, state, skipped, quorum);
+                return swap_in(layout, state, skipped, quorum);
             }
             Err(error) if falls_back(&error) && request.bundle.is_none() => {
                 log::warn!("restore: skipping {name}: {error}");
                 skipped.push((name.clone(), error.to_string()));
-                clear_staging(&layout)?;
+                clear_staging(layout)?;
             }
             Err(error) => {
-                clear_staging(&layout)?;
+                clear_staging(layout)?;
                 return Err(error);
             }
         }
