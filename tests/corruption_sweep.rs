@@ -89,6 +89,7 @@ impl Sweep<'_> {
             verify_key: self.verify_key.clone(),
             quorum_probe: cpr::ops::ha::DEFAULT_PROBE,
             discard_survivors: false,
+            plan_only: false,
         });
         result.map(drop).map_err(|e| e.to_string())
     }

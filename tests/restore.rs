@@ -423,6 +423,7 @@ fn a_new_address_is_refused_without_a_usable_ca_on_a_members_address_and_with_se
         Some(common::certs::cert_expiring_in(-1, "front-proxy-ca")),
         &node,
     );
+    let good = back_up(&node);
     let new_ip = "10.0.1.20";
     let learner = format!("https://{new_ip}:2380");
     ok(&node
@@ -462,6 +463,15 @@ fn a_new_address_is_refused_without_a_usable_ca_on_a_members_address_and_with_se
         );
         assert_eq!(tree(target.path()), before);
     }
+    // --plan-only verifies the bundle and prints the plan, and changes nothing.
+    let args = restore_args(good.path(), target.path(), new_ip);
+    let planned = ok(&cpr(&with(&args, &["--new-address", "--plan-only"])));
+    assert!(
+        planned.contains("changed nothing")
+            && planned.contains(&format!("restore onto a new address: node {NODE_NAME} at ")),
+        "{planned}"
+    );
+    assert_eq!(tree(target.path()), before);
     // A hostname that cannot name a Node, before anything else is looked at.
     let mut args = restore_args(no_key.path(), target.path(), new_ip);
     let at = args.iter().position(|a| a == "--hostname").unwrap();

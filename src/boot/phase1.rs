@@ -63,6 +63,7 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
             .quorum_probe
             .map_or(ha::DEFAULT_PROBE, Duration::from_secs),
         discard_survivors: request.discard_survivors,
+        plan_only: false,
     })
     .map_err(|error| match error {
         // The live-OS advice names --node and --cluster; a booting machine is steered by cpr.* keys.

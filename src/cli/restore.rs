@@ -49,6 +49,9 @@ pub struct RestoreCmd {
     /// member and the leaf certificates naming the old ones are re-issued; prints the plan first
     #[argh(switch)]
     pub new_address: bool,
+    /// with --new-address: verify the bundle and print the plan, changing nothing (staging cleared)
+    #[argh(switch)]
+    pub plan_only: bool,
     /// raise the etcd revision by this much and mark older revisions compacted (default 1000000000)
     #[argh(option)]
     pub bump_revision: Option<u64>,
@@ -94,6 +97,11 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             "--new-address and --force-identity exclude each other: --new-address re-addresses the node, --force-identity restores it as it was".to_string(),
         ));
     }
+    if cmd.plan_only && !cmd.new_address {
+        return Err(Error::Usage(
+            "--plan-only previews a restore onto a new address: give --new-address too".to_string(),
+        ));
+    }
     let (config, config_path) = load_config(cmd.config.as_deref(), &cmd.root)?;
     let store = open_store(cmd.store, &config, &config_path)?;
     let machine = Machine {
@@ -119,9 +127,10 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
         verify_key: cmd.verify_key.or(config.restore.verify_key),
         quorum_probe: Duration::from_secs(cmd.quorum_probe),
         discard_survivors: cmd.discard_survivors,
+        plan_only: cmd.plan_only,
     };
     let restored = restore(&request)?;
-    let finished = if cmd.no_finish {
+    let finished = if cmd.no_finish || cmd.plan_only {
         None
     } else {
         Some(finish(&finish_request(FinishArgs {
@@ -139,7 +148,12 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             .expect("reports serialize")
         ),
         Output::Text => {
-            if restored.already_done {
+            if restored.plan_only {
+                println!(
+                    "cpr restore: {} verified; the plan below changed nothing (run again without --plan-only to restore)",
+                    restored.bundle
+                );
+            } else if restored.already_done {
                 println!(
                     "cpr restore: {} was already restored; nothing changed",
                     restored.bundle

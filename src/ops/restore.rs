@@ -58,6 +58,9 @@ pub struct RestoreRequest<'a> {
     pub quorum_probe: Duration,
     /// Restore a lost quorum from the bundles even though some members still run with their data.
     pub discard_survivors: bool,
+    /// Stage and verify the bundle and plan the restore onto a new address, then clear the staging:
+    /// nothing live changes (`--plan-only`).
+    pub plan_only: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -78,6 +81,8 @@ pub struct RestoreReport {
     pub quorum: Option<Quorum>,
     /// A lost quorum restored from another node's bundle: the snapshot every member restored.
     pub restore_point: Option<String>,
+    /// Only planned (`--plan-only`): the bundle verified, nothing changed.
+    pub plan_only: bool,
 }
 
 pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
@@ -103,7 +108,7 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
     let state_dir = state::state_dir(&layout);
     let made_state_dir = !state_dir.exists();
     let restored = stage_and_swap(request, &layout);
-    if restored.is_err() && made_state_dir {
+    if (restored.is_err() || request.plan_only) && made_state_dir {
         let _ = fs::remove_dir(&state_dir);
     }
     restored
@@ -128,6 +133,23 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                         return Err(error);
                     }
                 };
+                if request.plan_only {
+                    let data_dir = data_dir(layout, &manifest);
+                    clear_staging(layout)?;
+                    return Ok(RestoreReport {
+                        bundle: name.clone(),
+                        revision: restored.revision,
+                        bumped_revision: restored.bumped_revision,
+                        data_dir,
+                        moved_aside: Vec::new(),
+                        skipped,
+                        already_done: false,
+                        new_address,
+                        quorum,
+                        restore_point,
+                        plan_only: true,
+                    });
+                }
                 let state = State {
                     version: state::STATE_VERSION,
                     bundle: name.clone(),
@@ -1086,6 +1108,7 @@ fn report(
         new_address: state.new_address.clone(),
         quorum,
         restore_point: state.restore_point.clone(),
+        plan_only: false,
     }
 }
 
