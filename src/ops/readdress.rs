@@ -679,24 +679,14 @@ mod tests {
 
     #[test]
     fn a_kubeadm_manifest_follows_the_new_address_and_name() {
-        let plan = Plan {
-            old_address: "10.0.1.10".parse().unwrap(),
-            new_address: "10.0.1.20".parse().unwrap(),
-            old_name: "master0".into(),
-            new_name: "master0b".into(),
-            etcd_member: "master0b".into(),
-            etcd_peer_url: "https://10.0.1.20:2380".into(),
-            reissued_certificates: vec![],
-            kept_certificates: vec![],
-            kubeconfigs: vec![],
-            control_plane_endpoint: Endpoint::Kept {
+        let mut plan = plan_with(
+            Endpoint::Kept {
                 endpoint: "cp:6443".into(),
             },
-            kube_proxy: KubeProxy::Rewritten,
-            old_node: Some("master0".into()),
-            workers: vec![],
-            pinned_settings: vec![],
-        };
+            KubeProxy::Rewritten,
+        );
+        plan.new_name = "master0b".into();
+        plan.old_node = Some("master0".into());
         let text = "    - --listen-peer-urls=https://10.0.1.10:2380\n    - --name=master0\n    - --initial-cluster=master0=https://10.0.1.10:2380\n    - --other=10.0.1.100\n";
         assert_eq!(
             manifest(text, &plan),
