@@ -1253,10 +1253,14 @@ const KUBE_SYSTEM_PODS: [(&str, &str); 2] = [
 
 /// A source cluster with two worker Nodes and Cilium's ConfigMap pinning the API server to the
 /// node's address (`k8s-service-host`), backed up with `cluster` as its ClusterConfiguration.
-fn cluster_with_workers(cluster: &str, apiserver_sans: &str) -> (KubeadmNode, tempfile::TempDir) {
+fn cluster_with_workers(
+    cluster: &str,
+    apiserver_sans: &str,
+    kube_proxy: bool,
+) -> (KubeadmNode, tempfile::TempDir) {
     let pinned = tempfile::NamedTempFile::new().unwrap();
     fs::write(pinned.path(), NODE_IP).unwrap();
-    let mut objects = cluster_objects(true, &[]);
+    let mut objects = cluster_objects(kube_proxy, &[]);
     for worker in WORKERS {
         objects.push((
             format!("/registry/minions/{worker}"),
@@ -1376,7 +1380,7 @@ fn repoint(worker: &NetNs, root: &Path, server: &str) -> Output {
 /// server whose certificate another CA signed, changing nothing.
 #[test]
 fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_follow() {
-    let (source, store) = cluster_with_workers(&cluster_configuration(NODE_IP), "");
+    let (source, store) = cluster_with_workers(&cluster_configuration(NODE_IP), "", true);
     let target = Target::provisioned();
     let worker = NetNs::new();
     target
@@ -1642,6 +1646,51 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
     drop(kubelet);
 }
 
+/// The controlPlaneEndpoint was unset (kubeadm used the advertise address and never fills it in),
+/// and kubeadm's kube-proxy phase is skipped (a kube-proxy ConfigMap but no DaemonSet kubeadm
+/// manages): the plan moves the server but leaves kubeadm-config out of the checks, names kube-proxy's
+/// ConfigMap for the operator, and cpr deletes no pod.
+#[test]
+fn an_unset_endpoint_and_a_skipped_kube_proxy_phase_are_planned_as_they_are() {
+    let cluster: String = cluster_configuration(NODE_IP)
+        .lines()
+        .filter(|l| !l.starts_with("controlPlaneEndpoint"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let (_source, store) = cluster_with_workers(&cluster, "", false);
+    let target = Target::provisioned();
+    let worker = NetNs::new();
+    target
+        .ns
+        .link(&worker, &format!("{NEW_IP}/24"), &format!("{WORKER_IP}/24"));
+    let out = restore_onto_new_address(&target, store.path(), NODE_NAME);
+    let restored: Value = serde_json::from_str(&ok(&out)).unwrap();
+    let plan = &restored["restore"]["newAddress"];
+    assert_eq!(plan["controlPlaneEndpoint"]["set"], false, "{plan}");
+    assert_eq!(plan["kubeProxy"], "byHand", "{plan}");
+
+    let kubelet = Kubelet::start(&target);
+    let report: Value =
+        serde_json::from_str(&ok(&target.finish(&["--output", "json"], &[]))).unwrap();
+    let steps = report["newAddressSteps"].to_string();
+    let new_server = format!("https://{NEW_IP}:{APISERVER_PORT}");
+    assert!(
+        steps.contains(&format!(
+            "ConfigMap kube-public/cluster-info: names {new_server}"
+        )) && !steps.contains("kubeadm-config")
+            && !steps.contains("NOT")
+            && steps.contains("kubectl -n kube-system edit configmap kube-proxy"),
+        "{steps}"
+    );
+    assert!(
+        !log_lines(&target.root().join("var/log/fake-apiserver.log"))
+            .iter()
+            .any(|l| l["method"] == "DELETE"),
+        "no pod deleted"
+    );
+    drop(kubelet);
+}
+
 /// `/etc/netns/NS/hosts`, which `ip netns exec` mounts over /etc/hosts inside NS: a DNS record for
 /// the namespace alone, removed again on drop.
 struct NetnsHosts(PathBuf);
@@ -1669,8 +1718,11 @@ impl Drop for NetnsHosts {
 fn a_renamed_replacement_behind_a_dns_endpoint_needs_nothing_from_the_workers() {
     const ENDPOINT: &str = "cp.prod.internal";
     const NEW_NAME: &str = "master0b";
-    let (_source, store) =
-        cluster_with_workers(&cluster_configuration(ENDPOINT), &format!("DNS:{ENDPOINT}"));
+    let (_source, store) = cluster_with_workers(
+        &cluster_configuration(ENDPOINT),
+        &format!("DNS:{ENDPOINT}"),
+        true,
+    );
     let target = Target::provisioned();
     let worker = NetNs::new();
     target
