@@ -1387,6 +1387,37 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         .ns
         .link(&worker, &format!("{NEW_IP}/24"), &format!("{WORKER_IP}/24"));
     let root = target.root();
+    let new_server = format!("https://{NEW_IP}:{APISERVER_PORT}");
+
+    // The text report of a preview (--plan-only) gives each worker its command, and changes nothing.
+    let before = tree_with_modes(root);
+    let preview = ok(&target.cpr(
+        &[
+            "restore",
+            "--store",
+            store.path().to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--node",
+            NODE_NAME,
+            "--hostname",
+            NODE_NAME,
+            "--ip",
+            NEW_IP,
+            "--new-address",
+            "--plan-only",
+        ],
+        &[],
+    ));
+    for name in WORKERS {
+        assert!(
+            preview.contains(&format!(
+                "worker {name}: run `cpr worker repoint --server {new_server}` on it"
+            )),
+            "{preview}"
+        );
+    }
+    assert_eq!(tree_with_modes(root), before);
 
     let out = restore_onto_new_address(&target, store.path(), NODE_NAME);
     let restored: Value = serde_json::from_str(&ok(&out)).unwrap();
@@ -1412,7 +1443,6 @@ fn a_replacement_on_a_new_address_serves_the_restored_cluster_and_its_workers_fo
         plan["keptCertificates"].to_string().contains("\"ca\""),
         "{plan}"
     );
-    let new_server = format!("https://{NEW_IP}:{APISERVER_PORT}");
     assert_eq!(
         plan["controlPlaneEndpoint"]["newServer"], new_server,
         "{plan}"

@@ -104,14 +104,35 @@ pub fn restore(request: &RestoreRequest<'_>) -> Result<RestoreReport, Error> {
         return swap_in(&layout, state, Vec::new(), None);
     }
 
-    // A refusal leaves nothing behind: the state dir made for staging goes again (when empty).
-    let state_dir = state::state_dir(&layout);
-    let made_state_dir = !state_dir.exists();
+    // A refusal or a preview leaves nothing behind: the directories staging made go again.
+    let made = missing_dirs(&[
+        state::state_dir(&layout),
+        layout.path(layout::PKI_DIR),
+        layout.path(layout::DEFAULT_ETCD_DATA_DIR),
+    ]);
     let restored = stage_and_swap(request, &layout);
-    if (restored.is_err() || request.plan_only) && made_state_dir {
-        let _ = fs::remove_dir(&state_dir);
+    if restored.is_err() || request.plan_only {
+        for dir in &made {
+            // Only an empty one: whatever a failed swap left in it stays.
+            let _ = fs::remove_dir(dir);
+        }
     }
     restored
+}
+
+/// `paths` and their ancestors that do not exist yet, deepest first.
+fn missing_dirs(paths: &[PathBuf]) -> Vec<PathBuf> {
+    let mut missing: Vec<PathBuf> = paths
+        .iter()
+        .flat_map(|path| path.ancestors().take_while(|dir| !dir.exists()))
+        .map(Path::to_path_buf)
+        .collect();
+    missing.sort_by(|a, b| {
+        let depth = |p: &PathBuf| p.components().count();
+        depth(b).cmp(&depth(a)).then_with(|| a.cmp(b))
+    });
+    missing.dedup();
+    missing
 }
 
 /// A restore with no earlier run: each candidate staged and verified until one is, then swapped in.
