@@ -494,9 +494,8 @@ impl Reissue {
 }
 
 /// Moves each leaf's `.crt` and `.key` (`leaves`: its name and why, for the log) into the `why` dir
-/// beside pki (kept, never deleted), so that `kubeadm init` signs new ones with the restored CA. Each
-/// destination is recorded in the state before its rename: a run killed in between finds the file
-/// still there and moves it then. The key goes first, so a `.crt` left behind is still seen.
+/// beside pki (kept, never deleted), so that `kubeadm init` signs new ones with the restored CA. The
+/// key goes first, so a `.crt` left behind by a killed run is still seen.
 fn move_aside_leaves(
     layout: &Layout,
     state: &mut State,
@@ -519,15 +518,23 @@ fn move_aside_leaves(
             if let Some(dir) = to.parent() {
                 state::ensure_dir(dir)?;
             }
-            if !state.moved_aside.contains(&to) {
-                state.moved_aside.push(to.clone());
-                state.save(layout)?;
-            }
-            fsutil::rename_durable(&from, &to)
-                .map_err(|source| Error::Write { path: from, source })?;
+            move_aside(layout, state, &from, to)?;
         }
     }
     Ok(())
+}
+
+/// Moves `from` to `to` (kept, never deleted), recording `to` in the state first: a run killed in
+/// between finds `from` still there and moves it then.
+fn move_aside(layout: &Layout, state: &mut State, from: &Path, to: PathBuf) -> Result<(), Error> {
+    if !state.moved_aside.contains(&to) {
+        state.moved_aside.push(to.clone());
+        state.save(layout)?;
+    }
+    fsutil::rename_durable(from, &to).map_err(|source| Error::Write {
+        path: from.to_path_buf(),
+        source,
+    })
 }
 
 fn reissue_dir(layout: &Layout, state: &State, why: Reissue) -> PathBuf {
@@ -569,14 +576,7 @@ fn move_aside_old_kubeconfigs(
             continue;
         }
         let aside = fsutil::untaken(fsutil::sibling(&path, &format!(".cpr-old-{}", state.stamp)));
-        if !state.moved_aside.contains(&aside) {
-            state.moved_aside.push(aside.clone());
-            state.save(layout)?;
-        }
-        fsutil::rename_durable(&path, &aside).map_err(|source| Error::Write {
-            path: path.clone(),
-            source,
-        })?;
+        move_aside(layout, state, &path, aside.clone())?;
         log::info!(
             "finish: {} names the lost node's address {old}: moved aside to {} for kubeadm to write it anew",
             path.display(),
