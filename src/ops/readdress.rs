@@ -278,12 +278,13 @@ fn host_port(address: IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(address, port).to_string()
 }
 
-/// The host of `scheme://host[:port]/…` as an address, if it is one.
+/// The host of a member's URL as an address, if it is one.
 fn url_host(url: &str) -> Option<IpAddr> {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    endpoint_host(rest.split('/').next().unwrap_or_default())
-        .parse()
-        .ok()
+    match url::Url::parse(url).ok()?.host()? {
+        url::Host::Ipv4(address) => Some(address.into()),
+        url::Host::Ipv6(address) => Some(address.into()),
+        url::Host::Domain(_) => None,
+    }
 }
 
 /// The host of `host`, `host:port`, `[v6]` or `[v6]:port`.
