@@ -20,6 +20,7 @@ use super::Error;
 use crate::bundle::manifest::Manifest;
 use crate::etcd::client::{EtcdClient, TlsFiles};
 use crate::etcd::RestoreOptions;
+use crate::node::layout;
 use crate::store::Store;
 
 /// How long a lost quorum is looked for before it is believed: longer than an etcd leader election
@@ -52,14 +53,14 @@ pub enum Quorum {
     },
 }
 
-/// The bundle's etcd client pair, as staged from it: kubeadm's health-check client, signed by the
-/// etcd CA every member trusts.
-pub fn client_tls(pki: &Path) -> TlsFiles {
-    let etcd = pki.join("etcd");
+/// The bundle's etcd client pair under `root`, the tree staged from it: kubeadm's health-check
+/// client, signed by the etcd CA every member trusts.
+pub fn client_tls(root: &Path) -> TlsFiles {
+    let (cert, key) = layout::ETCD_CLIENT_PAIRS[0];
     TlsFiles {
-        ca: etcd.join("ca.crt"),
-        cert: etcd.join("healthcheck-client.crt"),
-        key: etcd.join("healthcheck-client.key"),
+        ca: root.join(layout::ETCD_CA_CERT),
+        cert: root.join(cert),
+        key: root.join(key),
     }
 }
 

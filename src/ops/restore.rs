@@ -606,13 +606,17 @@ impl RestoreSink<'_> {
         let quorum = match self.quorum.clone() {
             Some(quorum) => quorum,
             None => {
-                let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
+                let staged = self.staging.join(STAGED_BUNDLE);
                 log::info!(
                     "restore: etcd had {} members; probing them for a quorum for {} s with the bundle's etcd client certificate",
                     manifest.etcd.members.len(),
                     self.request.quorum_probe.as_secs()
                 );
-                let quorum = ha::probe(manifest, &ha::client_tls(&pki), self.request.quorum_probe);
+                let quorum = ha::probe(
+                    manifest,
+                    &ha::client_tls(&staged),
+                    self.request.quorum_probe,
+                );
                 log::info!("restore: quorum probe: {quorum:?}");
                 *self.quorum = Some(quorum.clone());
                 quorum
