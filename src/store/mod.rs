@@ -57,8 +57,7 @@ pub trait Store: Send + Sync {
     /// Writes a small object only if none exists under `name` (the first of several writers wins, the
     /// others see its content); returns whether this call wrote it. Stores without such a write (a
     /// plain HTTP server) refuse.
-    fn create_if_absent(&self, name: &str, data: &[u8]) -> Result<bool, Error> {
-        let _ = data;
+    fn create_if_absent(&self, name: &str, _data: &[u8]) -> Result<bool, Error> {
         Err(Error::NoCreateIfAbsent {
             url: format!("{}/{name}", self.location().trim_end_matches('/')),
         })
