@@ -81,8 +81,25 @@ pub fn release_cpr() -> PathBuf {
     release
 }
 
-pub fn fixture() -> &'static Fixture {
-    FIXTURE.get_or_init(|| {
+/// The recovery image and the blank target disk every boot starts from, built once.
+pub struct Image {
+    pub dir: tempfile::TempDir,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    /// The replacement machine's disk before recovery: a busybox "normal OS" with etcd installed.
+    pub disk: PathBuf,
+}
+
+impl Image {
+    /// The key that signs bundles; the image carries its public half as /etc/cpr/minisign.pub.
+    pub fn sign_key(&self) -> PathBuf {
+        self.dir.path().join("keys/minisign.key")
+    }
+}
+
+pub fn image() -> &'static Image {
+    static IMAGE: OnceLock<Image> = OnceLock::new();
+    IMAGE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         // Bundles are signed, and the image carries the verify key as /etc/cpr/minisign.pub (boots
         // that name it with cpr.verify_key= check the signature).
@@ -95,16 +112,29 @@ pub fn fixture() -> &'static Fixture {
             .arg("--verify-key")
             .arg(keys.join("minisign.pub")));
         let kernel = PathBuf::from(kernel.trim());
-        let (small, large) = make_bundles(dir.path(), &keys.join("minisign.key"));
         let disk = dir.path().join("disk.img");
         make_disk(&disk);
-        Fixture {
+        Image {
             dir,
             kernel,
             initramfs,
+            disk,
+        }
+    })
+}
+
+pub fn fixture() -> &'static Fixture {
+    FIXTURE.get_or_init(|| {
+        let image = image();
+        let dir = tempfile::tempdir().unwrap();
+        let (small, large) = make_bundles(dir.path(), &image.sign_key());
+        Fixture {
+            dir,
+            kernel: image.kernel.clone(),
+            initramfs: image.initramfs.clone(),
             small,
             large,
-            disk,
+            disk: image.disk.clone(),
         }
     })
 }
@@ -285,6 +315,8 @@ pub struct Boot {
     pub source: &'static Source,
     /// Serve this directory as the store; None: nothing listens behind the guestfwd port.
     pub store: Option<PathBuf>,
+    /// More QEMU arguments: a second NIC on a network between VMs.
+    pub qemu_args: Vec<String>,
     /// The first address QEMU's DHCP server hands out.
     pub dhcp_start: Option<&'static str>,
     /// Typed on the serial console every two seconds until the VM stops.
@@ -301,13 +333,20 @@ pub struct Boot {
 }
 
 impl Boot {
+    /// A boot that restores the fixture's small bundle.
     pub fn new(medium: Medium) -> Boot {
+        Boot::of(medium, &fixture().small)
+    }
+
+    /// A boot that restores `source`'s bundle from its store.
+    pub fn of(medium: Medium, source: &'static Source) -> Boot {
         Boot {
             medium,
             cmdline: String::new(),
             disk: Disk::Busybox,
-            source: &fixture().small,
-            store: Some(fixture().small.store.clone()),
+            source,
+            store: Some(source.store.clone()),
+            qemu_args: Vec::new(),
             dhcp_start: None,
             typing: None,
             prepare: Vec::new(),
@@ -444,7 +483,7 @@ pub fn cmdline(source: &Source, extra: &str) -> String {
 /// `image/SCRIPT OPTIONS KERNEL INITRAMFS OUTPUT CMDLINE`: the ISO and the PXE files of the fixture's
 /// image.
 pub fn build_image(script: &str, options: &[&str], output: &Path, cmdline: &str) {
-    let f = fixture();
+    let f = image();
     run(Command::new(repo().join("image").join(script))
         .args(options)
         .arg(&f.kernel)
@@ -530,7 +569,24 @@ pub fn tamper(iso: &Path, file: Tampered) {
 
 pub fn boot(spec: Boot) -> Outcome {
     let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
-    let f = fixture();
+    power_on(spec)
+}
+
+/// Several VMs powered on at once (the nodes of one cluster), each as `boot` runs one; no other boot
+/// runs meanwhile. Returns when every VM has stopped.
+pub fn boot_together(specs: Vec<Boot>) -> Vec<Outcome> {
+    let _only_these = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    std::thread::scope(|scope| {
+        let vms: Vec<_> = specs
+            .into_iter()
+            .map(|spec| scope.spawn(|| power_on(spec)))
+            .collect();
+        vms.into_iter().map(|vm| vm.join().unwrap()).collect()
+    })
+}
+
+fn power_on(spec: Boot) -> Outcome {
+    let f = image();
     let work = tempfile::tempdir().unwrap();
     let disk = work.path().join("disk.img");
     let copy = |from: &Path| {
@@ -647,7 +703,7 @@ pub fn boot(spec: Boot) -> Outcome {
                 .arg("root=LABEL=target ro console=ttyS0 panic=-1");
         }
     }
-    qemu.arg("-netdev").arg(&netdev);
+    qemu.arg("-netdev").arg(&netdev).args(&spec.qemu_args);
     if !matches!(spec.disk, Disk::None) {
         qemu.arg("-drive")
             .arg(format!("file={},format=raw,if=virtio", disk.display()));
