@@ -1,19 +1,26 @@
-//! `cpr inspect`: print a bundle's manifest without reading past it.
+//! `cpr inspect`: print a bundle's manifest without reading past it, or with `--objects` the
+//! Kubernetes objects in its etcd snapshot (or in a snapshot or db file).
 
 use argh::FromArgs;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 
+use super::verify::verified_snapshot;
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_manifest, Manifest};
+use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
+use crate::ops::inventory::{self, Inventory};
 use crate::store::human_bytes;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "inspect")]
-/// Print a bundle's manifest (reads only the first entry).
+/// Print a bundle's manifest (reads only the first entry), or the Kubernetes objects in its
+/// snapshot (--objects).
 pub struct InspectCmd {
-    /// a bundle file, or a bundle name in the store, or "latest"
+    /// a bundle file, or a bundle name in the store, or "latest"; with --objects also an etcd
+    /// snapshot or bbolt db file
     #[argh(positional)]
     pub bundle: String,
     /// store URL (see cpr backup --help)
@@ -37,10 +44,24 @@ pub struct InspectCmd {
     /// text (default) or json
     #[argh(option, default = "Output::Text")]
     pub output: Output,
+    /// list the Kubernetes objects in the etcd snapshot (reads and checks the whole bundle)
+    #[argh(switch)]
+    pub objects: bool,
+    /// with --objects: kube-apiserver's --etcd-prefix (default /registry)
+    #[argh(option, default = "String::from(\"/registry\")")]
+    pub etcd_prefix: String,
 }
 
 pub fn run(cmd: InspectCmd) -> Result<(), Error> {
     let scratch = scratch_dir("inspect")?;
+    if cmd.objects {
+        let inventory = read_inventory(&cmd, scratch.path())?;
+        match cmd.output {
+            Output::Json => println!("{}", inventory.to_json()),
+            Output::Text => print!("{}", inventory.describe()),
+        }
+        return Ok(());
+    }
     let input = open_bundle(
         &cmd.bundle,
         cmd.store,
@@ -62,6 +83,35 @@ pub fn run(cmd: InspectCmd) -> Result<(), Error> {
         Output::Text => print!("{}", describe(&name, &manifest)),
     }
     Ok(())
+}
+
+/// The inventory of the snapshot `cmd.bundle` names: a snapshot or db file is read in place; a
+/// bundle is verified as `cpr verify` does, its snapshot spooled into `scratch`.
+fn read_inventory(cmd: &InspectCmd, scratch: &Path) -> Result<Inventory, Error> {
+    let path = Path::new(&cmd.bundle);
+    if cmd.store.is_none() && is_bbolt_file(path) {
+        return Ok(inventory::read(path, &cmd.etcd_prefix)?);
+    }
+    let snapshot = verified_snapshot(
+        &cmd.bundle,
+        cmd.store.clone(),
+        cmd.config.as_deref(),
+        (cmd.cluster.as_deref(), cmd.node.as_deref()),
+        KeyFlags {
+            identity: cmd.identity.clone(),
+            verify_key: cmd.verify_key.clone(),
+        },
+        scratch,
+    )?;
+    Ok(inventory::read(&snapshot.path, &cmd.etcd_prefix)?)
+}
+
+/// Whether `path` is a file that starts with a bbolt meta page (an etcd snapshot or db).
+fn is_bbolt_file(path: &Path) -> bool {
+    let mut first = [0u8; META_PAGE_PREFIX];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok_and(|()| Meta::parse(0, &first).is_ok())
 }
 
 fn describe(name: &str, m: &Manifest) -> String {

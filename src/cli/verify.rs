@@ -4,10 +4,10 @@ use argh::FromArgs;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
-use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
 use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
 use crate::etcd::snapshot_status;
 use crate::Error;
@@ -75,9 +75,44 @@ impl Sink for SnapshotToFile {
     }
 }
 
+/// A bundle read and checked whole, its snapshot spooled into the scratch dir.
+pub(crate) struct VerifiedSnapshot {
+    pub name: String,
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+/// Opens the bundle named on the command line (see `open_bundle`), checks every digest and the
+/// snapshot trailer, and keeps the snapshot as `scratch/snapshot.db`.
+pub(crate) fn verified_snapshot(
+    bundle: &str,
+    store: Option<String>,
+    config: Option<&Path>,
+    cluster_node: (Option<&str>, Option<&str>),
+    keys: KeyFlags,
+    scratch: &Path,
+) -> Result<VerifiedSnapshot, Error> {
+    let mut input = open_bundle(bundle, store, config, cluster_node, keys, scratch)?;
+    let name = input.name.clone();
+    let mut sink = SnapshotToFile {
+        path: scratch.join("snapshot.db"),
+    };
+    let manifest = read_bundle(&mut input, &name, &mut sink)?;
+    input.finish()?;
+    Ok(VerifiedSnapshot {
+        name,
+        manifest,
+        path: sink.path,
+    })
+}
+
 pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
     let scratch = scratch_dir("verify")?;
-    let mut input = open_bundle(
+    let VerifiedSnapshot {
+        name,
+        manifest,
+        path,
+    } = verified_snapshot(
         &cmd.bundle,
         cmd.store,
         cmd.config.as_deref(),
@@ -88,13 +123,7 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
         },
         scratch.path(),
     )?;
-    let name = input.name.clone();
-    let mut sink = SnapshotToFile {
-        path: scratch.path().join("snapshot.db"),
-    };
-    let manifest = read_bundle(&mut input, &name, &mut sink)?;
-    input.finish()?;
-    let status = snapshot_status(&sink.path)?;
+    let status = snapshot_status(&path)?;
     if status.revision < manifest.etcd.revision {
         log::warn!(
             "verify: {name}: the snapshot's revision {} is below the {} etcd reported when the backup began",

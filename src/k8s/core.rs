@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{object, Error};
+use super::{object, rfc3339, Error};
 
 /// meta/v1 `ObjectMeta`: name (1) and namespace (3); the other fields are skipped.
 #[derive(Clone, PartialEq, prost::Message, serde::Deserialize)]
@@ -157,7 +157,7 @@ pub fn node(value: &[u8]) -> Result<Node, Error> {
 fn taint(message: TaintMessage) -> Result<Taint, Error> {
     let time_added = match message.time_added {
         None => None,
-        Some(t) => Some(rfc3339(t.seconds)?),
+        Some(t) => Some(rfc3339("timeAdded", t.seconds)?),
     };
     Ok(Taint {
         key: message.key,
@@ -165,18 +165,6 @@ fn taint(message: TaintMessage) -> Result<Taint, Error> {
         effect: message.effect,
         time_added,
     })
-}
-
-/// metav1.Time's JSON form: `t.UTC().Format(time.RFC3339)`, whole seconds.
-fn rfc3339(seconds: i64) -> Result<String, Error> {
-    let out_of_range = || Error::OutOfRange {
-        field: "timeAdded",
-        value: seconds.to_string(),
-    };
-    time::OffsetDateTime::from_unix_timestamp(seconds)
-        .map_err(|_| out_of_range())?
-        .format(&time::format_description::well_known::Rfc3339)
-        .map_err(|_| out_of_range())
 }
 
 /// Taints the node lifecycle controller, the kubelet or a cloud provider sets and clears from the

@@ -10,8 +10,11 @@
 //! never a panic. A hand-written wire reader would have to do all of that again.
 
 mod core;
+mod meta;
+pub mod registry;
 
 pub use self::core::{config_map, is_status_taint, node, ConfigMap, Node, Taint};
+pub use self::meta::{metadata, Encoding, Metadata};
 
 /// k8s.io/apimachinery/pkg/runtime/serializer/protobuf/protobuf.go: every protobuf-encoded object
 /// starts with these four bytes.
@@ -85,7 +88,11 @@ impl Resource {
 
 /// A stored object with its envelope opened: protobuf bytes of the named kind, or JSON.
 enum Stored<'a> {
-    Protobuf { kind: String, raw: Vec<u8> },
+    Protobuf {
+        api_version: String,
+        kind: String,
+        raw: Vec<u8>,
+    },
     Json(&'a [u8]),
 }
 
@@ -119,9 +126,10 @@ fn open(value: &[u8]) -> Result<Stored<'_>, Error> {
         if !unknown.content_encoding.is_empty() {
             return Err(Error::ContentEncoding(unknown.content_encoding));
         }
-        let kind = unknown.type_meta.map(|t| t.kind).unwrap_or_default();
+        let type_meta = unknown.type_meta.unwrap_or_default();
         return Ok(Stored::Protobuf {
-            kind,
+            api_version: type_meta.api_version,
+            kind: type_meta.kind,
             raw: unknown.raw,
         });
     }
@@ -150,6 +158,19 @@ fn provider(rest: &[u8]) -> String {
     String::from_utf8_lossy(&rest[..end]).into_owned()
 }
 
+/// metav1.Time's JSON form: `t.UTC().Format(time.RFC3339)`, whole seconds; `field` names it in
+/// the error.
+fn rfc3339(field: &'static str, seconds: i64) -> Result<String, Error> {
+    let out_of_range = || Error::OutOfRange {
+        field,
+        value: seconds.to_string(),
+    };
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .map_err(|_| out_of_range())?
+        .format(&time::format_description::well_known::Rfc3339)
+        .map_err(|_| out_of_range())
+}
+
 fn decode<M: prost::Message + Default>(bytes: &[u8], message: &'static str) -> Result<M, Error> {
     M::decode(bytes).map_err(|source| Error::Protobuf { message, source })
 }
@@ -161,7 +182,9 @@ where
     J: serde::de::DeserializeOwned,
 {
     match open(value)? {
-        Stored::Protobuf { kind: found, raw } => {
+        Stored::Protobuf {
+            kind: found, raw, ..
+        } => {
             if found != kind {
                 return Err(Error::WrongKind {
                     expected: kind,

@@ -5,6 +5,7 @@ pub mod carryover;
 pub mod check;
 pub mod finish;
 pub mod ha;
+pub mod inventory;
 pub mod metrics;
 pub mod prune;
 pub mod readdress;

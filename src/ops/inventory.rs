@@ -1,0 +1,254 @@
+//! `cpr inspect --objects`: the Kubernetes objects in a snapshot, from one walk over etcd's `key`
+//! bucket. Each revision's metadata is read as it passes and replaces the key's earlier one, so
+//! memory is one small record per live key and no value is kept.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::etcd::keys::{each_revision, Revision};
+use crate::k8s::{self, registry, Encoding};
+use crate::store::human_bytes;
+
+/// How a value is stored, as far as cpr can tell without a key.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "storage", content = "detail")]
+pub enum Storage {
+    Protobuf,
+    Json,
+    /// Encrypted at rest: `<provider>:<version>:<key name>`, never decoded.
+    Encrypted(String),
+    /// No Kubernetes object: what is wrong with it.
+    Undecodable(String),
+}
+
+/// One object: where it lives and what its metadata says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Object {
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creation_timestamp: Option<String>,
+    pub mod_revision: i64,
+    pub size: u64,
+    #[serde(flatten)]
+    pub storage: Storage,
+}
+
+/// Counts and sizes of one resource in one namespace (`None`: cluster-scoped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Tally {
+    pub objects: u64,
+    pub bytes: u64,
+    pub largest: u64,
+    pub encrypted: u64,
+    pub undecodable: u64,
+}
+
+impl Tally {
+    fn add(&mut self, object: &Object) {
+        self.objects += 1;
+        self.bytes += object.size;
+        self.largest = self.largest.max(object.size);
+        self.encrypted += u64::from(matches!(object.storage, Storage::Encrypted(_)));
+        self.undecodable += u64::from(matches!(object.storage, Storage::Undecodable(_)));
+    }
+}
+
+/// The objects of a snapshot under one `--etcd-prefix`, by etcd key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Inventory {
+    pub prefix: String,
+    pub objects: BTreeMap<Vec<u8>, Object>,
+    /// Current keys outside the prefix, or under it without an object's shape.
+    pub other_keys: u64,
+}
+
+/// Reads the inventory of the snapshot (or bbolt db) at `db`; `prefix` is kube-apiserver's
+/// `--etcd-prefix`.
+pub fn read(db: &Path, prefix: &str) -> Result<Inventory, crate::etcd::Error> {
+    let prefix = registry::normalise_prefix(prefix);
+    let mut objects = BTreeMap::new();
+    let mut others = std::collections::BTreeSet::new();
+    each_revision(db, &|_| true, &mut |revision| match revision {
+        Revision::Put {
+            key,
+            mod_revision,
+            value,
+        } => match registry::locate(&prefix, &key) {
+            Some(location) => {
+                objects.insert(key, object(location, mod_revision, &value));
+            }
+            None => {
+                others.insert(key);
+            }
+        },
+        Revision::Delete { key } => {
+            objects.remove(&key);
+            others.remove(&key);
+        }
+    })?;
+    Ok(Inventory {
+        prefix,
+        objects,
+        other_keys: others.len() as u64,
+    })
+}
+
+fn object(location: registry::Location, mod_revision: i64, value: &[u8]) -> Object {
+    let mut object = Object {
+        resource: location.resource,
+        namespace: location.namespace,
+        name: location.name,
+        kind: None,
+        uid: None,
+        creation_timestamp: None,
+        mod_revision,
+        size: value.len() as u64,
+        storage: Storage::Json,
+    };
+    match k8s::metadata(value) {
+        Ok(meta) => {
+            object.storage = match meta.encoding {
+                Encoding::Protobuf => Storage::Protobuf,
+                Encoding::Json => Storage::Json,
+            };
+            object.kind = Some(meta.kind).filter(|k| !k.is_empty());
+            object.uid = Some(meta.uid).filter(|u| !u.is_empty());
+            object.creation_timestamp = meta.created;
+        }
+        Err(k8s::Error::Encrypted { provider }) => object.storage = Storage::Encrypted(provider),
+        Err(e) => object.storage = Storage::Undecodable(e.to_string()),
+    }
+    object
+}
+
+impl Inventory {
+    /// Per resource, per namespace (`""` for cluster-scoped objects).
+    pub fn tallies(&self) -> BTreeMap<&str, BTreeMap<&str, Tally>> {
+        let mut out: BTreeMap<&str, BTreeMap<&str, Tally>> = BTreeMap::new();
+        for object in self.objects.values() {
+            out.entry(&object.resource)
+                .or_default()
+                .entry(object.namespace.as_deref().unwrap_or(""))
+                .or_default()
+                .add(object);
+        }
+        out
+    }
+
+    /// Objects per resource.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for object in self.objects.values() {
+            *out.entry(object.resource.clone()).or_default() += 1;
+        }
+        out
+    }
+
+    /// The objects that are no Kubernetes object (encrypted ones are not counted here).
+    pub fn undecodable(&self) -> impl Iterator<Item = (&[u8], &Object)> {
+        self.objects
+            .iter()
+            .filter(|(_, o)| matches!(o.storage, Storage::Undecodable(_)))
+            .map(|(k, o)| (k.as_slice(), o))
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        let resources: Vec<serde_json::Value> = self
+            .tallies()
+            .into_iter()
+            .map(|(resource, namespaces)| {
+                let mut total = Tally::default();
+                let namespaces: Vec<serde_json::Value> = namespaces
+                    .into_iter()
+                    .map(|(namespace, tally)| {
+                        total.objects += tally.objects;
+                        total.bytes += tally.bytes;
+                        total.largest = total.largest.max(tally.largest);
+                        total.encrypted += tally.encrypted;
+                        total.undecodable += tally.undecodable;
+                        let mut v = serde_json::to_value(&tally).expect("a tally serialises");
+                        v["namespace"] = namespace.into();
+                        v
+                    })
+                    .collect();
+                let mut v = serde_json::to_value(&total).expect("a tally serialises");
+                v["resource"] = resource.into();
+                v["namespaces"] = namespaces.into();
+                v
+            })
+            .collect();
+        serde_json::json!({
+            "prefix": self.prefix,
+            "objects": self.objects.len(),
+            "otherKeys": self.other_keys,
+            "resources": resources,
+            "items": self.objects.values().collect::<Vec<_>>(),
+        })
+    }
+
+    /// A table per resource and namespace, then one line per object.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} objects under {} ({} other keys)",
+            self.objects.len(),
+            self.prefix,
+            self.other_keys
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<48} {:<24} {:>8} {:>10} {:>10} {:>9} {:>11}",
+            "RESOURCE", "NAMESPACE", "OBJECTS", "BYTES", "LARGEST", "ENCRYPTED", "UNDECODABLE"
+        );
+        for (resource, namespaces) in self.tallies() {
+            for (namespace, t) in namespaces {
+                let _ = writeln!(
+                    out,
+                    "{:<48} {:<24} {:>8} {:>10} {:>10} {:>9} {:>11}",
+                    resource,
+                    if namespace.is_empty() { "-" } else { namespace },
+                    t.objects,
+                    human_bytes(t.bytes),
+                    human_bytes(t.largest),
+                    t.encrypted,
+                    t.undecodable
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{:<48} {:<24} {:<40} {:<36} {:<20} {:>10} {:>10}  STORAGE",
+            "RESOURCE", "NAMESPACE", "NAME", "UID", "CREATED", "REVISION", "SIZE"
+        );
+        for o in self.objects.values() {
+            let storage = match &o.storage {
+                Storage::Protobuf => "protobuf".to_string(),
+                Storage::Json => "json".to_string(),
+                Storage::Encrypted(p) => format!("encrypted ({p})"),
+                Storage::Undecodable(why) => format!("undecodable: {why}"),
+            };
+            let _ = writeln!(
+                out,
+                "{:<48} {:<24} {:<40} {:<36} {:<20} {:>10} {:>10}  {storage}",
+                o.resource,
+                o.namespace.as_deref().unwrap_or("-"),
+                o.name,
+                o.uid.as_deref().unwrap_or("-"),
+                o.creation_timestamp.as_deref().unwrap_or("-"),
+                o.mod_revision,
+                o.size
+            );
+        }
+        out
+    }
+}
