@@ -44,6 +44,15 @@ pub enum IpConfig {
     },
 }
 
+/// A static address on a NIC other than the first (`cpr.ip.IFACE=ADDRESS/PREFIX`): a node whose
+/// cluster address is on a second network, the first one reaching the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootArgs {
     pub store: Option<String>,
@@ -56,6 +65,8 @@ pub struct BootArgs {
     pub retries: Option<u32>,
     pub root: Option<RootSpec>,
     pub ip: IpConfig,
+    /// `cpr.ip.IFACE=` addresses, in the order given, one per interface.
+    pub interface_ips: Vec<InterfaceAddress>,
     pub on_failure: Policy,
     pub log: Option<log::LevelFilter>,
     pub init: PathBuf,
@@ -80,6 +91,7 @@ impl Default for BootArgs {
             retries: None,
             root: None,
             ip: IpConfig::Dhcp,
+            interface_ips: Vec::new(),
             on_failure: Policy::Shell,
             log: None,
             init: PathBuf::from("/sbin/init"),
@@ -137,7 +149,13 @@ impl BootArgs {
                 )
             }
             "root" => self.root = Some(parse_root(value)?),
-            "ip" => self.ip = parse_ip(value)?,
+            "ip" => self.ip = parse_ip(key, value)?,
+            _ if key.starts_with("ip.") => {
+                let found = parse_interface_ip(key, value)?;
+                self.interface_ips
+                    .retain(|i| i.interface != found.interface);
+                self.interface_ips.push(found);
+            }
             "on_failure" => {}
             "log" => {
                 self.log =
@@ -258,13 +276,13 @@ fn parse_root(value: &str) -> Result<RootSpec, Error> {
 }
 
 /// `dhcp`, or `ADDRESS/PREFIX` with an optional `:GATEWAY`.
-fn parse_ip(value: &str) -> Result<IpConfig, Error> {
+fn parse_ip(key: &str, value: &str) -> Result<IpConfig, Error> {
     if value == "dhcp" {
         return Ok(IpConfig::Dhcp);
     }
     let bad = || {
         invalid(
-            "ip",
+            key,
             value,
             "use dhcp or ADDRESS/PREFIX[:GATEWAY], e.g. 192.0.2.10/24:192.0.2.1",
         )
@@ -280,6 +298,36 @@ fn parse_ip(value: &str) -> Result<IpConfig, Error> {
         prefix,
         gateway,
     })
+}
+
+/// `cpr.ip.IFACE=ADDRESS/PREFIX`: a static address without gateway, since the default route (to the
+/// store) is the first interface's.
+fn parse_interface_ip(key: &str, value: &str) -> Result<InterfaceAddress, Error> {
+    let interface = &key["ip.".len()..];
+    // The kernel's limit (IFNAMSIZ less the NUL); a name is one path component of /sys/class/net.
+    if interface.is_empty() || interface.len() > 15 || interface.contains('/') {
+        return Err(invalid(
+            key,
+            value,
+            "name the interface after cpr.ip., as the kernel does: cpr.ip.eth1=10.0.0.5/24",
+        ));
+    }
+    match parse_ip(key, value)? {
+        IpConfig::Static {
+            address,
+            prefix,
+            gateway: None,
+        } => Ok(InterfaceAddress {
+            interface: interface.to_string(),
+            address,
+            prefix,
+        }),
+        _ => Err(invalid(
+            key,
+            value,
+            "use ADDRESS/PREFIX without a gateway: DHCP and the default route belong to the first interface (cpr.ip=)",
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -357,6 +405,41 @@ mod tests {
             let (_, result) = BootArgs::parse(word);
             let error = result.unwrap_err().to_string();
             assert!(error.contains(&word[..word.find('=').unwrap()]), "{error}");
+        }
+    }
+
+    #[test]
+    fn further_interfaces_take_static_addresses_and_bad_ones_are_named() {
+        let (args, result) = BootArgs::parse(
+            "cpr.ip.eth1=10.77.0.2/24 cpr.ip.eth2=192.0.2.9/28 cpr.ip.eth1=10.77.0.1/24",
+        );
+        result.unwrap();
+        let address = |interface: &str, address: &str, prefix| InterfaceAddress {
+            interface: interface.to_string(),
+            address: address.parse().unwrap(),
+            prefix,
+        };
+        assert_eq!(
+            args.interface_ips,
+            [
+                address("eth2", "192.0.2.9", 28),
+                address("eth1", "10.77.0.1", 24)
+            ]
+        );
+        assert_eq!(args.ip, IpConfig::Dhcp);
+        for (word, advice) in [
+            ("cpr.ip.eth1=dhcp", "without a gateway"),
+            ("cpr.ip.eth1=10.0.0.5/24:10.0.0.1", "without a gateway"),
+            ("cpr.ip.eth1=10.0.0.5", "ADDRESS/PREFIX"),
+            ("cpr.ip.=10.0.0.5/24", "name the interface"),
+            ("cpr.ip.a/b=10.0.0.5/24", "name the interface"),
+        ] {
+            let (_, result) = BootArgs::parse(word);
+            let error = result.unwrap_err().to_string();
+            assert!(
+                error.contains(&word[..word.find('=').unwrap()]) && error.contains(advice),
+                "{word}: {error}"
+            );
         }
     }
 

@@ -76,6 +76,12 @@ pub enum Error {
     },
     #[error("no network interface appeared within {waited} s. The network card's driver is not in the image: add its module to image/build-initramfs and rebuild")]
     NoInterface { waited: u64 },
+    #[error("cpr.ip.{interface}= names an interface that did not appear within {waited} s; Ethernet interfaces seen: {seen}. Correct the name (the recovery kernel names NICs eth0, eth1, … in bus order), or add the card's driver to image/build-initramfs and rebuild")]
+    MissingInterface {
+        interface: String,
+        waited: u64,
+        seen: String,
+    },
     #[error("network on {interface}: {step} failed: {source}. Check the link and the DHCP server, or set an address with cpr.ip=ADDRESS/PREFIX:GATEWAY")]
     Network {
         interface: String,
@@ -201,7 +207,14 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
     let target = wait_for_root(host, root, &mut modules, spec)?;
     let sysroot = root.join(SYSROOT);
     mount_target(host, &mut modules, &target, &sysroot)?;
-    let network = net::up(host, root, &mut modules, &args.ip, NIC_WAIT)?;
+    let network = net::up(
+        host,
+        root,
+        &mut modules,
+        &args.ip,
+        &args.interface_ips,
+        NIC_WAIT,
+    )?;
     // The restore checks this machine's name against the bundle's node: the boot entry's name wins
     // over the one DHCP offered, which wins over the kernel's.
     if let Some(name) = &args.hostname {
@@ -225,7 +238,7 @@ pub fn recover(host: &dyn Host, root: &Path, args: &BootArgs) -> Result<PathBuf,
         identity: args.identity.as_deref(),
         verify_key: args.verify_key.as_deref(),
         hostname,
-        ips: vec![IpAddr::V4(network.address)],
+        ips: network.addresses().into_iter().map(IpAddr::V4).collect(),
         new_address: args.new_address,
         quorum_probe: args.quorum_probe,
         discard_survivors: args.discard_survivors,

@@ -1,10 +1,11 @@
-//! Network up: loopback, then the first Ethernet interface by DHCP or by `cpr.ip=`.
+//! Network up: loopback, then the first Ethernet interface by DHCP or by `cpr.ip=`, then the
+//! interfaces that `cpr.ip.IFACE=` names, with their static addresses.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::cmdline::IpConfig;
+use super::cmdline::{InterfaceAddress, IpConfig};
 use super::modules::Modules;
 use super::Error;
 use crate::host::Host;
@@ -46,14 +47,27 @@ pub struct Network {
     pub address: Ipv4Addr,
     /// The hostname DHCP gave, already set in the kernel.
     pub hostname: Option<String>,
+    /// The further interfaces configured, with their addresses.
+    pub more: Vec<InterfaceAddress>,
 }
 
-/// Brings the network up. Waits up to `wait` for a NIC to appear, loading drivers meanwhile.
+impl Network {
+    /// Every address this machine has now: the first interface's, then the others'.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        std::iter::once(self.address)
+            .chain(self.more.iter().map(|i| i.address))
+            .collect()
+    }
+}
+
+/// Brings the network up: the first NIC as `config` says, then each of `more`. Waits up to `wait`
+/// for the NICs to appear, loading drivers meanwhile.
 pub fn up(
     host: &dyn Host,
     root: &Path,
     modules: &mut Modules,
     config: &IpConfig,
+    more: &[InterfaceAddress],
     wait: Duration,
 ) -> Result<Network, Error> {
     let net_err = |interface: &str, step: &str, source: std::io::Error| Error::Network {
@@ -112,10 +126,37 @@ pub fn up(
         .map_err(|e| net_err(&interface, &format!("setting {address}/{prefix}"), e))?;
     let via = gateway.map(|g| format!(" via {g}")).unwrap_or_default();
     log::info!("network: {interface} has {address}/{prefix}{via}");
+    for other in more {
+        if other.interface == interface {
+            return Err(Error::Cmdline {
+                key: format!("cpr.ip.{}", other.interface),
+                value: format!("{}/{}", other.address, other.prefix),
+                why: format!("{interface} is the first interface, which cpr.ip= configures; name another one"),
+            });
+        }
+        while !root.join("sys/class/net").join(&other.interface).exists() {
+            if Instant::now() >= deadline {
+                return Err(Error::MissingInterface {
+                    interface: other.interface.clone(),
+                    waited: wait.as_secs(),
+                    seen: ethernet_interfaces(root).join(", "),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            modules.load_for_devices(host, root);
+        }
+        let (name, address, prefix) = (&other.interface, other.address, other.prefix);
+        host.link_up(name)
+            .map_err(|e| net_err(name, "bringing it up", e))?;
+        host.configure_ipv4(name, address, prefix, None)
+            .map_err(|e| net_err(name, &format!("setting {address}/{prefix}"), e))?;
+        log::info!("network: {name} has {address}/{prefix}");
+    }
     Ok(Network {
         interface,
         address,
         hostname,
+        more: more.to_vec(),
     })
 }
 
@@ -124,15 +165,17 @@ pub fn up(
 /// waits for the interfaces it names (systemd-networkd-wait-online: two minutes for a NIC it never
 /// configures). Failing to is only a warning: the target still boots, more slowly.
 pub fn release(host: &dyn Host, network: &Network) {
-    match host.link_down(&network.interface) {
-        Ok(()) => log::info!(
-            "network: {} released for the target's own network configuration",
-            network.interface
-        ),
-        Err(error) => log::warn!(
-            "network: could not take {} down before the handoff ({error}); the target's network manager may wait for it",
-            network.interface
-        ),
+    let interfaces =
+        std::iter::once(&network.interface).chain(network.more.iter().map(|i| &i.interface));
+    for interface in interfaces {
+        match host.link_down(interface) {
+            Ok(()) => log::info!(
+                "network: {interface} released for the target's own network configuration"
+            ),
+            Err(error) => log::warn!(
+                "network: could not take {interface} down before the handoff ({error}); the target's network manager may wait for it"
+            ),
+        }
     }
 }
 
@@ -161,7 +204,15 @@ mod tests {
             prefix: 24,
             gateway: Some(Ipv4Addr::new(192, 0, 2, 1)),
         };
-        let network = up(&host, root.path(), &mut modules, &config, Duration::ZERO).unwrap();
+        let network = up(
+            &host,
+            root.path(),
+            &mut modules,
+            &config,
+            &[],
+            Duration::ZERO,
+        )
+        .unwrap();
         assert_eq!(
             (network.interface.as_str(), network.address),
             ("eth0", Ipv4Addr::new(192, 0, 2, 10))
@@ -176,6 +227,78 @@ mod tests {
         );
     }
 
+    /// The node's cluster address on a second NIC: both configured, both its addresses, both
+    /// released; a NIC that never appears, or the first one named again, is refused by name.
+    #[test]
+    fn configures_a_second_interface_statically_and_releases_both() {
+        let root = tempfile::tempdir().unwrap();
+        for name in ["eth0", "eth1"] {
+            let dir = root.path().join("sys/class/net").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("type"), "1\n").unwrap();
+        }
+        let host = Recorder::default();
+        let mut modules = Modules::open(root.path());
+        let first = IpConfig::Static {
+            address: Ipv4Addr::new(10, 0, 2, 15),
+            prefix: 24,
+            gateway: None,
+        };
+        let second = |interface: &str| InterfaceAddress {
+            interface: interface.to_string(),
+            address: Ipv4Addr::new(10, 77, 0, 2),
+            prefix: 24,
+        };
+        let network = up(
+            &host,
+            root.path(),
+            &mut modules,
+            &first,
+            &[second("eth1")],
+            Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(
+            network.addresses(),
+            [Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(10, 77, 0, 2)]
+        );
+        release(&host, &network);
+        assert_eq!(
+            host.calls(),
+            [
+                "up lo",
+                "up eth0",
+                "ip eth0 10.0.2.15/24 via None",
+                "up eth1",
+                "ip eth1 10.77.0.2/24 via None",
+                "down eth0",
+                "down eth1"
+            ]
+        );
+        for (interface, refusal) in [
+            (
+                "eth2",
+                "cpr.ip.eth2= names an interface that did not appear",
+            ),
+            ("eth0", "eth0 is the first interface"),
+        ] {
+            let error = up(
+                &Recorder::default(),
+                root.path(),
+                &mut modules,
+                &first,
+                &[second(interface)],
+                Duration::ZERO,
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                error.contains(refusal) && error.contains("eth0, eth1") == (interface == "eth2"),
+                "{error}"
+            );
+        }
+    }
+
     #[test]
     fn release_takes_the_interface_down_for_the_target() {
         let host = Recorder::default();
@@ -183,6 +306,7 @@ mod tests {
             interface: "eth0".to_string(),
             address: Ipv4Addr::new(10, 0, 2, 15),
             hostname: None,
+            more: Vec::new(),
         };
         release(&host, &network);
         assert_eq!(host.calls(), ["down eth0"]);
@@ -197,6 +321,7 @@ mod tests {
             root.path(),
             &mut modules,
             &IpConfig::Dhcp,
+            &[],
             Duration::ZERO,
         )
         .unwrap_err();
