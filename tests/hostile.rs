@@ -176,6 +176,7 @@ fn manifest(snapshot_size: u64) -> Manifest {
         snapshot: SnapshotEntry {
             path: manifest::SNAPSHOT_PATH.to_string(),
             size: snapshot_size,
+            blake3: None,
         },
     }
 }

@@ -7,9 +7,13 @@ use super::Error;
 
 pub const FORMAT_MAJOR: u32 = 1;
 /// 1.1 added `files[].source` (files static pods read, restored in phase 1); 1.0 bundles lack it.
-pub const FORMAT_MINOR: u32 = 1;
+/// 1.2 added `snapshot.blake3` and the entry it names after the snapshot, the snapshot's BLAKE3
+/// digest: restores check it instead of etcd's sha256 trailer, which backup checks as etcd streams.
+pub const FORMAT_MINOR: u32 = 2;
 pub const MANIFEST_PATH: &str = "cpr/manifest.json";
 pub const SNAPSHOT_PATH: &str = "etcd/snapshot.db";
+/// The snapshot's BLAKE3 digest as `b3sum` prints it, so `b3sum -c` checks an extracted bundle.
+pub const SNAPSHOT_BLAKE3_PATH: &str = "cpr/snapshot.b3";
 
 /// Bounds that keep a hostile manifest from driving allocation or disk use.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -123,6 +127,26 @@ pub struct SnapshotEntry {
     pub path: String,
     /// Bytes as etcd streamed them, sha256 trailer included.
     pub size: u64,
+    /// The entry after the snapshot that holds its BLAKE3 digest ([`SNAPSHOT_BLAKE3_PATH`]).
+    /// Absent in format 1.0 and 1.1 bundles, whose snapshots are checked by their sha256 trailer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+}
+
+impl SnapshotEntry {
+    /// The snapshot of a bundle this cpr writes: `size` bytes, followed by its BLAKE3 digest.
+    pub fn new(size: u64) -> SnapshotEntry {
+        SnapshotEntry {
+            path: SNAPSHOT_PATH.to_string(),
+            size,
+            blake3: Some(SNAPSHOT_BLAKE3_PATH.to_string()),
+        }
+    }
+
+    /// The digest entry's contents: `b3sum`'s line for the snapshot.
+    pub fn blake3_line(&self, digest: &blake3::Hash) -> String {
+        format!("{}  {}\n", digest.to_hex(), self.path)
+    }
 }
 
 impl Manifest {
@@ -174,7 +198,10 @@ impl Manifest {
         for file in &self.files {
             check_entry_path(&file.path)
                 .map_err(|why| invalid(format!("file {:?}: {why}", file.path)))?;
-            if file.path == MANIFEST_PATH || file.path == self.snapshot.path {
+            if file.path == MANIFEST_PATH
+                || file.path == self.snapshot.path
+                || file.path == SNAPSHOT_BLAKE3_PATH
+            {
                 return Err(invalid(format!(
                     "file {:?} collides with a reserved entry",
                     file.path
@@ -219,6 +246,13 @@ impl Manifest {
                 "snapshot path is {:?}, expected {SNAPSHOT_PATH:?}",
                 self.snapshot.path
             )));
+        }
+        if let Some(path) = self.snapshot.blake3.as_deref() {
+            if path != SNAPSHOT_BLAKE3_PATH {
+                return Err(invalid(format!(
+                    "the snapshot's BLAKE3 digest is in {path:?}, expected {SNAPSHOT_BLAKE3_PATH:?}"
+                )));
+            }
         }
         if self.snapshot.size > MAX_SNAPSHOT_BYTES
             || self.snapshot.size % 512 != SNAPSHOT_TRAILER_BYTES

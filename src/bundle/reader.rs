@@ -13,6 +13,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use super::hashing::Blake3Reader;
 use super::manifest::{FileEntry, Manifest, SnapshotEntry, MANIFEST_PATH, MAX_MANIFEST_BYTES};
 use super::trailer::TrailerReader;
 use super::Error;
@@ -152,14 +153,36 @@ pub fn read_bundle<R: Read>(
         }
         let snapshot = &manifest.snapshot;
         let entry = expect_entry(&mut entries, &snapshot.path, snapshot.size, bundle)?;
-        let mut checked = TrailerReader::new(entry);
-        sink.snapshot(snapshot, &mut checked)
-            .and_then(|()| io::copy(&mut checked, &mut io::sink()).map(drop))
-            .map_err(read_err(bundle, &snapshot.path))?;
-        if !checked.matches() {
-            return Err(Error::SnapshotTrailer {
-                bundle: bundle.to_string(),
-            });
+        match &snapshot.blake3 {
+            Some(digest_path) => {
+                let mut digested = Blake3Reader::new(entry);
+                pass_snapshot(sink, snapshot, &mut digested, bundle)?;
+                let actual = snapshot.blake3_line(&digested.finish().1);
+                let mut stored = Vec::with_capacity(actual.len());
+                expect_entry(&mut entries, digest_path, actual.len() as u64, bundle)?
+                    .read_to_end(&mut stored)
+                    .map_err(read_err(bundle, digest_path))?;
+                if stored != actual.as_bytes() {
+                    let hex = |line: &[u8]| {
+                        String::from_utf8_lossy(line.get(..64).unwrap_or(line)).into_owned()
+                    };
+                    return Err(Error::SnapshotDigest {
+                        bundle: bundle.to_string(),
+                        expected: hex(&stored),
+                        actual: hex(actual.as_bytes()),
+                    });
+                }
+            }
+            // Format 1.0 and 1.1: etcd's sha256 trailer is all there is.
+            None => {
+                let mut checked = TrailerReader::new(entry);
+                pass_snapshot(sink, snapshot, &mut checked, bundle)?;
+                if !checked.matches() {
+                    return Err(Error::SnapshotTrailer {
+                        bundle: bundle.to_string(),
+                    });
+                }
+            }
         }
         if let Some(extra) = entries.next() {
             let path = extra
@@ -169,7 +192,8 @@ pub fn read_bundle<R: Read>(
             return Err(Error::UnexpectedEntry {
                 bundle: bundle.to_string(),
                 path,
-                why: "an entry follows the etcd snapshot, which must be last".to_string(),
+                why: "an entry follows the etcd snapshot (and its digest), which must be last"
+                    .to_string(),
             });
         }
         manifest
@@ -188,6 +212,18 @@ pub fn read_bundle<R: Read>(
         });
     }
     Ok(manifest)
+}
+
+/// Hands the snapshot to the sink and reads what it left, so the digest covers every byte.
+fn pass_snapshot(
+    sink: &mut dyn Sink,
+    snapshot: &SnapshotEntry,
+    data: &mut dyn Read,
+    bundle: &str,
+) -> Result<(), Error> {
+    sink.snapshot(snapshot, data)
+        .and_then(|()| io::copy(data, &mut io::sink()).map(drop))
+        .map_err(read_err(bundle, &snapshot.path))
 }
 
 type Entries<'a, R> = tar::Entries<'a, R>;

@@ -20,12 +20,11 @@ use base64::Engine as _;
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Blake2b512, Digest};
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
-use sha2::Sha256;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use super::hashing::Background;
+use super::hashing::{sha256, Background, Hasher};
 use super::keyfile::{self, KeyError};
 
 const SIG_ALG: &[u8; 2] = b"Ed";
@@ -349,13 +348,13 @@ pub struct ObjectDigest {
 
 /// The object's hashes, fed on a background thread.
 struct ObjectHasher {
-    sha256: Sha256,
+    sha256: ring::digest::Context,
     blake2b: Option<Blake2b512>,
 }
 
-impl blake2::digest::Update for ObjectHasher {
+impl Hasher for ObjectHasher {
     fn update(&mut self, data: &[u8]) {
-        Digest::update(&mut self.sha256, data);
+        self.sha256.update(data);
         if let Some(blake2b) = &mut self.blake2b {
             Digest::update(blake2b, data);
         }
@@ -384,7 +383,7 @@ impl<T> Digesting<T> {
         Digesting {
             inner,
             hasher: Background::new(move || ObjectHasher {
-                sha256: Sha256::new(),
+                sha256: sha256(),
                 blake2b: blake2b.then(Blake2b512::new),
             }),
             size: 0,
@@ -400,7 +399,7 @@ impl<T> Digesting<T> {
         let hashed = self.hasher.finish();
         let digest = ObjectDigest {
             blake2b: hashed.blake2b.map(|b| b.finalize().into()),
-            sha256: hex::encode(hashed.sha256.finalize()),
+            sha256: hex::encode(hashed.sha256.finish()),
             size: self.size,
         };
         (self.inner, digest)

@@ -3,22 +3,21 @@
 //! Snapshots are streamed, so the hasher holds back the newest 32 bytes until it knows they are the end.
 //! The hashing runs on a thread of its own while the reader decompresses and writes.
 
-use sha2::{Digest, Sha256};
 use std::io::{self, Read};
 
-use super::hashing::Background;
+use super::hashing::{sha256, Background};
 
 const TRAILER: usize = 32;
 
 pub struct TrailerCheck {
-    hasher: Background<Sha256>,
+    hasher: Background<ring::digest::Context>,
     tail: Vec<u8>,
 }
 
 impl TrailerCheck {
     pub fn new() -> Self {
         TrailerCheck {
-            hasher: Background::new(Sha256::new),
+            hasher: Background::new(sha256),
             tail: Vec::with_capacity(2 * TRAILER),
         }
     }
@@ -42,7 +41,7 @@ impl TrailerCheck {
 
     /// True when the stream ended in the sha256 of what came before.
     pub fn matches(self) -> bool {
-        self.tail.len() == TRAILER && self.hasher.finish().finalize()[..] == self.tail[..]
+        self.tail.len() == TRAILER && self.hasher.finish().finish().as_ref() == &self.tail[..]
     }
 }
 
@@ -83,6 +82,7 @@ impl<R: Read> Read for TrailerReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     fn snapshot(body: &[u8]) -> Vec<u8> {
         let mut bytes = body.to_vec();

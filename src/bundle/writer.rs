@@ -3,6 +3,7 @@
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 
+use super::hashing::Blake3Reader;
 use super::manifest::{Manifest, MANIFEST_PATH};
 use super::trailer::TrailerReader;
 use super::Error;
@@ -88,13 +89,16 @@ pub fn write_bundle<W: Write>(
     }
 
     let expected = manifest.snapshot.size;
-    let mut checked = TrailerReader::new(snapshot.take(expected));
+    // etcd's trailer is checked here, once, as the snapshot streams out of etcd; restores check
+    // the BLAKE3 digest, fast without SHA hardware.
+    let mut digested = Blake3Reader::new(TrailerReader::new(snapshot.take(expected)));
     append(
         &mut tar,
         &meta(&manifest.snapshot.path, 0o600, expected),
-        &mut checked,
+        &mut digested,
     )
     .map_err(write_err(&manifest.snapshot.path))?;
+    let (checked, digest) = digested.finish();
     if checked.count() != expected {
         return Err(Error::SnapshotShort {
             bundle: bundle.to_string(),
@@ -106,6 +110,15 @@ pub fn write_bundle<W: Write>(
         return Err(Error::SnapshotTrailer {
             bundle: bundle.to_string(),
         });
+    }
+    if let Some(path) = &manifest.snapshot.blake3 {
+        let line = manifest.snapshot.blake3_line(&digest);
+        append(
+            &mut tar,
+            &meta(path, 0o644, line.len() as u64),
+            line.as_bytes(),
+        )
+        .map_err(write_err(path))?;
     }
 
     let tar_counter = tar.into_inner().map_err(write_err("tar end"))?;

@@ -160,10 +160,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         node: node(&node_name, apiserver_pod.as_ref(), &layout),
         etcd: etcd(&etcd_pod, &status, &members),
         files: files.iter().map(|f| f.entry.clone()).collect(),
-        snapshot: SnapshotEntry {
-            path: manifest::SNAPSHOT_PATH.to_string(),
-            size: snapshot.size(),
-        },
+        snapshot: SnapshotEntry::new(snapshot.size()),
     };
     let options = WriteOptions {
         zstd_level: request.zstd_level,
