@@ -47,7 +47,50 @@ fn rfc3339(epoch: i64) -> String {
     )
 }
 
+/// Every .proto file below `dir`, relative to it, sorted (the descriptor set is then reproducible).
+fn protos(dir: &Path, below: &Path, out: &mut Vec<String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir.join(below))
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.join(below).display()))
+        .map(|e| e.expect("a directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let relative = below.join(path.file_name().expect("a file name"));
+        if path.is_dir() {
+            protos(dir, &relative, out);
+        } else if relative.extension().is_some_and(|e| e == "proto") {
+            out.push(relative.to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// Compiles Kubernetes' published .proto files (src/k8s/proto, see its SOURCE) into a descriptor
+/// set that `cpr get` decodes stored objects with; protoc is already a build dependency (etcd-client).
+fn k8s_descriptors() {
+    let dir = Path::new("src/k8s/proto");
+    println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo:rerun-if-env-changed=PROTOC");
+    let mut files = Vec::new();
+    protos(dir, Path::new(""), &mut files);
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("k8s.pb");
+    let protoc = std::env::var("PROTOC").unwrap_or_else(|_| "protoc".to_string());
+    let status = Command::new(&protoc)
+        .arg("-I")
+        .arg(dir)
+        .arg("--include_imports")
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .args(&files)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run {protoc} (Debian: protobuf-compiler): {e}"));
+    assert!(
+        status.success(),
+        "{protoc} failed on src/k8s/proto ({status}); run it by hand for the message"
+    );
+}
+
 fn main() {
+    k8s_descriptors();
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // A new commit (HEAD moving, or the branch it names moving, loose or packed) re-stamps the build.
     for path in ["HEAD", "packed-refs"]

@@ -281,3 +281,168 @@ fn inventory_of_a_bundle_under_a_custom_prefix() {
         "the seeded /registry keys"
     );
 }
+
+/// The fixture object without what `cpr get` leaves out for `kubectl apply`.
+fn for_apply(object: &Value) -> Value {
+    let mut object = object.clone();
+    let fields = object.as_object_mut().unwrap();
+    fields.remove("status");
+    let meta = fields["metadata"].as_object_mut().unwrap();
+    for key in ["uid", "resourceVersion", "generation", "creationTimestamp"] {
+        meta.remove(key);
+    }
+    object
+}
+
+/// `kubectl apply --dry-run=client` against the discovery stub (`kube-discovery-stub.py`: no
+/// OpenAPI, hence --validate=false), the way an operator puts an object back.
+struct Kubectl {
+    stub: std::process::Child,
+    kubeconfig: PathBuf,
+    _dir: TempDir,
+}
+
+impl Kubectl {
+    fn start() -> Kubectl {
+        let port = common::free_port();
+        let mut stub = Command::new("python3")
+            .arg(fixtures().join("kube-discovery-stub.py"))
+            .arg(port.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(stub.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "listening");
+        let dir = TempDir::new().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+                 users: [{{name: stub, user: {{}}}}]\n\
+                 contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\ncurrent-context: stub\n"
+            ),
+        )
+        .unwrap();
+        Kubectl {
+            stub,
+            kubeconfig,
+            _dir: dir,
+        }
+    }
+
+    /// What `kubectl apply --dry-run=client -o json -f -` makes of `yaml`.
+    fn apply(&self, yaml: &str) -> Value {
+        let mut child = Command::new("kubectl")
+            .args([
+                "apply",
+                "--dry-run=client",
+                "--validate=false",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self._dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kubectl runs (Debian: kubernetes-client)");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), yaml.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl apply refused:\n{yaml}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+impl Drop for Kubectl {
+    fn drop(&mut self) {
+        let _ = self.stub.kill();
+        let _ = self.stub.wait();
+    }
+}
+
+/// Every readable fixture object comes back from the snapshot as the API would serve it, less
+/// the server-set fields; kubectl apply takes the YAML and sees the same object.
+#[test]
+fn get_gives_each_object_back_for_kubectl_apply() {
+    let dir = TempDir::new().unwrap();
+    let (server, objects) = populated(&v35(), dir.path());
+    let db = snapshot(&server, dir.path());
+    let db = db.to_str().unwrap();
+    let kubectl = Kubectl::start();
+    for object in objects.iter().filter(|o| o.line.get("object").is_some()) {
+        let want = for_apply(&object.line["object"]);
+        let resource = expected_resource(&object.key);
+        let name = match object.line["namespace"].as_str() {
+            Some(ns) => format!("{ns}/{}", object.line["name"].as_str().unwrap()),
+            None => object.line["name"].as_str().unwrap().to_string(),
+        };
+        let json: Value =
+            serde_json::from_str(&ok(&cpr(&["get", db, resource, &name, "-o", "json"]))).unwrap();
+        assert_eq!(json, want, "{}", object.key);
+        let yaml = ok(&cpr(&["get", db, resource, &name]));
+        let applied = kubectl.apply(&yaml);
+        let mut expected = want.clone();
+        // kubectl apply records what it applied.
+        let mut annotated = applied.clone();
+        if let Some(a) = annotated["metadata"]
+            .as_object_mut()
+            .and_then(|m| m.get_mut("annotations"))
+            .and_then(Value::as_object_mut)
+        {
+            a.remove("kubectl.kubernetes.io/last-applied-configuration");
+        }
+        if annotated["metadata"]["annotations"] == serde_json::json!({}) {
+            annotated["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("annotations");
+        }
+        expected["metadata"].as_object_mut().unwrap();
+        assert_eq!(
+            annotated, expected,
+            "{}: kubectl's view of\n{yaml}",
+            object.key
+        );
+    }
+}
+
+/// Objects that cannot come back say why, and what to do.
+#[test]
+fn get_names_what_is_missing_or_unreadable() {
+    let dir = TempDir::new().unwrap();
+    let (server, _) = populated(&v35(), dir.path());
+    let db = snapshot(&server, dir.path());
+    let db = db.to_str().unwrap();
+    let missing = cpr(&["get", db, "configmaps", "default/nope"]);
+    assert_eq!(missing.status.code(), Some(2));
+    let text = common::stderr(&missing);
+    assert!(
+        text.contains("no configmaps default/nope under /registry"),
+        "{text}"
+    );
+    assert!(text.contains("cpr inspect --objects"), "{text}");
+    let deleted = cpr(&["get", db, "secrets", "default/db-password-doomed"]);
+    assert_eq!(deleted.status.code(), Some(2), "a deleted object is gone");
+    let encrypted = cpr(&["get", db, "secrets", "default/encrypted-cbc"]);
+    assert_eq!(encrypted.status.code(), Some(4));
+    let text = common::stderr(&encrypted);
+    assert!(
+        text.contains("/registry/secrets/default/encrypted-cbc"),
+        "{text}"
+    );
+    assert!(text.contains("encrypted at rest"), "{text}");
+}

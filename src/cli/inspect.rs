@@ -3,13 +3,11 @@
 
 use argh::FromArgs;
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use super::verify::verified_snapshot;
+use super::verify::snapshot_of;
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_manifest, Manifest};
-use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
 use crate::ops::inventory::{self, Inventory};
 use crate::store::human_bytes;
 use crate::Error;
@@ -85,14 +83,9 @@ pub fn run(cmd: InspectCmd) -> Result<(), Error> {
     Ok(())
 }
 
-/// The inventory of the snapshot `cmd.bundle` names: a snapshot or db file is read in place; a
-/// bundle is verified as `cpr verify` does, its snapshot spooled into `scratch`.
+/// The inventory of the snapshot `cmd.bundle` names (see `snapshot_of`).
 fn read_inventory(cmd: &InspectCmd, scratch: &Path) -> Result<Inventory, Error> {
-    let path = Path::new(&cmd.bundle);
-    if cmd.store.is_none() && is_bbolt_file(path) {
-        return Ok(inventory::read(path, &cmd.etcd_prefix)?);
-    }
-    let snapshot = verified_snapshot(
+    let (_, snapshot) = snapshot_of(
         &cmd.bundle,
         cmd.store.clone(),
         cmd.config.as_deref(),
@@ -103,15 +96,7 @@ fn read_inventory(cmd: &InspectCmd, scratch: &Path) -> Result<Inventory, Error> 
         },
         scratch,
     )?;
-    Ok(inventory::read(&snapshot.path, &cmd.etcd_prefix)?)
-}
-
-/// Whether `path` is a file that starts with a bbolt meta page (an etcd snapshot or db).
-fn is_bbolt_file(path: &Path) -> bool {
-    let mut first = [0u8; META_PAGE_PREFIX];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut first))
-        .is_ok_and(|()| Meta::parse(0, &first).is_ok())
+    Ok(inventory::read(&snapshot, &cmd.etcd_prefix)?)
 }
 
 fn describe(name: &str, m: &Manifest) -> String {

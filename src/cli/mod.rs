@@ -13,6 +13,7 @@ pub mod backup;
 pub mod check;
 pub mod etcd;
 pub mod finish;
+pub mod get;
 pub mod init;
 pub mod inspect;
 pub mod keygen;
@@ -42,6 +43,7 @@ pub enum Command {
     Finish(finish::FinishCmd),
     List(list::ListCmd),
     Inspect(inspect::InspectCmd),
+    Get(get::GetCmd),
     Verify(verify::VerifyCmd),
     Etcd(etcd::EtcdCmd),
     Prune(prune::PruneCmd),
@@ -76,6 +78,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Finish(cmd) => finish::run(cmd),
         Command::List(cmd) => list::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
+        Command::Get(cmd) => get::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
         Command::Etcd(cmd) => etcd::run(cmd),
         Command::Prune(cmd) => prune::run(cmd),

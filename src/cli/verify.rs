@@ -106,6 +106,33 @@ pub(crate) fn verified_snapshot(
     })
 }
 
+/// The snapshot a reading command was pointed at, and its name: an etcd snapshot or bbolt db file
+/// is read in place; a bundle is verified whole (`verified_snapshot`) and its snapshot kept in
+/// `scratch`.
+pub(crate) fn snapshot_of(
+    bundle: &str,
+    store: Option<String>,
+    config: Option<&Path>,
+    cluster_node: (Option<&str>, Option<&str>),
+    keys: KeyFlags,
+    scratch: &Path,
+) -> Result<(String, PathBuf), Error> {
+    let path = Path::new(bundle);
+    if store.is_none() && is_bbolt_file(path) {
+        return Ok((bundle.to_string(), path.to_path_buf()));
+    }
+    let verified = verified_snapshot(bundle, store, config, cluster_node, keys, scratch)?;
+    Ok((verified.name, verified.path))
+}
+
+/// Whether `path` is a file that starts with a bbolt meta page (an etcd snapshot or db).
+fn is_bbolt_file(path: &Path) -> bool {
+    let mut first = [0u8; META_PAGE_PREFIX];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut first))
+        .is_ok_and(|()| Meta::parse(0, &first).is_ok())
+}
+
 pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
     let scratch = scratch_dir("verify")?;
     let VerifiedSnapshot {

@@ -10,10 +10,12 @@
 //! never a panic. A hand-written wire reader would have to do all of that again.
 
 mod core;
+mod json;
 mod meta;
 pub mod registry;
 
 pub use self::core::{config_map, is_status_taint, node, ConfigMap, Node, Taint};
+pub use self::json::{for_apply, object_json};
 pub use self::meta::{metadata, Encoding, Metadata};
 
 /// k8s.io/apimachinery/pkg/runtime/serializer/protobuf/protobuf.go: every protobuf-encoded object
@@ -50,6 +52,8 @@ pub enum Error {
     },
     #[error("its protobuf envelope uses content encoding {0:?}, which cpr does not read")]
     ContentEncoding(String),
+    #[error("it is a {api_version} {kind}, a type cpr has no protobuf definition of (src/k8s/proto holds the API groups' storage versions); read it with etcdctl, or update src/k8s/proto")]
+    UnknownType { api_version: String, kind: String },
     #[error("its field {field} is out of range ({value})")]
     OutOfRange { field: &'static str, value: String },
 }

@@ -230,7 +230,11 @@ impl Inventory {
             "\n{:<48} {:<24} {:<40} {:<36} {:<20} {:>10} {:>10}  STORAGE",
             "RESOURCE", "NAMESPACE", "NAME", "UID", "CREATED", "REVISION", "SIZE"
         );
-        for o in self.objects.values() {
+        let mut listed: Vec<&Object> = self.objects.values().collect();
+        listed.sort_by(|a, b| {
+            (&a.resource, &a.namespace, &a.name).cmp(&(&b.resource, &b.namespace, &b.name))
+        });
+        for o in listed {
             let storage = match &o.storage {
                 Storage::Protobuf => "protobuf".to_string(),
                 Storage::Json => "json".to_string(),
