@@ -280,6 +280,109 @@ fn inventory_of_a_bundle_under_a_custom_prefix() {
         Some(node.key_count() - live),
         "the seeded /registry keys"
     );
+
+    // The live etcd moves on: cpr diff --live reads its keys with the node's client certificate.
+    let fresh = fixture_objects("/k8s", "-new");
+    etcdctl_put(node.etcdctl_command(), &fresh[0].key, &fresh[0].value);
+    let secret = fixture_objects("/k8s", "")[1].key.clone();
+    let out = node.etcdctl(&["del", &secret]);
+    assert!(out.status.success());
+    let diff: Value = serde_json::from_str(&ok(&cpr(&[
+        "diff",
+        file.to_str().unwrap(),
+        "--live",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--etcd-prefix",
+        "/k8s",
+        "--output",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(
+        diff["changes"],
+        serde_json::json!([
+            {"resource": "configmaps", "namespace": "default", "added": ["app-config-new"], "removed": [], "changed": []},
+            {"resource": "secrets", "namespace": "default", "added": [], "removed": ["db-password"], "changed": []},
+        ]),
+        "{diff}"
+    );
+}
+
+/// A second snapshot after creates, updates and deletes: the diff reports exactly those, events
+/// and leases only when asked.
+#[test]
+fn diff_reports_exactly_the_creates_updates_and_deletes() {
+    let dir = TempDir::new().unwrap();
+    let (server, objects) = populated(&v35(), dir.path());
+    let before = snapshot(&server, dir.path());
+    let after = dir.path().join("after.db");
+    let key = |dir: &str| {
+        objects
+            .iter()
+            .find(|o| o.key.starts_with(&format!("/registry/{dir}/")))
+            .unwrap()
+    };
+    let created = &fixture_objects("/registry", "-new")[0];
+    put(&server, &created.key, &created.value);
+    for updated in ["deployments", "leases", "events"] {
+        put(&server, &key(updated).key, &key(updated).value);
+    }
+    check(server.ctl(&["del", &key("pods").key]), "etcdctl del");
+    check(
+        server.ctl(&["snapshot", "save", after.to_str().unwrap()]),
+        "etcdctl snapshot save",
+    );
+    let diff = |extra: &[&str]| -> Value {
+        let args = [
+            &[
+                "diff",
+                before.to_str().unwrap(),
+                after.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+            extra,
+        ]
+        .concat();
+        serde_json::from_str(&ok(&cpr(&args))).unwrap()
+    };
+    let change = |resource: &str, ns: &str, added: &[&str], removed: &[&str], changed: &[&str]| serde_json::json!({"resource": resource, "namespace": ns, "added": added, "removed": removed, "changed": changed});
+    assert_eq!(
+        diff(&[])["changes"],
+        serde_json::json!([
+            change("configmaps", "default", &["app-config-new"], &[], &[]),
+            change("deployments.apps", "default", &[], &[], &["web"]),
+            change("pods", "default", &[], &["web-0"], &[]),
+        ])
+    );
+    assert_eq!(
+        diff(&["--all"])["changes"],
+        serde_json::json!([
+            change("configmaps", "default", &["app-config-new"], &[], &[]),
+            change("deployments.apps", "default", &[], &[], &["web"]),
+            change("events", "default", &[], &[], &["web-0.17a1b2c3"]),
+            change(
+                "leases.coordination.k8s.io",
+                "kube-node-lease",
+                &[],
+                &[],
+                &["cp0"]
+            ),
+            change("pods", "default", &[], &["web-0"], &[]),
+        ])
+    );
+    let text = ok(&cpr(&[
+        "diff",
+        before.to_str().unwrap(),
+        after.to_str().unwrap(),
+    ]));
+    assert!(
+        text.contains("deployments.apps in default: 0 added, 0 removed, 1 changed\n  ~ web\n"),
+        "{text}"
+    );
+    assert!(text.contains("  - web-0\n"), "{text}");
+    assert!(!text.contains("events"), "{text}");
 }
 
 /// The fixture object without what `cpr get` leaves out for `kubectl apply`.

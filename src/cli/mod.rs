@@ -11,6 +11,7 @@ use crate::Error;
 
 pub mod backup;
 pub mod check;
+pub mod diff;
 pub mod etcd;
 pub mod finish;
 pub mod get;
@@ -44,6 +45,7 @@ pub enum Command {
     List(list::ListCmd),
     Inspect(inspect::InspectCmd),
     Get(get::GetCmd),
+    Diff(diff::DiffCmd),
     Verify(verify::VerifyCmd),
     Etcd(etcd::EtcdCmd),
     Prune(prune::PruneCmd),
@@ -79,6 +81,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::List(cmd) => list::run(cmd),
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Get(cmd) => get::run(cmd),
+        Command::Diff(cmd) => diff::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
         Command::Etcd(cmd) => etcd::run(cmd),
         Command::Prune(cmd) => prune::run(cmd),

@@ -191,6 +191,37 @@ impl EtcdClient {
         Ok(response.kvs().first().map(|kv| kv.value().to_vec()))
     }
 
+    /// Every current key from `prefix` on that starts with it, with its mod revision, read in
+    /// pages of keys only (no values), so a large keyspace costs its keys alone.
+    pub fn keys_with_prefix(&mut self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, i64)>, ClientError> {
+        const PAGE: i64 = 10_000;
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut out = Vec::new();
+        loop {
+            let (start, end) = (from.clone(), end.clone());
+            let response = self.bounded("range (keys only)", |c| {
+                Box::pin(async move {
+                    let options = etcd_client::GetOptions::new()
+                        .with_range(end)
+                        .with_keys_only()
+                        .with_limit(PAGE);
+                    c.get(start, Some(options)).await
+                })
+            })?;
+            for kv in response.kvs() {
+                out.push((kv.key().to_vec(), kv.mod_revision()));
+            }
+            match (response.more(), out.last()) {
+                (true, Some((last, _))) => {
+                    from = last.clone();
+                    from.push(0);
+                }
+                _ => return Ok(out),
+            }
+        }
+    }
+
     /// Starts a snapshot and waits for its first chunk, which tells the total size.
     pub fn snapshot(&mut self) -> Result<SnapshotReader, ClientError> {
         let endpoint = self.endpoint.clone();
@@ -238,6 +269,18 @@ impl EtcdClient {
             })?
             .map_err(|e| request_error(&endpoint, step, e))
     }
+}
+
+/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`).
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 fn request_error(endpoint: &str, step: &'static str, error: etcd_client::Error) -> ClientError {

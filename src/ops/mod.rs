@@ -3,6 +3,7 @@
 pub mod backup;
 pub mod carryover;
 pub mod check;
+pub mod diff;
 pub mod finish;
 pub mod get;
 pub mod ha;
