@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 const ETCD: EtcdVersion = EtcdVersion::V3_5;
 /// Short in tests: the dead members refuse connections at once; the default is 30 s.
 const PROBE_SECONDS: &str = "2";
+/// Where kubeadm writes etcd's static pod, which kubelet (here: the test) runs.
+const ETCD_MANIFEST: &str = "etc/kubernetes/manifests/etcd.yaml";
 
 struct Node {
     name: String,
@@ -178,6 +180,61 @@ impl Node {
         ]
         .concat();
         self.cpr(&args)
+    }
+
+    /// `etcdctl put KEY` with the value read from `file` (binary objects).
+    fn put_file(&self, key: &str, file: &Path) {
+        let mut command = self.ns.command(ETCD.etcdctl());
+        command.env("ETCDCTL_API", "3");
+        let out = common::etcdctl_tls(
+            command,
+            &self.endpoint(),
+            &self.root().join("etc/kubernetes/pki"),
+        )
+        .args(["put", key])
+        .stdin(std::fs::File::open(file).unwrap())
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "put {key}: {}", common::stderr(&out));
+    }
+
+    /// The API server double on this node's address and kubeadm's port, answering with its PKI.
+    fn start_apiserver(&self) -> Child {
+        let child = self
+            .ns
+            .command(common::doubles().join("fake-apiserver"))
+            .args(["--root", self.root().to_str().unwrap()])
+            .args(["--listen", &format!("{}:6443", self.ip)])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.ns.listening(6443) {
+            assert!(
+                Instant::now() < deadline,
+                "{}: the API server double did not start",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child
+    }
+
+    /// Loses the whole disk: the replacement machine has its OS only (`ip_forward` on, as kubeadm's
+    /// preflight wants it).
+    fn wipe_root(&mut self) {
+        self.kill_etcd();
+        for entry in std::fs::read_dir(self.root()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).unwrap();
+            } else {
+                std::fs::remove_file(&path).unwrap();
+            }
+        }
+        let sysctl = self.root().join("proc/sys/net/ipv4");
+        std::fs::create_dir_all(&sysctl).unwrap();
+        std::fs::write(sysctl.join("ip_forward"), "1\n").unwrap();
     }
 
     /// Loses the node's etcd data and pki, as a replacement disk would.
@@ -508,24 +565,14 @@ fn a_corrupt_newest_bundle_leads_every_node_to_the_same_older_one() {
     }
 }
 
-/// One of three lost: the quorum lives, a snapshot would roll it back, so the restore is refused.
 /// Two of three lost: the survivor runs without a quorum. Restoring from a bundle would drop its
 /// newer writes, so it is refused without --discard-survivors and nothing changes; with it, every
 /// node restores the same snapshot.
 #[test]
-fn one_lost_is_refused_and_with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
+fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     let mut cluster = Cluster::new(3);
     cluster.backup_all();
     cluster.nodes[0].wipe();
-    let out = cluster.nodes[0]
-        .restore(cluster.store(), &[])
-        .wait_with_output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(11), "{}", common::stderr(&out));
-    let why = common::stderr(&out);
-    assert!(why.contains("still has a quorum"), "{why}");
-    assert!(!cluster.nodes[0].root().join("var/lib/etcd").exists());
-
     cluster.nodes[1].wipe();
     let refused = cluster.nodes[0].restore(cluster.store(), &[]);
     let out = refused.wait_with_output().unwrap();
@@ -629,4 +676,328 @@ fn a_node_behind_a_flaky_read_only_store_restores_the_pinned_snapshot() {
     );
     cluster.start_all();
     cluster.assert_one_cluster();
+}
+
+/// Writes sequenced keys through the surviving members until stopped, recording when each write was
+/// acknowledged or failed.
+struct Writer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, String, bool)>>,
+}
+
+impl Writer {
+    fn start(through: &Node, endpoints: &[String]) -> Writer {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (ns, pki, endpoints) = (
+            through.ns.name().to_string(),
+            through.root().join("etc/kubernetes/pki"),
+            endpoints.join(","),
+        );
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut writes = Vec::new();
+            while !flag.load(Ordering::SeqCst) {
+                let key = format!("/cpr-test/writer/{:06}", writes.len());
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", &ns])
+                    .arg(ETCD.etcdctl())
+                    .env("ETCDCTL_API", "3");
+                let acked = common::etcdctl_tls(command, &endpoints, &pki)
+                    .args(["--command-timeout=2s", "put", &key, "acknowledged"])
+                    .stdin(Stdio::null())
+                    .output()
+                    .unwrap()
+                    .status
+                    .success();
+                writes.push((Instant::now(), key, acked));
+            }
+            writes
+        });
+        Writer { stop, thread }
+    }
+
+    fn stop(self) -> Vec<(Instant, String, bool)> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+/// `cpr restore` (both phases) on the wiped nodes `lost` at once, with the kubeadm double's `join`:
+/// each node's etcd is started from the manifest kubeadm writes, as kubelet would. Each run's JSON
+/// report and log (kubeadm's output among cpr's).
+fn rejoin(cluster: &mut Cluster, lost: &[usize], kubeadm_version: &str) -> Vec<(Value, String)> {
+    let path = format!(
+        "{}:{}",
+        common::doubles().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let store = cluster.store().to_str().unwrap().to_string();
+    let mut children: Vec<Child> = lost
+        .iter()
+        .map(|&i| {
+            let node = &cluster.nodes[i];
+            let args = [
+                "restore",
+                "--store",
+                &store,
+                "--root",
+                node.root().to_str().unwrap(),
+                "--node",
+                &node.name,
+                "--hostname",
+                &node.name,
+                "--ip",
+                &node.ip,
+                "--quorum-probe",
+                PROBE_SECONDS,
+                "--output",
+                "json",
+            ];
+            node.cpr(&args)
+                .env("PATH", &path)
+                .env("KUBEADM_DOUBLE_ROOT", node.root())
+                .env("KUBEADM_DOUBLE_VERSION", kubeadm_version)
+                .env("KUBEADM_DOUBLE_ETCDCTL", ETCD.etcdctl())
+                .env("KUBEADM_DOUBLE_WAIT_SECONDS", "60")
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut running = lost.to_vec();
+    while !running.is_empty() {
+        running.retain(|&i| {
+            let node = &mut cluster.nodes[i];
+            if node.etcd.is_none() && node.root().join(ETCD_MANIFEST).exists() {
+                node.start_etcd();
+            }
+            let at = lost.iter().position(|&l| l == i).unwrap();
+            children[at].try_wait().unwrap().is_none()
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    children
+        .into_iter()
+        .zip(lost)
+        .map(|(child, &i)| {
+            let out = child.wait_with_output().unwrap();
+            let node = &cluster.nodes[i];
+            assert!(
+                out.status.success(),
+                "rejoin of {} failed: {}\n{}",
+                node.name,
+                common::stderr(&out),
+                std::fs::read_to_string(node.root().join("etcd.log")).unwrap_or_default()
+            );
+            (
+                serde_json::from_slice(&out.stdout).unwrap(),
+                common::stderr(&out),
+            )
+        })
+        .collect()
+}
+
+/// A minority lost: the replacements rejoin the live cluster (no snapshot restored, so nothing is
+/// rolled back) while a writer keeps writing through the survivors.
+fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm_version: &str) {
+    assert!(
+        kubeadm_version.starts_with("v1.2"),
+        "versions compare as text"
+    );
+    let started = Instant::now();
+    let mut cluster = Cluster::new(size);
+    let first = &cluster.nodes[0];
+    let work = tempfile::tempdir().unwrap();
+    // What kubeadm init's bootstrap-token phase stores for joining nodes, and the version kubeadm joins.
+    let kubeconfig = work.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- cluster:\n    certificate-authority-data: {}\n    server: https://{}:6443\n  name: \"\"\ncontexts: null\ncurrent-context: \"\"\npreferences: {{}}\nusers: null\n",
+            base64_of(&first.root().join("etc/kubernetes/pki/ca.crt")),
+            first.ip
+        ),
+    )
+    .unwrap();
+    let version = kubeadm_version.trim_start_matches('v');
+    let config = work.path().join("cluster-configuration.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nclusterName: {CLUSTER}\ncontrolPlaneEndpoint: {}:6443\nkubernetesVersion: v{version}\ncertificatesDir: /etc/kubernetes/pki\netcd:\n  local:\n    dataDir: /var/lib/etcd\nnetworking:\n  dnsDomain: cluster.local\n  podSubnet: 192.168.0.0/16\n  serviceSubnet: 10.96.0.0/12\n",
+            first.ip
+        ),
+    )
+    .unwrap();
+    for (key, args) in [
+        (
+            "/registry/configmaps/kube-public/cluster-info",
+            [
+                "kube-public",
+                "cluster-info",
+                &format!("kubeconfig={}", kubeconfig.display()),
+            ],
+        ),
+        (
+            "/registry/configmaps/kube-system/kubeadm-config",
+            [
+                "kube-system",
+                "kubeadm-config",
+                &format!("ClusterConfiguration={}", config.display()),
+            ],
+        ),
+    ] {
+        let object = work.path().join("object.pb");
+        let made = Command::new(fixtures().join("k8s-configmap.py"))
+            .args(args)
+            .stdout(std::fs::File::create(&object).unwrap())
+            .status()
+            .unwrap();
+        assert!(made.success(), "k8s-configmap.py {args:?}");
+        first.put_file(key, &object);
+    }
+    cluster.backup_all();
+    let before = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
+    let lost_ids: Vec<u64> = before["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| lost.iter().any(|&i| m["name"] == cluster.nodes[i].name))
+        .map(|m| m["ID"].as_u64().unwrap())
+        .collect();
+    for &i in lost {
+        cluster.nodes[i].wipe_root();
+    }
+    let survivors: Vec<usize> = cluster
+        .all()
+        .into_iter()
+        .filter(|i| !lost.contains(i))
+        .collect();
+    let mut apiservers: Vec<Child> = survivors
+        .iter()
+        .map(|&i| cluster.nodes[i].start_apiserver())
+        .collect();
+    let endpoints: Vec<String> = survivors
+        .iter()
+        .map(|&i| cluster.nodes[i].endpoint())
+        .collect();
+    let writer = Writer::start(&cluster.nodes[survivors[0]], &endpoints);
+    let reports = rejoin(&mut cluster, lost, kubeadm_version);
+    std::thread::sleep(Duration::from_secs(1));
+    let writes = writer.stop();
+    for child in &mut apiservers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    let learner = kubeadm_version >= "v1.29";
+    for ((report, log), &i) in reports.iter().zip(lost) {
+        let name = &cluster.nodes[i].name;
+        // features.go: EtcdLearnerMode is on by default from v1.29.
+        assert_eq!(
+            log.contains("Adding etcd member as learner"),
+            learner,
+            "{log}"
+        );
+        assert_eq!(report["restore"]["quorum"]["quorum"], "alive", "{report}");
+        assert!(
+            report["restore"]["rejoin"]["apiEndpoint"].is_string(),
+            "{report}"
+        );
+        let joined = &report["finish"]["rejoin"];
+        assert!(
+            joined["removedMember"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name} (")),
+            "{report}"
+        );
+        assert!(
+            joined["member"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name} (")),
+            "{report}"
+        );
+        // Nothing of the lost node's etcd came back: the member was added afresh, its leaves re-issued.
+        let pki = cluster.nodes[i].root().join("etc/kubernetes/pki");
+        assert!(pki.join("etcd/server.crt").exists() && pki.join("ca.key").exists());
+    }
+    let after = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
+    let members = after["members"].as_array().unwrap();
+    assert_eq!(members.len(), size, "{after}");
+    for member in members {
+        assert_ne!(member["isLearner"], true, "no learner left: {after}");
+        assert!(
+            !lost_ids.contains(&member["ID"].as_u64().unwrap()),
+            "the lost member is gone: {after}"
+        );
+    }
+    cluster.assert_one_cluster();
+    let acknowledged: Vec<&String> = writes.iter().filter(|w| w.2).map(|w| &w.1).collect();
+    assert!(
+        acknowledged.len() > 10,
+        "the writer wrote: {}",
+        acknowledged.len()
+    );
+    for &i in lost {
+        let node = &cluster.nodes[i];
+        let stored = node.etcdctl_json(&[
+            "get",
+            "/cpr-test/writer/",
+            "--prefix",
+            "--keys-only",
+            "-w",
+            "json",
+        ]);
+        let keys: std::collections::BTreeSet<String> = stored["kvs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|kv| {
+                use base64::Engine;
+                String::from_utf8(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(kv["key"].as_str().unwrap())
+                        .unwrap(),
+                )
+                .unwrap()
+            })
+            .collect();
+        for key in &acknowledged {
+            assert!(
+                keys.contains(*key),
+                "{} lacks the acknowledged {key}",
+                node.name
+            );
+        }
+    }
+    let failed: Vec<&(Instant, String, bool)> = writes.iter().filter(|w| !w.2).collect();
+    let window = match (failed.first(), failed.last()) {
+        (Some(first), Some(last)) => last.0.duration_since(first.0).as_secs_f64(),
+        _ => 0.0,
+    };
+    eprintln!(
+        "{size} nodes, {} lost and rejoined (kubeadm {kubeadm_version}): {} writes acknowledged, {} failed, error window {window:.2} s; {:.1} s in all",
+        lost.len(),
+        acknowledged.len(),
+        failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn base64_of(path: &Path) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(std::fs::read(path).unwrap())
+}
+
+#[test]
+fn one_of_three_lost_rejoins_as_a_learner_while_writes_go_on() {
+    a_lost_minority_rejoins_the_live_cluster(3, &[2], "v1.29.4");
+}
+
+#[test]
+fn two_of_five_lost_rejoin_at_once() {
+    a_lost_minority_rejoins_the_live_cluster(5, &[3, 4], "v1.27.4");
 }

@@ -185,6 +185,12 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
                 ),
                 Some(Quorum::Alive { .. }) | None => {}
             }
+            if let Some(rejoin) = &restored.rejoin {
+                println!(
+                    "  etcd quorum alive: etcd not restored (a rollback); the shared CAs and keys are back and phase 2 rejoins through {}",
+                    rejoin.api_endpoint
+                );
+            }
             if let Some(point) = &restored.restore_point {
                 println!("  etcd snapshot from the cluster's restore point {point}");
             }

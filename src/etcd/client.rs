@@ -156,6 +156,14 @@ impl EtcdClient {
             .collect())
     }
 
+    /// Removes the member `id` from the cluster (`etcdctl member remove`).
+    pub fn member_remove(&mut self, id: u64) -> Result<(), ClientError> {
+        self.bounded("member remove", |c| {
+            Box::pin(async move { c.member_remove(id).await })
+        })
+        .map(drop)
+    }
+
     /// A linearizable read: etcd answers it only through a leader that a quorum follows. Returns the
     /// revision and the cluster ID of the answer.
     pub fn quorum_read(&mut self) -> Result<(i64, u64), ClientError> {

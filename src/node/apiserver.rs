@@ -112,6 +112,33 @@ impl ApiServer {
         serde_json::from_str(&body).map_err(|e| failed(format!("not JSON: {e}")))
     }
 
+    /// `POST path` with the JSON `body`, as `kubectl create` sends it: the object the server stored.
+    pub fn create(&self, path: &str, body: &serde_json::Value) -> Result<serde_json::Value, Error> {
+        let url = format!("{}{path}", self.server);
+        let failed = |why: String| Error::ApiServer {
+            server: url.clone(),
+            why,
+        };
+        let (status, text) = rt::block_on(async {
+            let response = self
+                .client
+                .post(&url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .map_err(|e| chain(&e))?;
+            let status = response.status();
+            let text = response.text().await.map_err(|e| chain(&e))?;
+            Ok::<_, String>((status, text))
+        })
+        .map_err(failed)?;
+        if !status.is_success() {
+            return Err(failed(format!("HTTP {status}: {}", text.trim())));
+        }
+        serde_json::from_str(&text).map_err(|e| failed(format!("not JSON: {e}")))
+    }
+
     /// Polls `/readyz` until it answers 200 or `timeout` passes.
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
         let deadline = Instant::now() + timeout;

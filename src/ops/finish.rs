@@ -9,6 +9,7 @@ use super::backup::{client_endpoint, client_tls};
 use super::carryover::{self, Carryover};
 use super::check::CERT_WARN_DAYS;
 use super::readdress;
+use super::rejoin;
 use super::restore::{staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
 use super::Error;
@@ -71,6 +72,8 @@ pub struct FinishReport {
     /// The plan of a restore onto a new address, and what was done for it once the control plane was up.
     pub new_address: Option<readdress::Plan>,
     pub new_address_steps: Vec<String>,
+    /// A node that rejoined a live quorum (kubeadm join) instead of restoring etcd.
+    pub rejoin: Option<rejoin::RejoinReport>,
     /// What `kubeadm init` was given from the backup besides the ClusterConfiguration.
     pub carried_over: Option<CarriedOver>,
     /// What kubeadm changed compared with the backup (ConfigMaps, addons, the Node's taints), read from
@@ -108,6 +111,9 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
         });
     }
     let manifest = staged_manifest(&layout)?;
+    if let Some(rejoin) = state.rejoin.clone() {
+        return finish_rejoin(request, &layout, &manifest, &mut state, &rejoin);
+    }
     if state.phase == Phase::Restored {
         init(request, &layout, &manifest, &mut state)?;
     }
@@ -144,6 +150,48 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     report.kubeconfigs = kubeconfigs;
     report.static_pods = static_pods;
     report.regenerated_certificates = regenerated(&layout, &state, Reissue::Expiring);
+    Ok(report)
+}
+
+/// Phase 2 of a node that rejoins a live quorum: kubeadm join instead of kubeadm init, then the
+/// kubeconfigs. kubeadm join waits for its own control plane; cpr waits for the member to vote.
+fn finish_rejoin(
+    request: &FinishRequest,
+    layout: &Layout,
+    manifest: &Manifest,
+    state: &mut State,
+    rejoin: &rejoin::Rejoin,
+) -> Result<FinishReport, Error> {
+    let mut report = FinishReport::default();
+    if state.phase == Phase::Restored {
+        let bundle_dir = staged_bundle_dir(layout);
+        let join = rejoin::Join {
+            kubeadm: &request.kubeadm,
+            bundle_dir: &bundle_dir,
+            timeout: request.timeout,
+        };
+        let joined = rejoin::join(&join, manifest, rejoin)?;
+        log::info!(
+            "finish: {} rejoined the cluster through {} as member {}{}",
+            manifest.node.name,
+            joined.api_endpoint,
+            joined.member,
+            joined
+                .removed_member
+                .as_deref()
+                .map(|m| format!(", replacing {m}"))
+                .unwrap_or_default()
+        );
+        report.rejoin = Some(joined);
+        state.phase = Phase::Initialized;
+        state.save(layout)?;
+    }
+    report.kubeconfigs = install_kubeconfigs(layout, request.sudo_user.as_deref())?;
+    state.phase = Phase::Finished;
+    state.save(layout)?;
+    clear_failure_notices(layout)?;
+    report.bundle = state.bundle.clone();
+    report.moved_aside = state.moved_aside.clone();
     Ok(report)
 }
 
@@ -1262,6 +1310,19 @@ pub fn describe(report: &FinishReport) -> String {
         return format!(
             "cpr finish: the recovery from {} had already finished; nothing changed\n",
             report.bundle
+        );
+    }
+    if let Some(joined) = &report.rejoin {
+        return format!(
+            "cpr finish: rejoined the live cluster through {} (kubeadm join --control-plane, bootstrap token {}); etcd member {} votes{}\n",
+            joined.api_endpoint,
+            joined.token_id,
+            joined.member,
+            joined
+                .removed_member
+                .as_deref()
+                .map(|m| format!("; the lost member {m} was removed"))
+                .unwrap_or_default()
         );
     }
     let mut out = format!(

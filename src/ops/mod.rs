@@ -3,14 +3,13 @@
 pub mod backup;
 pub mod carryover;
 pub mod check;
-pub mod diff;
 pub mod finish;
-pub mod get;
 pub mod ha;
 pub mod inventory;
 pub mod metrics;
 pub mod prune;
 pub mod readdress;
+pub mod rejoin;
 pub mod restore;
 pub mod sealed;
 pub mod state;
@@ -104,41 +103,17 @@ pub enum Error {
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
     /// Boxed: its variants carry the key, the snapshot and the decoding error.
-    #[error("restoring {node}: etcd still has a quorum ({member} answered a linearizable read at {endpoint}, revision {revision}), so restoring a snapshot would roll the cluster back and split it. Rejoin this node to the live cluster instead: remove its old member (etcdctl member remove), then kubeadm join --control-plane. Nothing was changed")]
-    QuorumAlive {
-        node: String,
-        member: String,
-        endpoint: String,
-        revision: i64,
-    },
     #[error("restoring {node}: etcd has no quorum, but {} still run with their data, which holds writes newer than any bundle. Take a snapshot from one (cpr etcd snapshot save --endpoints its client URL) and back it up, or pass --discard-survivors (boot: cpr.discard_survivors=1) to restore from the bundle anyway; their data dirs are moved aside, not deleted. Nothing was changed", survivors.join(", "))]
     Survivors {
         node: String,
         survivors: Vec<String>,
     },
-    #[error("{source_name}: no {object} under {prefix}. Name it as cpr inspect --objects {source_name} lists it: the RESOURCE (with or without its group), NAMESPACE/NAME for a namespaced object, --etcd-prefix if kube-apiserver has one")]
-    NoObject {
-        source_name: String,
+    #[error("rejoining the live cluster: {step}: {object}: {why}")]
+    Rejoin {
+        step: &'static str,
         object: String,
-        prefix: String,
+        why: String,
     },
-    #[error("{source_name}: {object} names several objects ({}); give the resource with its group, as cpr inspect --objects lists it", keys.join(", "))]
-    AmbiguousObject {
-        source_name: String,
-        object: String,
-        keys: Vec<String>,
-    },
-    /// Boxed: the decoding error is large.
-    #[error("{source_name}: {object} (etcd key {key}) cannot be given back: {source}")]
-    ObjectUnreadable {
-        source_name: String,
-        object: String,
-        key: String,
-        #[source]
-        source: Box<crate::k8s::Error>,
-    },
-    #[error("restore drill of {bundle} failed:\n  {}\nThis bundle would not bring the control plane back as it was: find the cause (above), fix it and take a new backup", failed.join("\n  "))]
-    DrillFailed { bundle: String, failed: Vec<String> },
     #[error("restore point {claim}: {why}. Nothing was changed")]
     RestorePoint { claim: String, why: String },
     #[error(transparent)]
@@ -174,17 +149,14 @@ impl Error {
             | Error::Metrics { .. }
             | Error::DisableUnit { .. } => 7,
             Error::Identity { .. } | Error::NewAddress { .. } | Error::Repoint { .. } => 8,
-            Error::QuorumAlive { .. } | Error::Survivors { .. } => 11,
+            Error::Survivors { .. } => 11,
             Error::RestorePoint { .. } => 4,
-            Error::NoObject { .. } | Error::AmbiguousObject { .. } => 2,
-            Error::ObjectUnreadable { .. } => 4,
-            Error::DrillFailed { .. } => 12,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,
             Error::ChecksFailed { .. } => 9,
             Error::NoBundle { .. } => 3,
             Error::NoUsableBundle { .. } => 4,
-            Error::Node(_) | Error::PortInUse { .. } => 6,
+            Error::Node(_) | Error::PortInUse { .. } | Error::Rejoin { .. } => 6,
             Error::Carryover(e) => match &**e {
                 carryover::Error::Etcd(e) => Error::etcd_exit_code(e),
                 carryover::Error::Object { .. } | carryover::Error::MissingData { .. } => 4,

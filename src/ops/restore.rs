@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 
 use super::ha::{self, Quorum};
 use super::readdress::{self, Plan};
+use super::rejoin::{self, Rejoin};
 use super::sealed::{self, OpenKeys, Source};
 use super::state::{self, Phase, State};
 use super::Error;
@@ -81,6 +82,8 @@ pub struct RestoreReport {
     pub quorum: Option<Quorum>,
     /// A lost quorum restored from another node's bundle: the snapshot every member restored.
     pub restore_point: Option<String>,
+    /// A minority lost: phase 2 rejoins this node to the live cluster through this.
+    pub rejoin: Option<Rejoin>,
     /// Only planned (`--plan-only`): the bundle verified, nothing changed.
     pub plan_only: bool,
 }
@@ -146,7 +149,13 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
     for name in &candidates {
         clear_staging(layout)?;
         match stage(request, &keys, layout, name, &mut quorum) {
-            Ok((manifest, restored, restore_point)) => {
+            Ok(Staged {
+                manifest,
+                revision,
+                bumped_revision,
+                restore_point,
+                rejoin,
+            }) => {
                 let new_address = match plan_new_address(request, layout, &manifest) {
                     Ok(plan) => plan,
                     Err(error) => {
@@ -159,8 +168,8 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                     clear_staging(layout)?;
                     return Ok(RestoreReport {
                         bundle: name.clone(),
-                        revision: restored.revision,
-                        bumped_revision: restored.bumped_revision,
+                        revision,
+                        bumped_revision,
                         data_dir,
                         moved_aside: Vec::new(),
                         skipped,
@@ -168,6 +177,7 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                         new_address,
                         quorum,
                         restore_point,
+                        rejoin,
                         plan_only: true,
                     });
                 }
@@ -177,15 +187,15 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                     store: request.store.location(),
                     stamp: stamp.clone(),
                     phase: Phase::Staged,
-                    revision: restored.revision,
-                    bumped_revision: restored.bumped_revision,
+                    revision,
+                    bumped_revision,
                     moved_aside: Vec::new(),
                     new_address,
                     restore_point,
+                    rejoin,
                 };
                 log::info!(
-                    "restore: {name} verified and staged (etcd revision {}, {} files)",
-                    restored.revision,
+                    "restore: {name} verified and staged (etcd revision {revision}, {} files)",
                     manifest.files.len()
                 );
                 state.save(layout)?;
@@ -365,15 +375,27 @@ fn is_mount_point(path: &Path) -> bool {
     }
 }
 
+/// What one bundle staged: its manifest, the etcd revision its member holds, and where that member
+/// comes from when not from its own snapshot.
+struct Staged {
+    manifest: Manifest,
+    revision: i64,
+    bumped_revision: Option<u64>,
+    /// A lost quorum restored from another bundle's snapshot: that bundle.
+    restore_point: Option<String>,
+    /// A minority lost: no member restored; phase 2 rejoins the live cluster.
+    rejoin: Option<Rejoin>,
+}
+
 /// Downloads, verifies and stages one bundle (and, for a lost quorum, the restore point's snapshot
-/// when it is another bundle). Nothing live changes. Returns the restore point when it is not `name`.
+/// when it is another bundle). Nothing live changes.
 fn stage(
     request: &RestoreRequest<'_>,
     keys: &OpenKeys,
     layout: &Layout,
     name: &str,
     quorum: &mut Option<Quorum>,
-) -> Result<(Manifest, Restored, Option<String>), Error> {
+) -> Result<Staged, Error> {
     let staging = staging(layout);
     state::ensure_dir(&staging)?;
     log::info!("restore: fetching {name} from {}", request.store.location());
@@ -397,6 +419,20 @@ fn stage(
     let manifest = result?;
     input.finish()?;
     let point = match sink.point {
+        Point::Rejoin(rejoin) => {
+            log::info!(
+                "restore: the live cluster keeps its data: only the shared CAs and keys are restored, and phase 2 joins this node through {}",
+                rejoin.api_endpoint
+            );
+            materialize_pki(layout, &staging.join(STAGED_BUNDLE), Pki::Shared)?;
+            return finish_staging(&staging).map(|()| Staged {
+                revision: manifest.etcd.revision,
+                bumped_revision: None,
+                restore_point: None,
+                rejoin: Some(rejoin),
+                manifest,
+            });
+        }
         Point::ToClaim => {
             let cluster_id = sink
                 .restored
@@ -428,13 +464,24 @@ fn stage(
             .expect("a verified bundle has a snapshot"),
     };
     failpoint("restore:staged-files");
-    materialize_pki(layout, &staging.join(STAGED_BUNDLE))?;
-    fsutil::sync_tree(&staging).map_err(|source| Error::Write {
-        path: staging.clone(),
+    materialize_pki(layout, &staging.join(STAGED_BUNDLE), Pki::All)?;
+    finish_staging(&staging)?;
+    Ok(Staged {
+        manifest,
+        revision: restored.revision,
+        bumped_revision: restored.bumped_revision,
+        restore_point: point,
+        rejoin: None,
+    })
+}
+
+fn finish_staging(staging: &Path) -> Result<(), Error> {
+    fsutil::sync_tree(staging).map_err(|source| Error::Write {
+        path: staging.to_path_buf(),
         source,
     })?;
     failpoint("restore:staged");
-    Ok((manifest, restored, point))
+    Ok(())
 }
 
 /// Restores this node's member from the snapshot of `point`, another node's bundle, into `target`.
@@ -556,6 +603,8 @@ enum Point {
     ToClaim,
     /// Another bundle's snapshot; this one's was only verified.
     Other(String),
+    /// No snapshot: the quorum is alive and this node rejoins it; this bundle's was only verified.
+    Rejoin(Rejoin),
 }
 
 fn log_member_restore(options: &crate::etcd::RestoreOptions) {
@@ -600,8 +649,8 @@ struct RestoreSink<'a> {
 }
 
 impl RestoreSink<'_> {
-    /// For a cluster of several members: refuses a live quorum (or survivors, unless discarded),
-    /// then finds the restore point: pinned, claimed by another node, or this bundle to claim.
+    /// For a cluster of several members: a live quorum is rejoined; survivors are refused unless
+    /// discarded; else the restore point: pinned, claimed by another node, or this bundle to claim.
     fn restore_point(&mut self, manifest: &Manifest) -> Result<Point, Error> {
         let quorum = match self.quorum.clone() {
             Some(quorum) => quorum,
@@ -633,17 +682,13 @@ impl RestoreSink<'_> {
                 );
             }
             Quorum::Alive {
-                member,
-                endpoint,
-                revision,
-                ..
+                member, endpoint, ..
             } => {
-                return Err(Error::QuorumAlive {
-                    node,
-                    member,
-                    endpoint,
-                    revision,
-                })
+                log::info!(
+                    "restore: {member} answers for the live cluster at {endpoint}: a snapshot would roll it back, so this node rejoins it"
+                );
+                return rejoin::plan(&manifest.cluster, &manifest.node, &endpoint)
+                    .map(Point::Rejoin);
             }
             Quorum::Lost { survivors, .. } if !survivors.is_empty() => {
                 if !self.request.discard_survivors {
@@ -787,8 +832,8 @@ impl Sink for RestoreSink<'_> {
                     .map(|options| (point, options))
             });
             match point {
-                Ok((Point::Other(other), _)) => {
-                    self.point = Point::Other(other);
+                Ok((point @ (Point::Other(_) | Point::Rejoin(_)), _)) => {
+                    self.point = point;
                     // Read through, so that this bundle's own files are known to be intact.
                     return io::copy(data, &mut io::sink()).map(drop);
                 }
@@ -881,8 +926,16 @@ fn etcd_options(
     }
 }
 
+/// Which of the bundle's pki a restore puts back.
+#[derive(Clone, Copy)]
+enum Pki {
+    All,
+    /// The CAs and keys every control-plane node shares: kubeadm join signs this node's leaves.
+    Shared,
+}
+
 /// pki must be renamed into place, so it is built beside the live one from the staged copy.
-fn materialize_pki(layout: &Layout, bundle_dir: &Path) -> Result<(), Error> {
+fn materialize_pki(layout: &Layout, bundle_dir: &Path, which: Pki) -> Result<(), Error> {
     let from = bundle_dir.join(layout::PKI_DIR);
     let to = new_path(&layout.path(layout::PKI_DIR));
     if let Some(parent) = to.parent() {
@@ -896,15 +949,16 @@ fn materialize_pki(layout: &Layout, bundle_dir: &Path) -> Result<(), Error> {
                 source,
             })?;
     }
-    copy_tree(&from, &to).map_err(|source| Error::Write {
+    copy_tree(&from, &to, &from, which).map_err(|source| Error::Write {
         path: to.clone(),
         source,
     })?;
     fsutil::sync_tree(&to).map_err(|source| Error::Write { path: to, source })
 }
 
-/// Copies a staged tree, keeping file modes and owners; directories get kubeadm's 0755.
-fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+/// Copies a staged tree below `top` (all of it, or the shared pki), keeping file modes and owners;
+/// directories get kubeadm's 0755.
+fn copy_tree(from: &Path, to: &Path, top: &Path, which: Pki) -> io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     fs::DirBuilder::new().mode(0o755).create(to)?;
     fs::set_permissions(to, fs::Permissions::from_mode(0o755))?;
@@ -913,8 +967,10 @@ fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
         let target = to.join(entry.file_name());
         let meta = entry.metadata()?;
         if meta.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else {
+            copy_tree(&entry.path(), &target, top, which)?;
+        } else if matches!(which, Pki::All)
+            || entry.path().strip_prefix(top).is_ok_and(rejoin::is_shared)
+        {
             copy_file(&entry.path(), &target)?;
         }
     }
@@ -1133,6 +1189,7 @@ fn report(
         new_address: state.new_address.clone(),
         quorum,
         restore_point: state.restore_point.clone(),
+        rejoin: state.rejoin.clone(),
         plan_only: false,
     }
 }

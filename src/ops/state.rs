@@ -45,6 +45,9 @@ pub struct State {
     /// A lost quorum: the bundle whose snapshot every member restored, when it is not `bundle`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_point: Option<String>,
+    /// A minority lost: this node rejoins the live cluster in phase 2 instead of restoring etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejoin: Option<super::rejoin::Rejoin>,
 }
 
 pub fn state_dir(layout: &Layout) -> PathBuf {

@@ -27,11 +27,11 @@ def _message(file, name, fields):
     return msg
 
 
-def _map_entry(msg, name):
+def _map_entry(msg, name, value_type=F.TYPE_STRING):
     entry = msg.nested_type.add(name=name)
     entry.options.map_entry = True
     entry.field.add(name="key", number=1, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
-    entry.field.add(name="value", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=value_type, label=F.LABEL_OPTIONAL)
 
 
 def _build_classes():
@@ -61,6 +61,13 @@ def _build_classes():
         ("data", 2, F.TYPE_MESSAGE, rep, ".k8s.ConfigMap.DataEntry"),
     ])
     _map_entry(config_map, "DataEntry")
+    # core/v1 Secret (metadata 1, data 2 as map<string, bytes>, type 3).
+    secret = _message(file, "Secret", [
+        ("metadata", 1, F.TYPE_MESSAGE, opt, ".k8s.ObjectMeta"),
+        ("data", 2, F.TYPE_MESSAGE, rep, ".k8s.Secret.DataEntry"),
+        ("type", 3, F.TYPE_STRING, opt, None),
+    ])
+    _map_entry(secret, "DataEntry", F.TYPE_BYTES)
     # core/v1: Node (metadata 1, spec 2), NodeSpec (podCIDR 1, taints 5), Taint (key 1, value 2,
     # effect 3, timeAdded 4).
     _message(file, "Taint", [
@@ -104,11 +111,11 @@ def _build_classes():
 
     def get(name):
         return message_class(pool.FindMessageTypeByName("k8s." + name))
-    return {name: get(name) for name in ("Unknown", "ConfigMap", "Node", "DaemonSet", "Deployment", "Pod")}
+    return {name: get(name) for name in ("Unknown", "ConfigMap", "Secret", "Node", "DaemonSet", "Deployment", "Pod")}
 
 
 CLASSES = _build_classes()
-API_VERSION = {"ConfigMap": "v1", "Node": "v1", "Pod": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
+API_VERSION = {"ConfigMap": "v1", "Secret": "v1", "Node": "v1", "Pod": "v1", "DaemonSet": "apps/v1", "Deployment": "apps/v1"}
 
 
 def new(kind, namespace, name, labels=None):
