@@ -549,3 +549,209 @@ fn get_names_what_is_missing_or_unreadable() {
     );
     assert!(text.contains("encrypted at rest"), "{text}");
 }
+
+/// `cpr drill` with the store, node and scratch of a test, and `extra` flags.
+fn drill(
+    node: &KubeadmNode,
+    store: &Path,
+    scratch: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let args = [
+        &[
+            "drill",
+            "--store",
+            store.to_str().unwrap(),
+            "--cluster",
+            common::CLUSTER,
+            "--node",
+            common::NODE_NAME,
+            "--root",
+            node.root().to_str().unwrap(),
+            "--scratch",
+            scratch.to_str().unwrap(),
+        ][..],
+        extra,
+    ]
+    .concat();
+    common::cpr_env(&args, env)
+}
+
+fn backup_of(node: &KubeadmNode, store: &Path, extra: &[&str]) -> String {
+    let args = [
+        &[
+            "backup",
+            "--root",
+            node.root().to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+            "--output",
+            "json",
+        ][..],
+        extra,
+    ]
+    .concat();
+    let report: Value = serde_json::from_str(&ok(&cpr(&args))).unwrap();
+    report["bundle"].as_str().unwrap().to_string()
+}
+
+/// Drills of real bundles: a good one passes (etcd 3.5 serves the restored dir in its own network
+/// namespace); one that cannot be decrypted, one holding a value that is no object (its digests
+/// are valid: they were taken over it), and a live cluster drifted past the threshold fail with
+/// the reason; a drill killed mid-restore leaves its scratch root to the next one, which removes it.
+#[test]
+fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
+    let node = KubeadmNode::start(EtcdVersion::V3_5, 0);
+    // The seed's stand-in Lease is plain text, no object.
+    assert!(node
+        .etcdctl(&["del", "/registry/leases/kube-node-lease/master0"])
+        .status
+        .success());
+    for object in fixture_objects("/registry", "") {
+        etcdctl_put(node.etcdctl_command(), &object.key, &object.value);
+    }
+    let work = TempDir::new().unwrap();
+    let (store, scratch) = (work.path().join("store"), work.path().join("scratch"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let good = backup_of(&node, &store, &[]);
+    let metrics = work.path().join("cpr-drill.prom");
+    let etcd = EtcdVersion::V3_5.bin_dir().join("etcd");
+    let out = drill(
+        &node,
+        &store,
+        &scratch,
+        &[
+            "--bundle",
+            &good,
+            "--etcd",
+            etcd.to_str().unwrap(),
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+            "--output",
+            "json",
+        ],
+        &[],
+    );
+    let report: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(
+        report["objects"].as_i64(),
+        Some(node.key_count_under("/registry/")),
+        "{report}"
+    );
+    let checks: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["revision", "objects", "drift", "etcd"], "{report}");
+    assert!(report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|c| c["ok"] == true));
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("\ncpr_drill_last_attempt_success 1\n"),
+        "{text}"
+    );
+    assert!(text.contains("\ncpr_drill_objects "), "{text}");
+    assert_eq!(common::files_below(&scratch), Vec::<PathBuf>::new());
+
+    // Killed between staging and the swap: the scratch root stays, the next drill removes it.
+    let killed = drill(
+        &node,
+        &store,
+        &scratch,
+        &["--bundle", &good],
+        &[("CPR_FAILPOINT", "restore:staged-files")],
+    );
+    assert!(!killed.status.success());
+    assert_eq!(
+        std::fs::read_dir(&scratch).unwrap().count(),
+        1,
+        "the killed drill's root"
+    );
+    ok(&drill(
+        &node,
+        &store,
+        &scratch,
+        &["--bundle", &good, "--no-live"],
+        &[],
+    ));
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+
+    // An encrypted bundle without its identity.
+    let keys = work.path().join("keys");
+    ok(&cpr(&["keygen", "--out", keys.to_str().unwrap()]));
+    let recipient = std::fs::read_to_string(keys.join("age.pub")).unwrap();
+    let sealed = backup_of(&node, &store, &["--encrypt-to", recipient.trim()]);
+    let out = drill(
+        &node,
+        &store,
+        &scratch,
+        &[
+            "--bundle",
+            &sealed,
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(12), "{}", common::stderr(&out));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains(&format!("restore drill of {sealed} failed")),
+        "{text}"
+    );
+    assert!(text.contains("restore:"), "{text}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("\ncpr_drill_last_attempt_success 0\n"),
+        "{prom}"
+    );
+    assert!(prom.contains("\ncpr_drill_failures_total 1\n"), "{prom}");
+
+    // A value that is no Kubernetes object, backed up with valid digests over it.
+    etcdctl_put(
+        node.etcdctl_command(),
+        "/registry/configmaps/default/broken",
+        b"\x00\x01 not an object",
+    );
+    let broken = backup_of(&node, &store, &[]);
+    let out = drill(
+        &node,
+        &store,
+        &scratch,
+        &["--bundle", &broken, "--no-live"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(12));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains(
+            "objects: 1 values are no Kubernetes object: /registry/configmaps/default/broken"
+        ),
+        "{text}"
+    );
+
+    // The live cluster moved on far past the good bundle.
+    for i in 0..30 {
+        let object = &fixture_objects("/registry", &format!("-{i}"))[0];
+        etcdctl_put(node.etcdctl_command(), &object.key, &object.value);
+    }
+    let out = drill(&node, &store, &scratch, &["--bundle", &good], &[]);
+    assert_eq!(out.status.code(), Some(12));
+    let text = common::stderr(&out);
+    assert!(
+        text.contains("drift: the live cluster has moved more than 10%"),
+        "{text}"
+    );
+    // kubeadm-config, app-config and encrypted-kms; then broken and 30 more.
+    assert!(
+        text.contains("configmaps: 3 in the bundle, 34 live"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
+}

@@ -12,6 +12,7 @@ use crate::Error;
 pub mod backup;
 pub mod check;
 pub mod diff;
+pub mod drill;
 pub mod etcd;
 pub mod finish;
 pub mod get;
@@ -46,6 +47,7 @@ pub enum Command {
     Inspect(inspect::InspectCmd),
     Get(get::GetCmd),
     Diff(diff::DiffCmd),
+    Drill(drill::DrillCmd),
     Verify(verify::VerifyCmd),
     Etcd(etcd::EtcdCmd),
     Prune(prune::PruneCmd),
@@ -82,6 +84,7 @@ pub fn run(cpr: Cpr) -> Result<(), Error> {
         Command::Inspect(cmd) => inspect::run(cmd),
         Command::Get(cmd) => get::run(cmd),
         Command::Diff(cmd) => diff::run(cmd),
+        Command::Drill(cmd) => drill::run(cmd),
         Command::Verify(cmd) => verify::run(cmd),
         Command::Etcd(cmd) => etcd::run(cmd),
         Command::Prune(cmd) => prune::run(cmd),

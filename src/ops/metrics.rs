@@ -14,10 +14,10 @@ use std::time::{Duration, SystemTime};
 use super::backup::BackupReport;
 use super::Error;
 
-struct Metric {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
+pub(crate) struct Metric {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
 }
 
 const LAST_SUCCESS: Metric = Metric {
@@ -73,59 +73,90 @@ const METRICS: [&Metric; 8] = [
     &FAILURES,
 ];
 
-/// The values of the metrics above, by position in `METRICS`; `None` is not written.
-type Values = [Option<f64>; METRICS.len()];
-
-fn position(metric: &Metric) -> usize {
-    METRICS
-        .iter()
-        .position(|m| m.name == metric.name)
-        .expect("every metric is listed in METRICS")
+/// The metrics of one textfile, in the order they are written, and the four every operation's
+/// file has (`cpr backup`'s, `cpr drill`'s).
+pub(crate) struct Family {
+    pub metrics: &'static [&'static Metric],
+    pub last_success: &'static Metric,
+    pub last_attempt: &'static Metric,
+    pub last_attempt_ok: &'static Metric,
+    pub failures: &'static Metric,
 }
 
-/// Records one attempt: `report` is the successful backup, `None` a failed one.
+const BACKUP: Family = Family {
+    metrics: &METRICS,
+    last_success: &LAST_SUCCESS,
+    last_attempt: &LAST_ATTEMPT,
+    last_attempt_ok: &LAST_ATTEMPT_OK,
+    failures: &FAILURES,
+};
+
+/// Records one backup attempt: `report` is the successful backup, `None` a failed one.
 pub fn record(path: &Path, report: Option<&BackupReport>, now: SystemTime) -> Result<(), Error> {
-    let mut values = previous(path);
-    let set = |values: &mut Values, metric: &Metric, value: f64| {
-        values[position(metric)] = Some(value);
+    let figures = report.map(|report| {
+        vec![
+            (&DURATION, seconds(report.duration)),
+            (&BUNDLE_SIZE, report.size as f64),
+            (&REVISION, report.revision as f64),
+            (&DB_SIZE, report.db_size as f64),
+        ]
+    });
+    record_attempt(path, &BACKUP, figures.as_deref(), now)
+}
+
+/// Records one attempt of `family` in the file at `path`: `figures` are the success's own values,
+/// `None` a failure, which keeps the last success's values and counts one more failure.
+pub(crate) fn record_attempt(
+    path: &Path,
+    family: &Family,
+    figures: Option<&[(&Metric, f64)]>,
+    now: SystemTime,
+) -> Result<(), Error> {
+    let mut values = previous(path, family.metrics);
+    let position = |metric: &Metric| {
+        family
+            .metrics
+            .iter()
+            .position(|m| m.name == metric.name)
+            .expect("every metric is listed in its family")
     };
     let now = seconds(
         now.duration_since(SystemTime::UNIX_EPOCH)
             .unwrap_or_default(),
     );
-    set(&mut values, &LAST_ATTEMPT, now);
-    match report {
-        Some(report) => {
-            set(&mut values, &LAST_ATTEMPT_OK, 1.0);
-            set(&mut values, &LAST_SUCCESS, now);
-            set(&mut values, &DURATION, seconds(report.duration));
-            set(&mut values, &BUNDLE_SIZE, report.size as f64);
-            set(&mut values, &REVISION, report.revision as f64);
-            set(&mut values, &DB_SIZE, report.db_size as f64);
-            values[position(&FAILURES)].get_or_insert(0.0);
+    values[position(family.last_attempt)] = Some(now);
+    match figures {
+        Some(figures) => {
+            values[position(family.last_attempt_ok)] = Some(1.0);
+            values[position(family.last_success)] = Some(now);
+            for (metric, value) in figures {
+                values[position(metric)] = Some(*value);
+            }
+            values[position(family.failures)].get_or_insert(0.0);
         }
         None => {
-            set(&mut values, &LAST_ATTEMPT_OK, 0.0);
-            let failures = values[position(&FAILURES)].unwrap_or(0.0) + 1.0;
-            set(&mut values, &FAILURES, failures);
+            values[position(family.last_attempt_ok)] = Some(0.0);
+            let failures = values[position(family.failures)].unwrap_or(0.0) + 1.0;
+            values[position(family.failures)] = Some(failures);
         }
     }
-    crate::fsutil::write_atomic(path, render(&values).as_bytes(), 0o644).map_err(|source| {
-        Error::Metrics {
+    crate::fsutil::write_atomic(path, render(family.metrics, &values).as_bytes(), 0o644).map_err(
+        |source| Error::Metrics {
             path: path.to_path_buf(),
             source,
-        }
-    })
+        },
+    )
 }
 
 /// Milliseconds are plenty for timestamps and durations, and keep the file readable.
-fn seconds(d: Duration) -> f64 {
+pub(crate) fn seconds(d: Duration) -> f64 {
     (d.as_millis() as f64) / 1000.0
 }
 
-fn render(values: &Values) -> String {
+/// The values by position in `metrics`; `None` is not written.
+fn render(metrics: &[&Metric], values: &[Option<f64>]) -> String {
     let mut out = String::new();
-    for (metric, value) in METRICS.iter().zip(values) {
+    for (metric, value) in metrics.iter().zip(values) {
         if let Some(value) = value {
             out.push_str(&format!(
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n",
@@ -140,8 +171,8 @@ fn render(values: &Values) -> String {
 
 /// The values of the file this cpr wrote last time; anything else in it (or a missing or unreadable
 /// file) counts as no previous values.
-fn previous(path: &Path) -> Values {
-    let mut values: Values = [None; METRICS.len()];
+fn previous(path: &Path, metrics: &[&Metric]) -> Vec<Option<f64>> {
+    let mut values = vec![None; metrics.len()];
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return values,
@@ -158,7 +189,7 @@ fn previous(path: &Path) -> Values {
         let (Some(name), Some(value)) = (words.next(), words.next()) else {
             continue;
         };
-        let known = METRICS.iter().position(|m| m.name == name);
+        let known = metrics.iter().position(|m| m.name == name);
         if let (Some(i), Ok(value)) = (known, value.parse::<f64>()) {
             values[i] = Some(value).filter(|v| v.is_finite());
         }

@@ -3,7 +3,10 @@
 pub mod backup;
 pub mod carryover;
 pub mod check;
+pub mod diff;
+pub mod drill;
 pub mod finish;
+pub mod get;
 pub mod ha;
 pub mod inventory;
 pub mod metrics;
@@ -114,6 +117,29 @@ pub enum Error {
         object: String,
         why: String,
     },
+    #[error("{source_name}: no {object} under {prefix}. Name it as cpr inspect --objects {source_name} lists it: the RESOURCE (with or without its group), NAMESPACE/NAME for a namespaced object, --etcd-prefix if kube-apiserver has one")]
+    NoObject {
+        source_name: String,
+        object: String,
+        prefix: String,
+    },
+    #[error("{source_name}: {object} names several objects ({}); give the resource with its group, as cpr inspect --objects lists it", keys.join(", "))]
+    AmbiguousObject {
+        source_name: String,
+        object: String,
+        keys: Vec<String>,
+    },
+    /// Boxed: the decoding error is large.
+    #[error("{source_name}: {object} (etcd key {key}) cannot be given back: {source}")]
+    ObjectUnreadable {
+        source_name: String,
+        object: String,
+        key: String,
+        #[source]
+        source: Box<crate::k8s::Error>,
+    },
+    #[error("restore drill of {bundle} failed:\n  {}\nThis bundle would not bring the control plane back as it was: find the cause (above), fix it and take a new backup", failed.join("\n  "))]
+    DrillFailed { bundle: String, failed: Vec<String> },
     #[error("restore point {claim}: {why}. Nothing was changed")]
     RestorePoint { claim: String, why: String },
     #[error(transparent)]
@@ -151,6 +177,9 @@ impl Error {
             Error::Identity { .. } | Error::NewAddress { .. } | Error::Repoint { .. } => 8,
             Error::Survivors { .. } => 11,
             Error::RestorePoint { .. } => 4,
+            Error::NoObject { .. } | Error::AmbiguousObject { .. } => 2,
+            Error::ObjectUnreadable { .. } => 4,
+            Error::DrillFailed { .. } => 12,
             Error::NotRestored { .. } | Error::EmptyPolicy => 2,
             Error::NothingVerifies { .. } => 4,
             Error::ChecksFailed { .. } => 9,
