@@ -184,6 +184,8 @@ fn the_systemd_units_pass_systemd_analyze_verify() {
     let units = [
         "cpr-backup.service",
         "cpr-backup.timer",
+        "cpr-drill.service",
+        "cpr-drill.timer",
         "cpr-finish.service",
     ];
     let unit_dir = root.path().join("etc/systemd/system");
@@ -385,4 +387,22 @@ fn the_provision_scripts_pass_bash_n_and_shellcheck() {
             .args(&scripts),
     );
     assert!(out.status.success(), "shellcheck: {}", text(&out));
+}
+
+/// The drill's CronJob passes the same schemas, and its command line parses.
+#[test]
+fn the_drill_cronjob_passes_the_schemas() {
+    let manifest = repo("deploy/cronjob-drill.yaml");
+    for out in schema_check(&manifest) {
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(text(&out).contains("passed for resource cronjob/cpr-drill"));
+    }
+    let yaml = std::fs::read_to_string(&manifest).unwrap();
+    let start = yaml.find("- drill\n").expect("the command runs cpr drill");
+    let args: Vec<&str> = yaml[start..]
+        .lines()
+        .map_while(|l| l.trim().strip_prefix("- "))
+        .chain(["--help"])
+        .collect();
+    ok(&cpr(&args));
 }

@@ -422,6 +422,8 @@ fn the_deb_is_lintian_clean_installs_into_bookworm_and_purges_all_but_backups() 
         "./usr/sbin/cpr",
         "./lib/systemd/system/cpr-backup.service",
         "./lib/systemd/system/cpr-backup.timer",
+        "./lib/systemd/system/cpr-drill.service",
+        "./lib/systemd/system/cpr-drill.timer",
         "./lib/systemd/system/cpr-finish.service",
         "./etc/cpr/config.yaml",
         "./usr/share/man/man8/cpr.8.gz",
