@@ -220,6 +220,28 @@ impl Node {
         child
     }
 
+    /// Writes etcd's static pod manifest as phase 2's `kubeadm init` does (the kubeadm double with
+    /// every phase before and after `etcd` skipped): one member in `--initial-cluster`, as
+    /// `cmd/kubeadm/app/phases/etcd/local.go` writes it on init.
+    fn kubeadm_init_etcd_manifest(&self) {
+        let config = self.root().join("var/lib/cpr/kubeadm-etcd-phase.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "apiVersion: kubeadm.k8s.io/v1beta3\nkind: InitConfiguration\nlocalAPIEndpoint:\n  advertiseAddress: {}\nnodeRegistration:\n  name: {}\n---\napiVersion: kubeadm.k8s.io/v1beta3\nkind: ClusterConfiguration\nkubernetesVersion: v1.27.4\n",
+                self.ip, self.name
+            ),
+        )
+        .unwrap();
+        run(Command::new(common::doubles().join("kubeadm"))
+            .args(["init", "--config", config.to_str().unwrap()])
+            .arg("--skip-phases=preflight,certs,kubeconfig,kubelet-start,control-plane,wait-control-plane")
+            .env("KUBEADM_DOUBLE_ROOT", self.root()));
+        let manifest = std::fs::read_to_string(self.root().join(ETCD_MANIFEST)).unwrap();
+        let one_member = format!("--initial-cluster={}=https://{}:2380\n", self.name, self.ip);
+        assert!(manifest.contains(&one_member), "{manifest}");
+    }
+
     /// Loses the whole disk: the replacement machine has its OS only (`ip_forward` on, as kubeadm's
     /// preflight wants it).
     fn wipe_root(&mut self) {
@@ -460,7 +482,10 @@ fn claim(store: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(&claims[0]).unwrap()).unwrap()
 }
 
-/// Kill every node, wipe it, restore all at once: one cluster from one snapshot.
+/// Kill every node, wipe it, restore all at once: one cluster from one snapshot. Each member then
+/// starts from the etcd manifest kubeadm init writes in phase 2, whose `--initial-cluster` names
+/// this member alone: etcd bootstraps from it only on an empty data dir, so the restored members
+/// form their full cluster.
 fn lost_quorum_comes_back_from_one_snapshot(size: usize) {
     let started = Instant::now();
     let mut cluster = Cluster::new(size);
@@ -503,6 +528,9 @@ fn lost_quorum_comes_back_from_one_snapshot(size: usize) {
             .as_str()
             .unwrap()
             .contains(&format!("/{}/", node.name)));
+    }
+    for node in &cluster.nodes {
+        node.kubeadm_init_etcd_manifest();
     }
     cluster.start_all();
     let revision = cluster.assert_one_cluster();
