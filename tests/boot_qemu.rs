@@ -248,44 +248,6 @@ fn another_nodes_bundle_is_refused_after_a_pxelinux_boot() {
     outcome.assert_console("10.0.2.16");
 }
 
-/// What the observer reports about cpr-finish.service: `ActiveState result Result enablement`.
-fn observed_unit(outcome: &Outcome) -> String {
-    outcome
-        .after("OBSERVER: cpr-finish.service ")
-        .unwrap_or_else(|| panic!("the observer never reported:\n{}", outcome.console))
-        .trim()
-        .to_string()
-}
-
-/// The restored etcd, served by the kubelet double (a real unit) from the restored data dir, with the
-/// source's objects at the bumped revision and what kubeadm's phases wrote since.
-fn assert_serves_the_restored_etcd(outcome: &Outcome) {
-    let f = outcome.source;
-    let served = outcome.after("OBSERVER: etcd revision ").and_then(|rest| {
-        let words: Vec<&str> = rest.split_whitespace().collect();
-        Some((
-            words.first()?.parse::<i64>().ok()?,
-            words.get(2)?.parse::<i64>().ok()?,
-        ))
-    });
-    let Some((revision, keys)) = served else {
-        panic!("etcd was not served:\n{}", outcome.console)
-    };
-    assert!(
-        revision >= f.revision + BUMP && keys >= f.keys,
-        "revision {revision} keys {keys}, the source had revision {} keys {}",
-        f.revision,
-        f.keys
-    );
-    outcome.assert_console(&format!(
-        "OBSERVER: etcd default-configmaps {} kubelet-config 1",
-        f.default_configmaps
-    ));
-    outcome.assert_console("OBSERVER: kubelet active");
-    // The NIC was handed over unconfigured: the target's udev renamed it and networkd configured it.
-    outcome.assert_console("OBSERVER: network-online success");
-}
-
 /// Seconds since the kernel started at which the observer saw `step` happen (`times` line).
 fn observed_time(outcome: &Outcome, step: &str) -> f64 {
     let line = outcome.after("OBSERVER: times ").unwrap_or_default();

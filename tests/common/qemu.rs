@@ -330,6 +330,32 @@ pub struct Boot {
     /// Power the VM off once a console line holds this: firmware that refused to boot waits for a
     /// key press forever.
     pub stop_at: Option<&'static str>,
+    /// How the disks are attached.
+    pub write_cache: WriteCache,
+    /// A second disk (vdb), attached in place rather than copied: what it holds outlives the boot.
+    pub second_disk: Option<PathBuf>,
+    /// Pull the plug: SIGKILL the VM at this moment.
+    pub cut: Option<Cut>,
+}
+
+/// How a boot's disks reach their image files.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum WriteCache {
+    /// QEMU opens the file itself (its default cache mode): everything the guest wrote reaches the
+    /// file, flushed or not, even when QEMU is killed.
+    Host,
+    /// Through nbdkit's cache filter in writeback mode (tests/power_loss.rs says why): a disk with a
+    /// volatile write cache, whose writes reach the file only when the guest flushes them, so a cut
+    /// loses everything the guest did not flush.
+    Volatile,
+}
+
+/// A power cut: `delay` after the first console line holding `after`, the disks' servers and then
+/// QEMU get SIGKILL.
+#[derive(Clone, Debug)]
+pub struct Cut {
+    pub after: String,
+    pub delay: Duration,
 }
 
 impl Boot {
@@ -353,6 +379,9 @@ impl Boot {
             tampered: None,
             unsigned: false,
             stop_at: None,
+            write_cache: WriteCache::Host,
+            second_disk: None,
+            cut: None,
         }
     }
 }
@@ -364,6 +393,8 @@ pub struct Outcome {
     pub lines: Vec<(Duration, String)>,
     pub disk: tempfile::TempDir,
     pub elapsed: Duration,
+    /// When the power was cut, from power-on; None when the VM stopped by itself first.
+    pub cut_at: Option<Duration>,
 }
 
 impl Outcome {
@@ -700,13 +731,31 @@ fn power_on(spec: Boot) -> Outcome {
                 .arg("-initrd")
                 .arg(&os.initrd)
                 .arg("-append")
-                .arg("root=LABEL=target ro console=ttyS0 panic=-1");
+                .arg(format!(
+                    "root=LABEL=target ro console=ttyS0 panic=-1 {}",
+                    spec.cmdline
+                ));
         }
     }
     qemu.arg("-netdev").arg(&netdev).args(&spec.qemu_args);
-    if !matches!(spec.disk, Disk::None) {
+    let mut disk_servers = Vec::new();
+    let disks = (!matches!(spec.disk, Disk::None))
+        .then_some(disk.as_path())
+        .into_iter()
+        .chain(spec.second_disk.as_deref());
+    for (n, image) in disks.enumerate() {
+        let file = match spec.write_cache {
+            WriteCache::Host => image.display().to_string(),
+            WriteCache::Volatile => {
+                let (server, socket) = volatile_disk(image, work.path(), n);
+                disk_servers.push(server);
+                format!("nbd+unix:///?socket={}", socket.display())
+            }
+        };
+        // cache=writeback (QEMU's default, said here because it matters): the guest sees a disk
+        // with a write cache and sends flushes.
         qemu.arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.display()));
+            .arg(format!("file={file},format=raw,if=virtio,cache=writeback"));
     }
     let started = Instant::now();
     let mut child = qemu
@@ -726,6 +775,14 @@ fn power_on(spec: Boot) -> Outcome {
     }
     let mut stdout = child.stdout.take().unwrap();
     let (stop_at, qemu_pid) = (spec.stop_at, child.id());
+    let cut_at = std::sync::Arc::new(Mutex::new(None));
+    let mut plug = spec.cut.clone().map(|cut| {
+        let servers: Vec<u32> = disk_servers.iter().map(|s| s.id()).collect();
+        let cut_at = cut_at.clone();
+        (cut, move || {
+            pull_the_plug(&servers, qemu_pid, started, &cut_at)
+        })
+    });
     let reader = std::thread::spawn(move || {
         let seen = |text: &str| stop_at.is_some_and(|marker| text.contains(marker));
         let mut lines: Vec<(Duration, String)> = Vec::new();
@@ -741,6 +798,15 @@ fn power_on(spec: Boot) -> Outcome {
                     started.elapsed(),
                     String::from_utf8_lossy(&line[..end]).into_owned(),
                 ));
+            }
+            if plug.as_ref().is_some_and(|(cut, _)| {
+                lines[checked..].iter().any(|(_, l)| l.contains(&cut.after))
+            }) {
+                let (cut, pull) = plug.take().expect("checked");
+                std::thread::spawn(move || {
+                    std::thread::sleep(cut.delay);
+                    pull();
+                });
             }
             // A firmware dialog waiting for a key ends no line: the unfinished one counts too.
             if !stopped
@@ -764,9 +830,17 @@ fn power_on(spec: Boot) -> Outcome {
     let lines = reader.join().unwrap();
     let elapsed = started.elapsed();
     drop(server);
+    for mut disk_server in disk_servers {
+        // Whatever the guest did not flush dies with it, as in a disk's cache at power-off.
+        let _ = disk_server.kill();
+        let _ = disk_server.wait();
+    }
+    let cut_at = *cut_at.lock().unwrap();
     let mut console: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
     console.push_str(&String::from_utf8_lossy(&out.stderr));
-    if out.status.code() == Some(124) || out.status.code() == Some(137) {
+    if let Some(at) = cut_at {
+        console.push_str(&format!("\nPOWER CUT at {:.3} s\n", at.as_secs_f64()));
+    } else if out.status.code() == Some(124) || out.status.code() == Some(137) {
         console.push_str("\nTIMED OUT\n");
     }
     eprintln!(
@@ -779,6 +853,55 @@ fn power_on(spec: Boot) -> Outcome {
         lines,
         disk: work,
         elapsed,
+        cut_at,
+    }
+}
+
+/// Serves `image` over NBD on a Unix socket in `work` through nbdkit's cache filter in writeback
+/// mode: guest writes stay in the filter's cache (a temporary file in `work`, unlinked) until the
+/// guest flushes, so killing nbdkit drops them as a power cut empties a disk's write cache.
+fn volatile_disk(image: &Path, work: &Path, n: usize) -> (std::process::Child, PathBuf) {
+    let socket = work.join(format!("disk{n}.sock"));
+    let server = Command::new("nbdkit")
+        .args(["--foreground", "--exit-with-parent", "--unix"])
+        .arg(&socket)
+        .args(["--filter=cache", "file"])
+        .arg(format!("file={}", image.display()))
+        .arg("cache=writeback")
+        .env("TMPDIR", work)
+        .spawn()
+        .unwrap_or_else(|e| panic!("nbdkit: {e} (scripts/lib/deps.sh installs nbdkit)"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "nbdkit did not listen on {}",
+            socket.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (server, socket)
+}
+
+/// SIGKILL to the disks' servers first (their unflushed writes are gone, nothing more reaches the
+/// images), then to QEMU, the child of `timeout` (pid `wrapper`): the guest's page cache is gone too.
+fn pull_the_plug(
+    servers: &[u32],
+    wrapper: u32,
+    started: Instant,
+    cut_at: &Mutex<Option<Duration>>,
+) {
+    let kill = |pid: &str| {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    };
+    for server in servers {
+        kill(&server.to_string());
+    }
+    let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+        .unwrap_or_default();
+    for qemu in children.split_whitespace() {
+        kill(qemu);
+        *cut_at.lock().unwrap() = Some(started.elapsed());
     }
 }
 
@@ -808,6 +931,44 @@ pub fn assert_recovered(outcome: &Outcome) {
     );
     let unit = outcome.debugfs("cat /etc/systemd/system/cpr-finish.service");
     assert!(String::from_utf8_lossy(&unit).contains("ExecStart=/usr/local/sbin/cpr finish"));
+}
+
+/// What the observer reports about cpr-finish.service: `ActiveState result Result enablement`.
+pub fn observed_unit(outcome: &Outcome) -> String {
+    outcome
+        .after("OBSERVER: cpr-finish.service ")
+        .unwrap_or_else(|| panic!("the observer never reported:\n{}", outcome.console))
+        .trim()
+        .to_string()
+}
+
+/// The restored etcd, served by the kubelet double (a real unit) from the restored data dir, with the
+/// source's objects at the bumped revision and what kubeadm's phases wrote since.
+pub fn assert_serves_the_restored_etcd(outcome: &Outcome) {
+    let f = outcome.source;
+    let served = outcome.after("OBSERVER: etcd revision ").and_then(|rest| {
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        Some((
+            words.first()?.parse::<i64>().ok()?,
+            words.get(2)?.parse::<i64>().ok()?,
+        ))
+    });
+    let Some((revision, keys)) = served else {
+        panic!("etcd was not served:\n{}", outcome.console)
+    };
+    assert!(
+        revision >= f.revision + BUMP && keys >= f.keys,
+        "revision {revision} keys {keys}, the source had revision {} keys {}",
+        f.revision,
+        f.keys
+    );
+    outcome.assert_console(&format!(
+        "OBSERVER: etcd default-configmaps {} kubelet-config 1",
+        f.default_configmaps
+    ));
+    outcome.assert_console("OBSERVER: kubelet active");
+    // The NIC was handed over unconfigured: the target's udev renamed it and networkd configured it.
+    outcome.assert_console("OBSERVER: network-online success");
 }
 
 /// A failed recovery: explained on the console, the policy applied, nothing restored on the disk.
