@@ -594,12 +594,13 @@ fn a_corrupt_newest_bundle_leads_every_node_to_the_same_older_one() {
 }
 
 /// Two of three lost: the survivor runs without a quorum. Restoring from a bundle would drop its
-/// newer writes, so it is refused without --discard-survivors and nothing changes; with it, every
-/// node restores the same snapshot.
+/// newer writes, so it is refused without --discard-survivors and nothing changes, whether it still
+/// runs or has stopped with its data; with the flag, every node restores the same snapshot.
 #[test]
 fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     let mut cluster = Cluster::new(3);
     cluster.backup_all();
+    cluster.nodes[2].put("/cpr-test/after-backup", "only on the members");
     cluster.nodes[0].wipe();
     cluster.nodes[1].wipe();
     let refused = cluster.nodes[0].restore(cluster.store(), &[]);
@@ -613,6 +614,23 @@ fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     assert!(!cluster.nodes[0].root().join("var/lib/etcd").exists());
 
     cluster.nodes[2].kill_etcd();
+    let db = cluster.nodes[2].root().join("var/lib/etcd/member/snap/db");
+    let kept = std::fs::read(&db).unwrap();
+    let out = cluster.nodes[2]
+        .restore(cluster.store(), &[])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", common::stderr(&out));
+    let why = common::stderr(&out);
+    assert!(
+        why.contains("newer than the bundle's") && why.contains("--discard-survivors"),
+        "{why}"
+    );
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        kept,
+        "the stopped survivor's db is untouched"
+    );
     let reports = cluster.restore_all(&["--discard-survivors"]);
     assert!(reports[2]["movedAside"]
         .as_array()

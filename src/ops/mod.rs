@@ -111,6 +111,13 @@ pub enum Error {
         node: String,
         survivors: Vec<String>,
     },
+    #[error("restoring {node}: etcd has no quorum, and this node's member stopped with its data: {data_dir} holds revision {revision}, newer than the bundle's {bundle_revision}, so it has writes no bundle has. Start this member again (its kubelet, or etcd from its manifest) and take a snapshot from it (cpr etcd snapshot save) before restoring, or pass --discard-survivors (boot: cpr.discard_survivors=1) to restore the bundle anyway; the data dir is moved aside, not deleted. Nothing was changed")]
+    SurvivingData {
+        node: String,
+        data_dir: PathBuf,
+        revision: i64,
+        bundle_revision: i64,
+    },
     #[error("rejoining the live cluster: {step}: {object}: {why}")]
     Rejoin {
         step: &'static str,
@@ -175,7 +182,7 @@ impl Error {
             | Error::Metrics { .. }
             | Error::DisableUnit { .. } => 7,
             Error::Identity { .. } | Error::NewAddress { .. } | Error::Repoint { .. } => 8,
-            Error::Survivors { .. } => 11,
+            Error::Survivors { .. } | Error::SurvivingData { .. } => 11,
             Error::RestorePoint { .. } => 4,
             Error::NoObject { .. } | Error::AmbiguousObject { .. } => 2,
             Error::ObjectUnreadable { .. } => 4,

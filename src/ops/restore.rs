@@ -701,6 +701,7 @@ impl RestoreSink<'_> {
             }
             Quorum::Lost { .. } => {}
         }
+        self.check_own_data(manifest)?;
         if let Some(pinned) = pinned_point(self.request) {
             return Ok(Point::Other(pinned.to_string()));
         }
@@ -720,6 +721,34 @@ impl RestoreSink<'_> {
             Some(_) => Point::This,
             None => Point::ToClaim,
         })
+    }
+
+    /// A lost quorum whose member on this node stopped with its data: a db newer than the bundle
+    /// holds writes no bundle has, so it is never replaced without `--discard-survivors`.
+    fn check_own_data(&self, manifest: &Manifest) -> Result<(), Error> {
+        let data_dir = data_dir(self.layout, manifest);
+        let db = crate::etcd::db_path(&data_dir);
+        if !db.exists() {
+            return Ok(());
+        }
+        let revision = crate::etcd::snapshot_status(&db)?.revision;
+        if revision <= manifest.etcd.revision {
+            return Ok(());
+        }
+        if !self.request.discard_survivors {
+            return Err(Error::SurvivingData {
+                node: manifest.node.name.clone(),
+                data_dir,
+                revision,
+                bundle_revision: manifest.etcd.revision,
+            });
+        }
+        log::warn!(
+            "restore: discarding this node's etcd data at revision {revision}, newer than the bundle's {} (--discard-survivors); {} is moved aside, not deleted",
+            manifest.etcd.revision,
+            data_dir.display()
+        );
+        Ok(())
     }
 
     fn fail(&mut self, error: Error) -> io::Error {
