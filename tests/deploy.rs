@@ -78,15 +78,7 @@ fn the_cronjob_passes_kubectl_dry_run_and_the_schemas() {
         .stdout(Stdio::null());
     let _stub = Server::start(stub, port);
     let kubeconfig = tmp.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-             users: [{{name: stub, user: {{}}}}]\n\
-             contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\ncurrent-context: stub\n"
-        ),
-    )
-    .unwrap();
+    stub_kubeconfig(&kubeconfig, port);
     // --validate=false: the stub serves discovery, not OpenAPI; the schemas were checked above.
     let apply = |file: &Path| {
         output(

@@ -423,15 +423,7 @@ impl Kubectl {
         assert_eq!(line.trim(), "listening");
         let dir = TempDir::new().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
-                 users: [{{name: stub, user: {{}}}}]\n\
-                 contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\ncurrent-context: stub\n"
-            ),
-        )
-        .unwrap();
+        common::stub_kubeconfig(&kubeconfig, port);
         Kubectl {
             stub,
             kubeconfig,

@@ -443,3 +443,17 @@ pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A kubeconfig at `path` for a plain-HTTP API server on loopback `port` without credentials (the
+/// discovery stub, `fixtures/kube-discovery-stub.py`).
+pub fn stub_kubeconfig(path: &Path, port: u16) {
+    std::fs::write(
+        path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: stub, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: stub, user: {{}}}}]\n\
+             contexts: [{{name: stub, context: {{cluster: stub, user: stub}}}}]\ncurrent-context: stub\n"
+        ),
+    )
+    .unwrap();
+}
