@@ -113,6 +113,34 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its missing ancestors, fsyncing the parent of each one made, so that a power
+/// cut cannot take back a directory that later writes (made durable themselves) depend on.
+pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    create_dirs_durable(parent(dir))?;
+    match fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            return Err(context("creating directory", dir, e))
+        }
+        _ => {}
+    }
+    sync_dir(parent(dir)).map_err(|e| context("fsync of directory", parent(dir), e))
+}
+
+/// Points the symbolic link `link` at `target`, replacing what `link` was, atomically and durably:
+/// made under a temporary name, then renamed over `link`.
+pub fn symlink_durable(target: &Path, link: &Path) -> io::Result<()> {
+    let tmp = sibling(link, ".tmp");
+    match fs::remove_file(&tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(context("removing", &tmp, e)),
+        _ => {}
+    }
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| context("creating link", &tmp, e))?;
+    rename_durable(&tmp, link)
+}
+
 /// fsyncs every file and directory below `root` (a freshly staged tree), then `root` itself.
 pub fn sync_tree(root: &Path) -> io::Result<()> {
     for entry in fs::read_dir(root)? {
@@ -178,6 +206,32 @@ mod tests {
             "{error}"
         );
         assert!(!sibling(&occupied, ".tmp").exists());
+    }
+
+    #[test]
+    fn durable_dirs_and_links_are_made_once_and_replace_a_stale_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let wants = dir
+            .path()
+            .join("etc/systemd/system/multi-user.target.wants");
+        create_dirs_durable(&wants).unwrap();
+        create_dirs_durable(&wants).unwrap();
+        assert!(wants.is_dir());
+        let link = wants.join("cpr-finish.service");
+        symlink_durable(Path::new("/elsewhere"), &link).unwrap();
+        symlink_durable(Path::new("/etc/systemd/system/cpr-finish.service"), &link).unwrap();
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("/etc/systemd/system/cpr-finish.service")
+        );
+        assert!(!sibling(&link, ".tmp").exists());
+        let file = dir.path().join("file");
+        fs::write(&file, "").unwrap();
+        let error = create_dirs_durable(&file.join("sub")).unwrap_err();
+        assert!(
+            error.to_string().starts_with("creating directory "),
+            "{error}"
+        );
     }
 
     #[test]

@@ -83,14 +83,17 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
 }
 
 /// Installs phase 2 into the target: this very binary as `/usr/local/sbin/cpr` and
-/// `cpr-finish.service`, enabled for multi-user.target.
+/// `cpr-finish.service`, enabled for multi-user.target. Each piece is durable before the handoff:
+/// the target stays mounted into its own boot, and a power cut there must not leave a machine that
+/// boots from its disk without phase 2 (the next recovery boot finds phase 1 done).
 pub fn install_phase2(sysroot: &Path, exe: &Path) -> Result<(), Error> {
+    use crate::fsutil;
     let target = |relative: &str| sysroot.join(relative);
     let fail =
         |path: PathBuf, step: &'static str| move |source| Error::Target { path, step, source };
     let binary = target("usr/local/sbin/cpr");
     let partial = target("usr/local/sbin/.cpr.new");
-    std::fs::create_dir_all(target("usr/local/sbin"))
+    fsutil::create_dirs_durable(&target("usr/local/sbin"))
         .and_then(|()| std::fs::copy(exe, &partial))
         .and_then(|_| {
             std::fs::set_permissions(
@@ -98,21 +101,17 @@ pub fn install_phase2(sysroot: &Path, exe: &Path) -> Result<(), Error> {
                 std::os::unix::fs::PermissionsExt::from_mode(0o755),
             )
         })
-        .and_then(|()| {
-            crate::fsutil::commit_file(&std::fs::File::open(&partial)?, &partial, &binary)
-        })
+        .and_then(|()| fsutil::commit_file(&std::fs::File::open(&partial)?, &partial, &binary))
         .map_err(fail(binary.clone(), "installing cpr for phase 2"))?;
     let unit = target("etc/systemd/system").join(FINISH_UNIT);
     let wants = target("etc/systemd/system/multi-user.target.wants");
-    let link = wants.join(FINISH_UNIT);
-    std::fs::create_dir_all(&wants)
-        .and_then(|()| std::fs::write(&unit, FINISH_UNIT_TEXT))
-        .and_then(|()| match std::fs::remove_file(&link) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => std::os::unix::fs::symlink(
-                Path::new("/etc/systemd/system").join(FINISH_UNIT),
-                &link,
-            ),
+    fsutil::create_dirs_durable(&wants)
+        .and_then(|()| fsutil::write_atomic(&unit, FINISH_UNIT_TEXT.as_bytes(), 0o644))
+        .and_then(|()| {
+            fsutil::symlink_durable(
+                &Path::new("/etc/systemd/system").join(FINISH_UNIT),
+                &wants.join(FINISH_UNIT),
+            )
         })
         .map_err(fail(unit.clone(), "enabling cpr-finish.service"))?;
     Ok(())
