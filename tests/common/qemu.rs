@@ -884,7 +884,8 @@ fn volatile_disk(image: &Path, work: &Path, n: usize) -> (std::process::Child, P
 }
 
 /// SIGKILL to the disks' servers first (their unflushed writes are gone, nothing more reaches the
-/// images), then to QEMU, the child of `timeout` (pid `wrapper`): the guest's page cache is gone too.
+/// images: that is the cut), then to QEMU, the child of `timeout` (pid `wrapper`), found before: the
+/// guest's page cache is gone too. QEMU may already have stopped when its disks vanished.
 fn pull_the_plug(
     servers: &[u32],
     wrapper: u32,
@@ -894,14 +895,17 @@ fn pull_the_plug(
     let kill = |pid: &str| {
         let _ = Command::new("kill").args(["-KILL", pid]).status();
     };
+    let qemu = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
+        .unwrap_or_default();
+    if qemu.trim().is_empty() {
+        return;
+    }
     for server in servers {
         kill(&server.to_string());
     }
-    let children = std::fs::read_to_string(format!("/proc/{wrapper}/task/{wrapper}/children"))
-        .unwrap_or_default();
-    for qemu in children.split_whitespace() {
-        kill(qemu);
-        *cut_at.lock().unwrap() = Some(started.elapsed());
+    *cut_at.lock().unwrap() = Some(started.elapsed());
+    for pid in qemu.split_whitespace() {
+        kill(pid);
     }
 }
 
