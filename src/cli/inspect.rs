@@ -3,6 +3,7 @@
 
 use argh::FromArgs;
 use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use super::verify::snapshot_of;
@@ -54,11 +55,16 @@ pub fn run(cmd: InspectCmd) -> Result<(), Error> {
     let scratch = scratch_dir("inspect")?;
     if cmd.objects {
         let inventory = read_inventory(&cmd, scratch.path())?;
-        match cmd.output {
-            Output::Json => println!("{}", inventory.to_json()),
-            Output::Text => print!("{}", inventory.describe()),
-        }
-        return Ok(());
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        let written = match cmd.output {
+            Output::Json => inventory.write_json(&mut out),
+            Output::Text => inventory.write_text(&mut out),
+        };
+        return written.and_then(|()| out.flush()).map_err(|e| {
+            Error::Usage(format!(
+                "writing the inventory to standard output: {e}; check where the output goes"
+            ))
+        });
     }
     let input = open_bundle(
         &cmd.bundle,

@@ -3,7 +3,7 @@
 //! memory is one small record per live key and no value is kept.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::io::Write;
 use std::path::Path;
 
 use crate::etcd::keys::{each_revision, Revision};
@@ -30,8 +30,6 @@ pub struct Object {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,7 +105,6 @@ fn object(location: registry::Location, mod_revision: i64, value: &[u8]) -> Obje
         resource: location.resource,
         namespace: location.namespace,
         name: location.name,
-        kind: None,
         uid: None,
         creation_timestamp: None,
         mod_revision,
@@ -120,7 +117,6 @@ fn object(location: registry::Location, mod_revision: i64, value: &[u8]) -> Obje
                 Encoding::Protobuf => Storage::Protobuf,
                 Encoding::Json => Storage::Json,
             };
-            object.kind = Some(meta.kind).filter(|k| !k.is_empty());
             object.uid = Some(meta.uid).filter(|u| !u.is_empty());
             object.creation_timestamp = meta.created;
         }
@@ -161,8 +157,19 @@ impl Inventory {
             .map(|(k, o)| (k.as_slice(), o))
     }
 
-    pub fn to_json(&self) -> serde_json::Value {
-        let resources: Vec<serde_json::Value> = self
+    /// The inventory as JSON, streamed to `out`: the items are not copied into a JSON tree first,
+    /// which for a large snapshot would cost several times the inventory itself.
+    pub fn write_json(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct View<'a> {
+            prefix: &'a str,
+            objects: usize,
+            other_keys: u64,
+            resources: Vec<serde_json::Value>,
+            items: Vec<&'a Object>,
+        }
+        let resources = self
             .tallies()
             .into_iter()
             .map(|(resource, namespaces)| {
@@ -186,33 +193,34 @@ impl Inventory {
                 v
             })
             .collect();
-        serde_json::json!({
-            "prefix": self.prefix,
-            "objects": self.objects.len(),
-            "otherKeys": self.other_keys,
-            "resources": resources,
-            "items": self.objects.values().collect::<Vec<_>>(),
-        })
+        let view = View {
+            prefix: &self.prefix,
+            objects: self.objects.len(),
+            other_keys: self.other_keys,
+            resources,
+            items: self.objects.values().collect(),
+        };
+        serde_json::to_writer(&mut *out, &view)?;
+        writeln!(out)
     }
 
     /// A table per resource and namespace, then one line per object.
-    pub fn describe(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
+    pub fn write_text(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        writeln!(
             out,
             "{} objects under {} ({} other keys)",
             self.objects.len(),
             self.prefix,
             self.other_keys
-        );
-        let _ = writeln!(
+        )?;
+        writeln!(
             out,
             "\n{:<48} {:<24} {:>8} {:>10} {:>10} {:>9} {:>11}",
             "RESOURCE", "NAMESPACE", "OBJECTS", "BYTES", "LARGEST", "ENCRYPTED", "UNDECODABLE"
-        );
+        )?;
         for (resource, namespaces) in self.tallies() {
             for (namespace, t) in namespaces {
-                let _ = writeln!(
+                writeln!(
                     out,
                     "{:<48} {:<24} {:>8} {:>10} {:>10} {:>9} {:>11}",
                     resource,
@@ -222,14 +230,14 @@ impl Inventory {
                     human_bytes(t.largest),
                     t.encrypted,
                     t.undecodable
-                );
+                )?;
             }
         }
-        let _ = writeln!(
+        writeln!(
             out,
             "\n{:<48} {:<24} {:<40} {:<36} {:<20} {:>10} {:>10}  STORAGE",
             "RESOURCE", "NAMESPACE", "NAME", "UID", "CREATED", "REVISION", "SIZE"
-        );
+        )?;
         let mut listed: Vec<&Object> = self.objects.values().collect();
         listed.sort_by(|a, b| {
             (&a.resource, &a.namespace, &a.name).cmp(&(&b.resource, &b.namespace, &b.name))
@@ -241,7 +249,7 @@ impl Inventory {
                 Storage::Encrypted(p) => format!("encrypted ({p})"),
                 Storage::Undecodable(why) => format!("undecodable: {why}"),
             };
-            let _ = writeln!(
+            writeln!(
                 out,
                 "{:<48} {:<24} {:<40} {:<36} {:<20} {:>10} {:>10}  {storage}",
                 o.resource,
@@ -251,8 +259,8 @@ impl Inventory {
                 o.creation_timestamp.as_deref().unwrap_or("-"),
                 o.mod_revision,
                 o.size
-            );
+            )?;
         }
-        out
+        Ok(())
     }
 }
