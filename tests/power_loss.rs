@@ -17,8 +17,9 @@
 //! cache and sends flushes, as to a real SATA or NVMe disk.
 //!
 //! Cut points are random (seeded: the seed is printed, `CPR_POWER_LOSS_SEED=N` replays a run) and
-//! each is printed with the console line before it. `scripts/test` runs a lean count;
-//! `CPR_POWER_LOSS_CUTS=full` runs the (25 recovery cuts, 20 backup cuts).
+//! each is printed with the console line before it. `scripts/test` runs a lean count (2 recovery
+//! cuts, 2 backup cuts, the cut at the handoff); `CPR_POWER_LOSS_CUTS=full` runs the (25
+//! recovery cuts, 20 backup cuts) and 3 cuts of phase 2 under systemd.
 //!
 //! Needs the release binary (`cargo build --release`) and scripts/lib/deps.sh's packages.
 
@@ -437,7 +438,7 @@ fn recovery_boots_cut_at_random_moments_converge() {
         Duration::from_secs_f64(clean.seconds_to(HANDOFF) - clean.seconds_to(FETCHING) + 1.0);
     // Each sequence starts on a fresh disk and cuts its boots until one is cut after phase 1 is
     // done (or ends before its cut): later boots would only resume the swap, or find nothing to do.
-    let (total, per_sequence) = if full() { (25, 5) } else { (3, 3) };
+    let (total, per_sequence) = if full() { (25, 5) } else { (2, 2) };
     eprintln!(
         "recovery: uninterrupted phase 1 {:.1} s; {total} cuts within {:.1} s after {FETCHING:?}, at most {per_sequence} per sequence",
         window.as_secs_f64() - 1.0,
@@ -701,7 +702,12 @@ const PHASE2_WINDOW: Duration = Duration::from_secs(60);
 fn phase_2_cut_under_systemd_converges_at_the_next_boot() {
     let source = &fixture().small;
     let mut cuts = Cuts::new("phase 2");
-    let count = if full() { 3 } else { 1 };
+    // Two systemd boots under emulation per cut (about five minutes): beyond scripts/test's share,
+    // which boot_qemu's killed phase 2 (the same convergence from the state file) stands in for.
+    let count = if full() { 3 } else { 0 };
+    if count == 0 {
+        eprintln!("phase 2: no cut without CPR_POWER_LOSS_CUTS=full (two systemd boots per cut)");
+    }
     let mut report = Vec::new();
     for n in 1..=count {
         let delay = cuts.within(PHASE2_WINDOW);
