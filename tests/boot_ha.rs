@@ -122,7 +122,7 @@ fn back_up_a_three_member_cluster() -> Lost {
         .unwrap()
     };
     let deadline = Instant::now() + Duration::from_secs(60);
-    for n in 0..NODES {
+    for (n, root) in roots.iter().enumerate() {
         while !etcdctl(n, &["endpoint", "health", "--command-timeout=2s"])
             .status
             .success()
@@ -131,7 +131,7 @@ fn back_up_a_three_member_cluster() -> Lost {
                 Instant::now() < deadline,
                 "{} did not become healthy:\n{}",
                 name(n),
-                std::fs::read_to_string(roots[n].join("etcd.log")).unwrap_or_default()
+                std::fs::read_to_string(root.join("etcd.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
