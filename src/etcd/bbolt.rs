@@ -565,10 +565,10 @@ impl Walker<'_, '_> {
         let (id, bytes) = match root {
             BucketRoot::Inline(b) => (holder, b),
             BucketRoot::Page(id) => {
-                let (bytes, pages) = match self.skeletons.and_then(|s| s.image(id)) {
-                    Some(image) => {
+                let (bytes, pages) = match self.skeletons.and_then(|s| s.image(id, &mut buf)) {
+                    Some(()) => {
                         self.db.check_id(id)?;
-                        (image, self.db.check_header(id, image)?)
+                        (&buf[..], self.db.check_header(id, &buf)?)
                     }
                     None => {
                         let pages = self.db.read_page(id, &mut buf)?;

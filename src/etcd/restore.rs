@@ -23,8 +23,8 @@ const CHUNK: usize = 4 << 20;
 const DIRECT_ALIGN: usize = 4096;
 /// Chunks in flight between the copy loop and the hasher.
 const BUFFERS: usize = 3;
-/// Memory for page skeletons: an etcd db of small objects needs about 2 % of its size; the pages
-/// of a larger db past the budget are read back by the check instead.
+/// Memory for page skeletons: an etcd db of small objects needs about 2 % of its size; the
+/// skeletons of a larger db past the budget go to a spill file.
 const SKELETON_BUDGET: usize = 16 << 20;
 // Skeletons are recorded per chunk: a chunk holds whole pages of every page size bbolt has.
 const _: () = assert!(CHUNK % (64 << 10) == 0);
@@ -362,6 +362,11 @@ impl<'a> Plan<'a> {
             }
         };
         let hash = !self.opts.skip_hash_check;
+        // Skeletons past the memory budget, beside the db (unlinked: nothing to clean up). Without
+        // one, the pages past the budget are read back from the db instead.
+        let spill = path
+            .parent()
+            .and_then(|dir| tempfile::tempfile_in(dir).ok());
         // A pipeline of three stages, each on its own thread, passing buffers along: this thread
         // reads (decompresses, for a bundle: the reader need not be `Send`), the next writes, the
         // last hashes, records skeletons and hands the buffer back. A stage that fails drops its
@@ -388,7 +393,10 @@ impl<'a> Plan<'a> {
                 // ring's SHA-256 (OpenSSL's assembly): about twice the sha2 crate's speed without
                 // SHA extensions, the restore's slowest stage there.
                 let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
-                let mut skeletons = Skeletons::new(SKELETON_BUDGET);
+                let mut skeletons = match spill {
+                    Some(file) => Skeletons::spilling(SKELETON_BUDGET, file),
+                    None => Skeletons::new(SKELETON_BUDGET),
+                };
                 for (buf, n, offset) in written {
                     let data = &buf[aligned(&buf)][..n];
                     if hash {
@@ -398,6 +406,7 @@ impl<'a> Plan<'a> {
                     // Once the reader has stopped, nobody takes buffers back; hash what is queued.
                     let _ = recycle.send(buf);
                 }
+                skeletons.finish_recording();
                 (hasher.finish(), skeletons)
             });
             let mut copy = || -> Result<(), Error> {
