@@ -55,6 +55,14 @@ impl Node {
         self.etcd = Some(child);
     }
 
+    /// Stops etcd as kubelet stops a pod (SIGTERM, then waits for it to exit).
+    fn stop_etcd(&mut self) {
+        if let Some(mut child) = self.etcd.take() {
+            run(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+            let _ = child.wait();
+        }
+    }
+
     fn kill_etcd(&mut self) {
         if let Some(mut child) = self.etcd.take() {
             let _ = child.kill();
@@ -594,8 +602,9 @@ fn a_corrupt_newest_bundle_leads_every_node_to_the_same_older_one() {
 }
 
 /// Two of three lost: the survivor runs without a quorum. Restoring from a bundle would drop its
-/// newer writes, so it is refused without --discard-survivors and nothing changes, whether it still
-/// runs or has stopped with its data; with the flag, every node restores the same snapshot.
+/// newer writes, so it is refused without --discard-survivors and nothing changes. Once it has
+/// stopped, the other two restore first and claim a bundle: the survivor, restored after them, refuses
+/// too, naming the claim, its data untouched (the race a survivor loses); with the flag it follows.
 #[test]
 fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     let mut cluster = Cluster::new(3);
@@ -614,8 +623,10 @@ fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     assert!(!cluster.nodes[0].root().join("var/lib/etcd").exists());
 
     cluster.nodes[2].kill_etcd();
-    let db = cluster.nodes[2].root().join("var/lib/etcd/member/snap/db");
-    let kept = std::fs::read(&db).unwrap();
+    cluster.restore(&[0, 1], &[]);
+    assert!(claim(cluster.store())["survivor"].is_null());
+    let member = cluster.nodes[2].root().join("var/lib/etcd/member");
+    let kept = tree_digest(&member);
     let out = cluster.nodes[2]
         .restore(cluster.store(), &[])
         .wait_with_output()
@@ -623,13 +634,15 @@ fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
     assert_eq!(out.status.code(), Some(11), "{}", common::stderr(&out));
     let why = common::stderr(&out);
     assert!(
-        why.contains("newer than the bundle's") && why.contains("--discard-survivors"),
+        why.contains("newer than the bundle's")
+            && why.contains(" claimed the bundle ")
+            && why.contains("--discard-survivors"),
         "{why}"
     );
     assert_eq!(
-        std::fs::read(&db).unwrap(),
+        tree_digest(&member),
         kept,
-        "the stopped survivor's db is untouched"
+        "the stopped survivor's data dir is untouched"
     );
     let reports = cluster.restore_all(&["--discard-survivors"]);
     assert!(reports[2]["movedAside"]
@@ -639,6 +652,21 @@ fn with_two_lost_a_survivor_is_never_discarded_without_the_flag() {
         .any(|p| p.as_str().unwrap().contains("var/lib/etcd")));
     cluster.start_all();
     cluster.assert_one_cluster();
+}
+
+/// Every file under `dir` with its bytes, to compare a tree before and after.
+fn tree_digest(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(tree_digest(&path));
+        } else {
+            files.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    files.sort();
+    files
 }
 
 /// A node killed in the middle of writing its member's db (before any claim) and one killed after
@@ -773,7 +801,14 @@ impl Writer {
 /// `cpr restore` (both phases) on the wiped nodes `lost` at once, with the kubeadm double's `join`:
 /// each node's etcd is started from the manifest kubeadm writes, as kubelet would. Each run's JSON
 /// report and log (kubeadm's output among cpr's).
-fn rejoin(cluster: &mut Cluster, lost: &[usize], kubeadm_version: &str) -> Vec<(Value, String)> {
+/// `cpr restore` (both phases, doubles for kubeadm and systemctl) on the nodes `lost` at once; the
+/// test plays kubelet: it starts a node's etcd once `starts(manifest)` holds for its etcd manifest.
+fn rejoin(
+    cluster: &mut Cluster,
+    lost: &[usize],
+    kubeadm_version: &str,
+    starts: fn(&str) -> bool,
+) -> Vec<(Value, String)> {
     let path = format!(
         "{}:{}",
         common::doubles().display(),
@@ -815,7 +850,8 @@ fn rejoin(cluster: &mut Cluster, lost: &[usize], kubeadm_version: &str) -> Vec<(
     while !running.is_empty() {
         running.retain(|&i| {
             let node = &mut cluster.nodes[i];
-            if node.etcd.is_none() && node.root().join(ETCD_MANIFEST).exists() {
+            let manifest = std::fs::read_to_string(node.root().join(ETCD_MANIFEST));
+            if node.etcd.is_none() && manifest.is_ok_and(|m| starts(&m)) {
                 node.start_etcd();
             }
             let at = lost.iter().position(|&l| l == i).unwrap();
@@ -844,16 +880,10 @@ fn rejoin(cluster: &mut Cluster, lost: &[usize], kubeadm_version: &str) -> Vec<(
         .collect()
 }
 
-/// A minority lost: the replacements rejoin the live cluster (no snapshot restored, so nothing is
-/// rolled back) while a writer keeps writing through the survivors.
-fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm_version: &str) {
-    assert!(
-        kubeadm_version.starts_with("v1.2"),
-        "versions compare as text"
-    );
-    let started = Instant::now();
-    let mut cluster = Cluster::new(size);
-    let first = &cluster.nodes[0];
+/// What kubeadm init's bootstrap-token and upload-config phases store for joining nodes, with the
+/// API server of the node `through` as the endpoint, written through its etcd.
+fn seed_join_objects(cluster: &Cluster, through: usize, kubeadm_version: &str) {
+    let first = &cluster.nodes[through];
     let work = tempfile::tempdir().unwrap();
     // What kubeadm init's bootstrap-token phase stores for joining nodes, and the version kubeadm joins.
     let kubeconfig = work.path().join("kubeconfig");
@@ -903,6 +933,18 @@ fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm
         assert!(made.success(), "k8s-configmap.py {args:?}");
         first.put_file(key, &object);
     }
+}
+
+/// A minority lost: the replacements rejoin the live cluster (no snapshot restored, so nothing is
+/// rolled back) while a writer keeps writing through the survivors.
+fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm_version: &str) {
+    assert!(
+        kubeadm_version.starts_with("v1.2"),
+        "versions compare as text"
+    );
+    let started = Instant::now();
+    let mut cluster = Cluster::new(size);
+    seed_join_objects(&cluster, 0, kubeadm_version);
     cluster.backup_all();
     let before = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
     let lost_ids: Vec<u64> = before["members"]
@@ -929,7 +971,7 @@ fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm
         .map(|&i| cluster.nodes[i].endpoint())
         .collect();
     let writer = Writer::start(&cluster.nodes[survivors[0]], &endpoints);
-    let reports = rejoin(&mut cluster, lost, kubeadm_version);
+    let reports = rejoin(&mut cluster, lost, kubeadm_version, |_| true);
     std::thread::sleep(Duration::from_secs(1));
     let writes = writer.stop();
     for child in &mut apiservers {
@@ -1046,4 +1088,78 @@ fn one_of_three_lost_rejoins_as_a_learner_while_writes_go_on() {
 #[test]
 fn two_of_five_lost_rejoin_at_once() {
     a_lost_minority_rejoins_the_live_cluster(5, &[3, 4], "v1.27.4");
+}
+
+/// Quorum lost with one disk kept: its data, newer than every bundle, is the source. master3 claims
+/// itself as the survivor, comes back alone (--force-new-cluster once, through its etcd manifest),
+/// and the two wiped nodes rejoin it one after the other: one cluster of three with every write
+/// acknowledged after the last backup, nothing restored from a snapshot anywhere.
+#[test]
+fn a_survivors_data_is_the_source_when_quorum_is_lost() {
+    let started = Instant::now();
+    let mut cluster = Cluster::new(3);
+    seed_join_objects(&cluster, 2, "v1.29.4");
+    cluster.backup_all();
+    let writes: Vec<String> = (0..30)
+        .map(|i| format!("/cpr-test/after-backup/{i}"))
+        .collect();
+    for key in &writes {
+        cluster.nodes[2].put(key, "acknowledged");
+    }
+    let (survivor_revision, _) = cluster.nodes[2].revision_and_hash();
+    cluster.nodes[2].stop_etcd();
+    cluster.nodes[0].wipe_root();
+    cluster.nodes[1].wipe_root();
+
+    let forced = |manifest: &str| manifest.contains("--force-new-cluster");
+    let (report, _) = rejoin(&mut cluster, &[2], "v1.29.4", forced).remove(0);
+    let source = report["restore"]["source"].as_str().unwrap();
+    assert!(
+        source.starts_with("surviving member master3 (revision ")
+            && source.contains("newer than bundle"),
+        "{report}"
+    );
+    assert_eq!(claim(cluster.store())["survivor"]["node"], "master3");
+    assert_eq!(report["finish"]["survivor"]["forced"], true, "{report}");
+    let manifest = std::fs::read_to_string(cluster.nodes[2].root().join(ETCD_MANIFEST)).unwrap();
+    assert!(!forced(&manifest), "the flag is gone again: {manifest}");
+
+    let apiserver = KillOnDrop(cluster.nodes[2].start_apiserver());
+    for node in [0, 1] {
+        let (report, _) = rejoin(&mut cluster, &[node], "v1.29.4", |_| true).remove(0);
+        assert!(
+            report["restore"]["rejoin"]["apiEndpoint"].is_string(),
+            "{report}"
+        );
+    }
+    drop(apiserver);
+    let revision = cluster.assert_one_cluster();
+    assert!(
+        revision > survivor_revision,
+        "{revision} after {survivor_revision}"
+    );
+    for node in &cluster.nodes {
+        for key in &writes {
+            assert_eq!(
+                node.get(key).as_deref(),
+                Some("acknowledged"),
+                "{} {key}",
+                node.name
+            );
+        }
+    }
+    eprintln!(
+        "survivor master3 at revision {survivor_revision} (bundle {}), two nodes rejoined it: {:.1} s",
+        claim(cluster.store())["survivor"]["bundleRevision"],
+        started.elapsed().as_secs_f64()
+    );
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

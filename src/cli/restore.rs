@@ -194,6 +194,7 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             if let Some(point) = &restored.restore_point {
                 println!("  etcd snapshot from the cluster's restore point {point}");
             }
+            println!("  source: {}", restored.source);
             for (bundle, why) in &restored.skipped {
                 println!("  skipped {bundle}: {why}");
             }

@@ -9,6 +9,7 @@ pub const MANIFESTS_DIR: &str = "etc/kubernetes/manifests";
 pub const ETCD_MANIFEST: &str = "etc/kubernetes/manifests/etcd.yaml";
 pub const APISERVER_MANIFEST: &str = "etc/kubernetes/manifests/kube-apiserver.yaml";
 pub const ADMIN_CONF: &str = "etc/kubernetes/admin.conf";
+pub const KUBELET_CONF: &str = "etc/kubernetes/kubelet.conf";
 pub const KUBELET_DIR: &str = "var/lib/kubelet";
 pub const KUBELET_CONFIG: &str = "var/lib/kubelet/config.yaml";
 pub const KUBEADM_FLAGS: &str = "var/lib/kubelet/kubeadm-flags.env";
@@ -28,7 +29,7 @@ pub const KUBEADM_KUBECONFIGS: [&str; 5] = [
     "etc/kubernetes/super-admin.conf",
     "etc/kubernetes/controller-manager.conf",
     "etc/kubernetes/scheduler.conf",
-    "etc/kubernetes/kubelet.conf",
+    KUBELET_CONF,
 ];
 
 /// Host paths (and everything below them) that static pods mount or name but that are not the

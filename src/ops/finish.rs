@@ -10,8 +10,9 @@ use super::carryover::{self, Carryover};
 use super::check::CERT_WARN_DAYS;
 use super::readdress;
 use super::rejoin;
-use super::restore::{staged_bundle_dir, staged_manifest};
+use super::restore::{data_dir, staged_bundle_dir, staged_manifest};
 use super::state::{self, Phase, State};
+use super::survivor;
 use super::Error;
 use crate::bundle::Manifest;
 use crate::etcd::client::EtcdClient;
@@ -74,6 +75,8 @@ pub struct FinishReport {
     pub new_address_steps: Vec<String>,
     /// A node that rejoined a live quorum (kubeadm join) instead of restoring etcd.
     pub rejoin: Option<rejoin::RejoinReport>,
+    /// The survivor of a lost quorum, its member started alone from its own data.
+    pub survivor: Option<survivor::AloneReport>,
     /// What `kubeadm init` was given from the backup besides the ClusterConfiguration.
     pub carried_over: Option<CarriedOver>,
     /// What kubeadm changed compared with the backup (ConfigMaps, addons, the Node's taints), read from
@@ -113,6 +116,9 @@ pub fn finish(request: &FinishRequest) -> Result<FinishReport, Error> {
     let manifest = staged_manifest(&layout)?;
     if let Some(rejoin) = state.rejoin.clone() {
         return finish_rejoin(request, &layout, &manifest, &mut state, &rejoin);
+    }
+    if let Some(survivor) = state.survivor.clone() {
+        return finish_survivor(request, &layout, &mut state, &survivor);
     }
     if state.phase == Phase::Restored {
         init(request, &layout, &manifest, &mut state)?;
@@ -164,6 +170,7 @@ fn finish_rejoin(
 ) -> Result<FinishReport, Error> {
     let mut report = FinishReport::default();
     if state.phase == Phase::Restored {
+        move_aside_old_member(layout, manifest, state)?;
         let bundle_dir = staged_bundle_dir(layout);
         let join = rejoin::Join {
             kubeadm: &request.kubeadm,
@@ -186,6 +193,41 @@ fn finish_rejoin(
         state.phase = Phase::Initialized;
         state.save(layout)?;
     }
+    finish_without_init(request, layout, state, report)
+}
+
+/// Phase 2 of the survivor of a lost quorum: its member starts alone from its own data; its
+/// control plane's manifests were kept with its disk, so kubeadm has nothing to write.
+fn finish_survivor(
+    request: &FinishRequest,
+    layout: &Layout,
+    state: &mut State,
+    survivor: &super::ha::Survivor,
+) -> Result<FinishReport, Error> {
+    let mut report = FinishReport::default();
+    if state.phase == Phase::Restored {
+        let alone = survivor::start_alone(layout, survivor, request.timeout, &|| {
+            restart_kubelet(request)
+        })?;
+        log::info!(
+            "finish: the surviving member {} serves alone at revision {}; the other nodes rejoin it",
+            alone.member,
+            alone.revision
+        );
+        report.survivor = Some(alone);
+        state.phase = Phase::Initialized;
+        state.save(layout)?;
+    }
+    finish_without_init(request, layout, state, report)
+}
+
+/// The end of a phase 2 that ran no `kubeadm init`: the kubeconfigs, and the state finished.
+fn finish_without_init(
+    request: &FinishRequest,
+    layout: &Layout,
+    state: &mut State,
+    mut report: FinishReport,
+) -> Result<FinishReport, Error> {
     report.kubeconfigs = install_kubeconfigs(layout, request.sudo_user.as_deref())?;
     state.phase = Phase::Finished;
     state.save(layout)?;
@@ -193,6 +235,38 @@ fn finish_rejoin(
     report.bundle = state.bundle.clone();
     report.moved_aside = state.moved_aside.clone();
     Ok(report)
+}
+
+/// A node that rejoins kept what its old member left, and kubeadm join's preflight refuses it: the
+/// static pod manifests (`FileAvailable--etc-kubernetes-manifests-*`), kubelet.conf
+/// (`FileAvailable--etc-kubernetes-kubelet.conf`) and a non-empty etcd data dir
+/// (`DirAvailable--var-lib-etcd`), all in `cmd/kubeadm/app/preflight/checks.go`
+/// `RunJoinNodeChecks`/`addCommonChecks`. They are moved aside, never deleted.
+fn move_aside_old_member(
+    layout: &Layout,
+    manifest: &Manifest,
+    state: &mut State,
+) -> Result<(), Error> {
+    move_aside_stale_manifests(layout, state)?;
+    let data_dir = data_dir(layout, manifest);
+    let kubelet_conf = layout.path(layout::KUBELET_CONF);
+    let data_dir_used = fs::read_dir(&data_dir).is_ok_and(|mut entries| entries.next().is_some());
+    for (path, used) in [
+        (kubelet_conf.clone(), kubelet_conf.exists()),
+        (data_dir, data_dir_used),
+    ] {
+        if !used {
+            continue;
+        }
+        let aside = fsutil::untaken(fsutil::sibling(&path, &format!(".cpr-old-{}", state.stamp)));
+        move_aside(layout, state, &path, aside.clone())?;
+        log::info!(
+            "finish: {} was the old member's, and kubeadm join refuses it: moved aside to {}",
+            path.display(),
+            aside.display()
+        );
+    }
+    Ok(())
 }
 
 fn init(
@@ -1323,6 +1397,18 @@ pub fn describe(report: &FinishReport) -> String {
                 .as_deref()
                 .map(|m| format!("; the lost member {m} was removed"))
                 .unwrap_or_default()
+        );
+    }
+    if let Some(alone) = &report.survivor {
+        return format!(
+            "cpr finish: the surviving etcd member {} serves alone at revision {} (its own data: every write of its WAL kept){}; the other control-plane nodes rejoin it\n",
+            alone.member,
+            alone.revision,
+            if alone.forced {
+                ", started once with --force-new-cluster"
+            } else {
+                ""
+            }
         );
     }
     let mut out = format!(

@@ -121,6 +121,119 @@ pub struct RestorePoint {
     /// The node that claimed it, and when (RFC 3339), for the operator.
     pub claimed_by: String,
     pub claimed_at: String,
+    /// A member that stopped with its data claimed: no snapshot is restored anywhere; it comes
+    /// back alone (`--force-new-cluster`) and the others rejoin it. Absent in claims of a bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survivor: Option<Survivor>,
+}
+
+/// A member of a lost quorum whose node kept its etcd data dir (WAL and db): its writes are newer
+/// than any bundle's, so its data is the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Survivor {
+    pub node: String,
+    pub member_name: String,
+    /// Lowercase hex, as in the bundle's member list.
+    pub member_id: String,
+    /// Where the others wait for it to answer once it runs alone.
+    pub client_urls: Vec<String>,
+    /// Its db's revision when phase 1 read it; the WAL may hold a few writes more, which etcd
+    /// replays on start.
+    pub revision: i64,
+    /// The revision of this node's newest bundle, for the report.
+    pub bundle_revision: i64,
+}
+
+/// How long a node following a survivor claim waits for the survivor's member to answer: its
+/// phase 1 and 2 (a reboot into the installed OS, kubelet starting etcd) take minutes.
+pub const SURVIVOR_WAIT: Duration = Duration::from_secs(15 * 60);
+
+/// This node's member, as its own bundle `manifest` lists it, stopped with its data in `data_dir`:
+/// a WAL and a db whose member list holds this member's ID. `Some(revision)` of its db; `None`
+/// when the data dir is gone, empty or another member's.
+pub fn surviving_revision(data_dir: &Path, manifest: &Manifest) -> Result<Option<i64>, Error> {
+    let member = data_dir.join("member");
+    let has_wal = std::fs::read_dir(member.join("wal")).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+    });
+    let db = crate::etcd::db_path(data_dir);
+    if !has_wal || !db.exists() {
+        return Ok(None);
+    }
+    if !db_members(&db)?.contains(&manifest.etcd.member_id) {
+        return Ok(None);
+    }
+    Ok(Some(crate::etcd::status::snapshot_status(&db)?.revision))
+}
+
+/// The member IDs (lowercase hex) in the `members` bucket of the etcd db at `path`, as etcd 3.5
+/// stores them (`server/etcdserver/api/membership/store.go`: the key is the ID in hex).
+fn db_members(path: &Path) -> Result<Vec<String>, Error> {
+    use crate::etcd::bbolt::Db;
+    let read_error = |e| crate::etcd::Error::from_read("reading the member list", path, e);
+    let file = std::fs::File::open(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let db = Db::open(&file, len).map_err(read_error)?;
+    let mut in_members = false;
+    let mut ids = Vec::new();
+    db.walk(None, &mut |visit| {
+        match visit.depth {
+            0 => in_members = visit.key == b"members",
+            1 if in_members => ids.push(String::from_utf8_lossy(visit.key).into_owned()),
+            _ => {}
+        }
+        Ok(())
+    })
+    .map_err(read_error)?;
+    Ok(ids)
+}
+
+/// Waits up to `window` for the survivor's member to answer a linearizable read: it runs alone,
+/// with the quorum of itself. Returns the client URL that answered.
+pub fn wait_for_survivor(
+    survivor: &Survivor,
+    claim: &str,
+    tls: &TlsFiles,
+    window: Duration,
+) -> Result<String, Error> {
+    let started = Instant::now();
+    loop {
+        for endpoint in &survivor.client_urls {
+            let answered =
+                EtcdClient::connect_within(endpoint, Some(tls), ASK_TIMEOUT, ASK_TIMEOUT)
+                    .and_then(|mut client| client.quorum_read());
+            match answered {
+                Ok(_) => return Ok(endpoint.clone()),
+                Err(error) => log::debug!("waiting for the survivor: {error}"),
+            }
+        }
+        if started.elapsed() >= window {
+            return Err(Error::RestorePoint {
+                claim: claim.to_string(),
+                why: format!(
+                    "it names the surviving member {} on {} as the source, and it did not answer at {} for {} s. Run cpr restore and cpr finish on {} (or start its etcd), then run this again",
+                    survivor.member_name,
+                    survivor.node,
+                    survivor.client_urls.join(", "),
+                    started.elapsed().as_secs(),
+                    survivor.node
+                ),
+            });
+        }
+        std::thread::sleep(ROUND_PAUSE);
+    }
 }
 
 /// The claim's object name: one per incarnation of the cluster (its etcd cluster ID), so that the
@@ -155,21 +268,24 @@ pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestoreP
         })
 }
 
-/// Claims `bundle`, whose members form the cluster `cluster_id`, unless another node claimed first;
-/// returns the restore point that holds.
+/// Claims `bundle`, whose members form the cluster `cluster_id` (lowercase hex), or this node's
+/// `survivor` (then `bundle` is only the one its files come from), unless another node claimed
+/// first; returns the restore point that holds.
 pub fn claim(
     store: &dyn Store,
     manifest: &Manifest,
     bundle: &str,
-    cluster_id: u64,
+    cluster_id: String,
+    survivor: Option<Survivor>,
 ) -> Result<RestorePoint, Error> {
     let point = RestorePoint {
         bundle: bundle.to_string(),
-        cluster_id: format!("{cluster_id:x}"),
+        cluster_id,
         claimed_by: manifest.node.name.clone(),
         claimed_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
+        survivor,
     };
     let mut text = serde_json::to_vec_pretty(&point).expect("a restore point serializes");
     text.push(b'\n');

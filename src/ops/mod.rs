@@ -16,6 +16,7 @@ pub mod rejoin;
 pub mod restore;
 pub mod sealed;
 pub mod state;
+pub mod survivor;
 pub mod worker;
 
 use std::path::PathBuf;
@@ -111,12 +112,15 @@ pub enum Error {
         node: String,
         survivors: Vec<String>,
     },
-    #[error("restoring {node}: etcd has no quorum, and this node's member stopped with its data: {data_dir} holds revision {revision}, newer than the bundle's {bundle_revision}, so it has writes no bundle has. Start this member again (its kubelet, or etcd from its manifest) and take a snapshot from it (cpr etcd snapshot save) before restoring, or pass --discard-survivors (boot: cpr.discard_survivors=1) to restore the bundle anyway; the data dir is moved aside, not deleted. Nothing was changed")]
+    #[error("restoring {node}: etcd has no quorum, and this node's member stopped with its data: {data_dir} holds revision {revision}, newer than the bundle's {bundle_revision}, so it has writes no bundle has; but {conflict}. Either pass --discard-survivors (boot: cpr.discard_survivors=1) to take that restore point anyway (the data dir is moved aside, not deleted), or stop cpr on the other nodes, move the claim {claim} aside and run cpr restore on this node first: its data becomes the source and the others rejoin it. Nothing was changed")]
     SurvivingData {
         node: String,
         data_dir: PathBuf,
         revision: i64,
         bundle_revision: i64,
+        /// What already stands in its way: a claimed bundle, a newer survivor, a pinned bundle.
+        conflict: String,
+        claim: String,
     },
     #[error("rejoining the live cluster: {step}: {object}: {why}")]
     Rejoin {

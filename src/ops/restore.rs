@@ -84,6 +84,10 @@ pub struct RestoreReport {
     pub restore_point: Option<String>,
     /// A minority lost: phase 2 rejoins this node to the live cluster through this.
     pub rejoin: Option<Rejoin>,
+    /// A lost quorum whose member on this node kept its data: the source, started alone in phase 2.
+    pub survivor: Option<ha::Survivor>,
+    /// Where this node's etcd data comes from, in words.
+    pub source: String,
     /// Only planned (`--plan-only`): the bundle verified, nothing changed.
     pub plan_only: bool,
 }
@@ -155,6 +159,7 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                 bumped_revision,
                 restore_point,
                 rejoin,
+                survivor,
             }) => {
                 let new_address = match plan_new_address(request, layout, &manifest) {
                     Ok(plan) => plan,
@@ -165,6 +170,12 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                 };
                 if request.plan_only {
                     let data_dir = data_dir(layout, &manifest);
+                    let source = source(
+                        name,
+                        survivor.as_ref(),
+                        rejoin.as_ref(),
+                        restore_point.as_deref(),
+                    );
                     clear_staging(layout)?;
                     return Ok(RestoreReport {
                         bundle: name.clone(),
@@ -178,6 +189,8 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                         quorum,
                         restore_point,
                         rejoin,
+                        survivor,
+                        source,
                         plan_only: true,
                     });
                 }
@@ -193,6 +206,7 @@ fn stage_and_swap(request: &RestoreRequest<'_>, layout: &Layout) -> Result<Resto
                     new_address,
                     restore_point,
                     rejoin,
+                    survivor,
                 };
                 log::info!(
                     "restore: {name} verified and staged (etcd revision {revision}, {} files)",
@@ -348,7 +362,7 @@ fn new_path(live: &Path) -> PathBuf {
     live.with_file_name(format!(".{name}{NEW_SUFFIX}"))
 }
 
-fn data_dir(layout: &Layout, manifest: &Manifest) -> PathBuf {
+pub(super) fn data_dir(layout: &Layout, manifest: &Manifest) -> PathBuf {
     layout.path(
         manifest
             .etcd
@@ -385,6 +399,9 @@ struct Staged {
     restore_point: Option<String>,
     /// A minority lost: no member restored; phase 2 rejoins the live cluster.
     rejoin: Option<Rejoin>,
+    /// A lost quorum whose member on this node kept its data: no member restored; phase 2 starts
+    /// it alone.
+    survivor: Option<ha::Survivor>,
 }
 
 /// Downloads, verifies and stages one bundle (and, for a lost quorum, the restore point's snapshot
@@ -430,6 +447,45 @@ fn stage(
                 bumped_revision: None,
                 restore_point: None,
                 rejoin: Some(rejoin),
+                survivor: None,
+                manifest,
+            });
+        }
+        Point::Survivor(own) => {
+            let claim = format!("{}/{}", request.store.location(), ha::claim_name(&manifest));
+            let claimed = ha::claim(
+                request.store,
+                &manifest,
+                name,
+                manifest.etcd.cluster_id.clone(),
+                Some(own.clone()),
+            )?;
+            if claimed.survivor.as_ref() != Some(&own) {
+                return Err(Error::SurvivingData {
+                    node: own.node,
+                    data_dir: data_dir(layout, &manifest),
+                    revision: own.revision,
+                    bundle_revision: own.bundle_revision,
+                    conflict: format!(
+                        "{} claimed a restore point first, while this node verified its bundle (run cpr restore again: it follows that claim or refuses with the reason)",
+                        claimed.claimed_by
+                    ),
+                    claim,
+                });
+            }
+            log::info!(
+                "restore: claimed this node's surviving member {} (revision {}, newer than the bundle's {}) as the source: its data dir stays, phase 2 starts it alone and the other nodes rejoin it",
+                own.member_name,
+                own.revision,
+                own.bundle_revision
+            );
+            materialize_pki(layout, &staging.join(STAGED_BUNDLE), Pki::All)?;
+            return finish_staging(&staging).map(|()| Staged {
+                revision: own.revision,
+                bumped_revision: None,
+                restore_point: None,
+                rejoin: None,
+                survivor: Some(own),
                 manifest,
             });
         }
@@ -440,7 +496,13 @@ fn stage(
                 .expect("a verified bundle has a snapshot")
                 .cluster
                 .id;
-            let claimed = ha::claim(request.store, &manifest, name, cluster_id)?;
+            let claimed = ha::claim(
+                request.store,
+                &manifest,
+                name,
+                format!("{cluster_id:x}"),
+                None,
+            )?;
             log::info!(
                 "restore: restore point {} (claimed by {} at {})",
                 claimed.bundle,
@@ -472,6 +534,7 @@ fn stage(
         bumped_revision: restored.bumped_revision,
         restore_point: point,
         rejoin: None,
+        survivor: None,
     })
 }
 
@@ -605,6 +668,9 @@ enum Point {
     Other(String),
     /// No snapshot: the quorum is alive and this node rejoins it; this bundle's was only verified.
     Rejoin(Rejoin),
+    /// No snapshot: this node's member stopped with its data, which is claimed as the source once
+    /// this bundle (its files) verifies; phase 2 starts it alone.
+    Survivor(ha::Survivor),
 }
 
 fn log_member_restore(options: &crate::etcd::RestoreOptions) {
@@ -676,7 +742,10 @@ impl RestoreSink<'_> {
         match quorum {
             Quorum::Alive {
                 cluster_id, member, ..
-            } if claimed.as_ref().is_some_and(|p| p.cluster_id == cluster_id) => {
+            } if claimed
+                .as_ref()
+                .is_some_and(|p| p.cluster_id == cluster_id && p.survivor.is_none()) =>
+            {
                 log::info!(
                     "restore: {member} answers for the cluster restored from the restore point (etcd cluster {cluster_id}); this member joins it, restored from the same snapshot"
                 );
@@ -701,7 +770,31 @@ impl RestoreSink<'_> {
             }
             Quorum::Lost { .. } => {}
         }
-        self.check_own_data(manifest)?;
+        let claim = format!(
+            "{}/{}",
+            self.request.store.location(),
+            ha::claim_name(manifest)
+        );
+        let own = self.own_survivor(manifest)?;
+        if let Some(pinned) = pinned_point(self.request).or(self.request.bundle.as_deref()) {
+            if let Some(own) = own {
+                return Err(self.refuse(
+                    own,
+                    format!("the restore point is pinned to {pinned} (--bundle)"),
+                    claim,
+                ));
+            }
+        }
+        match (claimed.as_ref(), own) {
+            (None, Some(own)) => return Ok(Point::Survivor(own)),
+            (Some(point), Some(own)) => return self.survivor_meets(point, own, manifest, claim),
+            (Some(point), None) => {
+                if let Some(survivor) = &point.survivor {
+                    return self.follow(survivor, manifest, &claim);
+                }
+            }
+            (None, None) => {}
+        }
         if let Some(pinned) = pinned_point(self.request) {
             return Ok(Point::Other(pinned.to_string()));
         }
@@ -724,31 +817,104 @@ impl RestoreSink<'_> {
     }
 
     /// A lost quorum whose member on this node stopped with its data: a db newer than the bundle
-    /// holds writes no bundle has, so it is never replaced without `--discard-survivors`.
-    fn check_own_data(&self, manifest: &Manifest) -> Result<(), Error> {
+    /// holds writes no bundle has, so it is the source, never replaced without `--discard-survivors`.
+    fn own_survivor(&self, manifest: &Manifest) -> Result<Option<ha::Survivor>, Error> {
         let data_dir = data_dir(self.layout, manifest);
-        let db = crate::etcd::db_path(&data_dir);
-        if !db.exists() {
-            return Ok(());
-        }
-        let revision = crate::etcd::snapshot_status(&db)?.revision;
+        let Some(revision) = ha::surviving_revision(&data_dir, manifest)? else {
+            return Ok(None);
+        };
         if revision <= manifest.etcd.revision {
-            return Ok(());
+            return Ok(None);
         }
-        if !self.request.discard_survivors {
-            return Err(Error::SurvivingData {
-                node: manifest.node.name.clone(),
-                data_dir,
-                revision,
-                bundle_revision: manifest.etcd.revision,
-            });
+        if self.request.discard_survivors {
+            log::warn!(
+                "restore: discarding this node's etcd data at revision {revision}, newer than the bundle's {} (--discard-survivors); {} is moved aside, not deleted",
+                manifest.etcd.revision,
+                data_dir.display()
+            );
+            return Ok(None);
         }
-        log::warn!(
-            "restore: discarding this node's etcd data at revision {revision}, newer than the bundle's {} (--discard-survivors); {} is moved aside, not deleted",
-            manifest.etcd.revision,
-            data_dir.display()
+        Ok(Some(ha::Survivor {
+            node: manifest.node.name.clone(),
+            member_name: manifest.etcd.member_name.clone(),
+            member_id: manifest.etcd.member_id.clone(),
+            client_urls: manifest.etcd.client_urls.clone(),
+            revision,
+            bundle_revision: manifest.etcd.revision,
+        }))
+    }
+
+    fn refuse(&self, own: ha::Survivor, conflict: String, claim: String) -> Error {
+        Error::SurvivingData {
+            node: own.node,
+            data_dir: data_dir(self.layout, self.manifest.as_ref().expect("read first")),
+            revision: own.revision,
+            bundle_revision: own.bundle_revision,
+            conflict,
+            claim,
+        }
+    }
+
+    /// This node holds survivor data and finds `point` claimed: its own claim again (a rerun), a
+    /// bundle (the others restored it: refused), or another survivor, followed when it holds at
+    /// least every write this one has (its revision is not older), else refused.
+    fn survivor_meets(
+        &self,
+        point: &ha::RestorePoint,
+        own: ha::Survivor,
+        manifest: &Manifest,
+        claim: String,
+    ) -> Result<Point, Error> {
+        match &point.survivor {
+            Some(winner) if winner.node == own.node => Ok(Point::Survivor(own)),
+            Some(winner) if winner.revision >= own.revision => {
+                log::info!(
+                    "restore: this node's data (revision {}) is not newer than the surviving member {}'s (revision {}), which {} claimed first: this node rejoins it",
+                    own.revision,
+                    winner.member_name,
+                    winner.revision,
+                    winner.node
+                );
+                self.follow(winner, manifest, &claim)
+            }
+            Some(winner) => Err(self.refuse(
+                own,
+                format!(
+                    "{} claimed its own surviving member {} at revision {} first, older than this node's",
+                    winner.node, winner.member_name, winner.revision
+                ),
+                claim,
+            )),
+            None => Err(self.refuse(
+                own,
+                format!(
+                    "{} claimed the bundle {} as the restore point at {}: other nodes restore that snapshot",
+                    point.claimed_by, point.bundle, point.claimed_at
+                ),
+                claim,
+            )),
+        }
+    }
+
+    /// A survivor claim: no snapshot here; once the survivor runs alone, this node rejoins it.
+    fn follow(
+        &self,
+        survivor: &ha::Survivor,
+        manifest: &Manifest,
+        claim: &str,
+    ) -> Result<Point, Error> {
+        log::info!(
+            "restore: {} claimed its surviving member {} (revision {}) as the source; waiting up to {} s for it to answer at {}",
+            survivor.node,
+            survivor.member_name,
+            survivor.revision,
+            ha::SURVIVOR_WAIT.as_secs(),
+            survivor.client_urls.join(", ")
         );
-        Ok(())
+        let staged = self.staging.join(STAGED_BUNDLE);
+        let endpoint =
+            ha::wait_for_survivor(survivor, claim, &ha::client_tls(&staged), ha::SURVIVOR_WAIT)?;
+        rejoin::plan(&manifest.cluster, &manifest.node, &endpoint).map(Point::Rejoin)
     }
 
     fn fail(&mut self, error: Error) -> io::Error {
@@ -861,7 +1027,7 @@ impl Sink for RestoreSink<'_> {
                     .map(|options| (point, options))
             });
             match point {
-                Ok((point @ (Point::Other(_) | Point::Rejoin(_)), _)) => {
+                Ok((point @ (Point::Other(_) | Point::Rejoin(_) | Point::Survivor(_)), _)) => {
                     self.point = point;
                     // Read through, so that this bundle's own files are known to be intact.
                     return io::copy(data, &mut io::sink()).map(drop);
@@ -1078,10 +1244,11 @@ fn swap_in(
     if let Some(parent) = pki.parent() {
         state::ensure_dir(parent)?;
     }
-    for swap in [
-        Swap::for_dir(pki.clone(), new_path(&pki), &state.stamp),
-        etcd,
-    ] {
+    // A survivor's data dir is the source: nothing was staged for it, and it stays.
+    let swaps = [Swap::for_dir(pki.clone(), new_path(&pki), &state.stamp)]
+        .into_iter()
+        .chain(state.survivor.is_none().then_some(etcd));
+    for swap in swaps {
         if let Some(old) = swap.apply()? {
             log::info!(
                 "restore: moved {} aside to {}",
@@ -1197,6 +1364,31 @@ fn stage_file(from: &Path, new: &Path) -> Result<(), Error> {
         .map_err(write_err)
 }
 
+/// Where this node's etcd data comes from, for the report.
+fn source(
+    bundle: &str,
+    survivor: Option<&ha::Survivor>,
+    rejoin: Option<&Rejoin>,
+    restore_point: Option<&str>,
+) -> String {
+    if let Some(survivor) = survivor {
+        return format!(
+            "surviving member {} (revision {}, newer than bundle {} by {} revisions)",
+            survivor.member_name,
+            survivor.revision,
+            bundle,
+            survivor.revision - survivor.bundle_revision
+        );
+    }
+    if let Some(rejoin) = rejoin {
+        return format!(
+            "the live cluster, rejoined through {}",
+            rejoin.etcd_endpoint
+        );
+    }
+    format!("snapshot of bundle {}", restore_point.unwrap_or(bundle))
+}
+
 fn report(
     layout: &Layout,
     state: &State,
@@ -1219,6 +1411,13 @@ fn report(
         quorum,
         restore_point: state.restore_point.clone(),
         rejoin: state.rejoin.clone(),
+        survivor: state.survivor.clone(),
+        source: source(
+            &state.bundle,
+            state.survivor.as_ref(),
+            state.rejoin.as_ref(),
+            state.restore_point.as_deref(),
+        ),
         plan_only: false,
     }
 }

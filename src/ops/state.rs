@@ -48,6 +48,10 @@ pub struct State {
     /// A minority lost: this node rejoins the live cluster in phase 2 instead of restoring etcd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rejoin: Option<super::rejoin::Rejoin>,
+    /// A lost quorum whose member on this node kept its data: phase 2 starts it alone
+    /// (`--force-new-cluster`) instead of restoring etcd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub survivor: Option<super::ha::Survivor>,
 }
 
 pub fn state_dir(layout: &Layout) -> PathBuf {
