@@ -410,3 +410,17 @@ pub fn compare_members(client: &mut EtcdClient, tls: Option<&TlsFiles>) -> Resul
         hashes.first().map_or(0, |(_, h)| *h)
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_without_a_survivor_keep_parsing() {
+        let old = r#"{"bundle":"c/master1/20261130T070000Z","clusterId":"1a2b","claimedBy":"master1","claimedAt":"2026-11-30T07:00:00Z"}"#;
+        let point: RestorePoint = serde_json::from_str(old).unwrap();
+        assert_eq!(point.survivor, None);
+        let text = serde_json::to_string(&point).unwrap();
+        assert!(!text.contains("survivor"), "{text}");
+    }
+}

@@ -826,6 +826,12 @@ impl RestoreSink<'_> {
         if revision <= manifest.etcd.revision {
             return Ok(None);
         }
+        if ["3.5.0", "3.5.1", "3.5.2"].contains(&manifest.etcd.version.as_str()) {
+            log::warn!(
+                "restore: etcd {} may re-apply writes on the restart after a crash and then disagree with the members that join it (etcd-io/etcd#13766, fixed in 3.5.3): compare HashKV across the members afterwards (cpr check)",
+                manifest.etcd.version
+            );
+        }
         if self.request.discard_survivors {
             log::warn!(
                 "restore: discarding this node's etcd data at revision {revision}, newer than the bundle's {} (--discard-survivors); {} is moved aside, not deleted",
