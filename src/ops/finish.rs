@@ -168,8 +168,7 @@ fn finish_rejoin(
     state: &mut State,
     rejoin: &rejoin::Rejoin,
 ) -> Result<FinishReport, Error> {
-    let mut report = FinishReport::default();
-    if state.phase == Phase::Restored {
+    finish_without_init(request, layout, state, |state, report| {
         move_aside_old_member(layout, manifest, state)?;
         let bundle_dir = staged_bundle_dir(layout);
         let join = rejoin::Join {
@@ -190,10 +189,8 @@ fn finish_rejoin(
                 .unwrap_or_default()
         );
         report.rejoin = Some(joined);
-        state.phase = Phase::Initialized;
-        state.save(layout)?;
-    }
-    finish_without_init(request, layout, state, report)
+        Ok(())
+    })
 }
 
 /// Phase 2 of the survivor of a lost quorum: its member starts alone from its own data; its
@@ -204,8 +201,7 @@ fn finish_survivor(
     state: &mut State,
     survivor: &super::ha::Survivor,
 ) -> Result<FinishReport, Error> {
-    let mut report = FinishReport::default();
-    if state.phase == Phase::Restored {
+    finish_without_init(request, layout, state, |_, report| {
         let alone = survivor::start_alone(layout, survivor, request.timeout, &|| {
             restart_kubelet(request)
         })?;
@@ -215,19 +211,24 @@ fn finish_survivor(
             alone.revision
         );
         report.survivor = Some(alone);
-        state.phase = Phase::Initialized;
-        state.save(layout)?;
-    }
-    finish_without_init(request, layout, state, report)
+        Ok(())
+    })
 }
 
-/// The end of a phase 2 that ran no `kubeadm init`: the kubeconfigs, and the state finished.
+/// A phase 2 that runs no `kubeadm init`: `step` once (a rerun after it finds the state past it),
+/// then the kubeconfigs, and the state finished.
 fn finish_without_init(
     request: &FinishRequest,
     layout: &Layout,
     state: &mut State,
-    mut report: FinishReport,
+    step: impl FnOnce(&mut State, &mut FinishReport) -> Result<(), Error>,
 ) -> Result<FinishReport, Error> {
+    let mut report = FinishReport::default();
+    if state.phase == Phase::Restored {
+        step(state, &mut report)?;
+        state.phase = Phase::Initialized;
+        state.save(layout)?;
+    }
     report.kubeconfigs = install_kubeconfigs(layout, request.sudo_user.as_deref())?;
     state.phase = Phase::Finished;
     state.save(layout)?;
