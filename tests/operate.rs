@@ -179,10 +179,25 @@ fn prune_keeps_what_the_policy_says_and_deletes_signatures_with_their_bundles() 
     let bundle = real_bundle(&node);
     let (dir, url, store) = seeded_dir(&bundle);
     let url = url.as_str();
+    // A backup cut off by a power cut an hour ago, and one that has just started writing.
+    let dead = format!("{}.part", bundle_name("20261101T000000Z"));
+    let young = format!("{}.part", bundle_name("20261105T000000Z"));
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::write(dir.path().join(&dead), &bundle[..bundle.len() / 2]).unwrap();
+    let dead_file = std::fs::File::options()
+        .write(true)
+        .open(dir.path().join(&dead));
+    dead_file.unwrap().set_modified(hour_ago).unwrap();
+    std::fs::write(dir.path().join(&young), b"partial").unwrap();
     let before = files(dir.path());
 
     let dry = json(&prune(url, &["--dry-run", "--output", "json"], &[]));
     assert_eq!(files(dir.path()), before, "a dry run deleted something");
+    assert_eq!(
+        dry["nodes"][0]["deadUploads"],
+        serde_json::json!([dead]),
+        "{dry}"
+    );
     let kept: BTreeSet<String> = dry["nodes"][0]["decisions"]
         .as_array()
         .unwrap()
@@ -198,8 +213,15 @@ fn prune_keeps_what_the_policy_says_and_deletes_signatures_with_their_bundles() 
 
     let text = ok(&prune(url, &[], &[]));
     assert!(text.contains("4 kept, 12 deleted"), "{text}");
-    let expected = expected_files();
-    assert_eq!(files(dir.path()), expected);
+    assert!(
+        text.contains(&format!("deleted {dead}  (unfinished upload")),
+        "{text}"
+    );
+    let mut expected = expected_files();
+    expected.insert(young.clone());
+    assert_eq!(files(dir.path()), expected, "the young .part must stay");
+    std::fs::remove_file(dir.path().join(&young)).unwrap();
+    expected.remove(&young);
     assert_eq!(indexed(store.as_ref()), expected_kept());
 
     // Nothing left to delete: nothing is read, nothing changes.

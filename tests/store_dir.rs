@@ -246,3 +246,102 @@ fn create_if_absent_has_one_winner_among_racing_writers() {
         "no temporary file left"
     );
 }
+
+/// Bundle names have one-second resolution: two backups of a node in one second pick one name, and
+/// neither may replace or truncate the other's bundle.
+#[test]
+fn a_second_bundle_of_the_same_name_is_refused_and_the_first_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir_store(dir.path());
+    let name = "k/n/20261130T080000Z.tar.zst";
+    let path = dir.path().join(name);
+
+    let mut first = store.create_new(name).unwrap();
+    first.write_all(b"first").unwrap();
+    let refused = store
+        .create_new(name)
+        .err()
+        .expect("a live .part of that name");
+    assert!(
+        matches!(
+            refused,
+            Error::Exists {
+                unfinished: true,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    first.commit().unwrap();
+    let refused = store.create_new(name).err().expect("a bundle of that name");
+    assert!(refused.to_string().contains("same second"), "{refused}");
+    assert_eq!(fs::read(&path).unwrap(), b"first");
+
+    // A writer that checked before the other committed still cannot rename over its bundle.
+    fs::remove_file(&path).unwrap();
+    let mut late = store.create_new(name).unwrap();
+    late.write_all(b"late").unwrap();
+    fs::write(&path, b"committed meanwhile").unwrap();
+    let refused = late.commit().expect_err("the name was taken meanwhile");
+    assert!(
+        matches!(
+            refused,
+            Error::Exists {
+                unfinished: false,
+                ..
+            }
+        ),
+        "{refused}"
+    );
+    assert_eq!(fs::read(&path).unwrap(), b"committed meanwhile");
+    assert_eq!(names(store.as_ref(), "k/"), [name]);
+
+    // The index is rewritten in place, as before.
+    put(store.as_ref(), "k/n/index.json", b"one");
+    put(store.as_ref(), "k/n/index.json", b"two");
+    assert_eq!(get(store.as_ref(), "k/n/index.json").unwrap(), b"two");
+}
+
+/// A `.part` is removed only when no writer holds it and it has not changed for a while, and only
+/// under the prefix asked for.
+#[test]
+fn dead_uploads_of_a_node_are_removed_and_live_or_young_ones_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir_store(dir.path());
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let age = |name: &str| {
+        let file = fs::File::options().write(true).open(dir.path().join(name));
+        file.unwrap().set_modified(hour_ago).unwrap();
+    };
+    fs::create_dir_all(dir.path().join("k/n")).unwrap();
+    fs::create_dir_all(dir.path().join("k/other")).unwrap();
+    let dead = "k/n/20261130T070000Z.tar.zst.part";
+    let young = "k/n/20261130T075959Z.tar.zst.part";
+    let other_node = "k/other/20261130T070000Z.tar.zst.part";
+    for name in [dead, young, other_node] {
+        fs::write(dir.path().join(name), b"partial").unwrap();
+    }
+    age(dead);
+    age(other_node);
+    // A backup writing now whose .part has not changed for an hour (a stalled etcd stream).
+    let mut live = store.create_new("k/n/20261130T080000Z.tar.zst").unwrap();
+    live.write_all(b"live").unwrap();
+    live.flush().unwrap();
+    age("k/n/20261130T080000Z.tar.zst.part");
+
+    let found = store.remove_dead_uploads("k/n/", true).unwrap();
+    assert_eq!(found, [dead]);
+    assert!(dir.path().join(dead).exists(), "a dry run removed it");
+
+    let removed = store.remove_dead_uploads("k/n/", false).unwrap();
+    assert_eq!(removed, [dead]);
+    assert!(!dir.path().join(dead).exists());
+    for left in [young, other_node, "k/n/20261130T080000Z.tar.zst.part"] {
+        assert!(dir.path().join(left).exists(), "{left} was removed");
+    }
+    live.commit().unwrap();
+    assert_eq!(
+        get(store.as_ref(), "k/n/20261130T080000Z.tar.zst").unwrap(),
+        b"live"
+    );
+}

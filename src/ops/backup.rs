@@ -58,6 +58,10 @@ pub struct BackupReport {
     /// holds the keys to the Secrets at rest).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Unfinished uploads of this node that earlier backups left behind (a crash or power cut
+    /// mid-write), removed before this one was written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub removed_dead_uploads: Vec<String>,
 }
 
 fn seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -68,8 +72,12 @@ impl BackupReport {
     /// One line an operator can read in a log: name, size, revision, duration, throughput.
     pub fn summary(&self) -> String {
         let secs = self.duration.as_secs_f64().max(1e-3);
+        let removed = match self.removed_dead_uploads.as_slice() {
+            [] => String::new(),
+            names => format!("; removed dead uploads {}", names.join(", ")),
+        };
         format!(
-            "backup {} to {}: {} (etcd db {}), revision {}, {} files, {:.1} s, {}/s",
+            "backup {} to {}: {} (etcd db {}), revision {}, {} files, {:.1} s, {}/s{removed}",
             self.bundle,
             self.store,
             human_bytes(self.size),
@@ -148,6 +156,12 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
     let node_name = etcd_pod.required_flag("name")?.to_string();
     let name = BundleName::new(&cluster_name, &node_name, created, request.seal.encrypts())?;
     let bundle = name.to_string();
+    let removed_dead_uploads = request
+        .store
+        .remove_dead_uploads(&format!("{cluster_name}/{node_name}/"), false)?;
+    for removed in &removed_dead_uploads {
+        log::info!("backup: removed {removed}, an upload that an earlier backup left unfinished");
+    }
 
     let mut snapshot = client.snapshot().map_err(crate::etcd::Error::from)?;
     let manifest = Manifest {
@@ -207,6 +221,7 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         files: manifest.files.len(),
         duration: started.elapsed(),
         warnings,
+        removed_dead_uploads,
     })
 }
 

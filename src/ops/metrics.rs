@@ -211,6 +211,7 @@ mod tests {
             files: 30,
             duration: Duration::from_millis(1_500),
             warnings: Vec::new(),
+            removed_dead_uploads: Vec::new(),
         }
     }
 

@@ -49,6 +49,9 @@ pub struct NodePrune {
     pub decisions: Vec<Decision>,
     /// Signatures whose bundle is gone (left by an interrupted prune); deleted too.
     pub orphan_signatures: Vec<String>,
+    /// Unfinished uploads of this node that no writer works on any more (a backup cut off by a
+    /// crash or power cut); deleted too. A live one (a backup running now) is left.
+    pub dead_uploads: Vec<String>,
 }
 
 impl NodePrune {
@@ -125,6 +128,7 @@ fn prune_node(
         decisions = retention::plan(&request.policy, entries, &[newest_good.as_str()]);
     }
     let orphan_signatures = retention::orphan_signatures(store, &cluster, &node)?;
+    let dead_uploads = store.remove_dead_uploads(&format!("{cluster}/{node}/"), request.dry_run)?;
     if !request.dry_run {
         let doomed: Vec<&str> = decisions
             .iter()
@@ -151,6 +155,7 @@ fn prune_node(
         failed_verification,
         decisions,
         orphan_signatures,
+        dead_uploads,
     })
 }
 
@@ -198,6 +203,11 @@ impl PruneReport {
             for orphan in &node.orphan_signatures {
                 out.push_str(&format!(
                     "{verb:<width$} {orphan}  (signature without a bundle)\n"
+                ));
+            }
+            for upload in &node.dead_uploads {
+                out.push_str(&format!(
+                    "{verb:<width$} {upload}  (unfinished upload left by a crash or power cut)\n"
                 ));
             }
         }

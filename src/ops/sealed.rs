@@ -72,7 +72,7 @@ pub fn store_sealed(
     options: &SealOptions,
     write: impl FnOnce(&mut dyn Write) -> Result<(), Error>,
 ) -> Result<Sealed, Error> {
-    let upload = store.create(name)?;
+    let upload = store.create_new(name)?;
     let upload = match options.sign_key {
         Some(_) => Digesting::signable(upload),
         None => Digesting::new(upload),
@@ -95,7 +95,7 @@ pub fn store_sealed(
                 time::OffsetDateTime::now_utc().unix_timestamp(),
             );
             let sig_name = format!("{name}{SIGNATURE_SUFFIX}");
-            let mut upload = store.create(&sig_name)?;
+            let mut upload = store.create_new(&sig_name)?;
             upload
                 .write_all(signature.as_bytes())
                 .map_err(|e| crate::store::Error::from_io("writing", &sig_name, e))?;

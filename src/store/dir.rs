@@ -1,11 +1,20 @@
 //! A store in a local directory. An object appears under its final name only when complete: data goes
 //! to `<name>.part` (0600), is fsynced, renamed, and the directory fsynced.
+//!
+//! A writer holds an exclusive flock on its `.part` until it commits or drops it, and writes to it
+//! continually; the kernel releases the lock when the process dies. So a `.part` that nobody holds
+//! locked and that has not changed for `DEAD_UPLOAD_AGE` is a dead upload (a crash or power cut), and
+//! `remove_dead_uploads` may remove it while a concurrent backup's live `.part` stays. The age covers
+//! the instant between creating a `.part` and locking it, and file systems that do not lock.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::progress::Progress;
 use super::{check_name, Error, ObjectInfo, Store, Upload};
@@ -13,6 +22,8 @@ use crate::fsutil;
 
 pub(crate) const PART_SUFFIX: &str = ".part";
 const WRITE_BUFFER: usize = 1 << 20;
+/// How long an unlocked `.part` must have been unchanged before it counts as dead.
+pub(crate) const DEAD_UPLOAD_AGE: Duration = Duration::from_secs(15 * 60);
 
 pub(crate) struct DirStore {
     root: PathBuf,
@@ -43,6 +54,91 @@ impl DirStore {
             .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
         Ok(path)
     }
+
+    /// An upload of `name`; unless `replace`, one that refuses to replace an object or another
+    /// writer's `.part` of that name.
+    fn upload(&self, name: &str, replace: bool) -> Result<Box<dyn Upload>, Error> {
+        let path = self.new_path(name)?;
+        if !replace && path.symlink_metadata().is_ok() {
+            return Err(Error::Exists {
+                path,
+                unfinished: false,
+            });
+        }
+        let part = PathBuf::from(format!("{}{PART_SUFFIX}", path.display()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .create_new(!replace)
+            .truncate(true)
+            .mode(0o600)
+            .open(&part)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AlreadyExists => Error::Exists {
+                    path: part.clone(),
+                    unfinished: true,
+                },
+                _ => Error::io("creating", part.clone(), e),
+            })?;
+        // `mode` applies to new files only; a stale .part from a crash keeps whatever it had.
+        file.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| Error::io("creating", part.clone(), e))?;
+        let lock = file
+            .try_clone()
+            .ok()
+            .and_then(|clone| Flock::lock(clone, FlockArg::LockExclusiveNonblock).ok());
+        let progress = Progress::new(
+            "writing",
+            path.display().to_string(),
+            self.progress_interval,
+        );
+        Ok(Box::new(DirUpload {
+            name: name.to_string(),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+            part,
+            path,
+            replace,
+            written: 0,
+            progress,
+            _lock: lock,
+        }))
+    }
+}
+
+/// The lock on the `.part` at `path` when it is a dead upload: no writer holds it locked and it has
+/// not changed for `DEAD_UPLOAD_AGE`. `None` for a live one, one gone meanwhile, or one whose lock
+/// cannot be asked for (a file system without locks): that is left rather than guessed at.
+fn dead_upload(path: &Path) -> Result<Option<Flock<File>>, Error> {
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                "opening the unfinished upload",
+                path.to_path_buf(),
+                e,
+            ))
+        }
+    };
+    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
+        Err((_, e)) => {
+            log::warn!(
+                "leaving {}: cannot tell whether its writer is alive ({e})",
+                path.display()
+            );
+            return Ok(None);
+        }
+    };
+    let modified = lock
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_err(|e| Error::io("reading", path.to_path_buf(), e))?;
+    let age = SystemTime::now()
+        .duration_since(modified)
+        .unwrap_or_default();
+    Ok((age >= DEAD_UPLOAD_AGE).then_some(lock))
 }
 
 impl Store for DirStore {
@@ -106,31 +202,39 @@ impl Store for DirStore {
     }
 
     fn create(&self, name: &str) -> Result<Box<dyn Upload>, Error> {
-        let path = self.new_path(name)?;
-        let part = PathBuf::from(format!("{}{PART_SUFFIX}", path.display()));
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&part)
-            .map_err(|e| Error::io("creating", part.clone(), e))?;
-        // `mode` applies to new files only; a stale .part from a crash keeps whatever it had.
-        file.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(|e| Error::io("creating", part.clone(), e))?;
-        let progress = Progress::new(
-            "writing",
-            path.display().to_string(),
-            self.progress_interval,
-        );
-        Ok(Box::new(DirUpload {
-            name: name.to_string(),
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            part,
-            path,
-            written: 0,
-            progress,
-        }))
+        self.upload(name, true)
+    }
+
+    fn create_new(&self, name: &str) -> Result<Box<dyn Upload>, Error> {
+        self.upload(name, false)
+    }
+
+    fn remove_dead_uploads(&self, prefix: &str, dry_run: bool) -> Result<Vec<String>, Error> {
+        let start = prefix.rfind('/').map_or("", |i| &prefix[..i]);
+        let mut parts = Vec::new();
+        walk(&self.root, start, &mut |name, _| {
+            if name.starts_with(prefix) && name.ends_with(PART_SUFFIX) {
+                parts.push(name.to_string());
+            }
+        })?;
+        let mut removed = Vec::new();
+        for name in parts {
+            let path = self.root.join(&name);
+            let Some(_lock) = dead_upload(&path)? else {
+                continue;
+            };
+            if !dry_run {
+                match fs::remove_file(&path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(Error::io("removing the dead upload", path, e))
+                    }
+                    _ => {}
+                }
+            }
+            removed.push(name);
+        }
+        removed.sort();
+        Ok(removed)
     }
 
     fn delete(&self, name: &str) -> Result<(), Error> {
@@ -193,8 +297,12 @@ struct DirUpload {
     file: Option<BufWriter<File>>,
     part: PathBuf,
     path: PathBuf,
+    /// Whether committing may replace an object of the same name.
+    replace: bool,
     written: u64,
     progress: Progress,
+    /// Held until the upload is committed or dropped: tells a live `.part` from a dead one.
+    _lock: Option<Flock<File>>,
 }
 
 impl DirUpload {
@@ -250,10 +358,24 @@ impl Upload for DirUpload {
         let Some(writer) = self.file.as_mut() else {
             return Err(self.failed());
         };
+        let commit = if self.replace {
+            fsutil::commit_file
+        } else {
+            fsutil::commit_file_new
+        };
         let committed = writer
             .flush()
-            .and_then(|()| fsutil::commit_file(writer.get_ref(), &self.part, &self.path));
-        committed.map_err(|e| self.fail(e))?;
+            .and_then(|()| commit(writer.get_ref(), &self.part, &self.path));
+        match committed {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                self.discard();
+                return Err(Error::Exists {
+                    path: self.path.clone(),
+                    unfinished: false,
+                });
+            }
+            committed => committed.map_err(|e| self.fail(e))?,
+        }
         self.file = None;
         Ok(ObjectInfo {
             name: std::mem::take(&mut self.name),

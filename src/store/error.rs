@@ -68,6 +68,9 @@ pub enum Error {
     #[error("store directory {} does not exist. Check the store path for a typo; a new store's directory is made by its first cpr backup", path.display())]
     NoDir { path: PathBuf },
 
+    #[error("writing {}: it already exists{}. Bundle names have one-second resolution, so another backup of this node was taken in the same second; run the backup again", path.display(), if *unfinished { " as an upload still in progress" } else { "" })]
+    Exists { path: PathBuf, unfinished: bool },
+
     #[error("writing {path}: the file system is full. Free space there or choose another store; the partial file was removed")]
     DiskFull { path: PathBuf },
 

@@ -52,6 +52,18 @@ pub trait Store: Send + Sync {
     ) -> Result<Box<dyn Read + Send>, Error>;
     /// A writer whose data becomes visible under `name` only when `Upload::commit` succeeds.
     fn create(&self, name: &str) -> Result<Box<dyn Upload>, Error>;
+    /// `create` for an object that must not replace another of the same name (a bundle: names have
+    /// one-second resolution, so two backups of a node in one second pick the same one). A directory
+    /// store refuses with `Error::Exists`; network stores replace, as their PUT does.
+    fn create_new(&self, name: &str) -> Result<Box<dyn Upload>, Error> {
+        self.create(name)
+    }
+    /// Removes the unfinished uploads under `prefix` that no writer works on any more (left by a
+    /// crash or a power cut), or with `dry_run` only finds them; returns their names. Stores that
+    /// keep no such objects where cpr can see them return none.
+    fn remove_dead_uploads(&self, _prefix: &str, _dry_run: bool) -> Result<Vec<String>, Error> {
+        Ok(Vec::new())
+    }
     /// Removes the object; removing one that does not exist is not an error.
     fn delete(&self, name: &str) -> Result<(), Error>;
     /// Writes a small object only if none exists under `name` (the first of several writers wins, the
