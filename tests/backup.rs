@@ -256,3 +256,42 @@ fn a_full_disk_fails_the_upload_as_a_store_error_and_leaves_nothing() {
     assert!(stderr(&out).contains("full"), "{}", stderr(&out));
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A backup cut off by a power cut leaves its `.part`; the node's next backup removes it, and only it.
+#[test]
+fn a_backup_removes_the_dead_uploads_of_its_node_only() {
+    let node = KubeadmNode::start(EtcdVersion::V3_5, 5);
+    let store = tempfile::tempdir().unwrap();
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let dead = format!("{CLUSTER}/{NODE_NAME}/20261130T070000Z.tar.zst.part");
+    let other_node = format!("{CLUSTER}/other/20261130T070000Z.tar.zst.part");
+    for name in [&dead, &other_node] {
+        let path = store.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, b"cut off").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(hour_ago).unwrap();
+    }
+
+    let report = backup(&node, store.path().to_str().unwrap());
+    assert_eq!(
+        report["removedDeadUploads"],
+        serde_json::json!([dead]),
+        "{report}"
+    );
+    assert!(!store.path().join(&dead).exists());
+    assert!(
+        store.path().join(&other_node).exists(),
+        "another node's .part was removed"
+    );
+    // Bundle names have one-second resolution: a backup in the same second is refused.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let text = ok(&cpr(&[
+        "backup",
+        "--root",
+        node.root().to_str().unwrap(),
+        "--store",
+        store.path().to_str().unwrap(),
+    ]));
+    assert!(!text.contains("dead uploads"), "{text}");
+}
