@@ -747,3 +747,228 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
     );
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 }
+
+/// A bundle's parts as its reader hands them over, to be sealed again around a damaged db.
+#[derive(Default)]
+struct Parts {
+    manifest: Option<cpr::bundle::Manifest>,
+    files: Vec<Vec<u8>>,
+    snapshot: Vec<u8>,
+}
+
+impl cpr::bundle::Sink for Parts {
+    fn manifest(&mut self, manifest: &cpr::bundle::Manifest) -> std::io::Result<()> {
+        self.manifest = Some(manifest.clone());
+        Ok(())
+    }
+
+    fn file(
+        &mut self,
+        _: &cpr::bundle::FileEntry,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        let mut bytes = Vec::new();
+        data.read_to_end(&mut bytes)?;
+        self.files.push(bytes);
+        Ok(())
+    }
+
+    fn snapshot(
+        &mut self,
+        _: &cpr::bundle::SnapshotEntry,
+        data: &mut dyn std::io::Read,
+    ) -> std::io::Result<()> {
+        data.read_to_end(&mut self.snapshot).map(drop)
+    }
+}
+
+/// The pages of a bbolt db, read by hand from its layout (go.etcd.io/bbolt page.go, meta.go,
+/// bucket.go), independently of cpr's reader.
+struct Bbolt<'a> {
+    db: &'a mut [u8],
+    page_size: usize,
+}
+
+const BRANCH_PAGE: u16 = 0x01;
+const LEAF_PAGE: u16 = 0x02;
+const PAGE_HEADER: usize = 16;
+
+impl Bbolt<'_> {
+    fn u16_at(&self, at: usize) -> u16 {
+        u16::from_le_bytes(self.db[at..at + 2].try_into().unwrap())
+    }
+
+    fn u32_at(&self, at: usize) -> usize {
+        u32::from_le_bytes(self.db[at..at + 4].try_into().unwrap()) as usize
+    }
+
+    fn u64_at(&self, at: usize) -> u64 {
+        u64::from_le_bytes(self.db[at..at + 8].try_into().unwrap())
+    }
+
+    /// The meta page with the higher txid: (root bucket's page, high-water page id).
+    fn meta(&self) -> (u64, u64) {
+        let meta = |page: usize| {
+            let at = page * self.page_size + PAGE_HEADER;
+            (
+                self.u64_at(at + 48),
+                self.u64_at(at + 16),
+                self.u64_at(at + 40),
+            )
+        };
+        let (_, root, high_water) = meta(0).max(meta(1));
+        (root, high_water)
+    }
+
+    fn flags(&self, page: u64) -> u16 {
+        self.u16_at(page as usize * self.page_size + 8)
+    }
+
+    fn count(&self, page: u64) -> usize {
+        self.u16_at(page as usize * self.page_size + 10) as usize
+    }
+
+    /// The root page of bucket `name`, a sub-bucket of the root bucket's leaf page.
+    fn bucket(&self, name: &[u8]) -> u64 {
+        let (root, _) = self.meta();
+        let start = root as usize * self.page_size + PAGE_HEADER;
+        assert_eq!(self.flags(root), LEAF_PAGE, "the root bucket is one leaf");
+        (0..self.count(root))
+            .find_map(|i| {
+                let element = start + i * 16;
+                let key = element + self.u32_at(element + 4);
+                let ksize = self.u32_at(element + 8);
+                (&self.db[key..key + ksize] == name).then(|| self.u64_at(key + ksize))
+            })
+            .unwrap_or_else(|| panic!("no bucket {name:?}"))
+    }
+
+    /// The address of the page id of a branch page's `index`th child.
+    fn child_pgid_at(&self, branch: u64, index: usize) -> usize {
+        branch as usize * self.page_size + PAGE_HEADER + index * 16 + 8
+    }
+}
+
+/// A copy of `good`'s bundle whose db `damage` changes, sealed again by cpr's own writer with valid
+/// digests (etcd's sha256 trailer recomputed) under a new name in the same store.
+fn resealed(
+    store: &Path,
+    good: &str,
+    seconds_later: i64,
+    damage: impl FnOnce(&mut Bbolt),
+) -> String {
+    let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
+    let mut parts = Parts::default();
+    cpr::bundle::read_bundle(opened.open(good).unwrap(), good, &mut parts).unwrap();
+    let manifest = parts.manifest.unwrap();
+    let db_len = parts.snapshot.len() - 32;
+    let (db, trailer) = parts.snapshot.split_at_mut(db_len);
+    let page_size = u32::from_le_bytes(db[PAGE_HEADER + 8..PAGE_HEADER + 12].try_into().unwrap());
+    damage(&mut Bbolt {
+        db,
+        page_size: page_size as usize,
+    });
+    use sha2::Digest as _;
+    trailer.copy_from_slice(&sha2::Sha256::digest(&*db));
+    let name = cpr::bundle::name::BundleName::parse(good).unwrap();
+    let at = name.created() + time::Duration::seconds(seconds_later);
+    let resealed = cpr::bundle::name::BundleName::new(&name.cluster, &name.node, at, false)
+        .unwrap()
+        .to_string();
+    let options = cpr::bundle::WriteOptions {
+        zstd_level: 3,
+        zstd_threads: 0,
+        mtime: 0,
+    };
+    let (bytes, _) = cpr::bundle::write_bundle(
+        Vec::new(),
+        &manifest,
+        &parts.files,
+        &mut &parts.snapshot[..],
+        &options,
+        &resealed,
+    )
+    .unwrap();
+    let mut upload = opened.create_new(&resealed).unwrap();
+    std::io::Write::write_all(&mut upload, &bytes).unwrap();
+    upload.commit().unwrap();
+    resealed
+}
+
+/// Bundles re-sealed with valid digests over a db with a damaged bbolt page: the drill fails with
+/// the check that caught it and leaves no scratch.
+#[test]
+fn drills_fail_on_a_damaged_bbolt_page_under_valid_digests() {
+    let node = KubeadmNode::start(EtcdVersion::V3_5, 0);
+    // Custom resources of 1.5 KiB each: the key bucket spans leaves under a branch page.
+    for i in 0..6 {
+        let widget = serde_json::json!({
+            "apiVersion": "example.com/v1",
+            "kind": "Widget",
+            "metadata": {"name": format!("w{i}"), "namespace": "default"},
+            "spec": {"padding": "x".repeat(1536)},
+        });
+        etcdctl_put(
+            node.etcdctl_command(),
+            &format!("/registry/example.com/widgets/default/w{i}"),
+            widget.to_string().as_bytes(),
+        );
+    }
+    let work = TempDir::new().unwrap();
+    let (store, scratch) = (work.path().join("store"), work.path().join("scratch"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let good = backup_of(&node, &store, &[]);
+    type Damage = Box<dyn FnOnce(&mut Bbolt)>;
+    let cases: [(&str, &str, Damage); 2] = [
+        (
+            "a branch page of the key bucket pointing past the db's end",
+            "page id out of range",
+            Box::new(|db: &mut Bbolt| {
+                let key = db.bucket(b"key");
+                assert_eq!(db.flags(key), BRANCH_PAGE, "the key bucket spans pages");
+                let (_, high_water) = db.meta();
+                let at = db.child_pgid_at(key, db.count(key) - 1);
+                db.db[at..at + 8].copy_from_slice(&(high_water + 1000).to_le_bytes());
+            }),
+        ),
+        (
+            "a leaf of the key bucket whose element count runs past its page",
+            "65520 elements do not fit in the page",
+            Box::new(|db: &mut Bbolt| {
+                let key = db.bucket(b"key");
+                let at = db.child_pgid_at(key, 0);
+                let leaf = db.u64_at(at);
+                assert_eq!(db.flags(leaf), LEAF_PAGE);
+                let count = leaf as usize * db.page_size + 10;
+                db.db[count..count + 2].copy_from_slice(&0xfff0u16.to_le_bytes());
+            }),
+        ),
+    ];
+    for (i, (what, reason, damage)) in cases.into_iter().enumerate() {
+        let bundle = resealed(&store, &good, i as i64 + 1, damage);
+        let out = drill(
+            &node,
+            &store,
+            &scratch,
+            &["--bundle", &bundle, "--no-live"],
+            &[],
+        );
+        let text = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(12), "{what}: {text}");
+        assert!(
+            text.contains(&format!("restore drill of {bundle} failed")),
+            "{what}: {text}"
+        );
+        assert!(
+            text.contains(
+                "restore: reading snapshot etcd/snapshot.db: the bbolt db is damaged (page "
+            ) && text.contains(reason),
+            "{what}: {text}"
+        );
+        assert_eq!(
+            common::files_below(&scratch),
+            Vec::<PathBuf>::new(),
+            "{what}"
+        );
+    }
+}
