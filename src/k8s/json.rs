@@ -212,39 +212,6 @@ fn go_duration(nanos: i64) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_group_in_the_descriptors_resolves_by_api_version() {
-        for (api_version, kind) in [
-            ("v1", "ConfigMap"),
-            ("apps/v1", "Deployment"),
-            ("rbac.authorization.k8s.io/v1", "ClusterRole"),
-            ("coordination.k8s.io/v1", "Lease"),
-            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
-            ("apiregistration.k8s.io/v1", "APIService"),
-            ("internal.apiserver.k8s.io/v1alpha1", "StorageVersion"),
-            ("autoscaling/v2", "HorizontalPodAutoscaler"),
-        ] {
-            assert!(
-                message_of(api_version, kind).is_some(),
-                "{api_version} {kind}"
-            );
-        }
-        assert!(message_of("v1", "NoSuchKind").is_none());
-    }
-
-    #[test]
-    fn durations_read_as_go_prints_them() {
-        assert_eq!(go_duration(0), "0s");
-        assert_eq!(go_duration(1_500_000_000), "1.5s");
-        assert_eq!(go_duration(3_723_000_000_000), "1h2m3s");
-        assert_eq!(go_duration(60_000_000_000), "1m0s");
-    }
-}
-
 /// The JSON form of a stored object, whatever its storage encoding.
 pub fn object_json(value: &[u8]) -> Result<Json, Error> {
     match super::open(value)? {
@@ -286,4 +253,37 @@ pub fn for_apply(mut object: Json) -> Json {
         }
     }
     object
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_group_in_the_descriptors_resolves_by_api_version() {
+        for (api_version, kind) in [
+            ("v1", "ConfigMap"),
+            ("apps/v1", "Deployment"),
+            ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+            ("coordination.k8s.io/v1", "Lease"),
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+            ("apiregistration.k8s.io/v1", "APIService"),
+            ("internal.apiserver.k8s.io/v1alpha1", "StorageVersion"),
+            ("autoscaling/v2", "HorizontalPodAutoscaler"),
+        ] {
+            assert!(
+                message_of(api_version, kind).is_some(),
+                "{api_version} {kind}"
+            );
+        }
+        assert!(message_of("v1", "NoSuchKind").is_none());
+    }
+
+    #[test]
+    fn durations_read_as_go_prints_them() {
+        assert_eq!(go_duration(0), "0s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(3_723_000_000_000), "1h2m3s");
+        assert_eq!(go_duration(60_000_000_000), "1m0s");
+    }
 }
