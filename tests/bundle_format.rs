@@ -1,4 +1,7 @@
-//! The bundle format on its own: round trips, and every way a damaged or crafted bundle is refused.
+//! The bundle format on its own: round trips, and every way a damaged or crafted bundle is refused;
+//! a real backup read by the standard tools and by cpr 1.1.
+
+mod common;
 
 use cpr::bundle::manifest::{self, Cluster, Etcd, FileEntry, Manifest, Node, SnapshotEntry};
 use cpr::bundle::{
@@ -7,6 +10,8 @@ use cpr::bundle::{
 use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const NAME: &str = "prod/master0/20261124T080000Z.tar.zst";
 
@@ -137,33 +142,38 @@ fn standard_tools_open_a_bundle() {
             "etc/kubernetes/pki/ca.key",
             "etc/kubernetes/manifests/etcd.yaml",
             "etcd/snapshot.db",
-            "cpr/snapshot.b3"
         ]
     );
     assert!(
         listing.contains("-rw-------"),
         "ca.key keeps mode 0600: {listing}"
     );
-    // The check README gives an operator: b3sum (Debian's b3sum) over the extracted snapshot.
+    // The check README gives an operator: GNU tar stops at the end-of-archive marker without a
+    // word about the BLAKE3 line after it; b3sum (Debian's) checks that line against the
+    // extracted snapshot; Python's tarfile lists the same entries.
     let check = std::process::Command::new("sh")
         .arg("-c")
-        .arg("zstd -dc b.tar.zst | tar xf - && b3sum -c cpr/snapshot.b3")
+        .arg(
+            "set -e; zstd -dc b.tar.zst | tar xf -; zstd -dc b.tar.zst | tail -c 83 | b3sum -c -
+             zstd -dc b.tar.zst | python3 -c 'import sys, tarfile
+print(*tarfile.open(fileobj=sys.stdin.buffer, mode=\"r|\").getnames())'",
+        )
         .current_dir(dir.path())
         .output()
         .unwrap();
     assert!(
-        check.status.success(),
+        check.status.success() && check.stderr.is_empty(),
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
     assert_eq!(
         String::from_utf8_lossy(&check.stdout),
-        "etcd/snapshot.db: OK\n"
+        format!("etcd/snapshot.db: OK\n{}\n", names.join(" "))
     );
 }
 
 /// Writes the sample with `snapshot` in place of its own, as a 1.2 bundle or, with `blake3` None,
-/// as a 1.1 bundle (no digest entry; the reader checks etcd's trailer).
+/// as a 1.1 bundle (no digest line; the reader checks etcd's trailer).
 fn bundle_with(snapshot: &[u8], blake3: Option<String>) -> Vec<u8> {
     let (manifest, files, _) = sample();
     let manifest = Manifest {
@@ -189,7 +199,10 @@ fn bundle_with(snapshot: &[u8], blake3: Option<String>) -> Vec<u8> {
 fn format_1_1_bundles_without_a_snapshot_digest_are_checked_by_the_trailer() {
     let bytes = bundle_with(&snapshot(), None);
     let content = zstd::decode_all(&bytes[..]).unwrap();
-    assert!(!String::from_utf8_lossy(&content).contains("snapshot.b3"));
+    assert!(
+        content.ends_with(&[0; 1024]),
+        "nothing after the end marker"
+    );
     let read = read_bundle(&bytes[..], NAME, &mut Discard).unwrap();
     assert_eq!(read.snapshot.blake3, None);
 }
@@ -203,41 +216,89 @@ fn a_snapshot_that_does_not_match_its_blake3_digest_is_refused() {
     other[100] ^= 1;
     let trailer = Sha256::digest(&other);
     other.extend_from_slice(&trailer);
-    let swapped = bundle_with(&other, Some(manifest::SNAPSHOT_BLAKE3_PATH.into()));
-    let original = bundle_with(&good, Some(manifest::SNAPSHOT_BLAKE3_PATH.into()));
-    // Swap the digest entry of the original into the bundle holding the other snapshot.
-    let entries = |bytes: &[u8]| -> Vec<(String, Vec<u8>)> {
-        let tar = zstd::decode_all(bytes).unwrap();
-        let mut archive = tar::Archive::new(&tar[..]);
-        archive
-            .entries()
-            .unwrap()
-            .map(|e| {
-                let mut e = e.unwrap();
-                let path = e.path().unwrap().display().to_string();
-                let mut data = Vec::new();
-                e.read_to_end(&mut data).unwrap();
-                (path, data)
-            })
-            .collect()
+    let at = Some(manifest::SNAPSHOT_BLAKE3_END_OF_ARCHIVE.to_string());
+    let line_len = 83;
+    let tail = |bytes: &[u8]| {
+        let content = zstd::decode_all(bytes).unwrap();
+        content[content.len() - line_len..].to_vec()
     };
-    let original_digest = entries(&original).pop().unwrap();
-    let mut crafted = entries(&swapped);
-    *crafted.last_mut().unwrap() = original_digest;
-    let listed: Vec<(&str, tar::EntryType, &[u8])> = crafted
-        .iter()
-        .map(|(p, d)| (p.as_str(), tar::EntryType::Regular, &d[..]))
-        .collect();
-    let err = read_bundle(&craft(&listed)[..], NAME, &mut Discard).unwrap_err();
+    let original_line = tail(&bundle_with(&good, at.clone()));
+    let swapped = zstd::decode_all(&bundle_with(&other, at)[..]).unwrap();
+    let mut crafted = swapped[..swapped.len() - line_len].to_vec();
+    crafted.extend_from_slice(&original_line);
+    let err = read_bundle(
+        &zstd::encode_all(&crafted[..], 3).unwrap()[..],
+        NAME,
+        &mut Discard,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::SnapshotDigest { .. }), "{err}");
-    let expected = blake3::hash(&good).to_hex().to_string();
-    assert!(err.to_string().contains(&expected), "{err}");
-    // Without its digest entry, a 1.2 bundle is incomplete.
-    let err = read_bundle(&craft(&listed[..listed.len() - 1])[..], NAME, &mut Discard).unwrap_err();
-    assert!(
-        err.to_string().contains("cpr/snapshot.b3") && err.to_string().contains("ends before"),
-        "{err}"
-    );
+    for digest in [blake3::hash(&good), blake3::hash(&other)] {
+        assert!(err.to_string().contains(&*digest.to_hex()), "{err}");
+    }
+    assert!(err.to_string().contains(NAME), "{err}");
+}
+
+/// What a 1.2 bundle may hold after the end-of-archive marker: b3sum's line for its snapshot, and
+/// nothing else.
+#[test]
+fn a_1_2_bundle_without_its_blake3_line_right_after_the_end_is_refused() {
+    let (manifest, files, snap) = sample();
+    let json = manifest.to_json();
+    let entries: Vec<(&str, tar::EntryType, &[u8])> = vec![
+        (manifest::MANIFEST_PATH, tar::EntryType::Regular, &json),
+        (&manifest.files[0].path, tar::EntryType::Regular, &files[0]),
+        (&manifest.files[1].path, tar::EntryType::Regular, &files[1]),
+        (&manifest.files[2].path, tar::EntryType::Regular, &files[2]),
+        (manifest::SNAPSHOT_PATH, tar::EntryType::Regular, &snap),
+    ];
+    let line = manifest.snapshot.blake3_line(&blake3::hash(&snap));
+    assert!(read_bundle(
+        &craft_with_tail(&entries, line.as_bytes())[..],
+        NAME,
+        &mut Discard
+    )
+    .is_ok());
+    let other = manifest
+        .snapshot
+        .blake3_line(&blake3::hash(b"another snapshot"));
+    let cases: [(&str, Vec<u8>, &str); 6] = [
+        ("missing", Vec::new(), "there is no digest line"),
+        (
+            "a third zero block",
+            [&[0; 512][..], line.as_bytes()].concat(),
+            "are not",
+        ),
+        ("another digest", other.clone().into_bytes(), &other[..64]),
+        (
+            "bytes after the line",
+            format!("{line}#").into_bytes(),
+            "are not",
+        ),
+        ("no newline", line.trim_end().as_bytes().to_vec(), "are not"),
+        ("other bytes", vec![b'x'; line.len()], "are not"),
+    ];
+    for (what, tail, says) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let err = read_bundle(
+            &craft_with_tail(&entries, &tail)[..],
+            NAME,
+            &mut Extract::new(dir.path()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::SnapshotDigest { .. }), "{what}: {err}");
+        assert!(err.to_string().contains(says), "{what}: {err}");
+        assert!(
+            err.to_string().contains("use another bundle"),
+            "{what}: {err}"
+        );
+    }
+    // The manifest names the only place the digest can be.
+    let json = manifest_json(|m| m["snapshot"]["blake3"] = "cpr/snapshot.b3".into());
+    let bytes = craft(&[(manifest::MANIFEST_PATH, tar::EntryType::Regular, &json)]);
+    let err = read_manifest(&bytes[..], NAME).unwrap_err();
+    assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
+    assert!(err.to_string().contains("end-of-archive"), "{err}");
 }
 
 #[test]
@@ -311,6 +372,11 @@ fn every_flipped_byte_is_detected_or_harmless() {
 
 /// Builds a raw tar + zstd from entries given as (path, type, data), bypassing the writer.
 fn craft(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    craft_with_tail(entries, b"")
+}
+
+/// As `craft`, with `tail` after the end-of-archive marker.
+fn craft_with_tail(entries: &[(&str, tar::EntryType, &[u8])], tail: &[u8]) -> Vec<u8> {
     let mut tar = tar::Builder::new(Vec::new());
     for (path, kind, data) in entries {
         let mut header = tar::Header::new_gnu();
@@ -322,7 +388,9 @@ fn craft(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
         }
         tar.append_data(&mut header, path, *data).unwrap();
     }
-    zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap()
+    let mut bytes = tar.into_inner().unwrap();
+    bytes.extend_from_slice(tail);
+    zstd::encode_all(&bytes[..], 3).unwrap()
 }
 
 fn manifest_json(edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
@@ -422,19 +490,16 @@ fn refuses_manifests_with_escaping_or_absurd_entries() {
 fn refuses_entries_that_differ_from_the_manifest() {
     let (manifest, files, snap) = sample();
     let json = manifest.to_json();
-    let digest = manifest.snapshot.blake3_line(&blake3::hash(&snap));
+    let line = manifest.snapshot.blake3_line(&blake3::hash(&snap));
     let good: Vec<(&str, tar::EntryType, &[u8])> = vec![
         (manifest::MANIFEST_PATH, tar::EntryType::Regular, &json),
         (&manifest.files[0].path, tar::EntryType::Regular, &files[0]),
         (&manifest.files[1].path, tar::EntryType::Regular, &files[1]),
         (&manifest.files[2].path, tar::EntryType::Regular, &files[2]),
         (manifest::SNAPSHOT_PATH, tar::EntryType::Regular, &snap),
-        (
-            manifest::SNAPSHOT_BLAKE3_PATH,
-            tar::EntryType::Regular,
-            digest.as_bytes(),
-        ),
     ];
+    let craft =
+        |entries: &[(&str, tar::EntryType, &[u8])]| craft_with_tail(entries, line.as_bytes());
     assert!(read_bundle(&craft(&good)[..], NAME, &mut Discard).is_ok());
 
     let mut symlink = good.clone();
@@ -450,8 +515,8 @@ fn refuses_entries_that_differ_from_the_manifest() {
     ));
     let mut missing = good.clone();
     missing.remove(4);
-    let mut no_digest = good.clone();
-    no_digest.remove(5);
+    let mut digest_as_entry = good.clone();
+    digest_as_entry.push(("cpr/snapshot.b3", tar::EntryType::Regular, line.as_bytes()));
     let mut wrong_content = good.clone();
     wrong_content[2].2 = b"-----BEGIN PRIVATE KEY----- (another key)\n";
     let mut not_first = good.clone();
@@ -461,7 +526,7 @@ fn refuses_entries_that_differ_from_the_manifest() {
         ("order", swapped),
         ("entry after snapshot", extra),
         ("no snapshot", missing),
-        ("no snapshot digest", no_digest),
+        ("digest as an entry", digest_as_entry),
         ("content", wrong_content),
         ("manifest not first", not_first),
     ] {
@@ -512,4 +577,94 @@ fn inspect_reads_only_the_manifest() {
     };
     assert!(read_manifest(Limited(&big, 0), NAME).is_ok());
     assert!(read_manifest(&bytes[..], NAME).is_ok());
+}
+
+/// The last cpr that wrote (and read only) format 1.0 and 1.1: what recovery media built before 1.2
+/// run.
+const CPR_1_1_COMMIT: &str = "80fa0fd";
+
+/// cpr 1.1's binary, built from git once (a debug build, ~5 min on 2 cores) into a target dir of its
+/// own under target/, which scripts/test keeps: later runs take it as it is.
+fn cpr_1_1() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cpr-1.1");
+    let bin = dir.join("target/debug/cpr");
+    if bin.is_file() {
+        return bin;
+    }
+    let src = dir.join("src");
+    common::run(Command::new("sh").arg("-c").arg(format!(
+        "rm -rf '{src}' && mkdir -p '{src}' && git -C '{repo}' archive {CPR_1_1_COMMIT} | tar -x -C '{src}'",
+        src = src.display(),
+        repo = env!("CARGO_MANIFEST_DIR"),
+    )));
+    common::run(
+        Command::new("cargo")
+            .args(["build", "--locked", "--bin", "cpr"])
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", dir.join("target")),
+    );
+    bin
+}
+
+/// A 1.2 bundle of a real etcd 3.5: cpr 1.1 verifies it (the BLAKE3 line after the end of the archive
+/// is invisible to it), and etcdutl reads the snapshot GNU tar extracts, which b3sum checks.
+#[test]
+fn cpr_1_1_and_etcdutl_read_a_1_2_backup() {
+    let cpr_1_1 = cpr_1_1();
+    let node = common::KubeadmNode::start(common::EtcdVersion::V3_5, 20);
+    let store = tempfile::tempdir().unwrap();
+    common::ok(&common::cpr_backup(node.root(), store.path(), &[]));
+    let bundle = common::files_below(store.path())
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst"))
+        .unwrap();
+    let bytes = std::fs::read(&bundle).unwrap();
+    let manifest = read_manifest(&bytes[..], NAME).unwrap();
+    assert_eq!(manifest.format_version, "1.2");
+    assert_eq!(
+        manifest.snapshot.blake3.as_deref(),
+        Some(manifest::SNAPSHOT_BLAKE3_END_OF_ARCHIVE)
+    );
+
+    let verify = |cpr: &Path| -> serde_json::Value {
+        let out = common::run(Command::new(cpr).args([
+            "verify",
+            bundle.to_str().unwrap(),
+            "--output",
+            "json",
+        ]));
+        serde_json::from_str(&out).unwrap()
+    };
+    let by_1_1 = verify(&cpr_1_1);
+    let by_this = verify(&common::cpr_bin());
+    assert_eq!(by_1_1["ok"], true, "{by_1_1}");
+    assert_eq!(
+        by_1_1["revision"].as_i64(),
+        Some(node.revision()),
+        "{by_1_1}"
+    );
+    for field in ["revision", "totalKeys", "hash", "snapshotSize"] {
+        assert_eq!(by_1_1[field], by_this[field], "{field}: {by_1_1} {by_this}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let checked = common::run(
+        Command::new("sh")
+            .current_dir(dir.path())
+            .arg("-c")
+            .arg(format!(
+                "set -e; zstd -dc '{b}' | tar xf -; zstd -dc '{b}' | tail -c 83 | b3sum -c -",
+                b = bundle.display()
+            )),
+    );
+    assert_eq!(checked, "etcd/snapshot.db: OK\n");
+    let status = common::run(Command::new(common::etcdutl()).args([
+        "snapshot",
+        "status",
+        dir.path().join(manifest::SNAPSHOT_PATH).to_str().unwrap(),
+        "-w",
+        "json",
+    ]));
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert!(status["totalKey"].as_i64().unwrap() > 20, "{status}");
 }

@@ -7,13 +7,16 @@ use super::Error;
 
 pub const FORMAT_MAJOR: u32 = 1;
 /// 1.1 added `files[].source` (files static pods read, restored in phase 1); 1.0 bundles lack it.
-/// 1.2 added `snapshot.blake3` and the entry it names after the snapshot, the snapshot's BLAKE3
-/// digest: restores check it instead of etcd's sha256 trailer, which backup checks as etcd streams.
+/// 1.2 added `snapshot.blake3` and the snapshot's BLAKE3 digest after the tar's end-of-archive
+/// marker: restores check it instead of etcd's sha256 trailer, which backup checks as etcd streams.
 pub const FORMAT_MINOR: u32 = 2;
 pub const MANIFEST_PATH: &str = "cpr/manifest.json";
 pub const SNAPSHOT_PATH: &str = "etcd/snapshot.db";
-/// The snapshot's BLAKE3 digest as `b3sum` prints it, so `b3sum -c` checks an extracted bundle.
-pub const SNAPSHOT_BLAKE3_PATH: &str = "cpr/snapshot.b3";
+/// `snapshot.blake3` of a 1.2 bundle: the snapshot's BLAKE3 digest, as `b3sum` prints it, follows
+/// the tar's end-of-archive marker inside the zstd stream. Readers of 1.0 and 1.1, GNU tar and
+/// Python's tarfile stop at the marker, so it is no entry they could refuse; zstd's checksum, age
+/// and minisign still cover it.
+pub const SNAPSHOT_BLAKE3_END_OF_ARCHIVE: &str = "end-of-archive";
 
 /// Bounds that keep a hostile manifest from driving allocation or disk use.
 pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
@@ -127,7 +130,7 @@ pub struct SnapshotEntry {
     pub path: String,
     /// Bytes as etcd streamed them, sha256 trailer included.
     pub size: u64,
-    /// The entry after the snapshot that holds its BLAKE3 digest ([`SNAPSHOT_BLAKE3_PATH`]).
+    /// Where the snapshot's BLAKE3 digest is: [`SNAPSHOT_BLAKE3_END_OF_ARCHIVE`], the only place.
     /// Absent in format 1.0 and 1.1 bundles, whose snapshots are checked by their sha256 trailer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blake3: Option<String>,
@@ -139,11 +142,11 @@ impl SnapshotEntry {
         SnapshotEntry {
             path: SNAPSHOT_PATH.to_string(),
             size,
-            blake3: Some(SNAPSHOT_BLAKE3_PATH.to_string()),
+            blake3: Some(SNAPSHOT_BLAKE3_END_OF_ARCHIVE.to_string()),
         }
     }
 
-    /// The digest entry's contents: `b3sum`'s line for the snapshot.
+    /// What follows the end-of-archive marker: `b3sum`'s line for the snapshot.
     pub fn blake3_line(&self, digest: &blake3::Hash) -> String {
         format!("{}  {}\n", digest.to_hex(), self.path)
     }
@@ -198,10 +201,7 @@ impl Manifest {
         for file in &self.files {
             check_entry_path(&file.path)
                 .map_err(|why| invalid(format!("file {:?}: {why}", file.path)))?;
-            if file.path == MANIFEST_PATH
-                || file.path == self.snapshot.path
-                || file.path == SNAPSHOT_BLAKE3_PATH
-            {
+            if file.path == MANIFEST_PATH || file.path == self.snapshot.path {
                 return Err(invalid(format!(
                     "file {:?} collides with a reserved entry",
                     file.path
@@ -247,10 +247,10 @@ impl Manifest {
                 self.snapshot.path
             )));
         }
-        if let Some(path) = self.snapshot.blake3.as_deref() {
-            if path != SNAPSHOT_BLAKE3_PATH {
+        if let Some(at) = self.snapshot.blake3.as_deref() {
+            if at != SNAPSHOT_BLAKE3_END_OF_ARCHIVE {
                 return Err(invalid(format!(
-                    "the snapshot's BLAKE3 digest is in {path:?}, expected {SNAPSHOT_BLAKE3_PATH:?}"
+                    "the snapshot's BLAKE3 digest is at {at:?}, expected {SNAPSHOT_BLAKE3_END_OF_ARCHIVE:?}"
                 )));
             }
         }

@@ -55,11 +55,12 @@ pub enum Error {
     },
     #[error("bundle {bundle}: the etcd snapshot's sha256 trailer does not match its contents. The snapshot is corrupt; use another bundle")]
     SnapshotTrailer { bundle: String },
-    #[error("bundle {bundle}: the etcd snapshot has BLAKE3 digest {actual}, {} says {expected:?}. The bundle is corrupt or was tampered with; use another bundle", manifest::SNAPSHOT_BLAKE3_PATH)]
+    #[error("bundle {bundle}: the etcd snapshot has BLAKE3 digest {actual}, but after the end of the archive {found}. The bundle is corrupt or was tampered with; use another bundle")]
     SnapshotDigest {
         bundle: String,
-        expected: String,
         actual: String,
+        /// What the end of the archive holds instead of b3sum's line for `actual`.
+        found: String,
     },
     #[error("bundle {bundle}: writing {path} failed: {source}. Check the free space and permissions where the bundle goes (the store, or the staging directory on restore), then run again")]
     Write {

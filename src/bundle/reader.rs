@@ -1,8 +1,9 @@
 //! Streaming bundle reader: every entry is checked against the manifest before a sink may keep it.
 //!
 //! The reader accepts exactly the entry sequence the writer produces: the manifest, its files in order,
-//! the snapshot, the end of the archive. Anything else — links, devices, directories, unknown or
-//! duplicate paths, sizes that differ from the manifest, bytes after the end — is refused. Sizes are
+//! the snapshot, the end of the archive and, in format 1.2, b3sum's line for the snapshot. Anything
+//! else — links, devices, directories, unknown or duplicate paths, sizes that differ from the
+//! manifest, other bytes after the end — is refused. Sizes are
 //! bounded by the manifest, so a decompression bomb cannot grow past what the manifest admits.
 
 use sha2::{Digest, Sha256};
@@ -124,6 +125,7 @@ pub fn read_bundle<R: Read>(
     sink: &mut dyn Sink,
 ) -> Result<Manifest, Error> {
     let mut decoder = decoder(input, bundle)?;
+    let mut blake3 = None;
     let manifest = {
         let mut archive = tar::Archive::new(&mut decoder);
         let mut entries = archive
@@ -153,35 +155,18 @@ pub fn read_bundle<R: Read>(
         }
         let snapshot = &manifest.snapshot;
         let entry = expect_entry(&mut entries, &snapshot.path, snapshot.size, bundle)?;
-        match &snapshot.blake3 {
-            Some(digest_path) => {
-                let mut digested = Blake3Reader::new(entry);
-                pass_snapshot(sink, snapshot, &mut digested, bundle)?;
-                let actual = snapshot.blake3_line(&digested.finish().1);
-                let mut stored = Vec::with_capacity(actual.len());
-                expect_entry(&mut entries, digest_path, actual.len() as u64, bundle)?
-                    .read_to_end(&mut stored)
-                    .map_err(read_err(bundle, digest_path))?;
-                if stored != actual.as_bytes() {
-                    let hex = |line: &[u8]| {
-                        String::from_utf8_lossy(line.get(..64).unwrap_or(line)).into_owned()
-                    };
-                    return Err(Error::SnapshotDigest {
-                        bundle: bundle.to_string(),
-                        expected: hex(&stored),
-                        actual: hex(actual.as_bytes()),
-                    });
-                }
-            }
+        if snapshot.blake3.is_some() {
+            let mut digested = Blake3Reader::new(entry);
+            pass_snapshot(sink, snapshot, &mut digested, bundle)?;
+            blake3 = Some(digested.finish().1);
+        } else {
             // Format 1.0 and 1.1: etcd's sha256 trailer is all there is.
-            None => {
-                let mut checked = TrailerReader::new(entry);
-                pass_snapshot(sink, snapshot, &mut checked, bundle)?;
-                if !checked.matches() {
-                    return Err(Error::SnapshotTrailer {
-                        bundle: bundle.to_string(),
-                    });
-                }
+            let mut checked = TrailerReader::new(entry);
+            pass_snapshot(sink, snapshot, &mut checked, bundle)?;
+            if !checked.matches() {
+                return Err(Error::SnapshotTrailer {
+                    bundle: bundle.to_string(),
+                });
             }
         }
         if let Some(extra) = entries.next() {
@@ -192,26 +177,64 @@ pub fn read_bundle<R: Read>(
             return Err(Error::UnexpectedEntry {
                 bundle: bundle.to_string(),
                 path,
-                why: "an entry follows the etcd snapshot (and its digest), which must be last"
-                    .to_string(),
+                why: "an entry follows the etcd snapshot, which must be last".to_string(),
             });
         }
         manifest
     };
     // Reading to the end makes zstd check its frame checksum.
-    let trailing = io::copy(
-        &mut (&mut decoder).take(MAX_TRAILING_BYTES + 1),
-        &mut io::sink(),
-    )
-    .map_err(read_err(bundle, "end of archive"))?;
-    if trailing > MAX_TRAILING_BYTES {
+    let mut trailing = Vec::new();
+    (&mut decoder)
+        .take(MAX_TRAILING_BYTES + 1)
+        .read_to_end(&mut trailing)
+        .map_err(read_err(bundle, "end of archive"))?;
+    if trailing.len() as u64 > MAX_TRAILING_BYTES {
         return Err(Error::UnexpectedEntry {
             bundle: bundle.to_string(),
             path: String::new(),
             why: format!("more than {MAX_TRAILING_BYTES} bytes follow the end of the archive"),
         });
     }
+    if let Some(digest) = blake3 {
+        check_blake3_line(&trailing, &manifest.snapshot, &digest, bundle)?;
+    }
     Ok(manifest)
+}
+
+/// The tar reader stops at the first of the end-of-archive marker's two zero blocks.
+const END_OF_ARCHIVE_REST: [u8; 512] = [0; 512];
+
+/// A 1.2 bundle holds, after the end-of-archive marker, b3sum's line for the snapshot and nothing
+/// else.
+fn check_blake3_line(
+    trailing: &[u8],
+    snapshot: &SnapshotEntry,
+    digest: &blake3::Hash,
+    bundle: &str,
+) -> Result<(), Error> {
+    let expected = snapshot.blake3_line(digest);
+    let expected = expected.as_bytes();
+    let hex_len = 2 * blake3::OUT_LEN;
+    let found = match trailing.strip_prefix(&END_OF_ARCHIVE_REST[..]) {
+        Some(line) if line == expected => return Ok(()),
+        Some(line) if line.len() == expected.len() && line[hex_len..] == expected[hex_len..] => {
+            format!(
+                "b3sum's line says {}",
+                String::from_utf8_lossy(&line[..hex_len])
+            )
+        }
+        _ if trailing.iter().all(|&b| b == 0) => "there is no digest line".to_string(),
+        _ => format!(
+            "the {} bytes there are not the end-of-archive marker and b3sum's line for {}",
+            trailing.len(),
+            snapshot.path
+        ),
+    };
+    Err(Error::SnapshotDigest {
+        bundle: bundle.to_string(),
+        actual: digest.to_hex().to_string(),
+        found,
+    })
 }
 
 /// Hands the snapshot to the sink and reads what it left, so the digest covers every byte.

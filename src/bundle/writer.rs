@@ -1,4 +1,5 @@
-//! Streaming bundle writer: manifest, files, then the etcd snapshot, through zstd into any `Write`.
+//! Streaming bundle writer: manifest, files, then the etcd snapshot, through zstd into any `Write`;
+//! after the tar's end, inside the zstd stream, b3sum's line for the snapshot (format 1.2).
 
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
@@ -21,7 +22,7 @@ pub struct WriteOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteStats {
-    /// Uncompressed tar bytes.
+    /// Uncompressed bytes: the tar and what follows its end (format 1.2's BLAKE3 line).
     pub tar_bytes: u64,
 }
 
@@ -111,17 +112,14 @@ pub fn write_bundle<W: Write>(
             bundle: bundle.to_string(),
         });
     }
-    if let Some(path) = &manifest.snapshot.blake3 {
-        let line = manifest.snapshot.blake3_line(&digest);
-        append(
-            &mut tar,
-            &meta(path, 0o644, line.len() as u64),
-            line.as_bytes(),
-        )
-        .map_err(write_err(path))?;
+    let mut tar_counter = tar.into_inner().map_err(write_err("tar end"))?;
+    if manifest.snapshot.blake3.is_some() {
+        tar_counter
+            .write_all(manifest.snapshot.blake3_line(&digest).as_bytes())
+            .map_err(write_err(
+                "the snapshot's BLAKE3 line after the end of the archive",
+            ))?;
     }
-
-    let tar_counter = tar.into_inner().map_err(write_err("tar end"))?;
     let tar_bytes = tar_counter.count;
     let out = tar_counter.inner.finish().map_err(write_err("zstd end"))?;
     Ok((out, WriteStats { tar_bytes }))
