@@ -156,9 +156,14 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
     let node_name = etcd_pod.required_flag("name")?.to_string();
     let name = BundleName::new(&cluster_name, &node_name, created, request.seal.encrypts())?;
     let bundle = name.to_string();
+    // Clearing up after an earlier backup must not cost this one: a failure is only warned about.
     let removed_dead_uploads = request
         .store
-        .remove_dead_uploads(&format!("{cluster_name}/{node_name}/"), false)?;
+        .remove_dead_uploads(&format!("{cluster_name}/{node_name}/"), false)
+        .unwrap_or_else(|e| {
+            log::warn!("backup: leaving unfinished uploads of earlier backups: {e}");
+            Vec::new()
+        });
     for removed in &removed_dead_uploads {
         log::info!("backup: removed {removed}, an upload that an earlier backup left unfinished");
     }
