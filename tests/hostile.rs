@@ -355,7 +355,56 @@ fn corpus_cases() -> Vec<Case> {
         restore: "truncated or corrupt",
     });
     cases.extend(bombs());
+    cases.extend(blake3_line_cases(&bad_db));
     cases
+}
+
+/// Format 1.2 bundles whose BLAKE3 line after the end of the archive is missing, wrong, or among
+/// other bytes. The snapshot's metas pass but a page is corrupt: verify reads the whole bundle before
+/// walking the pages and meets the line first; restore's etcd step walks them as they stream and
+/// refuses the page before.
+fn blake3_line_cases(snap: &[u8]) -> Vec<Case> {
+    let line = manifest(snap.len() as u64)
+        .snapshot
+        .blake3_line(&blake3::hash(snap));
+    let with_tail = |tail: &[u8]| {
+        let mut tar = Tar::default();
+        tar.file(
+            manifest::MANIFEST_PATH,
+            &manifest_json(snap.len() as u64, |m| {
+                m["formatVersion"] = "1.2".into();
+                m["snapshot"]["blake3"] = manifest::SNAPSHOT_BLAKE3_END_OF_ARCHIVE.into();
+            }),
+        )
+        .file("etc/kubernetes/pki/ca.crt", CA_CRT)
+        .file("etc/kubernetes/pki/ca.key", CA_KEY)
+        .file(manifest::SNAPSHOT_PATH, snap);
+        let mut bytes = tar.end();
+        bytes.extend_from_slice(tail);
+        zst(&bytes)
+    };
+    let another = line.replacen(&line[..8], "00000000", 1);
+    let restore = "page 3: 4000 elements do not fit in the page";
+    vec![
+        Case {
+            file: "blake3-line-missing.tar.zst",
+            bytes: with_tail(b""),
+            verify: "there is no digest line",
+            restore,
+        },
+        Case {
+            file: "blake3-line-wrong.tar.zst",
+            bytes: with_tail(another.as_bytes()),
+            verify: "b3sum's line says 00000000",
+            restore,
+        },
+        Case {
+            file: "blake3-line-among-other-bytes.tar.zst",
+            bytes: with_tail(format!("{line}#!/bin/sh\n").as_bytes()),
+            verify: "are not the end-of-archive marker and b3sum's line",
+            restore,
+        },
+    ]
 }
 
 /// Tiny files that decompress to a gigabyte: zeros after the archive's end, and a snapshot of zeros.
