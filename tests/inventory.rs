@@ -849,25 +849,28 @@ impl Bbolt<'_> {
     }
 }
 
-/// A copy of `good`'s bundle whose db `damage` changes, sealed again by cpr's own writer with valid
-/// digests (etcd's sha256 trailer recomputed) under a new name in the same store.
+/// A copy of `good`'s bundle whose manifest and db `edit` changes, sealed again by cpr's own writer
+/// with valid digests (etcd's sha256 trailer recomputed) under a new name in the same store.
 fn resealed(
     store: &Path,
     good: &str,
     seconds_later: i64,
-    damage: impl FnOnce(&mut Bbolt),
+    edit: impl FnOnce(&mut cpr::bundle::Manifest, &mut Bbolt),
 ) -> String {
     let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
     let mut parts = Parts::default();
     cpr::bundle::read_bundle(opened.open(good).unwrap(), good, &mut parts).unwrap();
-    let manifest = parts.manifest.unwrap();
+    let mut manifest = parts.manifest.unwrap();
     let db_len = parts.snapshot.len() - 32;
     let (db, trailer) = parts.snapshot.split_at_mut(db_len);
     let page_size = u32::from_le_bytes(db[PAGE_HEADER + 8..PAGE_HEADER + 12].try_into().unwrap());
-    damage(&mut Bbolt {
-        db,
-        page_size: page_size as usize,
-    });
+    edit(
+        &mut manifest,
+        &mut Bbolt {
+            db,
+            page_size: page_size as usize,
+        },
+    );
     use sha2::Digest as _;
     trailer.copy_from_slice(&sha2::Sha256::digest(&*db));
     let name = cpr::bundle::name::BundleName::parse(good).unwrap();
@@ -895,6 +898,41 @@ fn resealed(
     resealed
 }
 
+/// `inspect --objects`, `get`, `diff` and `verify` spool a bundle's snapshot into an unlinked file
+/// in TMPDIR: nothing is left there, and a TMPDIR too small for the snapshot (an 8 KiB tmpfs, in a
+/// mount namespace of its own) is refused before anything is written, naming TMPDIR.
+fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path) {
+    let tmp = work.join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let tmp_env = [("TMPDIR", tmp.to_str().unwrap())];
+    let store_arg = ["--store", store.to_str().unwrap()];
+    for args in [
+        &["inspect", "--objects", bundle][..],
+        &["verify", bundle],
+        &["diff", bundle, bundle],
+        &["get", bundle, "configmaps", "kube-system/kubeadm-config"],
+    ] {
+        ok(&common::cpr_env(&[args, &store_arg].concat(), &tmp_env));
+        assert_eq!(common::files_below(&tmp), Vec::<PathBuf>::new(), "{args:?}");
+    }
+    let small = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=8k cpr-test "$1" && TMPDIR="$1" exec "$2" verify --store "$3" "$4""#)
+        .args(["sh", tmp.to_str().unwrap()])
+        .arg(common::cpr_bin())
+        .args([store.to_str().unwrap(), bundle])
+        .output()
+        .unwrap();
+    let text = common::stderr(&small);
+    assert!(!small.status.success(), "{text}");
+    assert!(
+        text.contains(
+            "free: set TMPDIR to a directory on a larger filesystem. Nothing was written"
+        ) && !text.contains("corrupt"),
+        "{text}"
+    );
+}
+
 /// Bundles re-sealed with valid digests over a db with a damaged bbolt page: the drill fails with
 /// the check that caught it and leaves no scratch.
 #[test]
@@ -918,6 +956,7 @@ fn drills_fail_on_a_damaged_bbolt_page_under_valid_digests() {
     let (store, scratch) = (work.path().join("store"), work.path().join("scratch"));
     std::fs::create_dir_all(&scratch).unwrap();
     let good = backup_of(&node, &store, &[]);
+    reading_a_bundle_leaves_no_temp_file(&store, &good, work.path());
     type Damage = Box<dyn FnOnce(&mut Bbolt)>;
     let cases: [(&str, &str, Damage); 2] = [
         (
@@ -945,7 +984,7 @@ fn drills_fail_on_a_damaged_bbolt_page_under_valid_digests() {
         ),
     ];
     for (i, (what, reason, damage)) in cases.into_iter().enumerate() {
-        let bundle = resealed(&store, &good, i as i64 + 1, damage);
+        let bundle = resealed(&store, &good, i as i64 + 1, |_, db| damage(db));
         let out = drill(
             &node,
             &store,
@@ -971,4 +1010,51 @@ fn drills_fail_on_a_damaged_bbolt_page_under_valid_digests() {
             "{what}"
         );
     }
+}
+
+/// A drill of a bundle of a three-member etcd restores its snapshot into scratch as a lone member:
+/// it never probes the members (two of them on addresses that never answer, the third the live one
+/// of this node, which a probe would find and plan a rejoin to), never claims a restore point in
+/// the store, and passes.
+#[test]
+fn a_drill_of_a_several_member_bundle_restores_a_lone_member_and_claims_nothing() {
+    let node = KubeadmNode::start(EtcdVersion::V3_5, 0);
+    // The seed's stand-in Lease is plain text, no object.
+    assert!(node
+        .etcdctl(&["del", "/registry/leases/kube-node-lease/master0"])
+        .status
+        .success());
+    let work = TempDir::new().unwrap();
+    let (store, scratch) = (work.path().join("store"), work.path().join("scratch"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let single = backup_of(&node, &store, &[]);
+    let several = resealed(&store, &single, 1, |manifest, _| {
+        // TEST-NET-1 (RFC 5737): nothing answers there.
+        for n in 1..3_u64 {
+            let address = format!("192.0.2.{n}");
+            manifest.etcd.members.push(cpr::bundle::manifest::Member {
+                id: format!("{:x}", 0xc0ff_ee00_u64 + n),
+                name: format!("master{n}"),
+                peer_urls: vec![format!("https://{address}:2380")],
+                client_urls: vec![format!("https://{address}:2379")],
+                is_learner: false,
+            });
+        }
+    });
+    let started = std::time::Instant::now();
+    let out = drill(&node, &store, &scratch, &["--bundle", &several], &[]);
+    let took = started.elapsed();
+    let text = common::stderr(&out);
+    ok(&out);
+    assert!(!text.contains("probing them for a quorum"), "{text}");
+    assert!(text.contains("as a lone member"), "{text}");
+    let store_files: Vec<PathBuf> = common::files_below(&store);
+    assert!(
+        store_files
+            .iter()
+            .all(|f| !f.to_string_lossy().contains("restore-point")),
+        "a drill claimed a restore point: {store_files:?}"
+    );
+    assert_eq!(common::files_below(&scratch), Vec::<PathBuf>::new());
+    eprintln!("drill of a three-member bundle: {took:?}");
 }

@@ -72,7 +72,7 @@ impl DiffCmd {
             },
             scratch,
         )?;
-        let listing = inventory::read(&snapshot, &self.etcd_prefix)?.listing();
+        let listing = inventory::read(&snapshot.path(), &self.etcd_prefix)?.listing();
         Ok((name, listing))
     }
 }

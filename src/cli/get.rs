@@ -93,7 +93,7 @@ pub fn run(cmd: GetCmd) -> Result<(), Error> {
         scratch.path(),
     )?;
     let object = get(
-        &snapshot,
+        &snapshot.path(),
         &source,
         &cmd.etcd_prefix,
         &Wanted {

@@ -102,7 +102,7 @@ fn read_inventory(cmd: &InspectCmd, scratch: &Path) -> Result<Inventory, Error> 
         },
         scratch,
     )?;
-    Ok(inventory::read(&snapshot, &cmd.etcd_prefix)?)
+    Ok(inventory::read(&snapshot.path(), &cmd.etcd_prefix)?)
 }
 
 fn describe(name: &str, m: &Manifest) -> String {

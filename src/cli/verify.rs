@@ -1,15 +1,16 @@
 //! `cpr verify`: check every digest of a bundle and its etcd snapshot, writing only to a temp dir.
 
 use argh::FromArgs;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
 use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
 use crate::etcd::snapshot_status;
+use crate::store::human_bytes;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -42,24 +43,41 @@ pub struct VerifyCmd {
     pub output: Output,
 }
 
-/// Keeps only the snapshot, in a private temp dir, for the bbolt check.
+/// Keeps only the snapshot, for the bbolt check and the readers after it, in an unlinked file of
+/// the scratch dir (`O_TMPFILE`): it holds the cluster's Secrets and is as large as the db, so it
+/// must not outlive cpr however cpr ends, SIGKILL and power loss included.
 struct SnapshotToFile {
-    path: PathBuf,
+    scratch: PathBuf,
+    file: Option<File>,
+    /// Why the scratch dir cannot take the snapshot; the reader would blame the bundle.
+    no_room: Option<String>,
 }
 
 impl Sink for SnapshotToFile {
+    /// Refuses a snapshot the scratch filesystem cannot hold before writing any of it.
+    fn manifest(&mut self, manifest: &Manifest) -> io::Result<()> {
+        let available = crate::host::available_bytes(&self.scratch)?;
+        if available < manifest.snapshot.size {
+            let why = format!(
+                "its etcd snapshot takes {}, {} has {} free: set TMPDIR to a directory on a larger filesystem. Nothing was written",
+                human_bytes(manifest.snapshot.size),
+                self.scratch.display(),
+                human_bytes(available)
+            );
+            self.no_room = Some(why.clone());
+            return Err(io::Error::new(io::ErrorKind::StorageFull, why));
+        }
+        Ok(())
+    }
+
     fn file(&mut self, _: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
         io::copy(data, &mut io::sink()).map(drop)
     }
 
     fn snapshot(&mut self, _: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        // The snapshot holds the cluster's Secrets: 0600, whatever the umask.
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.path)?;
-        let mut out = io::BufWriter::with_capacity(1 << 20, file);
+        // tempfile_in makes the file 0600, whatever the umask.
+        let file = tempfile::tempfile_in(&self.scratch)?;
+        let mut out = io::BufWriter::with_capacity(1 << 20, &file);
         // A snapshot starts with bbolt's meta page: checking it before copying the rest stops a
         // decompression bomb of zeros at its first page instead of filling the temp dir with it.
         let mut first = Vec::with_capacity(META_PAGE_PREFIX);
@@ -71,19 +89,40 @@ impl Sink for SnapshotToFile {
         }
         out.write_all(&first)?;
         io::copy(data, &mut out)?;
-        out.flush()
+        out.flush()?;
+        drop(out);
+        self.file = Some(file);
+        Ok(())
     }
 }
 
-/// A bundle read and checked whole, its snapshot spooled into the scratch dir.
+/// The snapshot a reading command reads.
+pub(crate) enum Snapshot {
+    /// An etcd snapshot or bbolt db file named on the command line.
+    InPlace(PathBuf),
+    /// A bundle's snapshot, spooled into an unlinked file that goes with cpr.
+    Spooled(File),
+}
+
+impl Snapshot {
+    /// A path that opens the snapshot; the spooled file has no name but its descriptor's.
+    pub fn path(&self) -> PathBuf {
+        match self {
+            Snapshot::InPlace(path) => path.clone(),
+            Snapshot::Spooled(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+        }
+    }
+}
+
+/// A bundle read and checked whole, its snapshot spooled (see `SnapshotToFile`).
 pub(crate) struct VerifiedSnapshot {
     pub name: String,
     pub manifest: Manifest,
-    pub path: PathBuf,
+    pub snapshot: Snapshot,
 }
 
 /// Opens the bundle named on the command line (see `open_bundle`), checks every digest and the
-/// snapshot trailer, and keeps the snapshot as `scratch/snapshot.db`.
+/// snapshot trailer, and keeps the snapshot in an unlinked file in `scratch`.
 pub(crate) fn verified_snapshot(
     bundle: &str,
     store: Option<String>,
@@ -95,14 +134,20 @@ pub(crate) fn verified_snapshot(
     let mut input = open_bundle(bundle, store, config, cluster_node, keys, scratch)?;
     let name = input.name.clone();
     let mut sink = SnapshotToFile {
-        path: scratch.join("snapshot.db"),
+        scratch: scratch.to_path_buf(),
+        file: None,
+        no_room: None,
     };
-    let manifest = read_bundle(&mut input, &name, &mut sink)?;
+    let read = read_bundle(&mut input, &name, &mut sink);
+    if let Some(why) = sink.no_room {
+        return Err(Error::Usage(format!("reading bundle {name}: {why}")));
+    }
+    let manifest = read?;
     input.finish()?;
     Ok(VerifiedSnapshot {
         name,
         manifest,
-        path: sink.path,
+        snapshot: Snapshot::Spooled(sink.file.expect("a verified bundle has a snapshot")),
     })
 }
 
@@ -116,13 +161,13 @@ pub(crate) fn snapshot_of(
     cluster_node: (Option<&str>, Option<&str>),
     keys: KeyFlags,
     scratch: &Path,
-) -> Result<(String, PathBuf), Error> {
+) -> Result<(String, Snapshot), Error> {
     let path = Path::new(bundle);
     if store.is_none() && is_bbolt_file(path) {
-        return Ok((bundle.to_string(), path.to_path_buf()));
+        return Ok((bundle.to_string(), Snapshot::InPlace(path.to_path_buf())));
     }
     let verified = verified_snapshot(bundle, store, config, cluster_node, keys, scratch)?;
-    Ok((verified.name, verified.path))
+    Ok((verified.name, verified.snapshot))
 }
 
 /// Whether `path` is a file that starts with a bbolt meta page (an etcd snapshot or db).
@@ -138,7 +183,7 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
     let VerifiedSnapshot {
         name,
         manifest,
-        path,
+        snapshot,
     } = verified_snapshot(
         &cmd.bundle,
         cmd.store,
@@ -150,7 +195,7 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
         },
         scratch.path(),
     )?;
-    let status = snapshot_status(&path)?;
+    let status = snapshot_status(&snapshot.path())?;
     if status.revision < manifest.etcd.revision {
         log::warn!(
             "verify: {name}: the snapshot's revision {} is below the {} etcd reported when the backup began",
