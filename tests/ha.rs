@@ -1092,8 +1092,10 @@ fn two_of_five_lost_rejoin_at_once() {
 
 /// Quorum lost with one disk kept: its data, newer than every bundle, is the source. master3 claims
 /// itself as the survivor, comes back alone (--force-new-cluster once, through its etcd manifest),
-/// and the two wiped nodes rejoin it one after the other: one cluster of three with every write
-/// acknowledged after the last backup, nothing restored from a snapshot anywhere. The survivor's
+/// and the other two rejoin it one after the other, master1 wiped, master2 with its old disk (its
+/// manifests, kubelet.conf and member data dir moved aside for kubeadm join's preflight): one
+/// cluster of three with every write acknowledged after the last backup, nothing restored from a
+/// snapshot anywhere. The survivor's
 /// etcd is stopped as kubelet stops it (SIGTERM): after a SIGKILL, the etcd 3.5.1 this runs may
 /// re-apply a write on restart (etcd-io/etcd#13766, fixed in 3.5.3) and the joined members then
 /// differ from it by one revision, which this test saw.
@@ -1112,7 +1114,10 @@ fn a_survivors_data_is_the_source_when_quorum_is_lost() {
     let (survivor_revision, _) = cluster.nodes[2].revision_and_hash();
     cluster.nodes[2].stop_etcd();
     cluster.nodes[0].wipe_root();
-    cluster.nodes[1].wipe_root();
+    cluster.nodes[1].stop_etcd();
+    let sysctl = cluster.nodes[1].root().join("proc/sys/net/ipv4");
+    std::fs::create_dir_all(&sysctl).unwrap();
+    std::fs::write(sysctl.join("ip_forward"), "1\n").unwrap();
 
     let forced = |manifest: &str| manifest.contains("--force-new-cluster");
     let (report, _) = rejoin(&mut cluster, &[2], "v1.29.4", forced).remove(0);
@@ -1128,12 +1133,24 @@ fn a_survivors_data_is_the_source_when_quorum_is_lost() {
     assert!(!forced(&manifest), "the flag is gone again: {manifest}");
 
     let apiserver = KillOnDrop(cluster.nodes[2].start_apiserver());
+    // kubelet runs what kubeadm join writes, not the old member's manifest left on master2's disk.
+    let joined = |manifest: &str| manifest.contains("--initial-cluster-state=existing");
     for node in [0, 1] {
-        let (report, _) = rejoin(&mut cluster, &[node], "v1.29.4", |_| true).remove(0);
+        let (report, _) = rejoin(&mut cluster, &[node], "v1.29.4", joined).remove(0);
         assert!(
             report["restore"]["rejoin"]["apiEndpoint"].is_string(),
             "{report}"
         );
+        if node == 1 {
+            let moved = report["finish"]["movedAside"].to_string();
+            for old in [
+                "manifests.cpr-old-",
+                "kubelet.conf.cpr-old-",
+                "etcd.cpr-old-",
+            ] {
+                assert!(moved.contains(old), "{old} in {report}");
+            }
+        }
     }
     drop(apiserver);
     let revision = cluster.assert_one_cluster();

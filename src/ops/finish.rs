@@ -242,7 +242,10 @@ fn finish_without_init(
 /// static pod manifests (`FileAvailable--etc-kubernetes-manifests-*`), kubelet.conf
 /// (`FileAvailable--etc-kubernetes-kubelet.conf`) and a non-empty etcd data dir
 /// (`DirAvailable--var-lib-etcd`), all in `cmd/kubeadm/app/preflight/checks.go`
-/// `RunJoinNodeChecks`/`addCommonChecks`. They are moved aside, never deleted.
+/// `RunJoinNodeChecks`/`addCommonChecks`; and the other kubeconfigs, which kubeadm keeps when they
+/// exist (`phases/kubeconfig/kubeconfig.go` `validateKubeConfig` only warns) and then joins
+/// through admin.conf (`cmd/join.go` `Client`), the old node's own API server, which is down. They are
+/// moved aside, never deleted.
 fn move_aside_old_member(
     layout: &Layout,
     manifest: &Manifest,
@@ -250,12 +253,13 @@ fn move_aside_old_member(
 ) -> Result<(), Error> {
     move_aside_stale_manifests(layout, state)?;
     let data_dir = data_dir(layout, manifest);
-    let kubelet_conf = layout.path(layout::KUBELET_CONF);
     let data_dir_used = fs::read_dir(&data_dir).is_ok_and(|mut entries| entries.next().is_some());
-    for (path, used) in [
-        (kubelet_conf.clone(), kubelet_conf.exists()),
-        (data_dir, data_dir_used),
-    ] {
+    let kubeconfigs = layout::KUBEADM_KUBECONFIGS.map(|relative| {
+        let path = layout.path(relative);
+        let used = path.exists();
+        (path, used)
+    });
+    for (path, used) in kubeconfigs.into_iter().chain([(data_dir, data_dir_used)]) {
         if !used {
             continue;
         }
