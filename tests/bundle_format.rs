@@ -583,26 +583,79 @@ fn inspect_reads_only_the_manifest() {
 /// run.
 const CPR_1_1_COMMIT: &str = "80fa0fd";
 
-/// cpr 1.1's binary, built from git once into a target dir of its own under target/, which scripts/test
-/// keeps: later runs take it as it is. A debug build, the cheapest: 11 min from nothing on 2 busy
-/// cores, 40 s when only the cpr crate is rebuilt.
+/// The names the archived 1.1 tree is built under, so that its binary never replaces this tree's
+/// target/…/debug/cpr, which other tests run; Cargo.lock's entry of the package is renamed with it so
+/// that `--locked` holds. The library keeps the name `cpr`: `main.rs` uses it, and the logger tells
+/// cpr's records from its dependencies' by the `cpr::` module path.
+const CPR_1_1_RENAMES: [(&str, &str, &str); 4] = [
+    (
+        "Cargo.toml",
+        "[package]\nname = \"cpr\"\n",
+        "[package]\nname = \"cpr-1-1\"\n",
+    ),
+    ("Cargo.toml", "[lib]\n", "[lib]\nname = \"cpr\"\n"),
+    (
+        "Cargo.toml",
+        "[[bin]]\nname = \"cpr\"\n",
+        "[[bin]]\nname = \"cpr-1-1\"\n",
+    ),
+    (
+        "Cargo.lock",
+        "name = \"cpr\"\nversion = \"0.1.0\"\n",
+        "name = \"cpr-1-1\"\nversion = \"0.1.0\"\n",
+    ),
+];
+
+/// cpr 1.1's binary, built once from git into this tree's own target dir, which scripts/test keeps:
+/// later runs take it as it is. Same target dir, profile and rustflags as the test build, and 1.1's
+/// Cargo.lock agrees with this one on every crate they share, so a fresh checkout compiles the cpr
+/// crate of 1.1 and reuses every dependency the test build compiled.
 fn cpr_1_1() -> PathBuf {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/cpr-1.1");
-    let bin = dir.join("target/x86_64-unknown-linux-gnu/debug/cpr");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = repo.join("target");
+    let bin = target.join("x86_64-unknown-linux-gnu/debug/cpr-1-1");
     if bin.is_file() {
         return bin;
     }
-    let src = dir.join("src");
+    let has_commit = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(["cat-file", "-e", &format!("{CPR_1_1_COMMIT}^{{commit}}")])
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "building cpr 1.1: cannot run git in {}: {e}",
+                repo.display()
+            )
+        });
+    assert!(
+        has_commit.success(),
+        "building cpr 1.1: commit {CPR_1_1_COMMIT} is not in the git history of {} (a shallow clone?); \
+         fetch it with `git fetch --unshallow` (or `git fetch origin {CPR_1_1_COMMIT}`) and run the test again",
+        repo.display()
+    );
+    let src = target.join("cpr-1.1/src");
     common::run(Command::new("sh").arg("-c").arg(format!(
         "rm -rf '{src}' && mkdir -p '{src}' && git -C '{repo}' archive {CPR_1_1_COMMIT} | tar -x -C '{src}'",
         src = src.display(),
-        repo = env!("CARGO_MANIFEST_DIR"),
+        repo = repo.display(),
     )));
+    for (file, from, to) in CPR_1_1_RENAMES {
+        let path = src.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text.matches(from).count(),
+            1,
+            "{from:?} in {}",
+            path.display()
+        );
+        std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+    }
     common::run(
         Command::new("cargo")
-            .args(["build", "--locked", "--bin", "cpr"])
-            .current_dir(&src)
-            .env("CARGO_TARGET_DIR", dir.join("target")),
+            .args(["build", "--locked", "--bin", "cpr-1-1", "--target-dir"])
+            .arg(&target)
+            .current_dir(&src),
     );
     bin
 }
