@@ -6,7 +6,7 @@
 //! flag goes into the etcd static pod manifest for one start only: once the member serves alone, the
 //! manifest is put back as it was, so that a later restart does not force again. A run cut anywhere
 //! converges when run again: the flag is added only while the member does not serve, and removed
-//! once it does.
+//! as soon as it does, before the member is checked.
 
 use serde::Serialize;
 use std::path::Path;
@@ -45,7 +45,9 @@ pub fn start_alone(
     let manifest = layout.path(layout::ETCD_MANIFEST);
     let text = read(&manifest)?;
     let tls = ha::client_tls(layout.path("").as_path());
-    let forced = !serves(survivor, &tls, ASK_TIMEOUT) || has_flag(&text);
+    // A flag found while the member serves is an earlier run's, cut before it took the flag out:
+    // forcing again would throw out the members that rejoined since.
+    let forced = !serves(survivor, &tls, ASK_TIMEOUT);
     if forced {
         if !has_flag(&text) {
             write(&manifest, &with_flag(&manifest, &text)?)?;
@@ -67,15 +69,11 @@ pub fn start_alone(
             });
         }
     }
+    // Out as soon as the member serves, before anything else can fail: the others rejoin it from
+    // now on, and a later start with the flag would make it a cluster of one again. kubelet
+    // restarts the pod from the changed manifest by itself.
+    take_flag_out(&manifest)?;
     let (member, revision) = alone(survivor, &tls)?;
-    let restored = read(&manifest)?;
-    if has_flag(&restored) {
-        write(&manifest, &without_flag(&restored))?;
-        log::info!(
-            "finish: {FORCE_FLAG} removed from {} again: a later restart starts the member as it is",
-            manifest.display()
-        );
-    }
     Ok(AloneReport {
         member,
         revision,
@@ -101,7 +99,11 @@ fn serves(survivor: &Survivor, tls: &TlsFiles, window: Duration) -> bool {
 
 /// The member serving, checked to be the survivor's: `name (id)` and its revision.
 fn alone(survivor: &Survivor, tls: &TlsFiles) -> Result<(String, i64), Error> {
-    let endpoint = &survivor.client_urls[0];
+    let endpoint = survivor.client_urls.first().ok_or_else(|| Error::Rejoin {
+        step: "check the surviving member",
+        object: format!("{} in the restore point", survivor.member_name),
+        why: "the restore point names no client URL for it (its bundle lists none), so nothing can reach it; see the member list with cpr inspect on its bundle".into(),
+    })?;
     let fail = |why: String| Error::Rejoin {
         step: "check the surviving member",
         object: endpoint.clone(),
@@ -118,6 +120,19 @@ fn alone(survivor: &Survivor, tls: &TlsFiles) -> Result<(String, i64), Error> {
         )));
     }
     Ok((format!("{} ({id})", survivor.member_name), status.revision))
+}
+
+/// The manifest at `path` without the flag, written only when it had it.
+fn take_flag_out(path: &Path) -> Result<(), Error> {
+    let text = read(path)?;
+    if has_flag(&text) {
+        write(path, &without_flag(&text))?;
+        log::info!(
+            "finish: {FORCE_FLAG} removed from {} again: a later restart starts the member as it is",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 fn has_flag(manifest: &str) -> bool {
@@ -182,5 +197,36 @@ mod tests {
         assert!(forced.contains("    - etcd\n    - --force-new-cluster\n    - --name=master1\n"));
         assert!(has_flag(&forced) && !has_flag(MANIFEST));
         assert_eq!(without_flag(&forced), MANIFEST);
+    }
+
+    #[test]
+    fn a_rerun_takes_an_earlier_runs_flag_out_and_leaves_a_clean_manifest_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("etcd.yaml");
+        std::fs::write(&path, with_flag(&path, MANIFEST).unwrap()).unwrap();
+        take_flag_out(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), MANIFEST);
+        let written = std::fs::metadata(&path).unwrap().modified().unwrap();
+        take_flag_out(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().modified().unwrap(),
+            written
+        );
+    }
+
+    #[test]
+    fn a_survivor_without_a_client_url_is_an_error_not_a_panic() {
+        let survivor = Survivor {
+            node: "master1".into(),
+            member_name: "master1".into(),
+            member_id: "1a2b".into(),
+            client_urls: Vec::new(),
+            revision: 7,
+            bundle_revision: 5,
+        };
+        let tls = ha::client_tls(Path::new("/nonexistent"));
+        let error = alone(&survivor, &tls).unwrap_err().to_string();
+        assert!(error.contains("check the surviving member"), "{error}");
+        assert!(error.contains("no client URL"), "{error}");
     }
 }
