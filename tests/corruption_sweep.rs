@@ -87,8 +87,10 @@ impl Sweep<'_> {
             bump_revision: Some(1_000_000_000),
             identity: self.identity.clone(),
             verify_key: self.verify_key.clone(),
-            quorum_probe: cpr::ops::ha::DEFAULT_PROBE,
-            discard_survivors: false,
+            members: cpr::ops::restore::Members::Cluster {
+                quorum_probe: cpr::ops::ha::DEFAULT_PROBE,
+                discard_survivors: false,
+            },
             plan_only: false,
         });
         result.map(drop).map_err(|e| e.to_string())

@@ -1041,9 +1041,7 @@ fn a_drill_of_a_several_member_bundle_restores_a_lone_member_and_claims_nothing(
             });
         }
     });
-    let started = std::time::Instant::now();
     let out = drill(&node, &store, &scratch, &["--bundle", &several], &[]);
-    let took = started.elapsed();
     let text = common::stderr(&out);
     ok(&out);
     assert!(!text.contains("probing them for a quorum"), "{text}");
@@ -1056,5 +1054,4 @@ fn a_drill_of_a_several_member_bundle_restores_a_lone_member_and_claims_nothing(
         "a drill claimed a restore point: {store_files:?}"
     );
     assert_eq!(common::files_below(&scratch), Vec::<PathBuf>::new());
-    eprintln!("drill of a three-member bundle: {took:?}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::Error;
 use crate::node::identity::Machine;
 use crate::ops::ha;
-use crate::ops::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
+use crate::ops::restore::{restore, Members, RestoreRequest, DEFAULT_BUMP_REVISION};
 use crate::store::{self, StoreOptions};
 
 pub const FINISH_UNIT: &str = "cpr-finish.service";
@@ -59,10 +59,12 @@ pub fn phase1(request: &Phase1<'_>) -> Result<String, Error> {
         bump_revision: Some(DEFAULT_BUMP_REVISION),
         identity: request.identity.map(Path::to_path_buf),
         verify_key: request.verify_key.map(Path::to_path_buf),
-        quorum_probe: request
-            .quorum_probe
-            .map_or(ha::DEFAULT_PROBE, Duration::from_secs),
-        discard_survivors: request.discard_survivors,
+        members: Members::Cluster {
+            quorum_probe: request
+                .quorum_probe
+                .map_or(ha::DEFAULT_PROBE, Duration::from_secs),
+            discard_survivors: request.discard_survivors,
+        },
         plan_only: false,
     })
     .map_err(|error| match error {

@@ -11,7 +11,7 @@ use crate::node::identity::Machine;
 use crate::ops::finish::{describe, finish};
 use crate::ops::ha::{self, Quorum};
 use crate::ops::readdress;
-use crate::ops::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
+use crate::ops::restore::{restore, Members, RestoreRequest, DEFAULT_BUMP_REVISION};
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -125,8 +125,10 @@ pub fn run(cmd: RestoreCmd) -> Result<(), Error> {
             .then(|| cmd.bump_revision.unwrap_or(DEFAULT_BUMP_REVISION)),
         identity: cmd.identity.or(config.restore.identity),
         verify_key: cmd.verify_key.or(config.restore.verify_key),
-        quorum_probe: Duration::from_secs(cmd.quorum_probe),
-        discard_survivors: cmd.discard_survivors,
+        members: Members::Cluster {
+            quorum_probe: Duration::from_secs(cmd.quorum_probe),
+            discard_survivors: cmd.discard_survivors,
+        },
         plan_only: cmd.plan_only,
     };
     let restored = restore(&request)?;

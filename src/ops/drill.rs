@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::diff::{live_client, live_listing};
 use super::inventory::{self, Inventory};
 use super::metrics::{record_attempt, seconds, Family, Metric};
-use super::restore::{restore, RestoreRequest, DEFAULT_BUMP_REVISION};
+use super::restore::{restore, Members, RestoreRequest, DEFAULT_BUMP_REVISION};
 use super::sealed::{self, OpenKeys, Source};
 use super::Error;
 use crate::bundle::read_manifest;
@@ -226,8 +226,12 @@ fn rehearse(
         bump_revision: Some(DEFAULT_BUMP_REVISION),
         identity: request.identity.clone(),
         verify_key: request.verify_key.clone(),
-        quorum_probe: Duration::ZERO,
-        discard_survivors: false,
+        members: Members::Lone {
+            // The scratch root's name: this drill's own, never a real cluster's.
+            cluster_token: dir
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        },
         plan_only: false,
     })?;
     let db = crate::etcd::db_path(&restored.data_dir);

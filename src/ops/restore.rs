@@ -55,13 +55,28 @@ pub struct RestoreRequest<'a> {
     /// minisign public key; when set, a bundle must carry its valid signature before anything of it
     /// is extracted (`--verify-key`, `cpr.verify_key=`).
     pub verify_key: Option<PathBuf>,
-    /// How long the members of a several-member cluster are probed before its quorum counts as lost.
-    pub quorum_probe: Duration,
-    /// Restore a lost quorum from the bundles even though some members still run with their data.
-    pub discard_survivors: bool,
+    /// What becomes of a bundle whose etcd had several members.
+    pub members: Members,
     /// Stage and verify the bundle and plan the restore onto a new address, then clear the staging:
     /// nothing live changes (`--plan-only`).
     pub plan_only: bool,
+}
+
+/// How a restore treats the members of a several-member etcd (a one-member etcd is restored alone
+/// either way).
+#[derive(Debug, Clone)]
+pub enum Members {
+    /// A recovery of that cluster: the members are probed for `quorum_probe`; a live quorum is
+    /// rejoined, survivors are refused unless `discard_survivors`, and the restore point every
+    /// node restores is claimed in the store.
+    Cluster {
+        quorum_probe: Duration,
+        discard_survivors: bool,
+    },
+    /// A rehearsal (`cpr drill`): the bundle's snapshot as a lone member of a cluster of its own,
+    /// `cluster_token`. No member is probed and nothing is claimed, so no recovery of the real
+    /// cluster follows it.
+    Lone { cluster_token: String },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -717,7 +732,12 @@ struct RestoreSink<'a> {
 impl RestoreSink<'_> {
     /// For a cluster of several members: a live quorum is rejoined; survivors are refused unless
     /// discarded; else the restore point: pinned, claimed by another node, or this bundle to claim.
-    fn restore_point(&mut self, manifest: &Manifest) -> Result<Point, Error> {
+    fn restore_point(
+        &mut self,
+        manifest: &Manifest,
+        quorum_probe: Duration,
+        discard_survivors: bool,
+    ) -> Result<Point, Error> {
         let quorum = match self.quorum.clone() {
             Some(quorum) => quorum,
             None => {
@@ -725,13 +745,9 @@ impl RestoreSink<'_> {
                 log::info!(
                     "restore: etcd had {} members; probing them for a quorum for {} s with the bundle's etcd client certificate",
                     manifest.etcd.members.len(),
-                    self.request.quorum_probe.as_secs()
+                    quorum_probe.as_secs()
                 );
-                let quorum = ha::probe(
-                    manifest,
-                    &ha::client_tls(&staged),
-                    self.request.quorum_probe,
-                );
+                let quorum = ha::probe(manifest, &ha::client_tls(&staged), quorum_probe);
                 log::info!("restore: quorum probe: {quorum:?}");
                 *self.quorum = Some(quorum.clone());
                 quorum
@@ -760,7 +776,7 @@ impl RestoreSink<'_> {
                     .map(Point::Rejoin);
             }
             Quorum::Lost { survivors, .. } if !survivors.is_empty() => {
-                if !self.request.discard_survivors {
+                if !discard_survivors {
                     return Err(Error::Survivors { node, survivors });
                 }
                 log::warn!(
@@ -775,7 +791,7 @@ impl RestoreSink<'_> {
             self.request.store.location(),
             ha::claim_name(manifest)
         );
-        let own = self.own_survivor(manifest)?;
+        let own = self.own_survivor(manifest, discard_survivors)?;
         if let Some(pinned) = pinned_point(self.request).or(self.request.bundle.as_deref()) {
             if let Some(own) = own {
                 return Err(self.refuse(
@@ -818,7 +834,11 @@ impl RestoreSink<'_> {
 
     /// A lost quorum whose member on this node stopped with its data: a db newer than the bundle
     /// holds writes no bundle has, so it is the source, never replaced without `--discard-survivors`.
-    fn own_survivor(&self, manifest: &Manifest) -> Result<Option<ha::Survivor>, Error> {
+    fn own_survivor(
+        &self,
+        manifest: &Manifest,
+        discard_survivors: bool,
+    ) -> Result<Option<ha::Survivor>, Error> {
         let data_dir = data_dir(self.layout, manifest);
         let Some(revision) = ha::surviving_revision(&data_dir, manifest)? else {
             return Ok(None);
@@ -832,7 +852,7 @@ impl RestoreSink<'_> {
                 manifest.etcd.version
             );
         }
-        if self.request.discard_survivors {
+        if discard_survivors {
             log::warn!(
                 "restore: discarding this node's etcd data at revision {revision}, newer than the bundle's {} (--discard-survivors); {} is moved aside, not deleted",
                 manifest.etcd.revision,
@@ -1027,25 +1047,48 @@ impl Sink for RestoreSink<'_> {
             Err(error) => return Err(self.fail(error)),
         };
         let several = manifest.etcd.members.len() > 1 && !self.request.new_address;
-        let options = if several {
-            let point = self.restore_point(&manifest).and_then(|point| {
-                ha::restore_options(&manifest, self.name, &manifest, self.request.bump_revision)
-                    .map(|options| (point, options))
-            });
-            match point {
-                Ok((point @ (Point::Other(_) | Point::Rejoin(_) | Point::Survivor(_)), _)) => {
-                    self.point = point;
-                    // Read through, so that this bundle's own files are known to be intact.
-                    return io::copy(data, &mut io::sink()).map(drop);
+        let options = match &self.request.members {
+            Members::Cluster {
+                quorum_probe,
+                discard_survivors,
+            } if several => {
+                let point = self
+                    .restore_point(&manifest, *quorum_probe, *discard_survivors)
+                    .and_then(|point| {
+                        ha::restore_options(
+                            &manifest,
+                            self.name,
+                            &manifest,
+                            self.request.bump_revision,
+                        )
+                        .map(|options| (point, options))
+                    });
+                match point {
+                    Ok((point @ (Point::Other(_) | Point::Rejoin(_) | Point::Survivor(_)), _)) => {
+                        self.point = point;
+                        // Read through, so that this bundle's own files are known to be intact.
+                        return io::copy(data, &mut io::sink()).map(drop);
+                    }
+                    Ok((point, options)) => {
+                        self.point = point;
+                        options
+                    }
+                    Err(error) => return Err(self.fail(error)),
                 }
-                Ok((point, options)) => {
-                    self.point = point;
-                    options
-                }
-                Err(error) => return Err(self.fail(error)),
             }
-        } else {
-            etcd_options(&manifest, member, self.request.bump_revision)
+            Members::Cluster { .. } => etcd_options(&manifest, member, self.request.bump_revision),
+            Members::Lone { cluster_token } => {
+                if several {
+                    log::info!(
+                        "restore: etcd had {} members; restoring the snapshot as a lone member of a cluster of its own (token {cluster_token}): no member is probed, no restore point claimed",
+                        manifest.etcd.members.len()
+                    );
+                }
+                RestoreOptions {
+                    initial_cluster_token: cluster_token.clone(),
+                    ..etcd_options(&manifest, member, self.request.bump_revision)
+                }
+            }
         };
         let live = data_dir(self.layout, &manifest);
         let result = ensure_not_in_use(&live)
