@@ -63,28 +63,36 @@ pub struct RejoinReport {
 }
 
 /// Joins through the controlPlaneEndpoint, unless it is this node's own address (then through the
-/// member that answered, on the node's API server port).
+/// member that answered, on the node's API server port). A cluster without one is refused here, in
+/// phase 1, before anything changes: kubeadm refuses to add a control-plane node to it
+/// (`cmd/kubeadm/app/cmd/phases/join/preflight.go` `checkIfReadyForAdditionalControlPlane`), and
+/// phase 2 would find that out only after removing the lost member and creating a token.
 pub fn plan(cluster: &Cluster, node: &Node, etcd_endpoint: &str) -> Result<Rejoin, Error> {
+    let host = url::Url::parse(etcd_endpoint)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_string))
+        .ok_or_else(|| Error::Rejoin {
+            step: "plan",
+            object: etcd_endpoint.to_string(),
+            why: "the member's client URL has no host".into(),
+        })?;
+    let live_api = format!("{host}:{}", node.bind_port.unwrap_or(DEFAULT_BIND_PORT));
+    let Some(endpoint) = cluster.control_plane_endpoint.clone() else {
+        return Err(Error::Rejoin {
+            step: "plan the rejoin",
+            object: "controlPlaneEndpoint in the bundle's kubeadm-config".into(),
+            why: format!(
+                "the cluster has none, and kubeadm join --control-plane refuses a cluster without a stable controlPlaneEndpoint. Nothing was changed. Set it on the live cluster (kubectl -n kube-system edit cm kubeadm-config: controlPlaneEndpoint in ClusterConfiguration, host:port of a load balancer or DNS name in front of every API server, or {live_api}, the live member's), then join this node by hand (kubeadm token create --print-join-command on a live node, plus --control-plane); its bundle predates the change"
+            ),
+        });
+    };
     let own = |host: &str| {
         node.ips.iter().any(|ip| ip == host) || node.advertise_address.as_deref() == Some(host)
     };
-    let endpoint = cluster
-        .control_plane_endpoint
-        .clone()
-        .filter(|endpoint| !own(host_of(endpoint)));
-    let api_endpoint = match endpoint {
-        Some(endpoint) => endpoint,
-        None => {
-            let host = url::Url::parse(etcd_endpoint)
-                .ok()
-                .and_then(|url| url.host_str().map(str::to_string))
-                .ok_or_else(|| Error::Rejoin {
-                    step: "plan",
-                    object: etcd_endpoint.to_string(),
-                    why: "the member's client URL has no host".into(),
-                })?;
-            format!("{host}:{}", node.bind_port.unwrap_or(DEFAULT_BIND_PORT))
-        }
+    let api_endpoint = if own(host_of(&endpoint)) {
+        live_api
+    } else {
+        endpoint
     };
     Ok(Rejoin {
         api_endpoint,
@@ -455,5 +463,23 @@ mod tests {
         cluster.control_plane_endpoint = Some("cp.example:6443".into());
         let rejoin = plan(&cluster, &node, "https://10.77.0.1:2379").unwrap();
         assert_eq!(rejoin.api_endpoint, "cp.example:6443");
+    }
+
+    #[test]
+    fn a_cluster_without_a_control_plane_endpoint_is_refused_in_the_plan() {
+        let node = Node {
+            ips: vec!["10.77.0.3".into()],
+            ..Node::default()
+        };
+        let error = plan(&Cluster::default(), &node, "https://10.77.0.1:2379")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("controlPlaneEndpoint"), "{error}");
+        assert!(
+            error.contains("kubectl -n kube-system edit cm kubeadm-config"),
+            "{error}"
+        );
+        assert!(error.contains("10.77.0.1:6443"), "{error}");
+        assert!(error.contains("Nothing was changed"), "{error}");
     }
 }
