@@ -137,6 +137,16 @@ pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
     }
     create_dirs_durable(parent(dir))?;
     match fs::create_dir(dir) {
+        // `AlreadyExists` is fine when another writer made the directory meanwhile. Anything else
+        // there (a file, a dangling link) would fail every later write below it with a bare
+        // ENOTDIR, so it is refused here, by name.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !dir.is_dir() => {
+            let in_the_way = io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "it exists and is not a directory: move it aside, or choose another path",
+            );
+            return Err(context("creating directory", dir, in_the_way));
+        }
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
             return Err(context("creating directory", dir, e))
         }
@@ -248,6 +258,31 @@ mod tests {
             error.to_string().starts_with("creating directory "),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_file_where_a_directory_belongs_is_refused_by_name_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = dir.path().join("c1/node-a");
+        fs::create_dir(dir.path().join("c1")).unwrap();
+        fs::write(&node, "not a directory").unwrap();
+        let error = create_dirs_durable(&node).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::NotADirectory);
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "creating directory {}: it exists and is not a directory: move it aside, or choose \
+                 another path",
+                node.display()
+            )
+        );
+        assert_eq!(fs::read(&node).unwrap(), b"not a directory");
+        // A symbolic link to a directory is one.
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join("c1/node-b")).unwrap();
+        create_dirs_durable(&dir.path().join("c1/node-b/sub")).unwrap();
+        assert!(elsewhere.join("sub").is_dir());
     }
 
     #[test]
