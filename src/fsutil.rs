@@ -6,7 +6,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -132,11 +132,17 @@ pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
 /// Creates `dir` and its missing ancestors, fsyncing the parent of each one made, so that a power
 /// cut cannot take back a directory that later writes (made durable themselves) depend on.
 pub fn create_dirs_durable(dir: &Path) -> io::Result<()> {
+    create_dirs_durable_mode(dir, 0o777)
+}
+
+/// `create_dirs_durable` making each missing directory with `mode` (less the umask); directories
+/// that exist keep theirs.
+pub fn create_dirs_durable_mode(dir: &Path, mode: u32) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    create_dirs_durable(parent(dir))?;
-    match fs::create_dir(dir) {
+    create_dirs_durable_mode(parent(dir), mode)?;
+    match fs::DirBuilder::new().mode(mode).create(dir) {
         // `AlreadyExists` is fine when another writer made the directory meanwhile. Anything else
         // there (a file, a dangling link) would fail every later write below it with a bare
         // ENOTDIR, so it is refused here, by name.

@@ -345,3 +345,75 @@ fn dead_uploads_of_a_node_are_removed_and_live_or_young_ones_left() {
         b"live"
     );
 }
+
+/// Set in the copy of this test binary that `a_first_bundle_makes_its_directories_durable` runs
+/// under strace: the directory store to write the first bundle into.
+const TRACED_STORE: &str = "CPR_TEST_TRACED_STORE";
+
+/// A node's first bundle makes `<store>/<cluster>/<node>/`; each directory made must be fsynced into
+/// its parent, or a power cut after the bundle's commit (which fsyncs only the node directory) can
+/// lose the whole directory and the "committed" bundle in it. Only a power cut shows a missing
+/// fsync, so the test watches the system calls instead: strace runs this test binary, whose copy
+/// writes the bundle.
+#[test]
+fn a_first_bundle_makes_its_directories_durable() {
+    let name = "c1/node-a/20261130T080000Z.tar.zst";
+    if let Some(root) = std::env::var_os(TRACED_STORE) {
+        put(dir_store(Path::new(&root)).as_ref(), name, b"bundle");
+        return;
+    }
+    let strace = store_common::require("strace", "the apt package strace");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("store");
+    let log = tmp.path().join("strace.log");
+    let traced = Command::new(strace)
+        .args(["-f", "-qq", "-y", "-s", "4096", "-e", "signal=none"])
+        .args(["-e", "trace=mkdir,mkdirat,fsync", "-o"])
+        .arg(&log)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "a_first_bundle_makes_its_directories_durable"])
+        .env(TRACED_STORE, &root)
+        .output()
+        .unwrap();
+    assert!(
+        traced.status.success(),
+        "the traced copy failed: {}\n{}{}",
+        traced.status,
+        String::from_utf8_lossy(&traced.stdout),
+        String::from_utf8_lossy(&traced.stderr)
+    );
+    assert_eq!(get(dir_store(&root).as_ref(), name).unwrap(), b"bundle");
+
+    // (directory made, or directory fsynced), in the order the calls returned 0.
+    let calls: Vec<(bool, String)> = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter(|line| line.ends_with("= 0"))
+        .filter_map(|line| {
+            let made = line.contains(" mkdir(") || line.contains(" mkdirat(");
+            let (open, close) = if made { ('"', '"') } else { ('<', '>') };
+            let path = line.split_once(open)?.1.split_once(close)?.0;
+            Some((made, path.to_string()))
+        })
+        .collect();
+    let made: Vec<&str> = calls
+        .iter()
+        .filter(|(made, _)| *made)
+        .map(|(_, path)| path.as_str())
+        .collect();
+    let expected: Vec<String> = ["", "/c1", "/c1/node-a"]
+        .iter()
+        .map(|dir| format!("{}{dir}", root.display()))
+        .collect();
+    assert_eq!(made, expected, "{calls:?}");
+    for (at, (_, dir)) in calls.iter().enumerate().filter(|(_, (made, _))| *made) {
+        let parent = Path::new(dir).parent().unwrap().to_str().unwrap();
+        assert!(
+            calls[at..].contains(&(false, parent.to_string())),
+            "{dir} was made but {parent} not fsynced after: {calls:?}"
+        );
+    }
+    for dir in &expected {
+        assert_eq!(mode(Path::new(dir)), 0o700, "{dir}");
+    }
+}

@@ -26,6 +26,7 @@ APT_PACKAGES=(
   mmdebstrap                          # image/build-target-os: the replacement machine's Debian + systemd OS
   iproute2                            # ip netns, ss: each finish test runs its node in its own network namespace
   nbdkit                              # tests/power_loss.rs: disks whose unflushed writes a power cut loses (cache filter)
+  strace                              # tests/store_dir.rs: the directories a first bundle makes are fsynced into their parents
   # Packaging (packaging/, tests/packaging.rs): the .deb checked by lintian and installed into an
   # mmdebstrap bookworm; the OCI image unpacked by umoci; the man page rendered by man and groff.
   lintian umoci man-db groff-base binutils

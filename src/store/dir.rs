@@ -7,9 +7,9 @@
 //! `remove_dead_uploads` may remove it while a concurrent backup's live `.part` stays. The age covers
 //! the instant between creating a `.part` and locking it, and file systems that do not lock.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -43,15 +43,14 @@ impl DirStore {
         Ok(self.root.join(name))
     }
 
-    /// The path of `name` to write, its directory made (private) first.
+    /// The path of `name` to write, its directory made (private) first, durably: the object's own
+    /// commit fsyncs only the directory holding it, so a power cut after a node's first backup
+    /// would otherwise lose the new `<cluster>/<node>/` entry, and the "committed" bundle with it.
     fn new_path(&self, name: &str) -> Result<PathBuf, Error> {
         let path = self.path(name)?;
-        let parent = path.parent().unwrap_or(&self.root).to_path_buf();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&parent)
-            .map_err(|e| Error::io("creating directory", parent.clone(), e))?;
+        let parent = path.parent().unwrap_or(&self.root);
+        fsutil::create_dirs_durable_mode(parent, 0o700)
+            .map_err(|e| Error::io("preparing the directory of", path.clone(), e))?;
         Ok(path)
     }
 
