@@ -417,3 +417,26 @@ fn a_first_bundle_makes_its_directories_durable() {
         assert_eq!(mode(Path::new(dir)), 0o700, "{dir}");
     }
 }
+
+/// A file where a node's directory belongs fails the upload at once, naming that path and saying
+/// what to do, and stays as it was.
+#[test]
+fn a_file_in_place_of_the_node_directory_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dir_store(tmp.path());
+    let node = tmp.path().join("c1/node-a");
+    fs::create_dir(tmp.path().join("c1")).unwrap();
+    fs::write(&node, b"in the way").unwrap();
+    let Err(error) = store.create_new("c1/node-a/20261130T080000Z.tar.zst") else {
+        panic!("an upload below a file was started");
+    };
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!(
+            "creating directory {}: it exists and is not a directory: move it aside",
+            node.display()
+        )),
+        "{message}"
+    );
+    assert_eq!(fs::read(&node).unwrap(), b"in the way");
+}
