@@ -705,6 +705,35 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
     );
     assert!(prom.contains("\ncpr_drill_failures_total 1\n"), "{prom}");
 
+    // Signed and encrypted: the manifest is read from the stream's start, and only restore()
+    // fetches the whole bundle to check its signature (before, the drill fetched it once more).
+    // Bundle names have one-second resolution.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let signed = backup_of(
+        &node,
+        &store,
+        &[
+            "--encrypt-to",
+            recipient.trim(),
+            "--sign-key",
+            keys.join("minisign.key").to_str().unwrap(),
+        ],
+    );
+    let (identity, verify_key) = (keys.join("age.key"), keys.join("minisign.pub"));
+    let keyed = [
+        "--bundle",
+        &signed,
+        "--no-live",
+        "--identity",
+        identity.to_str().unwrap(),
+        "--verify-key",
+        verify_key.to_str().unwrap(),
+    ];
+    let out = drill(&node, &store, &scratch, &keyed, &[]);
+    let text = common::stderr(&out);
+    ok(&out);
+    assert_eq!(text.matches("signature by key").count(), 1, "{text}");
+
     // A value that is no Kubernetes object, backed up with valid digests over it.
     etcdctl_put(
         node.etcdctl_command(),

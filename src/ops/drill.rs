@@ -184,12 +184,24 @@ fn rehearse(
     dir: &Path,
 ) -> Result<(u64, Vec<Check>), crate::Error> {
     let keys = OpenKeys::load(request.identity.as_deref(), request.verify_key.as_deref())?;
+    // The manifest is read from the stream's start, unsigned: a signature covers the whole
+    // bundle, so checking it here would fetch all of it before the free-space check, and
+    // restore() checks it anyway before it uses anything.
+    let unsigned = OpenKeys {
+        identities: keys.identities,
+        verify_key: None,
+    };
     let manifest = read_manifest(
-        sealed::open(Source::Store(request.store, name), &keys, dir)?,
+        sealed::open(Source::Store(request.store, name), &unsigned, dir)?,
         name,
     )?;
-    // Staging holds the snapshot while the data dir is written: twice the db, and the files.
-    let needed = manifest.etcd.db_size.saturating_mul(2) + (64 << 20);
+    // Staging holds the snapshot while the data dir is written: twice the db, and the files;
+    // with a verify key, restore() first fetches the whole bundle into staging to check it.
+    let fetched = match keys.verify_key {
+        Some(_) => stored_size(request.store, name)?,
+        None => 0,
+    };
+    let needed = manifest.etcd.db_size.saturating_mul(2) + fetched + (64 << 20);
     let available = crate::host::available_bytes(dir).map_err(|source| Error::Write {
         path: dir.to_path_buf(),
         source,
@@ -198,7 +210,7 @@ fn rehearse(
         return Err(Error::DrillFailed {
             bundle: name.to_string(),
             failed: vec![format!(
-                "free space: {} has {} free, the drill needs {} (twice the etcd db and the files); point --scratch at a larger filesystem",
+                "free space: {} has {} free, the drill needs {} (twice the etcd db, the files and a signed bundle itself); point --scratch at a larger filesystem",
                 dir.display(),
                 store::human_bytes(available),
                 store::human_bytes(needed)
@@ -278,6 +290,21 @@ fn rehearse(
         ));
     }
     Ok((inventory.objects.len() as u64, checks))
+}
+
+/// The bundle's size in the store.
+fn stored_size(store: &dyn Store, name: &str) -> Result<u64, crate::Error> {
+    store
+        .list(name)?
+        .into_iter()
+        .find(|o| o.name == name)
+        .map(|o| o.size)
+        .ok_or_else(|| {
+            crate::store::Error::NotFound {
+                url: format!("{}/{name}", store.location().trim_end_matches('/')),
+            }
+            .into()
+        })
 }
 
 fn objects_check(inventory: &Inventory) -> Check {
