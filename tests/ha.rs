@@ -809,41 +809,26 @@ fn rejoin(
     kubeadm_version: &str,
     starts: fn(&str) -> bool,
 ) -> Vec<(Value, String)> {
-    let path = format!(
-        "{}:{}",
-        common::doubles().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let store = cluster.store().to_str().unwrap().to_string();
     let mut children: Vec<Child> = lost
         .iter()
         .map(|&i| {
             let node = &cluster.nodes[i];
+            let store = cluster.store().to_str().unwrap();
             let args = [
                 "restore",
                 "--store",
-                &store,
-                "--root",
-                node.root().to_str().unwrap(),
+                store,
                 "--node",
                 &node.name,
                 "--hostname",
                 &node.name,
-                "--ip",
-                &node.ip,
-                "--quorum-probe",
-                PROBE_SECONDS,
-                "--output",
-                "json",
             ];
-            node.cpr(&args)
-                .env("PATH", &path)
-                .env("KUBEADM_DOUBLE_ROOT", node.root())
-                .env("KUBEADM_DOUBLE_VERSION", kubeadm_version)
-                .env("KUBEADM_DOUBLE_ETCDCTL", ETCD.etcdctl())
-                .env("KUBEADM_DOUBLE_WAIT_SECONDS", "60")
-                .spawn()
-                .unwrap()
+            let args = [
+                &args[..],
+                &["--ip", &node.ip, "--quorum-probe", PROBE_SECONDS],
+            ]
+            .concat();
+            with_doubles(node, &args, kubeadm_version).spawn().unwrap()
         })
         .collect();
     let mut running = lost.to_vec();
@@ -878,6 +863,26 @@ fn rejoin(
             )
         })
         .collect()
+}
+
+/// `cpr ARGS --root R --output json` on `node`, with the doubles for kubeadm (joining as
+/// `kubeadm_version`) and systemctl first on PATH.
+fn with_doubles(node: &Node, args: &[&str], kubeadm_version: &str) -> Command {
+    let path = format!(
+        "{}:{}",
+        common::doubles().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = node.root().to_str().unwrap();
+    let tail = ["--root", root, "--output", "json"];
+    let mut command = node.cpr(&[args, &tail[..]].concat());
+    command
+        .env("PATH", &path)
+        .env("KUBEADM_DOUBLE_ROOT", node.root())
+        .env("KUBEADM_DOUBLE_VERSION", kubeadm_version)
+        .env("KUBEADM_DOUBLE_ETCDCTL", ETCD.etcdctl())
+        .env("KUBEADM_DOUBLE_WAIT_SECONDS", "60");
+    command
 }
 
 /// What kubeadm init's bootstrap-token and upload-config phases store for joining nodes, with the
@@ -1088,6 +1093,90 @@ fn one_of_three_lost_rejoins_as_a_learner_while_writes_go_on() {
 #[test]
 fn two_of_five_lost_rejoin_at_once() {
     a_lost_minority_rejoins_the_live_cluster(5, &[3, 4], "v1.27.4");
+}
+
+/// `kubeadm join` succeeded but the member was not a voter within cpr's timeout (kubelet had not
+/// started it yet): the state keeps that it joined, and `cpr finish` run again only waits for the
+/// member. It moves none of the new member's files aside, runs no second
+/// kubeadm join and does not take the new member for the old node alive.
+#[test]
+fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
+    let started = Instant::now();
+    let mut cluster = Cluster::new(3);
+    seed_join_objects(&cluster, 0, "v1.27.4");
+    cluster.backup_all();
+    cluster.nodes[2].wipe_root();
+    let _apiservers: Vec<KillOnDrop> = [0, 1]
+        .iter()
+        .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
+        .collect();
+    let store = cluster.store().to_str().unwrap().to_string();
+    let node = &cluster.nodes[2];
+    let args = [
+        "restore",
+        "--store",
+        &store,
+        "--node",
+        &node.name,
+        "--hostname",
+        &node.name,
+    ];
+    let args = [
+        &args[..],
+        &["--ip", &node.ip, "--quorum-probe", PROBE_SECONDS],
+        &["--timeout", "2"],
+    ]
+    .concat();
+    let cut = with_doubles(node, &args, "v1.27.4").output().unwrap();
+    let log = common::stderr(&cut);
+    assert!(!cut.status.success(), "{log}");
+    assert!(log.contains("wait for the new member"), "{log}");
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(node.root().join("var/lib/cpr/state.json")).unwrap())
+            .unwrap();
+    let token = state["rejoin"]["joined"]["tokenId"].as_str().unwrap();
+    let moved = state["movedAside"].as_array().unwrap().len();
+
+    cluster.nodes[2].start_etcd();
+    let node = &cluster.nodes[2];
+    let again = with_doubles(node, &["finish", "--timeout", "60"], "v1.27.4")
+        .output()
+        .unwrap();
+    let log = common::stderr(&again);
+    assert!(again.status.success(), "{log}");
+    assert!(log.contains("waiting for the member only"), "{log}");
+    let report: Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(report["rejoin"]["tokenId"], token, "{report}");
+    assert!(
+        report["rejoin"]["member"]
+            .as_str()
+            .unwrap()
+            .starts_with("master3 ("),
+        "{report}"
+    );
+    assert!(
+        report["rejoin"]["removedMember"]
+            .as_str()
+            .unwrap()
+            .starts_with("master3 ("),
+        "{report}"
+    );
+    assert_eq!(
+        report["movedAside"].as_array().unwrap().len(),
+        moved,
+        "{report}"
+    );
+    let joins = std::fs::read_to_string(node.root().join("var/log/kubeadm-double.log")).unwrap();
+    assert_eq!(
+        joins.lines().filter(|l| l.contains("\"join\"")).count(),
+        1,
+        "{joins}"
+    );
+    cluster.assert_one_cluster();
+    eprintln!(
+        "rejoin cut after kubeadm join, finished by a rerun: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Quorum lost with one disk kept: its data, newer than every bundle, is the source. master3 claims

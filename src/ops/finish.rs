@@ -169,14 +169,22 @@ fn finish_rejoin(
     rejoin: &rejoin::Rejoin,
 ) -> Result<FinishReport, Error> {
     finish_without_init(request, layout, state, |state, report| {
-        move_aside_old_member(layout, manifest, state)?;
+        // After kubeadm join succeeded, the manifests, kubeconfigs and data dir are the new member's.
+        if rejoin.joined.is_none() {
+            move_aside_old_member(layout, manifest, state)?;
+        }
         let bundle_dir = staged_bundle_dir(layout);
         let join = rejoin::Join {
             kubeadm: &request.kubeadm,
             bundle_dir: &bundle_dir,
             timeout: request.timeout,
         };
-        let joined = rejoin::join(&join, manifest, rejoin)?;
+        let joined = rejoin::join(&join, manifest, rejoin, &mut |joined| {
+            if let Some(planned) = state.rejoin.as_mut() {
+                planned.joined = Some(joined.clone());
+            }
+            state.save(layout)
+        })?;
         log::info!(
             "finish: {} rejoined the cluster through {} as member {}{}",
             manifest.node.name,

@@ -47,6 +47,19 @@ pub struct Rejoin {
     pub api_endpoint: String,
     /// The client URL of the live etcd member that answered the quorum probe.
     pub etcd_endpoint: String,
+    /// Set once `kubeadm join` succeeded: a rerun of phase 2 then only waits for the member (the
+    /// files kubeadm wrote and the member's data dir are this node's new ones, not the old member's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined: Option<Joined>,
+}
+
+/// What a successful `kubeadm join` leaves for the rest of phase 2.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Joined {
+    /// The bootstrap token's ID, for the report.
+    pub token_id: String,
+    pub removed_member: Option<String>,
 }
 
 /// What phase 2 did.
@@ -97,6 +110,7 @@ pub fn plan(cluster: &Cluster, node: &Node, etcd_endpoint: &str) -> Result<Rejoi
     Ok(Rejoin {
         api_endpoint,
         etcd_endpoint: etcd_endpoint.to_string(),
+        joined: None,
     })
 }
 
@@ -123,31 +137,54 @@ pub struct Join<'a> {
     pub timeout: Duration,
 }
 
-/// Phase 2: the lost member out, a bootstrap token in, `kubeadm join --control-plane`, and this
-/// node's member a started voter.
-pub fn join(join: &Join<'_>, manifest: &Manifest, rejoin: &Rejoin) -> Result<RejoinReport, Error> {
+/// Phase 2: the lost member out, a bootstrap token in, `kubeadm join --control-plane` (then
+/// `record` keeps that it succeeded) and this node's member a started voter. A
+/// rerun after `kubeadm join` succeeded (`rejoin.joined`) only waits for the member.
+pub fn join(
+    join: &Join<'_>,
+    manifest: &Manifest,
+    rejoin: &Rejoin,
+    record: &mut dyn FnMut(&Joined) -> Result<(), Error>,
+) -> Result<RejoinReport, Error> {
     let tls = super::ha::client_tls(join.bundle_dir);
     let mut etcd = connect(&rejoin.etcd_endpoint, &tls)?;
-    let removed = remove_lost_member(&mut etcd, manifest, &tls)?;
     let admin = join.bundle_dir.join(layout::ADMIN_CONF);
     let mut kubeconfig = Kubeconfig::load(&admin)?;
     kubeconfig.server = format!("https://{}", rejoin.api_endpoint);
     let api = ApiServer::new(&kubeconfig)?;
-    let token = Token::new()?;
-    create_token(&api, &token, &manifest.node.name)?;
-    log::info!(
-        "finish: bootstrap token {} created through {}",
-        token.id,
-        api.server()
-    );
-    let ca = join.bundle_dir.join(layout::PKI_DIR).join("ca.crt");
-    let pin = ca_cert_hash(&ca)?;
-    run_kubeadm_join(join.kubeadm, manifest, rejoin, &token, &pin)?;
+    let joined = match &rejoin.joined {
+        Some(joined) => {
+            log::info!(
+                "finish: kubeadm join succeeded in an earlier run (bootstrap token {}); waiting for the member only",
+                joined.token_id
+            );
+            joined.clone()
+        }
+        None => {
+            let removed_member = remove_lost_member(&mut etcd, manifest, &tls)?;
+            let token = Token::new()?;
+            create_token(&api, &token, &manifest.node.name)?;
+            log::info!(
+                "finish: bootstrap token {} created through {}",
+                token.id,
+                api.server()
+            );
+            let ca = join.bundle_dir.join(layout::PKI_DIR).join("ca.crt");
+            let pin = ca_cert_hash(&ca)?;
+            run_kubeadm_join(join.kubeadm, manifest, rejoin, &token, &pin)?;
+            let joined = Joined {
+                token_id: token.id,
+                removed_member,
+            };
+            record(&joined)?;
+            joined
+        }
+    };
     let member = wait_for_voter(&mut etcd, manifest, join.timeout)?;
     Ok(RejoinReport {
         api_endpoint: rejoin.api_endpoint.clone(),
-        removed_member: removed,
-        token_id: token.id,
+        removed_member: joined.removed_member,
+        token_id: joined.token_id,
         member,
     })
 }
