@@ -885,6 +885,32 @@ fn with_doubles(node: &Node, args: &[&str], kubeadm_version: &str) -> Command {
     command
 }
 
+/// The bootstrap token Secrets stored in the cluster behind `node`, by name.
+fn bootstrap_tokens(node: &Node) -> Vec<String> {
+    let listed = node.etcdctl_json(&[
+        "get",
+        "/registry/secrets/kube-system/bootstrap-token-",
+        "--prefix",
+        "--keys-only",
+        "-w",
+        "json",
+    ]);
+    listed["kvs"]
+        .as_array()
+        .map(|kvs| {
+            kvs.iter()
+                .map(|kv| {
+                    use base64::Engine;
+                    let key = base64::engine::general_purpose::STANDARD
+                        .decode(kv["key"].as_str().unwrap())
+                        .unwrap();
+                    String::from_utf8(key).unwrap()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What kubeadm init's bootstrap-token and upload-config phases store for joining nodes, with the
 /// API server of the node `through` as the endpoint, written through its etcd.
 fn seed_join_objects(cluster: &Cluster, through: usize, kubeadm_version: &str) {
@@ -1013,6 +1039,11 @@ fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm
                 .starts_with(&format!("{name} (")),
             "{report}"
         );
+        let token = joined["tokenId"].as_str().unwrap();
+        assert!(
+            log.contains(&format!("bootstrap token {token} deleted")),
+            "{log}"
+        );
         // Nothing of the lost node's etcd came back: the member was added afresh, its leaves re-issued.
         let pki = cluster.nodes[i].root().join("etc/kubernetes/pki");
         assert!(pki.join("etcd/server.crt").exists() && pki.join("ca.key").exists());
@@ -1028,6 +1059,11 @@ fn a_lost_minority_rejoins_the_live_cluster(size: usize, lost: &[usize], kubeadm
         );
     }
     cluster.assert_one_cluster();
+    let tokens = bootstrap_tokens(&cluster.nodes[0]);
+    assert!(
+        tokens.is_empty(),
+        "every join's token is deleted: {tokens:?}"
+    );
     let acknowledged: Vec<&String> = writes.iter().filter(|w| w.2).map(|w| &w.1).collect();
     assert!(
         acknowledged.len() > 10,
@@ -1097,7 +1133,7 @@ fn two_of_five_lost_rejoin_at_once() {
 
 /// `kubeadm join` succeeded but the member was not a voter within cpr's timeout (kubelet had not
 /// started it yet): the state keeps that it joined, and `cpr finish` run again only waits for the
-/// member. It moves none of the new member's files aside, runs no second
+/// member and deletes the token. It moves none of the new member's files aside, runs no second
 /// kubeadm join and does not take the new member for the old node alive.
 #[test]
 fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
@@ -1135,6 +1171,12 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
         serde_json::from_slice(&std::fs::read(node.root().join("var/lib/cpr/state.json")).unwrap())
             .unwrap();
     let token = state["rejoin"]["joined"]["tokenId"].as_str().unwrap();
+    assert_eq!(
+        bootstrap_tokens(&cluster.nodes[0]),
+        [format!(
+            "/registry/secrets/kube-system/bootstrap-token-{token}"
+        )]
+    );
     let moved = state["movedAside"].as_array().unwrap().len();
 
     cluster.nodes[2].start_etcd();
@@ -1172,6 +1214,7 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
         1,
         "{joins}"
     );
+    assert!(bootstrap_tokens(&cluster.nodes[0]).is_empty());
     cluster.assert_one_cluster();
     eprintln!(
         "rejoin cut after kubeadm join, finished by a rerun: {:.1} s",

@@ -36,6 +36,9 @@ pub const SHARED_PKI: [&str; 8] = [
 /// A token lives long enough for one join, retries included (kubeadm's default is 24 h).
 const TOKEN_TTL: time::Duration = time::Duration::hours(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// A bootstrap token's Secret is this plus its ID (`k8s.io/cluster-bootstrap/token/api/types.go`
+/// `BootstrapTokenSecretPrefix`).
+const BOOTSTRAP_TOKEN_PREFIX: &str = "bootstrap-token-";
 /// kube-apiserver's default port, when the bundle does not name the node's.
 const DEFAULT_BIND_PORT: u16 = 6443;
 
@@ -57,7 +60,7 @@ pub struct Rejoin {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Joined {
-    /// The bootstrap token's ID, for the report.
+    /// The bootstrap token's ID, deleted once the member votes.
     pub token_id: String,
     pub removed_member: Option<String>,
 }
@@ -138,7 +141,7 @@ pub struct Join<'a> {
 }
 
 /// Phase 2: the lost member out, a bootstrap token in, `kubeadm join --control-plane` (then
-/// `record` keeps that it succeeded) and this node's member a started voter. A
+/// `record` keeps that it succeeded), this node's member a started voter and the token deleted. A
 /// rerun after `kubeadm join` succeeded (`rejoin.joined`) only waits for the member.
 pub fn join(
     join: &Join<'_>,
@@ -181,6 +184,7 @@ pub fn join(
         }
     };
     let member = wait_for_voter(&mut etcd, manifest, join.timeout)?;
+    delete_token(&api, &joined.token_id);
     Ok(RejoinReport {
         api_endpoint: rejoin.api_endpoint.clone(),
         removed_member: joined.removed_member,
@@ -320,7 +324,7 @@ fn token_secret(token: &Token, node: &str, expires: time::OffsetDateTime) -> ser
     serde_json::json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": format!("bootstrap-token-{}", token.id), "namespace": "kube-system"},
+        "metadata": {"name": format!("{BOOTSTRAP_TOKEN_PREFIX}{}", token.id), "namespace": "kube-system"},
         "type": "bootstrap.kubernetes.io/token",
         "data": {
             "description": b64(&format!("cpr: rejoin of control-plane node {node}")),
@@ -343,6 +347,20 @@ fn create_token(api: &ApiServer, token: &Token, node: &str) -> Result<(), Error>
             object: api.server().to_string(),
             why: format!("{e}; the bundle's admin.conf must be accepted by the live API server"),
         })
+}
+
+/// The token was on kubeadm's command line and stays valid for an hour: once the member votes it
+/// has done its work. Failing to delete it costs nothing of the rejoin, so it is a warning.
+fn delete_token(api: &ApiServer, token_id: &str) {
+    let path = format!("/api/v1/namespaces/kube-system/secrets/{BOOTSTRAP_TOKEN_PREFIX}{token_id}");
+    match api.delete(&path) {
+        Ok(true) => log::info!("finish: bootstrap token {token_id} deleted"),
+        Ok(false) => log::info!("finish: bootstrap token {token_id} was gone already"),
+        Err(error) => log::warn!(
+            "finish: could not delete the bootstrap token {token_id} ({error}); it expires within {} h, or delete it now: kubeadm token delete {token_id}",
+            TOKEN_TTL.whole_hours()
+        ),
+    }
 }
 
 /// `sha256:` + the hex sha256 of the CA certificate's SubjectPublicKeyInfo, as kubeadm's
