@@ -655,7 +655,10 @@ fn cpr_1_1() -> PathBuf {
         Command::new("cargo")
             .args(["build", "--locked", "--bin", "cpr-1-1", "--target-dir"])
             .arg(&target)
-            .current_dir(&src),
+            .current_dir(&src)
+            // The archive lies inside this checkout: without a ceiling, 1.1's build.rs would stamp it
+            // with this checkout's HEAD. Above none, it says what a source tarball's build says.
+            .env("GIT_CEILING_DIRECTORIES", src.parent().unwrap()),
     );
     bin
 }
