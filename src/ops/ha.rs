@@ -121,6 +121,11 @@ pub struct RestorePoint {
     /// The node that claimed it, and when (RFC 3339), for the operator.
     pub claimed_by: String,
     pub claimed_at: String,
+    /// The claimed bundle's etcd revision (a survivor's is in `survivor`): a node whose newest
+    /// bundle was taken later and is past it knows this claim is an earlier incident's. Absent in
+    /// claims of survivors and of cpr before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     /// A member that stopped with its data claimed: no snapshot is restored anywhere; it comes
     /// back alone (`--force-new-cluster`) and the others rejoin it. Absent in claims of a bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -236,19 +241,85 @@ pub fn wait_for_survivor(
     }
 }
 
-/// The claim's object name: one per incarnation of the cluster (its etcd cluster ID), so that the
-/// next loss of the restored cluster, whose bundles carry the new ID, claims afresh.
-pub fn claim_name(manifest: &Manifest) -> String {
+/// The object name of the claim of the `incident`th lost quorum (from 1) of the cluster of
+/// `manifest`. A restore from a bundle gives the cluster a new etcd cluster ID, so its next loss
+/// claims under a new name anyway; a survivor keeps the ID (`--force-new-cluster`), so the next
+/// loss of that cluster finds the earlier claim, sees it is stale and claims the next name.
+fn claim_name(manifest: &Manifest, incident: u32) -> String {
+    let suffix = if incident > 1 {
+        format!("-{incident}")
+    } else {
+        String::new()
+    };
     format!(
-        "{}/restore-point-{}.json",
+        "{}/restore-point-{}{suffix}.json",
         manifest.cluster.name, manifest.etcd.cluster_id
     )
 }
 
-/// The restore point already claimed for the cluster of `manifest`, if any.
+/// Whether `point` was claimed in an earlier incident than the one `manifest`, this node's newest
+/// bundle, is restored in: the bundle was taken after the claim, and holds writes past the revision
+/// the claim restored, so the cluster came back from it and ran on. A bundle of this incident was
+/// taken before it started (before any claim), so a node of it never takes a live claim for stale;
+/// a lagging survivor (its data older than another node's bundle) keeps its claim for the same
+/// reason. A claim whose revision or time is unknown is never stale.
+fn is_stale(point: &RestorePoint, manifest: &Manifest) -> bool {
+    use time::format_description::well_known::Rfc3339;
+    let Some(revision) = point
+        .survivor
+        .as_ref()
+        .map(|s| s.revision)
+        .or(point.revision)
+    else {
+        return false;
+    };
+    let parse = |text: &str| time::OffsetDateTime::parse(text, &Rfc3339).ok();
+    let taken_after = match (parse(&manifest.created_at), parse(&point.claimed_at)) {
+        (Some(taken), Some(claimed)) => taken > claimed,
+        _ => false,
+    };
+    taken_after && manifest.etcd.revision > revision
+}
+
+/// The claim of this incident of the cluster of `manifest`: its name, and the restore point when
+/// one is claimed. Earlier incidents' claims are left where they are, for the record.
+fn current_claim(
+    store: &dyn Store,
+    manifest: &Manifest,
+) -> Result<(String, Option<RestorePoint>), Error> {
+    let mut incident = 1;
+    loop {
+        let name = claim_name(manifest, incident);
+        match read_claim(store, &name)? {
+            Some(point) if is_stale(&point, manifest) => {
+                log::info!(
+                    "restore: {}/{name} is an earlier incident's claim ({} at {}, revision below this bundle's {}, taken {}); kept, and not followed",
+                    store.location(),
+                    point.claimed_by,
+                    point.claimed_at,
+                    manifest.etcd.revision,
+                    manifest.created_at
+                );
+                incident += 1;
+            }
+            point => return Ok((name, point)),
+        }
+    }
+}
+
+/// Where the claim of this incident of the cluster of `manifest` is (or goes), for messages.
+pub fn claim_location(store: &dyn Store, manifest: &Manifest) -> Result<String, Error> {
+    let (name, _) = current_claim(store, manifest)?;
+    Ok(format!("{}/{name}", store.location()))
+}
+
+/// The restore point already claimed for this incident of the cluster of `manifest`, if any.
 pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestorePoint>, Error> {
-    let name = claim_name(manifest);
-    let mut reader = match store.open_limited(&name, Some(MAX_CLAIM_BYTES)) {
+    current_claim(store, manifest).map(|(_, point)| point)
+}
+
+fn read_claim(store: &dyn Store, name: &str) -> Result<Option<RestorePoint>, Error> {
+    let mut reader = match store.open_limited(name, Some(MAX_CLAIM_BYTES)) {
         Ok(reader) => reader,
         Err(crate::store::Error::NotFound { .. }) => return Ok(None),
         Err(error) => return Err(error.into()),
@@ -270,7 +341,8 @@ pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestoreP
 
 /// Claims `bundle`, whose members form the cluster `cluster_id` (lowercase hex), or this node's
 /// `survivor` (then `bundle` is only the one its files come from), unless another node claimed
-/// first; returns the restore point that holds.
+/// first; returns the restore point that holds. `manifest` is the claimed bundle's (a survivor's
+/// own, for its cluster and node).
 pub fn claim(
     store: &dyn Store,
     manifest: &Manifest,
@@ -285,15 +357,20 @@ pub fn claim(
         claimed_at: time::OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default(),
+        revision: survivor.is_none().then_some(manifest.etcd.revision),
         survivor,
     };
     let mut text = serde_json::to_vec_pretty(&point).expect("a restore point serializes");
     text.push(b'\n');
-    if store.create_if_absent(&claim_name(manifest), &text)? {
+    let (name, claimed) = current_claim(store, manifest)?;
+    if let Some(claimed) = claimed {
+        return Ok(claimed);
+    }
+    if store.create_if_absent(&name, &text)? {
         return Ok(point);
     }
-    claimed(store, manifest)?.ok_or_else(|| Error::RestorePoint {
-        claim: format!("{}/{}", store.location(), claim_name(manifest)),
+    read_claim(store, &name)?.ok_or_else(|| Error::RestorePoint {
+        claim: format!("{}/{name}", store.location()),
         why: "the store said it exists, then that it does not; was it deleted by hand?".into(),
     })
 }
@@ -414,6 +491,148 @@ pub fn compare_members(client: &mut EtcdClient, tls: Option<&TlsFiles>) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::manifest::{Cluster, Etcd, Node, SnapshotEntry};
+
+    /// The newest bundle of `node`, taken at `created_at` at `revision`, of etcd cluster 1a2b.
+    fn bundle(node: &str, created_at: &str, revision: i64) -> Manifest {
+        Manifest {
+            format_version: "1.2".into(),
+            cpr_version: "test".into(),
+            created_at: created_at.into(),
+            cluster: Cluster {
+                name: "c".into(),
+                ..Cluster::default()
+            },
+            node: Node {
+                name: node.into(),
+                ..Node::default()
+            },
+            etcd: Etcd {
+                member_name: node.into(),
+                cluster_id: "1a2b".into(),
+                revision,
+                ..Etcd::default()
+            },
+            files: Vec::new(),
+            snapshot: SnapshotEntry::new(0),
+        }
+    }
+
+    fn survivor(node: &str, revision: i64, bundle_revision: i64) -> Survivor {
+        Survivor {
+            node: node.into(),
+            member_name: node.into(),
+            member_id: "3c".into(),
+            client_urls: vec!["https://10.77.0.3:2379".into()],
+            revision,
+            bundle_revision,
+        }
+    }
+
+    /// A survivor keeps its cluster ID, so the bundles taken after it came back find its claim at
+    /// the next loss: they claim afresh under the next name and leave the old claim as it was,
+    /// while a node of the first incident (its bundle older than the claim) still follows it.
+    #[test]
+    fn the_next_lost_quorum_of_a_survivors_cluster_claims_afresh() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::open(
+            dir.path().to_str().unwrap(),
+            &crate::store::StoreOptions::default(),
+        )
+        .unwrap();
+        let store = store.as_ref();
+        // The first loss, a year ago: master3 claimed its surviving member.
+        let won = RestorePoint {
+            bundle: "c/master3/20000101T070000Z".into(),
+            cluster_id: "1a2b".into(),
+            claimed_by: "master3".into(),
+            claimed_at: "2000-01-01T08:00:00Z".into(),
+            revision: None,
+            survivor: Some(survivor("master3", 140, 100)),
+        };
+        std::fs::create_dir(dir.path().join("c")).unwrap();
+        let first = bundle("master3", "2000-01-01T07:00:00Z", 100);
+        assert!(store
+            .create_if_absent(&claim_name(&first, 1), &serde_json::to_vec(&won).unwrap())
+            .unwrap());
+        let old_claim = dir.path().join("c/restore-point-1a2b.json");
+        let old_text = std::fs::read(&old_claim).unwrap();
+        let same_incident = bundle("master1", "2000-01-01T06:59:00Z", 120);
+        assert_eq!(claimed(store, &same_incident).unwrap(), Some(won.clone()));
+
+        // The cluster ran on from the survivor's data; everyone backed up; quorum was lost again.
+        let later = bundle("master1", "2001-01-01T00:00:00Z", 900);
+        assert_eq!(claimed(store, &later).unwrap(), None);
+        assert_eq!(
+            claim_location(store, &later).unwrap(),
+            format!("{}/c/restore-point-1a2b-2.json", store.location())
+        );
+        let second = claim(
+            store,
+            &later,
+            "c/master1/20010101T000000Z",
+            "5e6f".into(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (second.claimed_by.as_str(), second.revision),
+            ("master1", Some(900))
+        );
+        let other = bundle("master2", "2001-01-01T00:00:05Z", 905);
+        assert_eq!(claimed(store, &other).unwrap(), Some(second.clone()));
+        assert_eq!(
+            claim(
+                store,
+                &other,
+                "c/master2/20010101T000005Z",
+                "7a".into(),
+                None
+            )
+            .unwrap(),
+            second
+        );
+        assert_eq!(
+            std::fs::read(&old_claim).unwrap(),
+            old_text,
+            "the first claim is kept"
+        );
+        assert!(dir.path().join("c/restore-point-1a2b-2.json").exists());
+    }
+
+    /// A lagging survivor (its data older than another node's bundle of the same incident) is not
+    /// taken for an earlier incident's: that bundle was taken before the claim.
+    #[test]
+    fn a_claim_is_stale_only_for_a_bundle_taken_after_it_and_past_its_revision() {
+        let point = RestorePoint {
+            bundle: "c/master3/20261130T070000Z".into(),
+            cluster_id: "1a2b".into(),
+            claimed_by: "master3".into(),
+            claimed_at: "2026-11-30T08:00:00Z".into(),
+            revision: None,
+            survivor: Some(survivor("master3", 140, 100)),
+        };
+        assert!(!is_stale(
+            &point,
+            &bundle("master1", "2026-11-30T07:30:00Z", 200)
+        ));
+        assert!(!is_stale(
+            &point,
+            &bundle("master1", "2026-11-30T08:30:00Z", 140)
+        ));
+        assert!(is_stale(
+            &point,
+            &bundle("master1", "2026-11-30T08:30:00Z", 141)
+        ));
+        let unknown = RestorePoint {
+            survivor: None,
+            ..point
+        };
+        assert!(!is_stale(
+            &unknown,
+            &bundle("master1", "2026-11-30T08:30:00Z", 999)
+        ));
+    }
 
     #[test]
     fn claims_without_a_survivor_keep_parsing() {

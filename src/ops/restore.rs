@@ -467,7 +467,7 @@ fn stage(
             });
         }
         Point::Survivor(own) => {
-            let claim = format!("{}/{}", request.store.location(), ha::claim_name(&manifest));
+            let claim = ha::claim_location(request.store, &manifest)?;
             let claimed = ha::claim(
                 request.store,
                 &manifest,
@@ -786,11 +786,7 @@ impl RestoreSink<'_> {
             }
             Quorum::Lost { .. } => {}
         }
-        let claim = format!(
-            "{}/{}",
-            self.request.store.location(),
-            ha::claim_name(manifest)
-        );
+        let claim = ha::claim_location(self.request.store, manifest)?;
         let own = self.own_survivor(manifest, discard_survivors)?;
         if let Some(pinned) = pinned_point(self.request).or(self.request.bundle.as_deref()) {
             if let Some(own) = own {
