@@ -117,8 +117,10 @@ pub fn record(path: &Path, report: Option<&DrillReport>, now: SystemTime) -> Res
     record_attempt(path, &DRILL, figures.as_deref(), now)
 }
 
-/// Runs the drill. A failed check is `Error::DrillFailed`, naming every check that failed.
-pub fn drill(request: &DrillRequest<'_>) -> Result<DrillReport, Error> {
+/// Runs the drill. A failed check, the restore of a bad bundle included, is `Error::DrillFailed`,
+/// naming every check that failed; what fails alike for every bundle (the store, a key file, the
+/// scratch disk) keeps its own error and exit code.
+pub fn drill(request: &DrillRequest<'_>) -> Result<DrillReport, crate::Error> {
     let started = Instant::now();
     remove_stale(&request.scratch);
     if let Err(e) = crate::host::idle_io_priority() {
@@ -148,7 +150,8 @@ pub fn drill(request: &DrillRequest<'_>) -> Result<DrillReport, Error> {
     }
     let (objects, checks) = match result {
         Ok(found) => found,
-        Err(e) => (0, vec![failed("restore", crate::error::chain(&e))]),
+        Err(e) if bundle_fault(&e) => (0, vec![failed("restore", crate::error::chain(&e))]),
+        Err(e) => return Err(e),
     };
     let failures: Vec<String> = checks
         .iter()
@@ -159,7 +162,8 @@ pub fn drill(request: &DrillRequest<'_>) -> Result<DrillReport, Error> {
         return Err(Error::DrillFailed {
             bundle: name,
             failed: failures,
-        });
+        }
+        .into());
     }
     Ok(DrillReport {
         bundle: name,
@@ -167,6 +171,34 @@ pub fn drill(request: &DrillRequest<'_>) -> Result<DrillReport, Error> {
         seconds: seconds(started.elapsed()),
         checks,
     })
+}
+
+/// Whether a failed restore is the bundle's doing: damaged, refused by its signature, not for the
+/// drill's identity, or holding an etcd db that does not restore. An unreachable store, an
+/// unreadable key file or a full scratch disk says nothing about the bundle.
+fn bundle_fault(error: &crate::Error) -> bool {
+    use crate::bundle::Error as Bundle;
+    use crate::etcd::Error as Etcd;
+    match error {
+        crate::Error::Bundle(e) | crate::Error::Ops(Error::Bundle(e)) => {
+            !matches!(e, Bundle::Key(_) | Bundle::Write { .. })
+        }
+        crate::Error::Etcd(e) | crate::Error::Ops(Error::Etcd(e)) => matches!(
+            e,
+            Etcd::MissingHash { .. } | Etcd::HashMismatch { .. } | Etcd::Corrupt { .. }
+        ),
+        crate::Error::Ops(Error::Carryover(e)) => matches!(
+            **e,
+            super::carryover::Error::Object { .. } | super::carryover::Error::MissingData { .. }
+        ),
+        crate::Error::Ops(e) => matches!(
+            e,
+            Error::ObjectUnreadable { .. }
+                | Error::NothingVerifies { .. }
+                | Error::NoUsableBundle { .. }
+        ),
+        _ => false,
+    }
 }
 
 fn failed(name: &'static str, detail: String) -> Check {
@@ -177,7 +209,8 @@ fn failed(name: &'static str, detail: String) -> Check {
     }
 }
 
-/// Phase 1 into `dir/root`, then the checks; an error is a failed restore.
+/// Phase 1 into `dir/root`, then the checks; an error that is the bundle's (`bundle_fault`) is a
+/// failed restore.
 fn rehearse(
     request: &DrillRequest<'_>,
     name: &str,
@@ -207,16 +240,14 @@ fn rehearse(
         source,
     })?;
     if available < needed {
-        return Err(Error::DrillFailed {
-            bundle: name.to_string(),
-            failed: vec![format!(
-                "free space: {} has {} free, the drill needs {} (twice the etcd db, the files and a signed bundle itself); point --scratch at a larger filesystem",
-                dir.display(),
-                store::human_bytes(available),
-                store::human_bytes(needed)
-            )],
-        }
-        .into());
+        // As for the spool of inspect, get and diff: the operator's choice of place, no bundle's
+        // fault.
+        return Err(crate::Error::Usage(format!(
+            "drill of {name}: {} has {} free, the drill needs {} (twice the etcd db, the files and a signed bundle itself): point --scratch at a larger filesystem. Nothing was fetched",
+            request.scratch.display(),
+            store::human_bytes(available),
+            store::human_bytes(needed)
+        )));
     }
     let root = dir.join("root");
     fs::create_dir(&root).map_err(|source| Error::Write {
