@@ -812,23 +812,9 @@ fn rejoin(
     let mut children: Vec<Child> = lost
         .iter()
         .map(|&i| {
-            let node = &cluster.nodes[i];
-            let store = cluster.store().to_str().unwrap();
-            let args = [
-                "restore",
-                "--store",
-                store,
-                "--node",
-                &node.name,
-                "--hostname",
-                &node.name,
-            ];
-            let args = [
-                &args[..],
-                &["--ip", &node.ip, "--quorum-probe", PROBE_SECONDS],
-            ]
-            .concat();
-            with_doubles(node, &args, kubeadm_version).spawn().unwrap()
+            restore_with_doubles(cluster, i, kubeadm_version, &[])
+                .spawn()
+                .unwrap()
         })
         .collect();
     let mut running = lost.to_vec();
@@ -883,6 +869,25 @@ fn with_doubles(node: &Node, args: &[&str], kubeadm_version: &str) -> Command {
         .env("KUBEADM_DOUBLE_ETCDCTL", ETCD.etcdctl())
         .env("KUBEADM_DOUBLE_WAIT_SECONDS", "60");
     command
+}
+
+/// `cpr restore` (both phases) of node `i` from the cluster's store with the doubles, plus `extra`.
+fn restore_with_doubles(
+    cluster: &Cluster,
+    i: usize,
+    kubeadm_version: &str,
+    extra: &[&str],
+) -> Command {
+    let node = &cluster.nodes[i];
+    let store = cluster.store().to_str().unwrap();
+    let args = ["restore", "--store", store, "--node", &node.name];
+    let args = [&args[..], &["--hostname", &node.name, "--ip", &node.ip]];
+    let probe = ["--quorum-probe", PROBE_SECONDS];
+    with_doubles(
+        node,
+        &[&args.concat(), &probe[..], extra].concat(),
+        kubeadm_version,
+    )
 }
 
 /// The bootstrap token Secrets stored in the cluster behind `node`, by name.
@@ -1146,24 +1151,10 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
         .iter()
         .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
         .collect();
-    let store = cluster.store().to_str().unwrap().to_string();
+    let cut = restore_with_doubles(&cluster, 2, "v1.27.4", &["--timeout", "2"])
+        .output()
+        .unwrap();
     let node = &cluster.nodes[2];
-    let args = [
-        "restore",
-        "--store",
-        &store,
-        "--node",
-        &node.name,
-        "--hostname",
-        &node.name,
-    ];
-    let args = [
-        &args[..],
-        &["--ip", &node.ip, "--quorum-probe", PROBE_SECONDS],
-        &["--timeout", "2"],
-    ]
-    .concat();
-    let cut = with_doubles(node, &args, "v1.27.4").output().unwrap();
     let log = common::stderr(&cut);
     assert!(!cut.status.success(), "{log}");
     assert!(log.contains("wait for the new member"), "{log}");
