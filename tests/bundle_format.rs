@@ -655,7 +655,11 @@ fn cpr_1_1() -> PathBuf {
         Command::new("cargo")
             .args(["build", "--locked", "--bin", "cpr-1-1", "--target-dir"])
             .arg(&target)
-            .current_dir(&src)
+            .arg("--manifest-path")
+            .arg(src.join("Cargo.toml"))
+            // Run from this checkout, not the archive: cargo would read both .cargo/config.toml and
+            // repeat the rustflags, which changes every dependency's hash and rebuilds them all.
+            .current_dir(repo)
             // The archive lies inside this checkout: without a ceiling, 1.1's build.rs would stamp it
             // with this checkout's HEAD. Above none, it says what a source tarball's build says.
             .env("GIT_CEILING_DIRECTORIES", src.parent().unwrap()),
