@@ -674,6 +674,69 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
     ));
     assert_eq!(std::fs::read_dir(&scratch).unwrap().count(), 0);
 
+    // SIGKILLed while its etcd starts on the restored data dir: no etcd is left on it. This etcd
+    // listens where etcdctl does not look, so it stays in the drill's wait for it, up to a minute.
+    let unanswering = work.path().join("unanswering");
+    std::fs::create_dir(&unanswering).unwrap();
+    std::os::unix::fs::symlink(etcd.with_file_name("etcdctl"), unanswering.join("etcdctl"))
+        .unwrap();
+    let wrapper = unanswering.join("etcd");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} \"$@\" --listen-client-urls http://127.0.0.1:2399 --advertise-client-urls http://127.0.0.1:2399\n",
+            etcd.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let etcd_on_scratch = format!("--data-dir {}/", scratch.display());
+    let etcd_left = || {
+        Command::new("pgrep")
+            .args(["-f", "--", &etcd_on_scratch])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let mut killed = Command::new(common::cpr_bin())
+        .args([
+            "drill",
+            "--store",
+            store.to_str().unwrap(),
+            "--bundle",
+            &good,
+        ])
+        .args(["--cluster", common::CLUSTER, "--node", common::NODE_NAME])
+        .args(["--root", node.root().to_str().unwrap()])
+        .args(["--scratch", scratch.to_str().unwrap(), "--no-live"])
+        .args(["--etcd", wrapper.to_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !etcd_left() {
+        assert!(
+            killed.try_wait().unwrap().is_none(),
+            "the drill ended first"
+        );
+        assert!(started.elapsed().as_secs() < 60, "no etcd started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    while etcd_left() {
+        assert!(
+            killed_at.elapsed().as_secs() < 5,
+            "etcd outlived the SIGKILLed drill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
     // An encrypted bundle without its identity.
     let keys = work.path().join("keys");
     ok(&cpr(&["keygen", "--out", keys.to_str().unwrap()]));

@@ -327,3 +327,25 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
     let stat = nix::sys::statvfs::statvfs(path).map_err(errno)?;
     Ok(stat.blocks_available() * stat.fragment_size())
 }
+
+/// Makes the program `command` starts get SIGKILL when the thread that started it ends, cpr killed
+/// with SIGKILL included, so a helper cpr waits on (the drill's `unshare` around an etcd) cannot
+/// outlive it. Start it from the thread that waits for it: the kernel watches that thread.
+pub fn kill_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl and getppid,
+    // both async-signal-safe; it allocates nothing (the error is made from an errno or a kind).
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // cpr died between the fork and the prctl: the signal will never come, so stop here.
+            if libc::getppid() as u32 != parent {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            }
+            Ok(())
+        });
+    }
+}

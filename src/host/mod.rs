@@ -11,7 +11,7 @@ use std::path::Path;
 mod linux;
 mod recorder;
 
-pub use linux::{available_bytes, idle_io_priority, Linux};
+pub use linux::{available_bytes, idle_io_priority, kill_with_parent, Linux};
 pub use recorder::Recorder;
 
 /// Whether a mount may be written through. Filesystems cpr only reads are mounted read-only, so a

@@ -249,6 +249,10 @@ fn rehearse(
             store::human_bytes(needed)
         )));
     }
+    // The scratch root's name: this drill's own, never a real cluster's.
+    let token = dir
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let root = dir.join("root");
     fs::create_dir(&root).map_err(|source| Error::Write {
         path: root.clone(),
@@ -270,10 +274,7 @@ fn rehearse(
         identity: request.identity.clone(),
         verify_key: request.verify_key.clone(),
         members: Members::Lone {
-            // The scratch root's name: this drill's own, never a real cluster's.
-            cluster_token: dir
-                .file_name()
-                .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+            cluster_token: token.clone(),
         },
         plan_only: false,
     })?;
@@ -317,6 +318,7 @@ fn rehearse(
             etcd,
             &restored.data_dir,
             &manifest.etcd.member_name,
+            &token,
             &inventory,
         ));
     }
@@ -434,11 +436,20 @@ fn drift_check(inventory: &Inventory, live_root: &Path, request: &DrillRequest<'
 
 /// Serves the restored data dir with `etcd` as a lone member (`--force-new-cluster` on this copy),
 /// on loopback in a new network namespace (`unshare --net`), so it can never reach a live member,
-/// and counts its keys under the prefix with the etcdctl beside it.
-fn serve_check(etcd: &Path, data_dir: &Path, member: &str, inventory: &Inventory) -> Check {
+/// and counts its keys under the prefix with the etcdctl beside it. Nothing of it outlives the
+/// drill, not even a SIGKILLed one whose scratch root the next drill removes: unshare dies with
+/// cpr (`kill_with_parent`), its shell with it (`--kill-child`), and the shell is the first process
+/// of a PID namespace of its own (`--pid`), whose end kills etcd and etcdctl.
+fn serve_check(
+    etcd: &Path,
+    data_dir: &Path,
+    member: &str,
+    token: &str,
+    inventory: &Inventory,
+) -> Check {
     let etcdctl = etcd.with_file_name("etcdctl");
     let script = r#"ip link set lo up || exit 1
-"$1" --name "$2" --data-dir "$3" --force-new-cluster --initial-cluster-token "cpr-drill-$$" \
+"$1" --name "$2" --data-dir "$3" --force-new-cluster --initial-cluster-token "$7" \
   --listen-client-urls http://127.0.0.1:2379 --advertise-client-urls http://127.0.0.1:2379 \
   --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
   --initial-cluster "$2=http://127.0.0.1:2380" > "$3.log" 2>&1 &
@@ -455,15 +466,26 @@ done
 kill $etcd; wait $etcd
 exit $rc
 "#;
-    let out = Command::new("unshare")
-        .args(["--net", "sh", "-c", script, "cpr-drill-etcd"])
+    let mut unshare = Command::new("unshare");
+    unshare
+        .args([
+            "--net",
+            "--pid",
+            "--kill-child",
+            "sh",
+            "-c",
+            script,
+            "cpr-drill-etcd",
+        ])
         .arg(etcd)
         .arg(member)
         .arg(data_dir)
         .arg(&etcdctl)
         .arg(&inventory.prefix)
         .arg((ETCD_START.as_secs() * 2).to_string())
-        .output();
+        .arg(token);
+    crate::host::kill_with_parent(&mut unshare);
+    let out = unshare.output();
     match out {
         Ok(out) if out.status.success() => {
             let served = String::from_utf8_lossy(&out.stdout)
