@@ -1030,8 +1030,8 @@ fn resealed(
 }
 
 /// `inspect --objects`, `get`, `diff` and `verify` spool a bundle's snapshot into an unlinked file
-/// in TMPDIR: nothing is left there, and a TMPDIR too small for the snapshot (an 8 KiB tmpfs, in a
-/// mount namespace of its own) is refused before anything is written, naming TMPDIR.
+/// in --scratch, else TMPDIR: nothing is left there, and a --scratch too small for the snapshot (an
+/// 8 KiB tmpfs, in a mount namespace of its own) is refused before anything is written, naming it.
 fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path) {
     let tmp = work.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -1046,9 +1046,22 @@ fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path)
         ok(&common::cpr_env(&[args, &store_arg].concat(), &tmp_env));
         assert_eq!(common::files_below(&tmp), Vec::<PathBuf>::new(), "{args:?}");
     }
+    let elsewhere = work.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let scratch_arg = ["--scratch", elsewhere.to_str().unwrap()];
+    ok(&common::cpr_env(
+        &[
+            &["inspect", "--objects", bundle][..],
+            &store_arg,
+            &scratch_arg,
+        ]
+        .concat(),
+        &[("TMPDIR", "/nonexistent")],
+    ));
+    assert_eq!(common::files_below(&elsewhere), Vec::<PathBuf>::new());
     let small = Command::new("unshare")
         .args(["--mount", "sh", "-c"])
-        .arg(r#"mount -t tmpfs -o size=8k cpr-test "$1" && TMPDIR="$1" exec "$2" verify --store "$3" "$4""#)
+        .arg(r#"mount -t tmpfs -o size=8k cpr-test "$1" && exec "$2" verify --scratch "$1" --store "$3" "$4""#)
         .args(["sh", tmp.to_str().unwrap()])
         .arg(common::cpr_bin())
         .args([store.to_str().unwrap(), bundle])
@@ -1058,7 +1071,7 @@ fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path)
     assert!(!small.status.success(), "{text}");
     assert!(
         text.contains(
-            "free: set TMPDIR to a directory on a larger filesystem. Nothing was written"
+            "free: point --scratch (or TMPDIR) at a directory on a larger filesystem. Nothing was written"
         ) && !text.contains("corrupt"),
         "{text}"
     );

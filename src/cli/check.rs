@@ -47,7 +47,7 @@ pub fn run(cmd: CheckCmd) -> Result<(), Error> {
     let now = time::OffsetDateTime::now_utc();
     let report = match &cmd.bundle {
         Some(bundle) => {
-            let scratch = scratch_dir("check")?;
+            let scratch = scratch_dir("check", None)?;
             let input = open_bundle(
                 bundle,
                 cmd.store,

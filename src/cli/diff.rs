@@ -50,6 +50,10 @@ pub struct DiffCmd {
     /// age identity file for encrypted bundles (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
+    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
+    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    #[argh(option)]
+    pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
@@ -78,11 +82,14 @@ impl DiffCmd {
 }
 
 pub fn run(cmd: DiffCmd) -> Result<(), Error> {
-    let scratch = scratch_dir("diff")?;
+    let scratch = scratch_dir("diff", cmd.scratch.as_deref())?;
     let (a_dir, b_dir) = (scratch.path().join("a"), scratch.path().join("b"));
     for dir in [&a_dir, &b_dir] {
         std::fs::create_dir(dir).map_err(|e| {
-            Error::Usage(format!("cannot create {}: {e}; set TMPDIR", dir.display()))
+            Error::Usage(format!(
+                "cannot create {}: {e}; point --scratch (or TMPDIR) at a writable directory",
+                dir.display()
+            ))
         })?;
     }
     let (a_name, a) = cmd.listing(&cmd.a, &a_dir)?;

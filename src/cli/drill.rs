@@ -39,7 +39,7 @@ pub struct DrillCmd {
     pub verify_key: Option<PathBuf>,
     /// directory for the scratch root, on a filesystem with twice the etcd db free (default
     /// /var/tmp); scratch roots of killed drills in it are removed first
-    #[argh(option, default = "PathBuf::from(\"/var/tmp\")")]
+    #[argh(option, default = "PathBuf::from(super::DEFAULT_SCRATCH)")]
     pub scratch: PathBuf,
     /// the node whose live etcd the counts are compared with (default /)
     #[argh(option, default = "PathBuf::from(\"/\")")]

@@ -42,6 +42,10 @@ pub struct GetCmd {
     /// age identity file for an encrypted bundle (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
+    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
+    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    #[argh(option)]
+    pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
@@ -80,7 +84,7 @@ pub fn run(cmd: GetCmd) -> Result<(), Error> {
             cmd.object
         )));
     }
-    let scratch = scratch_dir("get")?;
+    let scratch = scratch_dir("get", cmd.scratch.as_deref())?;
     let (source, snapshot) = snapshot_of(
         &cmd.bundle,
         cmd.store.clone(),

@@ -37,6 +37,10 @@ pub struct InspectCmd {
     /// age identity file for an encrypted bundle (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
+    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
+    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    #[argh(option)]
+    pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
@@ -52,7 +56,7 @@ pub struct InspectCmd {
 }
 
 pub fn run(cmd: InspectCmd) -> Result<(), Error> {
-    let scratch = scratch_dir("inspect")?;
+    let scratch = scratch_dir("inspect", cmd.scratch.as_deref())?;
     if cmd.objects {
         let inventory = read_inventory(&cmd, scratch.path())?;
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());

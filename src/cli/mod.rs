@@ -231,14 +231,28 @@ pub fn open_bundle(
     )?)
 }
 
-/// A private (0700) temp dir for a command's scratch files.
-pub fn scratch_dir(command: &str) -> Result<tempfile::TempDir, Error> {
+/// Where commands that read a whole bundle put it by default: a bundle's etcd snapshot is as large
+/// as the db, and /tmp is often a tmpfs, which would hold it in the control-plane node's memory.
+pub const DEFAULT_SCRATCH: &str = "/var/tmp";
+
+/// A private (0700) temp dir for a command's scratch files, in `scratch` (its --scratch), else in
+/// TMPDIR, else in `DEFAULT_SCRATCH`.
+pub fn scratch_dir(command: &str, scratch: Option<&Path>) -> Result<tempfile::TempDir, Error> {
+    let base = scratch.map_or_else(
+        || {
+            std::env::var_os("TMPDIR")
+                .filter(|dir| !dir.is_empty())
+                .map_or_else(|| PathBuf::from(DEFAULT_SCRATCH), PathBuf::from)
+        },
+        Path::to_path_buf,
+    );
     tempfile::Builder::new()
         .prefix(&format!("cpr-{command}."))
-        .tempdir()
+        .tempdir_in(&base)
         .map_err(|e| {
             Error::Usage(format!(
-                "cannot create a temp dir for {command}: {e}; set TMPDIR"
+                "cannot create a temp dir for {command} in {}: {e}; point --scratch (or TMPDIR) at a writable directory",
+                base.display()
             ))
         })
 }

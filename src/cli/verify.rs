@@ -35,6 +35,10 @@ pub struct VerifyCmd {
     /// age identity file for an encrypted bundle (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
+    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
+    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    #[argh(option)]
+    pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
     #[argh(option)]
     pub verify_key: Option<PathBuf>,
@@ -59,7 +63,7 @@ impl Sink for SnapshotToFile {
         let available = crate::host::available_bytes(&self.scratch)?;
         if available < manifest.snapshot.size {
             let why = format!(
-                "its etcd snapshot takes {}, {} has {} free: set TMPDIR to a directory on a larger filesystem. Nothing was written",
+                "its etcd snapshot takes {}, {} has {} free: point --scratch (or TMPDIR) at a directory on a larger filesystem. Nothing was written",
                 human_bytes(manifest.snapshot.size),
                 self.scratch.display(),
                 human_bytes(available)
@@ -179,7 +183,7 @@ fn is_bbolt_file(path: &Path) -> bool {
 }
 
 pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
-    let scratch = scratch_dir("verify")?;
+    let scratch = scratch_dir("verify", cmd.scratch.as_deref())?;
     let VerifiedSnapshot {
         name,
         manifest,
