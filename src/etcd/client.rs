@@ -52,6 +52,9 @@ pub struct ServerStatus {
     pub revision: i64,
     pub member_id: u64,
     pub cluster_id: u64,
+    /// The member ID of the leader this member follows; 0 while it has none (no quorum, or an
+    /// election under way).
+    pub leader: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,6 +139,7 @@ impl EtcdClient {
             revision: header.revision(),
             member_id: header.member_id(),
             cluster_id: header.cluster_id(),
+            leader: status.leader(),
         })
     }
 

@@ -113,6 +113,16 @@ pub fn backup(request: &BackupRequest<'_>) -> Result<BackupReport, Error> {
         EtcdClient::connect(&endpoint, tls.as_ref()).map_err(crate::etcd::Error::from)?;
     let status = client.status().map_err(crate::etcd::Error::from)?;
     let members = client.members().map_err(crate::etcd::Error::from)?;
+    // etcd serves a snapshot from the member's own db, without raft: a member cut off from its
+    // quorum still answers, with a revision that may lack acknowledged writes, yet newer than a
+    // restore-point claim taken meanwhile, which would then look stale to this node (ops/ha.rs).
+    if status.leader == 0 {
+        let member = members
+            .iter()
+            .find(|m| m.id == status.member_id)
+            .map_or_else(|| format!("{:x}", status.member_id), |m| m.name.clone());
+        return Err(Error::NoLeader { member, endpoint });
+    }
 
     let (cluster_yaml, origin) = match &request.cluster_config {
         Some(path) => (

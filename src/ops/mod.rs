@@ -106,6 +106,8 @@ pub enum Error {
     },
     #[error("{} of {total} checks failed: {}. The report above says what to fix", failed.len(), failed.join(", "))]
     ChecksFailed { failed: Vec<String>, total: usize },
+    #[error("backing up: etcd member {member} at {endpoint} has no leader (quorum lost?): a snapshot now could miss writes the cluster acknowledged. Restore the control plane (cpr restore) instead, or back up a member that has a leader. Nothing was written to the store")]
+    NoLeader { member: String, endpoint: String },
     /// Boxed: its variants carry the key, the snapshot and the decoding error.
     #[error("restoring {node}: etcd has no quorum, but {} still run with their data, which holds writes newer than any bundle. Take a snapshot from one (cpr etcd snapshot save --endpoints its client URL) and back it up, or pass --discard-survivors (boot: cpr.discard_survivors=1) to restore from the bundle anyway; their data dirs are moved aside, not deleted. Nothing was changed", survivors.join(", "))]
     Survivors {
@@ -203,6 +205,7 @@ impl Error {
                 carryover::Error::KubeletFlags { .. } | carryover::Error::Read { .. } => 6,
             },
             Error::Etcd(e) => Error::etcd_exit_code(e),
+            Error::NoLeader { .. } => 5,
             Error::Bundle(_) => 4,
             Error::Store(_) => 3,
         }
