@@ -726,6 +726,16 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
         assert!(started.elapsed().as_secs() < 60, "no etcd started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // Every thread of the drill is in the idle I/O class.
+    for task in std::fs::read_dir(format!("/proc/{}/task", killed.id())).unwrap() {
+        let tid = task.unwrap().file_name();
+        let class = Command::new("ionice").arg("-p").arg(&tid).output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&class.stdout).trim(),
+            "idle",
+            "{tid:?}"
+        );
+    }
     killed.kill().unwrap();
     killed.wait().unwrap();
     let killed_at = std::time::Instant::now();

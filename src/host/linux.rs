@@ -297,29 +297,43 @@ unsafe fn ioctl<T>(socket: &OwnedFd, request: libc::c_ulong, argument: &mut T) -
     }
 }
 
-/// linux/ioprio.h: the idle class, served only when no other process wants the disk.
+/// linux/ioprio.h: the idle class, served only when no other class wants the disk.
 const IOPRIO_CLASS_IDLE: libc::c_int = 3;
 const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
 const IOPRIO_WHO_PROCESS: libc::c_int = 1;
 
-/// Puts this process (and the threads and children it starts from now on) in the idle I/O class,
-/// so a restore drill on a control-plane node yields the disk to the live etcd.
+/// Puts every thread of this process in the idle I/O class, so a restore drill on a control-plane
+/// node yields the disk to the live etcd. An I/O priority belongs to a thread (`IOPRIO_WHO_PROCESS`
+/// takes a thread id), and a thread or child inherits its creator's: setting each thread that runs
+/// now (a store client may have started some) covers the ones started later too. Only the BFQ
+/// scheduler and mq-deadline (Linux 5.14 on, which still serves idle requests waiting 10 s) honour
+/// the class; `none` (NVMe's default) and kyber ignore it, and writes that the kernel's flusher
+/// threads write back are theirs, not ours.
 pub fn idle_io_priority() -> io::Result<()> {
-    // SAFETY: ioprio_set takes three integers and touches no memory of ours; `who` 0 is this
-    // process. glibc has no wrapper, hence the raw syscall.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            0,
-            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let Some(tid) = task?
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<libc::c_int>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: ioprio_set takes three integers and touches no memory of ours. glibc has no
+        // wrapper, hence the raw syscall.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                tid,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            )
+        };
+        // A thread that ended since the listing has no priority to set.
+        if rc != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH) {
+            return Err(io::Error::last_os_error());
+        }
     }
+    Ok(())
 }
 
 /// Bytes an unprivileged writer may still use on the filesystem holding `path`.
