@@ -807,44 +807,36 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
     ok(&out);
     assert_eq!(text.matches("signature by key").count(), 1, "{text}");
 
-    // What fails alike for every bundle keeps its exit code, and is a failed attempt all the same.
-    // A store without the bundle (a network store that does not answer is the same error, exit
-    // 3, after its retries).
+    // What fails alike for every bundle keeps its exit code and message, and is a failed attempt
+    // all the same: a store without the bundle (a network store that does not answer is the same
+    // error, exit 3, after its retries), a missing identity file.
+    let refused = |store: &Path, extra: &[&str], code: i32, names: &str| {
+        let out = drill(&node, store, &scratch, extra, &[]);
+        let text = common::stderr(&out);
+        assert_eq!(out.status.code(), Some(code), "{text}");
+        assert!(
+            text.contains(names) && !text.contains("would not bring"),
+            "{text}"
+        );
+    };
+    let metrics_arg = ["--metrics-file", metrics.to_str().unwrap()];
     let gone = work.path().join("gone");
-    let out = drill(
-        &node,
+    refused(
         &gone,
-        &scratch,
-        &[
-            "--bundle",
-            &good,
-            "--metrics-file",
-            metrics.to_str().unwrap(),
-        ],
-        &[],
+        &[&["--bundle", &good][..], &metrics_arg].concat(),
+        3,
+        "no such object",
     );
-    let text = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(3), "{text}");
-    assert!(text.contains("no such object"), "{text}");
-    assert!(!text.contains("would not bring"), "{text}");
     let prom = std::fs::read_to_string(&metrics).unwrap();
     assert!(prom.contains("\ncpr_drill_failures_total 2\n"), "{prom}");
     let missing_identity = work.path().join("no-such.key");
-    let out = drill(
-        &node,
+    let identity_arg = ["--identity", missing_identity.to_str().unwrap()];
+    refused(
         &store,
-        &scratch,
-        &[
-            "--bundle",
-            &sealed,
-            "--identity",
-            missing_identity.to_str().unwrap(),
-        ],
-        &[],
+        &[&["--bundle", &sealed][..], &identity_arg].concat(),
+        2,
+        "no-such.key",
     );
-    let text = common::stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}");
-    assert!(text.contains("no-such.key"), "{text}");
 
     // A value that is no Kubernetes object, backed up with valid digests over it.
     etcdctl_put(
