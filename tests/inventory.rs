@@ -806,6 +806,25 @@ fn drills_pass_on_a_good_bundle_and_fail_with_the_reason() {
     let text = common::stderr(&out);
     ok(&out);
     assert_eq!(text.matches("signature by key").count(), 1, "{text}");
+    // A 1 MiB scratch (a tmpfs in a mount namespace of its own) is refused before any fetch.
+    let small = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=1m cpr-test "$1" && shift && exec "$@""#)
+        .args(["sh", scratch.to_str().unwrap()])
+        .arg(common::cpr_bin())
+        .args(["drill", "--store", store.to_str().unwrap()])
+        .args(["--scratch", scratch.to_str().unwrap()])
+        .args(["--cluster", common::CLUSTER, "--node", common::NODE_NAME])
+        .args(keyed)
+        .output()
+        .unwrap();
+    let text = common::stderr(&small);
+    assert_eq!(small.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("point --scratch at a larger filesystem. Nothing was fetched")
+            && !text.contains("signature by key"),
+        "{text}"
+    );
 
     // What fails alike for every bundle keeps its exit code and message, and is a failed attempt
     // all the same: a store without the bundle (a network store that does not answer is the same
