@@ -307,15 +307,19 @@ fn current_claim(
     }
 }
 
-/// Where the claim of this incident of the cluster of `manifest` is (or goes), for messages.
-pub fn claim_location(store: &dyn Store, manifest: &Manifest) -> Result<String, Error> {
-    let (name, _) = current_claim(store, manifest)?;
-    Ok(format!("{}/{name}", store.location()))
+/// Where the claim of this incident of the cluster of `manifest` is (or goes), for messages, and
+/// the restore point already claimed there, if any: one walk of the store's claims for both.
+pub fn claim_of_incident(
+    store: &dyn Store,
+    manifest: &Manifest,
+) -> Result<(String, Option<RestorePoint>), Error> {
+    let (name, point) = current_claim(store, manifest)?;
+    Ok((format!("{}/{name}", store.location()), point))
 }
 
-/// The restore point already claimed for this incident of the cluster of `manifest`, if any.
-pub fn claimed(store: &dyn Store, manifest: &Manifest) -> Result<Option<RestorePoint>, Error> {
-    current_claim(store, manifest).map(|(_, point)| point)
+/// Where the claim of this incident of the cluster of `manifest` is (or goes), for messages.
+pub fn claim_location(store: &dyn Store, manifest: &Manifest) -> Result<String, Error> {
+    claim_of_incident(store, manifest).map(|(location, _)| location)
 }
 
 fn read_claim(store: &dyn Store, name: &str) -> Result<Option<RestorePoint>, Error> {
@@ -558,11 +562,14 @@ mod tests {
         let old_claim = dir.path().join("c/restore-point-1a2b.json");
         let old_text = std::fs::read(&old_claim).unwrap();
         let same_incident = bundle("master1", "2000-01-01T06:59:00Z", 120);
-        assert_eq!(claimed(store, &same_incident).unwrap(), Some(won.clone()));
+        assert_eq!(
+            claim_of_incident(store, &same_incident).unwrap().1,
+            Some(won.clone())
+        );
 
         // The cluster ran on from the survivor's data; everyone backed up; quorum was lost again.
         let later = bundle("master1", "2001-01-01T00:00:00Z", 900);
-        assert_eq!(claimed(store, &later).unwrap(), None);
+        assert_eq!(claim_of_incident(store, &later).unwrap().1, None);
         assert_eq!(
             claim_location(store, &later).unwrap(),
             format!("{}/c/restore-point-1a2b-2.json", store.location())
@@ -580,7 +587,10 @@ mod tests {
             ("master1", Some(900))
         );
         let other = bundle("master2", "2001-01-01T00:00:05Z", 905);
-        assert_eq!(claimed(store, &other).unwrap(), Some(second.clone()));
+        assert_eq!(
+            claim_of_incident(store, &other).unwrap().1,
+            Some(second.clone())
+        );
         assert_eq!(
             claim(
                 store,

@@ -754,7 +754,7 @@ impl RestoreSink<'_> {
             }
         };
         let node = manifest.node.name.clone();
-        let claimed = ha::claimed(self.request.store, manifest)?;
+        let (claim, claimed) = ha::claim_of_incident(self.request.store, manifest)?;
         match quorum {
             Quorum::Alive {
                 cluster_id, member, ..
@@ -786,7 +786,6 @@ impl RestoreSink<'_> {
             }
             Quorum::Lost { .. } => {}
         }
-        let claim = ha::claim_location(self.request.store, manifest)?;
         let own = self.own_survivor(manifest, discard_survivors)?;
         if let Some(pinned) = pinned_point(self.request).or(self.request.bundle.as_deref()) {
             if let Some(own) = own {
