@@ -55,18 +55,11 @@ pub fn commit_file(file: &File, tmp: &Path, path: &Path) -> io::Result<()> {
 }
 
 /// `commit_file` that never replaces: fails with `AlreadyExists` when `path` exists, so two writers
-/// that picked the same name cannot overwrite each other's object. A file system without
-/// RENAME_NOREPLACE (some network file systems) gets a check right before the rename instead.
+/// that picked the same name cannot overwrite each other's object (`host::rename_no_replace`).
 pub fn commit_file_new(file: &File, tmp: &Path, path: &Path) -> io::Result<()> {
-    use nix::{errno::Errno, fcntl};
     file.sync_all().map_err(|e| context("fsync of", tmp, e))?;
-    let no_replace = fcntl::RenameFlags::RENAME_NOREPLACE;
-    let renamed = match fcntl::renameat2(fcntl::AT_FDCWD, tmp, fcntl::AT_FDCWD, path, no_replace) {
-        Err(Errno::EINVAL) if path.symlink_metadata().is_err() => fs::rename(tmp, path),
-        Err(Errno::EINVAL) => Err(io::Error::from(io::ErrorKind::AlreadyExists)),
-        other => other.map_err(io::Error::from),
-    };
-    renamed.map_err(|e| context(&format!("renaming {} to", tmp.display()), path, e))?;
+    crate::host::rename_no_replace(tmp, path)
+        .map_err(|e| context(&format!("renaming {} to", tmp.display()), path, e))?;
     sync_dir(parent(path)).map_err(|e| context("fsync of directory", parent(path), e))
 }
 

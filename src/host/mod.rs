@@ -6,11 +6,13 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::path::Path;
 
+mod files;
 // The only module with `unsafe` (the crate denies it elsewhere), each use with a `// SAFETY:` note.
 #[allow(unsafe_code)]
 mod linux;
 mod recorder;
 
+pub use files::{preallocate, rename_no_replace, try_lock, LockKind, LockedFile};
 pub use linux::{available_bytes, idle_io_priority, kill_with_parent, Linux};
 pub use recorder::Recorder;
 

@@ -13,12 +13,10 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
-
 use super::progress::Progress;
 use super::{check_name, Error, ObjectInfo, Store, Upload};
 use crate::fsutil;
+use crate::host::{self, LockKind, LockedFile};
 
 pub(crate) const PART_SUFFIX: &str = ".part";
 const WRITE_BUFFER: usize = 1 << 20;
@@ -85,7 +83,7 @@ impl DirStore {
         let lock = file
             .try_clone()
             .ok()
-            .and_then(|clone| Flock::lock(clone, FlockArg::LockExclusiveNonblock).ok());
+            .and_then(|clone| host::try_lock(clone, LockKind::Exclusive).ok().flatten());
         let progress = Progress::new(
             "writing",
             path.display().to_string(),
@@ -107,7 +105,7 @@ impl DirStore {
 /// The lock on the `.part` at `path` when it is a dead upload: no writer holds it locked and it has
 /// not changed for `DEAD_UPLOAD_AGE`. `None` for a live one, one gone meanwhile, or one whose lock
 /// cannot be asked for (a file system without locks): that is left rather than guessed at.
-fn dead_upload(path: &Path) -> Result<Option<Flock<File>>, Error> {
+fn dead_upload(path: &Path) -> Result<Option<LockedFile>, Error> {
     let file = match File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -119,10 +117,10 @@ fn dead_upload(path: &Path) -> Result<Option<Flock<File>>, Error> {
             ))
         }
     };
-    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
-        Err((_, Errno::EWOULDBLOCK)) => return Ok(None),
-        Err((_, e)) => {
+    let lock = match host::try_lock(file, LockKind::Exclusive) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => return Ok(None),
+        Err(e) => {
             log::warn!(
                 "leaving {}: cannot tell whether its writer is alive ({e})",
                 path.display()
@@ -301,7 +299,7 @@ struct DirUpload {
     written: u64,
     progress: Progress,
     /// Held until the upload is committed or dropped: tells a live `.part` from a dead one.
-    _lock: Option<Flock<File>>,
+    _lock: Option<LockedFile>,
 }
 
 impl DirUpload {
