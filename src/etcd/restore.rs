@@ -9,7 +9,7 @@ use super::member::Cluster;
 use super::patch::{Changes, Patch};
 use super::skeleton::Skeletons;
 use super::{snap, status, wal, Error};
-use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
+use crate::host::{self, LockKind, LockedFile};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
@@ -81,13 +81,12 @@ pub fn ensure_not_in_use(data_dir: &Path) -> Result<(), Error> {
     }
 }
 
-fn lock_shared(file: File, path: &Path) -> Result<Flock<File>, Error> {
-    Flock::lock(file, FlockArg::LockSharedNonblock).map_err(|(_, errno)| match errno {
-        nix::errno::Errno::EWOULDBLOCK => Error::InUse {
+fn lock_shared(file: File, path: &Path) -> Result<LockedFile, Error> {
+    host::try_lock(file, LockKind::Shared)
+        .map_err(Error::io("locking", path))?
+        .ok_or_else(|| Error::InUse {
             path: path.to_path_buf(),
-        },
-        e => Error::io("locking", path)(e.into()),
-    })
+        })
 }
 
 /// Restores from a snapshot file (as written by `etcdctl snapshot save`, or a copied
@@ -299,19 +298,8 @@ impl<'a> Plan<'a> {
             .map_err(Error::io("creating", &wal_dir))?;
         let wal_path = wal_dir.join(wal::SEGMENT_NAME);
         let wal_file = create(&wal_path, 0o600)?;
-        match fallocate(
-            &wal_file,
-            FallocateFlags::empty(),
-            0,
-            wal::SEGMENT_SIZE as i64,
-        ) {
-            Ok(()) => {}
-            // Filesystems without fallocate get a sparse file of the same size and content.
-            Err(nix::errno::Errno::EOPNOTSUPP) => wal_file
-                .set_len(wal::SEGMENT_SIZE)
-                .map_err(Error::io("sizing", &wal_path))?,
-            Err(e) => return Err(Error::io("preallocating", &wal_path)(e.into())),
-        }
+        host::preallocate(&wal_file, wal::SEGMENT_SIZE)
+            .map_err(Error::io("preallocating", &wal_path))?;
         let records = wal::segment(&self.cluster, self.member_id);
         wal_file
             .write_all_at(&records, 0)
