@@ -290,13 +290,23 @@ pub struct Visit<'a> {
     /// For a nested bucket, its raw bucket value; its content follows at `depth + 1`.
     pub value: &'a [u8],
     pub bucket: bool,
+    /// The page holding the key (for an inline bucket's key: the page holding its bucket).
+    pub page: u64,
 }
 
 /// An open bbolt file: the chosen meta and positioned page reads.
 pub struct Db<'f> {
-    file: &'f File,
+    pages: Pages<'f>,
     pub meta: Meta,
     pub page_size: usize,
+}
+
+/// Where a page without a skeleton comes from.
+enum Pages<'f> {
+    File(&'f File),
+    /// A db that streamed past (`etcd::stream`): only skeletons are left; for a page without one,
+    /// what was wrong with it as it passed.
+    Gone(&'f dyn Fn(u64) -> Corruption),
 }
 
 /// Page sizes bbolt can have been written with (the OS page size of the writer).
@@ -306,99 +316,38 @@ impl<'f> Db<'f> {
     /// Reads both meta pages and picks bbolt's choice: the valid one with the higher txid.
     /// `len` is the length of the db within the file (a snapshot's trailer excluded).
     pub fn open(file: &'f File, len: u64) -> Result<Db<'f>, ReadError> {
-        let mut first = vec![0u8; PAGE_HEADER_SIZE + META_SIZE];
-        if len < first.len() as u64 {
-            return Err(corrupt(None, format!("{len} bytes is too short for a bbolt db")).into());
-        }
-        file.read_exact_at(&mut first, 0)?;
-        let meta0 = Meta::parse(0, &first);
-        // Page 1 sits one page in; without a valid meta 0 the page size is unknown, so try each.
-        let candidates: Vec<usize> = match &meta0 {
-            Ok(m) => vec![m.page_size as usize],
-            Err(_) => PAGE_SIZES.to_vec(),
-        };
-        let mut meta1 = Err(corrupt(Some(1), "meta page beyond the end of the file"));
-        for ps in candidates {
-            if (ps + first.len()) as u64 > len {
-                continue;
-            }
-            let mut b = vec![0u8; first.len()];
-            file.read_exact_at(&mut b, ps as u64)?;
-            meta1 = Meta::parse(1, &b).and_then(|m| {
-                if m.page_size as usize == ps {
-                    Ok(m)
-                } else {
-                    Err(corrupt(
-                        Some(1),
-                        "meta page size does not match its position",
-                    ))
-                }
-            });
-            if meta1.is_ok() {
-                break;
-            }
-        }
-        let meta = match (meta0, meta1) {
-            (Ok(a), Ok(b)) => {
-                if b.txid > a.txid {
-                    b
-                } else {
-                    a
-                }
-            }
-            (Ok(m), Err(e)) | (Err(e), Ok(m)) => {
-                log::warn!("bbolt {e}; using the other meta page (txid {})", m.txid);
-                m
-            }
-            (Err(a), Err(b)) => {
-                return Err(corrupt(
-                    Some(0),
-                    format!("both meta pages are invalid ({}; {b})", a.problem),
-                )
-                .into())
-            }
-        };
-        let page_size = meta.page_size as usize;
-        if !PAGE_SIZES.contains(&page_size) {
-            return Err(corrupt(Some(0), format!("unsupported page size {page_size}")).into());
-        }
-        if meta.hwm < 3
-            || meta
-                .hwm
-                .checked_mul(page_size as u64)
-                .is_none_or(|end| end > len)
-        {
-            return Err(corrupt(
-                None,
-                format!("meta says {} pages of {page_size} bytes but the db has {len} bytes (truncated?)", meta.hwm),
-            )
-            .into());
-        }
-        if meta.root < 2 || meta.root >= meta.hwm {
-            return Err(corrupt(
-                Some(meta.txid % 2),
-                format!("root page {} out of range", meta.root),
-            )
-            .into());
-        }
+        let meta = pick_meta(len, &mut |buf, at| file.read_exact_at(buf, at))?;
         Ok(Db {
-            file,
+            pages: Pages::File(file),
+            page_size: meta.page_size as usize,
             meta,
-            page_size,
         })
+    }
+
+    /// A db of which only `skeletons` are left, for a walk that must not read a page: `meta` from
+    /// [`pick_meta`], `missing` says why a page has no skeleton.
+    pub fn streamed(meta: Meta, missing: &'f dyn Fn(u64) -> Corruption) -> Db<'f> {
+        Db {
+            pages: Pages::Gone(missing),
+            page_size: meta.page_size as usize,
+            meta,
+        }
     }
 
     /// Reads page `id` with its overflow pages into `buf` and checks its header; returns the pages
     /// it spans.
     pub fn read_page(&self, id: u64, buf: &mut Vec<u8>) -> Result<u64, ReadError> {
         self.check_id(id)?;
+        let file = match self.pages {
+            Pages::File(file) => file,
+            Pages::Gone(missing) => return Err(missing(id).into()),
+        };
         buf.resize(self.page_size, 0);
-        self.file.read_exact_at(buf, id * self.page_size as u64)?;
+        file.read_exact_at(buf, id * self.page_size as u64)?;
         let pages = self.check_header(id, buf)?;
         if pages > 1 {
             buf.resize(pages as usize * self.page_size, 0);
-            self.file
-                .read_exact_at(&mut buf[self.page_size..], (id + 1) * self.page_size as u64)?;
+            file.read_exact_at(&mut buf[self.page_size..], (id + 1) * self.page_size as u64)?;
         }
         Ok(pages)
     }
@@ -491,6 +440,94 @@ impl<'f> Db<'f> {
         walker.bucket(root, holder, 0)?;
         Ok(out)
     }
+}
+
+/// Reads both meta pages through `read_at` (bytes at an offset) and picks bbolt's choice: the
+/// valid one with the higher txid, checked against `len`, the length of the db within its file
+/// (a snapshot's trailer excluded).
+pub fn pick_meta(
+    len: u64,
+    read_at: &mut dyn FnMut(&mut [u8], u64) -> std::io::Result<()>,
+) -> Result<Meta, ReadError> {
+    let mut first = vec![0u8; PAGE_HEADER_SIZE + META_SIZE];
+    if len < first.len() as u64 {
+        return Err(corrupt(None, format!("{len} bytes is too short for a bbolt db")).into());
+    }
+    read_at(&mut first, 0)?;
+    let meta0 = Meta::parse(0, &first);
+    // Page 1 sits one page in; without a valid meta 0 the page size is unknown, so try each.
+    let candidates: Vec<usize> = match &meta0 {
+        Ok(m) => vec![m.page_size as usize],
+        Err(_) => PAGE_SIZES.to_vec(),
+    };
+    let mut meta1 = Err(corrupt(Some(1), "meta page beyond the end of the file"));
+    for ps in candidates {
+        if (ps + first.len()) as u64 > len {
+            continue;
+        }
+        let mut b = vec![0u8; first.len()];
+        read_at(&mut b, ps as u64)?;
+        meta1 = Meta::parse(1, &b).and_then(|m| {
+            if m.page_size as usize == ps {
+                Ok(m)
+            } else {
+                Err(corrupt(
+                    Some(1),
+                    "meta page size does not match its position",
+                ))
+            }
+        });
+        if meta1.is_ok() {
+            break;
+        }
+    }
+    let meta = match (meta0, meta1) {
+        (Ok(a), Ok(b)) => {
+            if b.txid > a.txid {
+                b
+            } else {
+                a
+            }
+        }
+        (Ok(m), Err(e)) | (Err(e), Ok(m)) => {
+            log::warn!("bbolt {e}; using the other meta page (txid {})", m.txid);
+            m
+        }
+        (Err(a), Err(b)) => {
+            return Err(corrupt(
+                Some(0),
+                format!("both meta pages are invalid ({}; {b})", a.problem),
+            )
+            .into())
+        }
+    };
+    let page_size = meta.page_size as usize;
+    if !PAGE_SIZES.contains(&page_size) {
+        return Err(corrupt(Some(0), format!("unsupported page size {page_size}")).into());
+    }
+    if meta.hwm < 3
+        || meta
+            .hwm
+            .checked_mul(page_size as u64)
+            .is_none_or(|end| end > len)
+    {
+        return Err(corrupt(
+            None,
+            format!(
+                "meta says {} pages of {page_size} bytes but the db has {len} bytes (truncated?)",
+                meta.hwm
+            ),
+        )
+        .into());
+    }
+    if meta.root < 2 || meta.root >= meta.hwm {
+        return Err(corrupt(
+            Some(meta.txid % 2),
+            format!("root page {} out of range", meta.root),
+        )
+        .into());
+    }
+    Ok(meta)
 }
 
 /// A set of page ids, one bit each.
@@ -611,6 +648,7 @@ impl Walker<'_, '_> {
                 key: e.key,
                 value: e.value,
                 bucket,
+                page: id,
             })?;
             if bucket && self.descend {
                 let (sub, _) = bucket_root(id, e.value)?;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
-use super::bbolt::{corrupt, Db};
+use super::bbolt::{corrupt, Corruption, Db};
 use super::Error;
 
 /// `mvccpb.KeyValue` with only its key: the value (field 5) is skipped without a copy.
@@ -31,7 +31,9 @@ struct KeyValue {
     value: Vec<u8>,
 }
 
-/// A revision key that records a deletion ends in `t` (etcd server/storage/mvcc/revision.go).
+/// etcd's revision keys (server/storage/mvcc/revision.go): 8 bytes of main revision, `_`, 8 bytes
+/// of sub revision; a deletion adds `t` (`markedRevBytesLen`, `markTombstone`).
+const REVISION_KEY_LEN: usize = 17;
 const TOMBSTONE_KEY_LEN: usize = 18;
 
 /// One revision of an etcd key, in revision order.
@@ -44,6 +46,48 @@ pub enum Revision {
     Delete {
         key: Vec<u8>,
     },
+}
+
+/// The revision that element `key`, `value` of bucket `key` (on page `page`) records, if `wanted`
+/// accepts its etcd key; what is wrong with the element when it records none.
+pub(crate) fn revision_of(
+    page: u64,
+    key: &[u8],
+    value: &[u8],
+    wanted: &dyn Fn(&[u8]) -> bool,
+) -> Result<Option<Revision>, Corruption> {
+    let tombstone = key.len() == TOMBSTONE_KEY_LEN && key[REVISION_KEY_LEN] == b't';
+    if !(key.len() == REVISION_KEY_LEN || tombstone) || key[8] != b'_' {
+        return Err(corrupt(
+            Some(page),
+            format!(
+                "bucket `key` holds key {}, which is no etcd revision (8 bytes, `_`, 8 bytes, `t` for a deletion)",
+                hex::encode(key)
+            ),
+        ));
+    }
+    let bad = |e: prost::DecodeError| {
+        corrupt(
+            Some(page),
+            format!(
+                "bucket `key`, revision {}: not an mvccpb.KeyValue ({e})",
+                hex::encode(key)
+            ),
+        )
+    };
+    let etcd_key = <KeyOnly as prost::Message>::decode(value).map_err(bad)?.key;
+    if !wanted(&etcd_key) {
+        return Ok(None);
+    }
+    if tombstone {
+        return Ok(Some(Revision::Delete { key: etcd_key }));
+    }
+    let kv = <KeyValue as prost::Message>::decode(value).map_err(bad)?;
+    Ok(Some(Revision::Put {
+        key: kv.key,
+        mod_revision: kv.mod_revision,
+        value: kv.value,
+    }))
 }
 
 /// Hands every revision in bucket `key` of the snapshot (or db) at `path` whose etcd key `wanted`
@@ -63,30 +107,8 @@ pub fn each_revision(
         match v.depth {
             0 => in_key_bucket = v.key == b"key",
             1 if in_key_bucket && !v.bucket => {
-                let bad = |e: prost::DecodeError| {
-                    corrupt(
-                        None,
-                        format!(
-                            "bucket `key`, revision {}: not an mvccpb.KeyValue ({e})",
-                            hex::encode(v.key)
-                        ),
-                    )
-                };
-                let key = <KeyOnly as prost::Message>::decode(v.value)
-                    .map_err(bad)?
-                    .key;
-                if !wanted(&key) {
-                    return Ok(());
-                }
-                if v.key.len() == TOMBSTONE_KEY_LEN && v.key.last() == Some(&b't') {
-                    visit(Revision::Delete { key });
-                } else {
-                    let kv = <KeyValue as prost::Message>::decode(v.value).map_err(bad)?;
-                    visit(Revision::Put {
-                        key: kv.key,
-                        mod_revision: kv.mod_revision,
-                        value: kv.value,
-                    });
+                if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
+                    visit(revision);
                 }
             }
             _ => {}
@@ -97,20 +119,67 @@ pub fn each_revision(
     Ok(())
 }
 
-/// The current value of every etcd key for which `wanted` is true, in the snapshot (or db) at
-/// `path`. A key deleted at its last revision is absent.
-pub fn current_values(
-    path: &Path,
+/// Where the revisions of bucket `key` come from: a snapshot or db file read in place (a path), or
+/// a snapshot streaming out of a bundle (`etcd::stream`).
+pub trait Revisions {
+    type Error;
+
+    /// Hands `visit` what `map` makes of every revision whose etcd key `wanted` accepts, oldest
+    /// first. A stream keeps `map`'s records, not the revisions, until it knows which are live.
+    fn each<T: prost::Message + Default>(
+        self,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        map: &mut dyn FnMut(Revision) -> T,
+        visit: &mut dyn FnMut(T),
+    ) -> Result<(), Self::Error>;
+}
+
+impl Revisions for &Path {
+    type Error = Error;
+
+    fn each<T: prost::Message + Default>(
+        self,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        map: &mut dyn FnMut(Revision) -> T,
+        visit: &mut dyn FnMut(T),
+    ) -> Result<(), Error> {
+        each_revision(self, wanted, &mut |revision| visit(map(revision)))
+    }
+}
+
+/// What [`current_values`] keeps of a revision: no value for a deletion.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Latest {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    value: Option<Vec<u8>>,
+}
+
+/// The current value of every etcd key for which `wanted` is true, in `source`. A key deleted at
+/// its last revision is absent.
+pub fn current_values<S: Revisions>(
+    source: S,
     wanted: &dyn Fn(&[u8]) -> bool,
-) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, Error> {
+) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, S::Error> {
     let mut values = BTreeMap::new();
-    each_revision(path, wanted, &mut |revision| match revision {
-        Revision::Put { key, value, .. } => {
-            values.insert(key, value);
-        }
-        Revision::Delete { key } => {
-            values.remove(&key);
-        }
-    })?;
+    source.each(
+        wanted,
+        &mut |revision| match revision {
+            Revision::Put { key, value, .. } => Latest {
+                key,
+                value: Some(value),
+            },
+            Revision::Delete { key } => Latest { key, value: None },
+        },
+        &mut |latest| match latest.value {
+            Some(value) => {
+                values.insert(latest.key, value);
+            }
+            None => {
+                values.remove(&latest.key);
+            }
+        },
+    )?;
     Ok(values)
 }

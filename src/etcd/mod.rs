@@ -14,6 +14,7 @@ pub mod restore;
 pub mod skeleton;
 pub mod snap;
 pub mod status;
+pub mod stream;
 pub mod wal;
 
 use std::path::{Path, PathBuf};

@@ -16,7 +16,9 @@
 //! file (unlinked, through the page cache), so a db of several GiB is not read back either: reading
 //! back the half of a 2 GiB db past a 16 MiB budget took longer than writing the whole db.
 
-use super::bbolt::{le_u32, le_u64, Meta, Page, FLAG_BUCKET, META_PAGE_PREFIX, PAGE_SIZES};
+use super::bbolt::{
+    corrupt, le_u32, le_u64, Corruption, Meta, Page, FLAG_BUCKET, META_PAGE_PREFIX, PAGE_SIZES,
+};
 use super::patch::{encode, Elem};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -111,19 +113,40 @@ impl Skeletons {
             let Some(bytes) = data.get(start..).and_then(|d| d.get(..span as usize)) else {
                 continue;
             };
-            self.add(id, bytes, &mut elems);
+            // A page without a skeleton is read from the db by the walk, which says what is wrong.
+            let _ = self.add(id, bytes, &mut elems);
             if self.spent {
                 return;
             }
         }
     }
 
+    /// Records the skeleton of page `id` (`bytes`: the page and its overflow pages), for a caller
+    /// that cuts the db into pages itself; what is wrong with the page when it has none. Check
+    /// [`Skeletons::spent`] after it.
+    pub fn record_page(&mut self, id: u64, bytes: &[u8]) -> Result<(), Corruption> {
+        self.add(id, bytes, &mut Vec::new())
+    }
+
+    /// Whether a skeleton found no room (the spill file failed): later pages get none.
+    pub fn spent(&self) -> bool {
+        self.spent
+    }
+
+    /// Bytes of skeletons in the spill file.
+    pub fn spilled(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.len)
+    }
+
     /// Adds the skeleton of page `id`, unless the budget is spent by it.
-    fn add<'a>(&mut self, id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) {
+    fn add<'a>(
+        &mut self,
+        id: u64,
+        bytes: &'a [u8],
+        elems: &mut Vec<Elem<'a>>,
+    ) -> Result<(), Corruption> {
         elems.clear();
-        let Some(leaf) = keep(id, bytes, elems) else {
-            return;
-        };
+        let leaf = keep(id, bytes, elems)?;
         let record = &mut self.record;
         record.clear();
         record.extend_from_slice(&[0; 4]);
@@ -136,25 +159,26 @@ impl Skeletons {
             let at = self.images.len();
             self.images.extend_from_slice(record);
             self.point(id, at);
-            return;
+            return Ok(());
         }
         self.memory_full = true;
         let Some(spill) = self.spill.as_mut().filter(|s| !s.failed) else {
             self.spent = true;
-            return;
+            return Ok(());
         };
         let at = self.budget as u64 + spill.len;
         if at + record.len() as u64 >= u64::from(u32::MAX) {
             self.spent = true;
-            return;
+            return Ok(());
         }
         if spill.file.write_all(record).is_err() {
             spill.failed = true;
             self.spent = true;
-            return;
+            return Ok(());
         }
         spill.len += record.len() as u64;
         self.point(id, at as usize);
+        Ok(())
     }
 
     fn point(&mut self, id: u64, at: usize) {
@@ -185,23 +209,26 @@ impl Skeletons {
     }
 }
 
-/// The elements a skeleton keeps of page `id`, and whether it is a leaf; `None` when the page
-/// fails a check the walk would make.
-fn keep<'a>(id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) -> Option<bool> {
-    let page = Page::parse(id, bytes).ok()?;
+/// The elements a skeleton keeps of page `id`, and whether it is a leaf; what is wrong with the
+/// page when it fails a check the walk would make.
+fn keep<'a>(id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) -> Result<bool, Corruption> {
+    let page = Page::parse(id, bytes)?;
     if !page.is_leaf() {
         for i in 0..page.count {
-            let (key, child) = page.branch(i).ok()?;
+            let (key, child) = page.branch(i)?;
             elems.push(Elem::branch(key, child));
         }
-        return Some(false);
+        return Ok(false);
     }
     let mut previous: Option<&[u8]> = None;
     let mut plain_kept = false;
     for i in 0..page.count {
-        let e = page.leaf(i).ok()?;
+        let e = page.leaf(i)?;
         if previous.is_some_and(|p| p >= e.key) {
-            return None;
+            return Err(corrupt(
+                Some(id),
+                format!("keys out of order at element {i}"),
+            ));
         }
         previous = Some(e.key);
         let bucket = e.flags & FLAG_BUCKET != 0;
@@ -212,5 +239,5 @@ fn keep<'a>(id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) -> Option<bool>
             elems.push(Elem::leaf(e.flags, e.key, value));
         }
     }
-    Some(true)
+    Ok(true)
 }

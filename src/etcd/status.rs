@@ -71,6 +71,16 @@ pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, ReadError> {
 /// [`status_of`], through `skeletons` where they were recorded. Returns the main revision of the
 /// last key of bucket `key` (0 when it is empty), which must be a revision key.
 pub fn checked_revision(db: &Db<'_>, skeletons: Option<&Skeletons>) -> Result<i64, ReadError> {
+    checked_walk(db, skeletons, &mut |_| Ok(()))
+}
+
+/// [`checked_revision`], handing `key_bucket` every visit of bucket `key`: its own entry in the
+/// root bucket (depth 0), then its content.
+pub(crate) fn checked_walk(
+    db: &Db<'_>,
+    skeletons: Option<&Skeletons>,
+    key_bucket: &mut dyn FnMut(&Visit<'_>) -> Result<(), ReadError>,
+) -> Result<i64, ReadError> {
     let mut in_key_bucket = false;
     let mut last_is_revision = true;
     let mut revision = 0i64;
@@ -84,6 +94,9 @@ pub fn checked_revision(db: &Db<'_>, skeletons: Option<&Skeletons>) -> Result<i6
                 }
             }
             _ => {}
+        }
+        if in_key_bucket {
+            key_bucket(&v)?;
         }
         Ok(())
     })?;
