@@ -50,8 +50,8 @@ pub struct DiffCmd {
     /// age identity file for encrypted bundles (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
-    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
-    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    /// directory for what reading a bundle's etcd snapshot spills past its memory budget, a few %
+    /// of the db (default $TMPDIR, else /var/tmp: /tmp is often in memory)
     #[argh(option)]
     pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
@@ -76,7 +76,7 @@ impl DiffCmd {
             },
             scratch,
         )?;
-        let listing = inventory::read(&snapshot.path(), &self.etcd_prefix)?.listing();
+        let listing = inventory::read(snapshot, &self.etcd_prefix)?.listing();
         Ok((name, listing))
     }
 }

@@ -42,8 +42,8 @@ pub struct GetCmd {
     /// age identity file for an encrypted bundle (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
-    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
-    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    /// directory for what reading a bundle's etcd snapshot spills past its memory budget, a few %
+    /// of the db (default $TMPDIR, else /var/tmp: /tmp is often in memory)
     #[argh(option)]
     pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
@@ -97,7 +97,7 @@ pub fn run(cmd: GetCmd) -> Result<(), Error> {
         scratch.path(),
     )?;
     let object = get(
-        &snapshot.path(),
+        snapshot,
         &source,
         &cmd.etcd_prefix,
         &Wanted {

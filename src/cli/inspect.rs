@@ -37,8 +37,8 @@ pub struct InspectCmd {
     /// age identity file for an encrypted bundle (default: restore.identity)
     #[argh(option)]
     pub identity: Option<PathBuf>,
-    /// directory for the bundle's etcd snapshot while it is read, as large as the etcd db (default
-    /// $TMPDIR, else /var/tmp: /tmp is often in memory)
+    /// directory for what reading a bundle's etcd snapshot spills past its memory budget, a few %
+    /// of the db (default $TMPDIR, else /var/tmp: /tmp is often in memory)
     #[argh(option)]
     pub scratch: Option<PathBuf>,
     /// minisign public key: refuse a bundle it did not sign (default: restore.verifyKey)
@@ -106,7 +106,7 @@ fn read_inventory(cmd: &InspectCmd, scratch: &Path) -> Result<Inventory, Error> 
         },
         scratch,
     )?;
-    Ok(inventory::read(&snapshot.path(), &cmd.etcd_prefix)?)
+    inventory::read(snapshot, &cmd.etcd_prefix)
 }
 
 fn describe(name: &str, m: &Manifest) -> String {

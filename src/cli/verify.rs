@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
-use crate::etcd::bbolt::{Meta, META_PAGE_PREFIX};
-use crate::etcd::snapshot_status;
+use crate::etcd::bbolt::{Corruption, Meta, META_PAGE_PREFIX};
+use crate::etcd::keys::{Revision, Revisions};
+use crate::etcd::stream::{self, Recorded, Stopped};
+use crate::etcd::{self, snapshot_status};
+use crate::ops::sealed::Opened;
 use crate::store::human_bytes;
 use crate::Error;
 
@@ -47,7 +50,7 @@ pub struct VerifyCmd {
     pub output: Output,
 }
 
-/// Keeps only the snapshot, for the bbolt check and the readers after it, in an unlinked file of
+/// Keeps only the snapshot, for the status walk, in an unlinked file of
 /// the scratch dir (`O_TMPFILE`): it holds the cluster's Secrets and is as large as the db, so it
 /// must not outlive cpr however cpr ends, SIGKILL and power loss included.
 struct SnapshotToFile {
@@ -100,34 +103,18 @@ impl Sink for SnapshotToFile {
     }
 }
 
-/// The snapshot a reading command reads.
-pub(crate) enum Snapshot {
-    /// An etcd snapshot or bbolt db file named on the command line.
-    InPlace(PathBuf),
-    /// A bundle's snapshot, spooled into an unlinked file that goes with cpr.
-    Spooled(File),
-}
-
-impl Snapshot {
-    /// A path that opens the snapshot; the spooled file has no name but its descriptor's.
-    pub fn path(&self) -> PathBuf {
-        match self {
-            Snapshot::InPlace(path) => path.clone(),
-            Snapshot::Spooled(file) => PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
-        }
-    }
-}
-
 /// A bundle read and checked whole, its snapshot spooled (see `SnapshotToFile`).
-pub(crate) struct VerifiedSnapshot {
-    pub name: String,
-    pub manifest: Manifest,
-    pub snapshot: Snapshot,
+struct VerifiedSnapshot {
+    name: String,
+    manifest: Manifest,
+    spool: File,
 }
 
 /// Opens the bundle named on the command line (see `open_bundle`), checks every digest and the
-/// snapshot trailer, and keeps the snapshot in an unlinked file in `scratch`.
-pub(crate) fn verified_snapshot(
+/// snapshot trailer, and keeps the snapshot in an unlinked file in `scratch`: verify's status hash
+/// covers every value of every bucket in key order, which the streamed read (`etcd::stream`) does
+/// not keep.
+fn verified_snapshot(
     bundle: &str,
     store: Option<String>,
     config: Option<&Path>,
@@ -151,13 +138,116 @@ pub(crate) fn verified_snapshot(
     Ok(VerifiedSnapshot {
         name,
         manifest,
-        snapshot: Snapshot::Spooled(sink.file.expect("a verified bundle has a snapshot")),
+        spool: sink.file.expect("a verified bundle has a snapshot"),
     })
 }
 
+/// The snapshot a reading command (inspect --objects, get, diff) reads.
+pub(crate) enum Snapshot {
+    /// An etcd snapshot or bbolt db file named on the command line, read in place.
+    InPlace(PathBuf),
+    /// A bundle, read and checked whole while its snapshot streams through `etcd::stream`, which
+    /// spills past its memory budget into unlinked files in `scratch`.
+    Bundle { input: Opened, scratch: PathBuf },
+}
+
+impl Revisions for Snapshot {
+    type Error = Error;
+
+    fn each<T: prost::Message + Default>(
+        self,
+        wanted: &dyn Fn(&[u8]) -> bool,
+        map: &mut dyn FnMut(Revision) -> T,
+        visit: &mut dyn FnMut(T),
+    ) -> Result<(), Error> {
+        let (mut input, scratch) = match self {
+            Snapshot::InPlace(path) => return Ok(path.as_path().each(wanted, map, visit)?),
+            Snapshot::Bundle { input, scratch } => (input, scratch),
+        };
+        let name = input.name.clone();
+        let mut sink = StreamToRecords {
+            scratch: &scratch,
+            wanted,
+            map: &mut *map,
+            recorded: None,
+            damaged: None,
+            no_room: None,
+        };
+        let read = read_bundle(&mut input, &name, &mut sink);
+        let StreamToRecords {
+            recorded,
+            damaged,
+            no_room,
+            ..
+        } = sink;
+        if let Some(why) = no_room {
+            return Err(Error::Usage(format!("reading bundle {name}: {why}")));
+        }
+        let manifest = read?;
+        input.finish()?;
+        let snapshot = PathBuf::from(format!("{} in bundle {name}", manifest.snapshot.path));
+        let step = "reading snapshot";
+        if let Some(detail) = damaged {
+            return Err(etcd::Error::Corrupt {
+                path: snapshot,
+                detail,
+            }
+            .into());
+        }
+        let recorded = recorded.expect("a verified bundle has a snapshot");
+        let (skeletons, records) = recorded.spilled();
+        log::debug!(
+            "{}: streamed, {} of page skeletons and {} of records spilled into {}",
+            snapshot.display(),
+            human_bytes(skeletons),
+            human_bytes(records),
+            scratch.display()
+        );
+        recorded
+            .replay(wanted, map, visit)
+            .map_err(|e| etcd::Error::from_read(step, snapshot, e))?;
+        Ok(())
+    }
+}
+
+/// Hands the bundle's snapshot to `etcd::stream` as it passes; the files are checked and dropped.
+struct StreamToRecords<'a, T> {
+    scratch: &'a Path,
+    wanted: &'a dyn Fn(&[u8]) -> bool,
+    map: &'a mut dyn FnMut(Revision) -> T,
+    recorded: Option<Recorded<T>>,
+    /// No meta page is valid: said once the digests are checked, which a tampered bundle fails.
+    damaged: Option<Corruption>,
+    /// Why the scratch dir cannot take the spill; the reader would blame the bundle.
+    no_room: Option<String>,
+}
+
+impl<T: prost::Message + Default> Sink for StreamToRecords<'_, T> {
+    fn file(&mut self, _: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
+        io::copy(data, &mut io::sink()).map(drop)
+    }
+
+    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        match stream::record(data, entry.size, self.scratch, self.wanted, self.map) {
+            Ok(recorded) => self.recorded = Some(recorded),
+            Err(Stopped::Read(e)) => return Err(e),
+            Err(Stopped::Damaged(detail)) => self.damaged = Some(detail),
+            Err(Stopped::Scratch(e)) => {
+                let why = format!(
+                    "{} ran out of room for what the streamed read of its etcd snapshot spills ({e}): point --scratch (or TMPDIR) at a directory on a filesystem with more free space. Nothing was left there",
+                    self.scratch.display()
+                );
+                self.no_room = Some(why.clone());
+                return Err(io::Error::new(io::ErrorKind::StorageFull, why));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The snapshot a reading command was pointed at, and its name: an etcd snapshot or bbolt db file
-/// is read in place; a bundle is verified whole (`verified_snapshot`) and its snapshot kept in
-/// `scratch`.
+/// is read in place; a bundle is opened, to be read and checked whole as its snapshot streams
+/// (spilling into `scratch`).
 pub(crate) fn snapshot_of(
     bundle: &str,
     store: Option<String>,
@@ -170,8 +260,14 @@ pub(crate) fn snapshot_of(
     if store.is_none() && is_bbolt_file(path) {
         return Ok((bundle.to_string(), Snapshot::InPlace(path.to_path_buf())));
     }
-    let verified = verified_snapshot(bundle, store, config, cluster_node, keys, scratch)?;
-    Ok((verified.name, verified.snapshot))
+    let input = open_bundle(bundle, store, config, cluster_node, keys, scratch)?;
+    Ok((
+        input.name.clone(),
+        Snapshot::Bundle {
+            input,
+            scratch: scratch.to_path_buf(),
+        },
+    ))
 }
 
 /// Whether `path` is a file that starts with a bbolt meta page (an etcd snapshot or db).
@@ -187,7 +283,7 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
     let VerifiedSnapshot {
         name,
         manifest,
-        snapshot,
+        spool,
     } = verified_snapshot(
         &cmd.bundle,
         cmd.store,
@@ -199,7 +295,8 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
         },
         scratch.path(),
     )?;
-    let status = snapshot_status(&snapshot.path())?;
+    // The spool has no name but its descriptor's.
+    let status = snapshot_status(Path::new(&format!("/proc/self/fd/{}", spool.as_raw_fd())))?;
     if status.revision < manifest.etcd.revision {
         log::warn!(
             "verify: {name}: the snapshot's revision {} is below the {} etcd reported when the backup began",

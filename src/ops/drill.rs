@@ -302,7 +302,7 @@ fn rehearse(
         ),
         Err(e) => failed("revision", e.to_string()),
     });
-    let inventory = match inventory::read(&db, &request.etcd_prefix) {
+    let inventory = match inventory::read(db.as_path(), &request.etcd_prefix) {
         Ok(inventory) => inventory,
         Err(e) => {
             checks.push(failed("objects", e.to_string()));

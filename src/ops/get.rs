@@ -1,8 +1,6 @@
 //! `cpr get`: one object from a snapshot, as `kubectl apply` takes it again.
 
-use std::path::Path;
-
-use crate::etcd::keys::current_values;
+use crate::etcd::keys::{current_values, Revisions};
 use crate::k8s::{self, registry};
 
 use super::Error;
@@ -24,14 +22,18 @@ impl Wanted<'_> {
     }
 }
 
-/// The object `wanted` in the snapshot (or db) `db` under `prefix`, without the fields the server
-/// sets (`k8s::for_apply`); `source` names the bundle or file in errors.
-pub fn get(
-    db: &Path,
+/// The object `wanted` in `snapshot` (a snapshot or db file, or a bundle's snapshot as it streams)
+/// under `prefix`, without the fields the server sets (`k8s::for_apply`); `source` names the bundle
+/// or file in errors. Only the wanted object's values are kept.
+pub fn get<S: Revisions>(
+    snapshot: S,
     source: &str,
     prefix: &str,
     wanted: &Wanted<'_>,
-) -> Result<serde_json::Value, Error> {
+) -> Result<serde_json::Value, crate::Error>
+where
+    crate::Error: From<S::Error>,
+{
     let prefix = registry::normalise_prefix(prefix);
     let matches = |key: &[u8]| {
         registry::locate(&prefix, key).is_some_and(|l| {
@@ -40,7 +42,7 @@ pub fn get(
                 && l.name == wanted.name
         })
     };
-    let found = current_values(db, &matches)?;
+    let found = current_values(snapshot, &matches)?;
     let (key, value) = match found.len() {
         1 => found.into_iter().next().expect("one value"),
         0 => {
@@ -48,7 +50,8 @@ pub fn get(
                 source_name: source.to_string(),
                 object: wanted.describe(),
                 prefix,
-            })
+            }
+            .into())
         }
         _ => {
             return Err(Error::AmbiguousObject {
@@ -58,7 +61,8 @@ pub fn get(
                     .keys()
                     .map(|k| String::from_utf8_lossy(k).into_owned())
                     .collect(),
-            })
+            }
+            .into())
         }
     };
     let object = k8s::object_json(&value).map_err(|e| Error::ObjectUnreadable {

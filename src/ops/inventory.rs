@@ -4,9 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 
-use crate::etcd::keys::{each_revision, Revision};
+use crate::etcd::keys::{Revision, Revisions};
 use crate::k8s::{self, registry, Encoding};
 use crate::store::human_bytes;
 
@@ -69,30 +68,61 @@ pub struct Inventory {
     pub other_keys: u64,
 }
 
-/// Reads the inventory of the snapshot (or bbolt db) at `db`; `prefix` is kube-apiserver's
-/// `--etcd-prefix`.
-pub fn read(db: &Path, prefix: &str) -> Result<Inventory, crate::etcd::Error> {
+/// What the inventory keeps of one revision: the etcd key and, for an object, its metadata — never
+/// the value, so a streamed read (`etcd::stream`) keeps little of each.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Seen {
+    #[prost(bytes = "vec", tag = "1")]
+    key: Vec<u8>,
+    #[prost(bool, tag = "2")]
+    deleted: bool,
+    #[prost(int64, tag = "3")]
+    mod_revision: i64,
+    #[prost(uint64, tag = "4")]
+    size: u64,
+    #[prost(string, optional, tag = "5")]
+    uid: Option<String>,
+    #[prost(string, optional, tag = "6")]
+    created: Option<String>,
+    /// `STORED_AS` index of the `Storage` variant.
+    #[prost(uint32, tag = "7")]
+    storage: u32,
+    /// An encrypted value's provider, or why a value is no object.
+    #[prost(string, tag = "8")]
+    detail: String,
+}
+
+const PROTOBUF: u32 = 0;
+const JSON: u32 = 1;
+const ENCRYPTED: u32 = 2;
+const UNDECODABLE: u32 = 3;
+
+/// Reads the inventory of `source` (a snapshot or bbolt db file, or a bundle's snapshot as it
+/// streams); `prefix` is kube-apiserver's `--etcd-prefix`.
+pub fn read<S: Revisions>(source: S, prefix: &str) -> Result<Inventory, S::Error> {
     let prefix = registry::normalise_prefix(prefix);
     let mut objects = BTreeMap::new();
     let mut others = std::collections::BTreeSet::new();
-    each_revision(db, &|_| true, &mut |revision| match revision {
-        Revision::Put {
-            key,
-            mod_revision,
-            value,
-        } => match registry::locate(&prefix, &key) {
-            Some(location) => {
-                objects.insert(key, object(location, mod_revision, &value));
+    source.each(
+        &|_| true,
+        &mut |revision| seen(&prefix, revision),
+        &mut |seen| {
+            if seen.deleted {
+                objects.remove(&seen.key);
+                others.remove(&seen.key);
+                return;
             }
-            None => {
-                others.insert(key);
+            match registry::locate(&prefix, &seen.key) {
+                Some(location) => {
+                    let object = object(location, &seen);
+                    objects.insert(seen.key, object);
+                }
+                None => {
+                    others.insert(seen.key);
+                }
             }
         },
-        Revision::Delete { key } => {
-            objects.remove(&key);
-            others.remove(&key);
-        }
-    })?;
+    )?;
     Ok(Inventory {
         prefix,
         objects,
@@ -100,30 +130,66 @@ pub fn read(db: &Path, prefix: &str) -> Result<Inventory, crate::etcd::Error> {
     })
 }
 
-fn object(location: registry::Location, mod_revision: i64, value: &[u8]) -> Object {
-    let mut object = Object {
+fn seen(prefix: &str, revision: Revision) -> Seen {
+    let (key, mod_revision, value) = match revision {
+        Revision::Put {
+            key,
+            mod_revision,
+            value,
+        } => (key, mod_revision, value),
+        Revision::Delete { key } => {
+            return Seen {
+                key,
+                deleted: true,
+                ..Seen::default()
+            }
+        }
+    };
+    let mut seen = Seen {
+        mod_revision,
+        size: value.len() as u64,
+        ..Seen::default()
+    };
+    if registry::locate(prefix, &key).is_some() {
+        match k8s::metadata(&value) {
+            Ok(meta) => {
+                seen.storage = match meta.encoding {
+                    Encoding::Protobuf => PROTOBUF,
+                    Encoding::Json => JSON,
+                };
+                seen.uid = Some(meta.uid).filter(|u| !u.is_empty());
+                seen.created = meta.created;
+            }
+            Err(k8s::Error::Encrypted { provider }) => {
+                seen.storage = ENCRYPTED;
+                seen.detail = provider;
+            }
+            Err(e) => {
+                seen.storage = UNDECODABLE;
+                seen.detail = e.to_string();
+            }
+        }
+    }
+    seen.key = key;
+    seen
+}
+
+fn object(location: registry::Location, seen: &Seen) -> Object {
+    Object {
         resource: location.resource,
         namespace: location.namespace,
         name: location.name,
-        uid: None,
-        creation_timestamp: None,
-        mod_revision,
-        size: value.len() as u64,
-        storage: Storage::Json,
-    };
-    match k8s::metadata(value) {
-        Ok(meta) => {
-            object.storage = match meta.encoding {
-                Encoding::Protobuf => Storage::Protobuf,
-                Encoding::Json => Storage::Json,
-            };
-            object.uid = Some(meta.uid).filter(|u| !u.is_empty());
-            object.creation_timestamp = meta.created;
-        }
-        Err(k8s::Error::Encrypted { provider }) => object.storage = Storage::Encrypted(provider),
-        Err(e) => object.storage = Storage::Undecodable(e.to_string()),
+        uid: seen.uid.clone(),
+        creation_timestamp: seen.created.clone(),
+        mod_revision: seen.mod_revision,
+        size: seen.size,
+        storage: match seen.storage {
+            PROTOBUF => Storage::Protobuf,
+            JSON => Storage::Json,
+            ENCRYPTED => Storage::Encrypted(seen.detail.clone()),
+            _ => Storage::Undecodable(seen.detail.clone()),
+        },
     }
-    object
 }
 
 impl Inventory {
