@@ -60,7 +60,7 @@ impl Extract {
     pub fn new(root: &Path) -> Self {
         Extract {
             root: root.to_path_buf(),
-            chown: nix::unistd::Uid::effective().is_root(),
+            chown: crate::host::is_root(),
         }
     }
 

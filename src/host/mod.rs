@@ -88,6 +88,11 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
+/// True when cpr runs with effective uid 0: only then may it give files the owners a bundle recorded.
+pub fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
 /// Every address configured on an interface that is up, loopback and link-local excluded, sorted.
 pub fn local_ips() -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = nix::ifaddrs::getifaddrs()

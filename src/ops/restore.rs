@@ -1222,7 +1222,7 @@ fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
     let meta = fs::metadata(from)?;
     fs::copy(from, to)?;
     fs::set_permissions(to, fs::Permissions::from_mode(meta.mode() & 0o777))?;
-    if nix::unistd::Uid::effective().is_root() {
+    if crate::host::is_root() {
         std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))?;
     }
     Ok(())
@@ -1333,7 +1333,7 @@ fn restore_pod_inputs(
     state: &mut State,
 ) -> Result<(), Error> {
     let staged = staged_bundle_dir(layout);
-    let owners = nix::unistd::Uid::effective().is_root();
+    let owners = crate::host::is_root();
     for entry in manifest.files.iter().filter(|f| f.source.is_some()) {
         let live = layout.path(&entry.path);
         let swap = Swap::for_dir(live.clone(), new_path(&live), &state.stamp);
