@@ -1050,9 +1050,10 @@ fn resealed(
     resealed
 }
 
-/// `inspect --objects`, `get`, `diff` and `verify` spool a bundle's snapshot into an unlinked file
-/// in --scratch, else TMPDIR: nothing is left there, and a --scratch too small for the snapshot (an
-/// 8 KiB tmpfs, in a mount namespace of its own) is refused before anything is written, naming it.
+/// `verify` spools a bundle's snapshot, and `inspect --objects`, `get` and `diff` spill what their
+/// streamed read does not keep in memory, into unlinked files in --scratch, else TMPDIR: nothing is
+/// left there, and a --scratch too small for verify's spool (an 8 KiB tmpfs, in a mount namespace
+/// of its own) is refused before anything is written, naming it.
 fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path) {
     let tmp = work.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -1174,6 +1175,31 @@ fn drills_fail_on_a_damaged_bbolt_page_under_valid_digests() {
             Vec::<PathBuf>::new(),
             "{what}"
         );
+        // The streamed inventory refuses it as the inventory of the extracted snapshot does.
+        let damage = |out: &std::process::Output| {
+            let text = common::stderr(out);
+            assert_eq!(out.status.code(), Some(5), "{what}: {text}");
+            let at = text.find("the bbolt db is damaged (page ").expect(&text);
+            text[at..].lines().next().unwrap().to_string()
+        };
+        let streamed = cpr(&[
+            "inspect",
+            "--objects",
+            "--store",
+            store.to_str().unwrap(),
+            &bundle,
+        ]);
+        assert!(
+            common::stderr(&streamed).contains(&format!(
+                "reading snapshot etcd/snapshot.db in bundle {bundle}: the bbolt db is damaged (page "
+            )) && common::stderr(&streamed).contains(reason),
+            "{what}: {}",
+            common::stderr(&streamed)
+        );
+        let file = work.path().join(format!("damaged-{i}.db"));
+        extract_snapshot(&store, &bundle, &file);
+        let in_place = cpr(&["inspect", "--objects", file.to_str().unwrap()]);
+        assert_eq!(damage(&streamed), damage(&in_place), "{what}");
     }
 }
 
@@ -1219,4 +1245,201 @@ fn a_drill_of_a_several_member_bundle_restores_a_lone_member_and_claims_nothing(
         "a drill claimed a restore point: {store_files:?}"
     );
     assert_eq!(common::files_below(&scratch), Vec::<PathBuf>::new());
+}
+
+/// Puts `count` keys `PREFIX<i>` of `size` bytes each through etcdctl txn, 100 to a transaction
+/// (etcd's --max-txn-ops is 128 by default).
+fn put_many(node: &KubeadmNode, prefix: &str, count: usize, size: usize) {
+    use std::io::Write as _;
+    for first in (0..count).step_by(100) {
+        let mut txn = String::from("\n");
+        for i in first..(first + 100).min(count) {
+            txn.push_str(&format!("put {prefix}{i} {}\n", "s".repeat(size)));
+        }
+        txn.push_str("\n\n");
+        let mut child = node
+            .etcdctl_command()
+            .arg("txn")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(txn.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "etcdctl txn");
+    }
+}
+
+/// The etcd snapshot of bundle `name` in the directory store `store`, written to `path`.
+fn extract_snapshot(store: &Path, name: &str, path: &Path) {
+    let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
+    let mut parts = Parts::default();
+    cpr::bundle::read_bundle(opened.open(name).unwrap(), name, &mut parts).unwrap();
+    std::fs::write(path, &parts.snapshot).unwrap();
+}
+
+/// `cpr ARGS` of a bundle and of its snapshot extracted to a file (the streamed read and the read
+/// in place): the same exit status and standard output.
+fn same_output(bundle: &[&str], file: &[&str], tail: &[&str]) -> String {
+    let (streamed, in_place) = (cpr(&[bundle, tail].concat()), cpr(&[file, tail].concat()));
+    assert_eq!(
+        streamed.status.code(),
+        in_place.status.code(),
+        "{bundle:?} {tail:?}: {} / {}",
+        common::stderr(&streamed),
+        common::stderr(&in_place)
+    );
+    let out = String::from_utf8(streamed.stdout).unwrap();
+    assert!(
+        out == String::from_utf8(in_place.stdout).unwrap(),
+        "{bundle:?} {tail:?}: the bundle's output differs from its snapshot's"
+    );
+    out
+}
+
+/// A bundle of etcd 3.4 and of 3.5 reads as its snapshot extracted to a file, byte for byte: the
+/// inventory (text and JSON), objects of each encoding back with get, the diff to a later bundle.
+/// The etcd held hundreds of keys of 4 KiB, deleted and compacted without defrag, so its snapshot's freed pages keep
+/// their leaves: none of those keys comes back. The inventory of the 3.5 bundle reads with
+/// --scratch on a tmpfs far smaller than the snapshot, which it barely uses.
+#[test]
+fn a_bundle_reads_as_its_snapshot_file_and_stale_leaves_stay_dead() {
+    let objects = fixture_objects("/registry", "");
+    let doomed = fixture_objects("/registry", "-doomed");
+    let created = &fixture_objects("/registry", "-new")[0];
+    // 3.5's snapshot is made larger than 4 times the small scratch.
+    for (version, stale_keys) in [(EtcdVersion::V3_4, 500), (EtcdVersion::V3_5, 1500)] {
+        let node = KubeadmNode::start(version, 0);
+        for object in doomed.iter().chain(&objects) {
+            etcdctl_put(node.etcdctl_command(), &object.key, &object.value);
+        }
+        for doomed in &doomed {
+            assert!(node.etcdctl(&["del", &doomed.key]).status.success());
+        }
+        let stale = "/registry/configmaps/stale/cm-";
+        put_many(&node, stale, stale_keys, 4096);
+        assert!(node.etcdctl(&["del", stale, "--prefix"]).status.success());
+        let compacted = node.etcdctl(&["compact", &node.revision().to_string()]);
+        assert!(compacted.status.success(), "{compacted:?}");
+        assert_eq!(node.key_count_under(stale), 0, "etcd {version:?}");
+
+        let work = TempDir::new().unwrap();
+        let store = work.path().join("store");
+        let first = backup_of(&node, &store, &[]);
+        etcdctl_put(node.etcdctl_command(), &created.key, &created.value);
+        etcdctl_put(node.etcdctl_command(), &objects[3].key, &objects[3].value);
+        assert!(node.etcdctl(&["del", &objects[2].key]).status.success());
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let second = backup_of(&node, &store, &[]);
+        let (first_db, second_db) = (work.path().join("first.db"), work.path().join("second.db"));
+        extract_snapshot(&store, &first, &first_db);
+        extract_snapshot(&store, &second, &second_db);
+        let snapshot = std::fs::read(&first_db).unwrap();
+        assert!(
+            snapshot.windows(stale.len()).any(|w| w == stale.as_bytes()),
+            "etcd {version:?}: the freed pages keep the deleted keys' leaves"
+        );
+
+        let store_arg = ["--store", store.to_str().unwrap()];
+        let by_name = [&["inspect", "--objects", &first][..], &store_arg].concat();
+        let by_file = ["inspect", "--objects", first_db.to_str().unwrap()];
+        let text = same_output(&by_name, &by_file, &[]);
+        assert!(!text.contains("stale"), "etcd {version:?}: {text}");
+        let json: Value =
+            serde_json::from_str(&same_output(&by_name, &by_file, &["--output", "json"])).unwrap();
+        assert_eq!(
+            json["objects"].as_i64(),
+            Some(node.key_count_under("/registry/")),
+            "etcd {version:?}: against etcdctl, one key created and one deleted since"
+        );
+        // One object of each encoding and kind of resource: built-in, custom, encrypted.
+        let sampled = [
+            "configmaps",
+            "deployments.apps",
+            "widgets.example.com",
+            "secrets",
+        ];
+        for ((resource, ns, name), _) in items_by_name(&json)
+            .into_iter()
+            .filter(|((resource, _, _), _)| sampled.contains(&resource.as_str()))
+        {
+            let object = if ns.is_empty() {
+                name
+            } else {
+                format!("{ns}/{name}")
+            };
+            same_output(
+                &[&["get", &first][..], &store_arg].concat(),
+                &["get", first_db.to_str().unwrap()],
+                &[&resource, &object, "-o", "json"],
+            );
+        }
+        let diff = |a: &str, b: &str, extra: &[&str]| {
+            let out = ok(&cpr(&[&["diff", a, b, "--all"][..], extra].concat()));
+            out.lines().skip(2).collect::<Vec<_>>().join("\n")
+        };
+        let streamed = diff(&first, &second, &store_arg);
+        assert_eq!(
+            streamed,
+            diff(first_db.to_str().unwrap(), second_db.to_str().unwrap(), &[]),
+            "etcd {version:?}"
+        );
+        assert!(
+            streamed.contains("  + app-config-new") && streamed.contains("  - web-0"),
+            "{streamed}"
+        );
+        if version == EtcdVersion::V3_5 {
+            inventory_in_a_small_scratch(&store, &first, snapshot.len() as u64, &json);
+        }
+    }
+}
+
+/// `inspect --objects` of bundle `name` with --scratch on a tmpfs of 1 MiB (a mount namespace of
+/// its own), far less than the `snapshot`-byte snapshot: it succeeds with `expected` and its scratch
+/// use, sampled every 10 ms, stays within what it says it spilled (nothing, below its 4 MiB
+/// budgets), and nothing is left there.
+fn inventory_in_a_small_scratch(store: &Path, name: &str, snapshot: u64, expected: &Value) {
+    let tmpfs: u64 = 1 << 20;
+    assert!(snapshot > 4 * tmpfs, "{snapshot}");
+    let work = TempDir::new().unwrap();
+    let (scratch, out) = (work.path().join("scratch"), work.path().join("out"));
+    std::fs::create_dir(&scratch).unwrap();
+    let run = Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(
+            r#"mount -t tmpfs -o size=$1 cpr-test "$2" || exit 99
+CPR_LOG=debug "$3" inspect --objects --output json --scratch "$2" --store "$4" "$5" > "$6" &
+pid=$! peak=0
+while kill -0 $pid 2> /dev/null; do
+  used=$(df --output=used -B1 "$2" | tail -1); [ "$used" -gt "$peak" ] && peak=$used; sleep 0.01
+done
+wait $pid; rc=$?
+echo "peak $peak left $(find "$2" -mindepth 1 | wc -l)"
+exit $rc"#,
+        )
+        .arg("sh")
+        .arg(tmpfs.to_string())
+        .arg(&scratch)
+        .arg(common::cpr_bin())
+        .arg(store)
+        .arg(name)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = common::stderr(&run);
+    assert!(run.status.success(), "{text}");
+    let inventory: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(&inventory, expected);
+    let report = String::from_utf8(run.stdout).unwrap();
+    assert!(report.contains(" left 0"), "{report}");
+    let peak: u64 = report.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        text.contains("streamed, 0 B of page skeletons and 0 B of records spilled into"),
+        "{text}"
+    );
+    assert!(peak <= 64 << 10, "peak scratch use {peak} bytes: {report}");
 }
