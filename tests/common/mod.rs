@@ -2,6 +2,7 @@
 //! real etcd serving kubeadm's TLS flags on loopback, and the cpr binary under test.
 #![allow(dead_code)]
 
+pub mod bbolt_snapshot;
 pub mod certs;
 pub mod etcd_cluster;
 pub mod netns;
