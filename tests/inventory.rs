@@ -1400,7 +1400,7 @@ fn a_bundle_reads_as_its_snapshot_file_and_stale_leaves_stay_dead() {
 
 /// `inspect --objects` of bundle `name` with --scratch on a tmpfs of 1 MiB (a mount namespace of
 /// its own), far less than the `snapshot`-byte snapshot: it succeeds with `expected` and its scratch
-/// use, sampled every 10 ms, stays within what it says it spilled (nothing, below its 4 MiB
+/// use, sampled every 10 ms, stays within what it says it spilled (nothing, below its 2 MiB
 /// budgets), and nothing is left there.
 fn inventory_in_a_small_scratch(store: &Path, name: &str, snapshot: u64, expected: &Value) {
     let tmpfs: u64 = 1 << 20;

@@ -30,7 +30,7 @@ use super::status::checked_walk;
 
 /// Memory for page skeletons and for records each; the rest is spilled. Small against the 64 MiB
 /// budget of the whole command, which also holds what the caller keeps (the inventory itself).
-const MEMORY_BUDGET: usize = 4 << 20;
+const MEMORY_BUDGET: usize = 2 << 20;
 /// A page with its overflow pages is held whole to be decoded; a larger one (a value beyond any
 /// etcd request limit) is refused when it is live.
 const MAX_SPAN: u64 = 32 << 20;
