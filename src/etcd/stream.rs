@@ -506,6 +506,25 @@ mod tests {
     }
 
     #[test]
+    fn a_scratch_dir_that_takes_no_spill_stops_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let gone = dir.path().join("gone");
+        let stopped = record_within(
+            0,
+            &mut Trickle(SEED),
+            SEED.len() as u64,
+            &gone,
+            &|_| true,
+            &mut seen,
+        );
+        assert!(
+            matches!(&stopped, Err(Stopped::Scratch(e)) if e.kind() == io::ErrorKind::NotFound),
+            "{:?}",
+            stopped.map(drop)
+        );
+    }
+
+    #[test]
     fn damage_is_refused_naming_the_page_as_in_place() {
         let page_size = Meta::parse(0, SEED).unwrap().page_size as usize;
         let pages = SEED.len() / page_size;
