@@ -1311,8 +1311,11 @@ fn a_bundle_reads_as_its_snapshot_file_and_stale_leaves_stay_dead() {
     let objects = fixture_objects("/registry", "");
     let doomed = fixture_objects("/registry", "-doomed");
     let created = &fixture_objects("/registry", "-new")[0];
-    // 3.5's snapshot is made larger than 4 times the small scratch.
-    for (version, stale_keys) in [(EtcdVersion::V3_4, 500), (EtcdVersion::V3_5, 1500)] {
+    // 3.5's snapshot is made larger than 4 times the small scratch, with keys long enough that
+    // their records pass the streamed read's 2 MiB memory budget.
+    for (version, stale_keys, long_keys) in
+        [(EtcdVersion::V3_4, 500, 0), (EtcdVersion::V3_5, 1500, 1500)]
+    {
         let node = KubeadmNode::start(version, 0);
         for object in doomed.iter().chain(&objects) {
             etcdctl_put(node.etcdctl_command(), &object.key, &object.value);
@@ -1326,6 +1329,8 @@ fn a_bundle_reads_as_its_snapshot_file_and_stale_leaves_stay_dead() {
         let compacted = node.etcdctl(&["compact", &node.revision().to_string()]);
         assert!(compacted.status.success(), "{compacted:?}");
         assert_eq!(node.key_count_under(stale), 0, "etcd {version:?}");
+        let long = format!("/registry/leases/long/{}-", "l".repeat(2000));
+        put_many(&node, &long, long_keys, 8);
 
         let work = TempDir::new().unwrap();
         let store = work.path().join("store");
@@ -1398,13 +1403,49 @@ fn a_bundle_reads_as_its_snapshot_file_and_stale_leaves_stay_dead() {
     }
 }
 
-/// `inspect --objects` of bundle `name` with --scratch on a tmpfs of 1 MiB (a mount namespace of
-/// its own), far less than the `snapshot`-byte snapshot: it succeeds with `expected` and its scratch
-/// use, sampled every 10 ms, stays within what it says it spilled (nothing, below its 2 MiB
-/// budgets), and nothing is left there.
+/// `inspect --objects` of bundle `name` with --scratch on a tmpfs (a mount namespace of its own)
+/// far smaller than the `snapshot`-byte snapshot: with room for what it says it spilled, it gives
+/// `expected` and its scratch use, sampled every 10 ms, stays within that spill; with too little,
+/// it stops with exit 2 naming the scratch dir. Nothing is left either way.
 fn inventory_in_a_small_scratch(store: &Path, name: &str, snapshot: u64, expected: &Value) {
-    let tmpfs: u64 = 1 << 20;
-    assert!(snapshot > 4 * tmpfs, "{snapshot}");
+    let roomy: u64 = 2 << 20;
+    assert!(snapshot > 4 * roomy, "{snapshot}");
+    let (inventory, stderr, peak) = inspect_in_tmpfs(store, name, roomy).unwrap();
+    assert_eq!(&inventory, expected);
+    let spilled: Vec<u64> = stderr
+        .split("streamed, ")
+        .nth(1)
+        .expect(&stderr)
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .take(2)
+        .collect();
+    let (skeletons, records) = (spilled[0], spilled[1]);
+    assert!(records > 0, "the long keys' records spill: {stderr}");
+    assert!(
+        peak <= skeletons + records + (64 << 10),
+        "peak scratch use {peak} bytes, spilled {skeletons} + {records}"
+    );
+    let (code, stderr, _) = inspect_in_tmpfs(store, name, 64 << 10).unwrap_err();
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ran out of room for what the streamed read of its etcd snapshot spills")
+            && stderr.contains(
+                "point --scratch (or TMPDIR) at a directory on a filesystem with more free space"
+            ),
+        "{stderr}"
+    );
+}
+
+/// `inspect --objects --output json` of bundle `name` with --scratch on a tmpfs of `size` bytes:
+/// the inventory, stderr and the peak scratch use; or the exit code, stderr and peak. Asserts that
+/// nothing is left in the scratch.
+#[allow(clippy::type_complexity)]
+fn inspect_in_tmpfs(
+    store: &Path,
+    name: &str,
+    size: u64,
+) -> Result<(Value, String, u64), (Option<i32>, String, u64)> {
     let work = TempDir::new().unwrap();
     let (scratch, out) = (work.path().join("scratch"), work.path().join("out"));
     std::fs::create_dir(&scratch).unwrap();
@@ -1422,7 +1463,7 @@ echo "peak $peak left $(find "$2" -mindepth 1 | wc -l)"
 exit $rc"#,
         )
         .arg("sh")
-        .arg(tmpfs.to_string())
+        .arg(size.to_string())
         .arg(&scratch)
         .arg(common::cpr_bin())
         .arg(store)
@@ -1430,16 +1471,13 @@ exit $rc"#,
         .arg(&out)
         .output()
         .unwrap();
-    let text = common::stderr(&run);
-    assert!(run.status.success(), "{text}");
-    let inventory: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
-    assert_eq!(&inventory, expected);
+    let stderr = common::stderr(&run);
     let report = String::from_utf8(run.stdout).unwrap();
-    assert!(report.contains(" left 0"), "{report}");
+    assert!(report.contains(" left 0"), "{report} {stderr}");
     let peak: u64 = report.split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!(
-        text.contains("streamed, 0 B of page skeletons and 0 B of records spilled into"),
-        "{text}"
-    );
-    assert!(peak <= 64 << 10, "peak scratch use {peak} bytes: {report}");
+    if !run.status.success() {
+        return Err((run.status.code(), stderr, peak));
+    }
+    let inventory = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    Ok((inventory, stderr, peak))
 }

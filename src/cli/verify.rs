@@ -197,10 +197,8 @@ impl Revisions for Snapshot {
         let recorded = recorded.expect("a verified bundle has a snapshot");
         let (skeletons, records) = recorded.spilled();
         log::debug!(
-            "{}: streamed, {} of page skeletons and {} of records spilled into {}",
+            "{}: streamed, {skeletons} bytes of page skeletons and {records} bytes of records spilled into {}",
             snapshot.display(),
-            human_bytes(skeletons),
-            human_bytes(records),
             scratch.display()
         );
         recorded
@@ -234,7 +232,7 @@ impl<T: prost::Message + Default> Sink for StreamToRecords<'_, T> {
             Err(Stopped::Damaged(detail)) => self.damaged = Some(detail),
             Err(Stopped::Scratch(e)) => {
                 let why = format!(
-                    "{} ran out of room for what the streamed read of its etcd snapshot spills ({e}): point --scratch (or TMPDIR) at a directory on a filesystem with more free space. Nothing was left there",
+                    "the filesystem of {} ran out of room for what the streamed read of its etcd snapshot spills ({e}): point --scratch (or TMPDIR) at a directory on a filesystem with more free space. Nothing was left there",
                     self.scratch.display()
                 );
                 self.no_room = Some(why.clone());
