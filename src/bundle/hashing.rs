@@ -7,7 +7,7 @@
 //! several GB/s per core on any x86-64 server).
 
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
 /// A streaming hash the hashing thread can feed.
@@ -44,6 +44,9 @@ enum State<H> {
     Thread {
         batch: Vec<u8>,
         sender: SyncSender<Vec<u8>>,
+        /// Batches the worker has hashed, to fill again: a fresh one would be new pages for the
+        /// kernel to fault in and zero, a few percent of a restore's time.
+        hashed: Receiver<Vec<u8>>,
         worker: JoinHandle<H>,
     },
     /// No thread could be had: hash in the caller's thread.
@@ -54,18 +57,25 @@ impl<H: Hasher> Background<H> {
     /// `make` builds the hasher, in the worker or, when no thread can be had, here.
     pub fn new(make: impl Fn() -> H + Clone + Send + 'static) -> Self {
         let (sender, receiver) = sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
+        let (give_back, hashed) = sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT + 1);
         let theirs = make.clone();
         let spawned = std::thread::Builder::new()
             .name("cpr-hash".into())
             .spawn(move || {
                 let mut hasher = theirs();
-                receiver.iter().for_each(|batch| hasher.update(&batch));
+                for mut batch in receiver {
+                    hasher.update(&batch);
+                    batch.clear();
+                    // Full only if the caller stopped taking batches back: this one is dropped.
+                    let _ = give_back.try_send(batch);
+                }
                 hasher
             });
         let state = match spawned {
             Ok(worker) => State::Thread {
                 batch: Vec::with_capacity(BATCH),
                 sender,
+                hashed,
                 worker,
             },
             Err(_) => State::Inline(make()),
@@ -73,15 +83,29 @@ impl<H: Hasher> Background<H> {
         Background { state }
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub fn update(&mut self, mut data: &[u8]) {
         match &mut self.state {
             State::Inline(hasher) => hasher.update(data),
-            State::Thread { batch, sender, .. } => {
-                batch.extend_from_slice(data);
-                if batch.len() >= BATCH {
-                    let full = std::mem::replace(batch, Vec::with_capacity(BATCH));
-                    // The worker only stops when the sender is dropped, so sending cannot fail.
-                    let _ = sender.send(full);
+            State::Thread {
+                batch,
+                sender,
+                hashed,
+                ..
+            } => {
+                // Batches are filled to BATCH exactly, never grown: a read of several MiB appended
+                // whole would reallocate and copy the batch again.
+                while !data.is_empty() {
+                    let take = (BATCH - batch.len()).min(data.len());
+                    batch.extend_from_slice(&data[..take]);
+                    data = &data[take..];
+                    if batch.len() == BATCH {
+                        let next = hashed
+                            .try_recv()
+                            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
+                        let full = std::mem::replace(batch, next);
+                        // The worker only stops when the sender is dropped, so sending cannot fail.
+                        let _ = sender.send(full);
+                    }
                 }
             }
         }
@@ -95,6 +119,7 @@ impl<H: Hasher> Background<H> {
                 batch,
                 sender,
                 worker,
+                ..
             } => {
                 let _ = sender.send(batch);
                 drop(sender);
