@@ -11,6 +11,7 @@ use std::fs::File;
 use std::path::Path;
 
 use super::bbolt::{corrupt, Corruption, Db};
+use super::status::checked_walk;
 use super::Error;
 
 /// `mvccpb.KeyValue` with only its key: the value (field 5) is skipped without a copy.
@@ -102,16 +103,12 @@ pub fn each_revision(
     let len = file.metadata().map_err(Error::io(step, path))?.len();
     // A snapshot's sha256 trailer lies past the db's last page, which Db::open does not read.
     let db = Db::open(&file, len).map_err(|e| Error::from_read(step, path, e))?;
-    let mut in_key_bucket = false;
-    db.walk(None, &mut |v| {
-        match v.depth {
-            0 => in_key_bucket = v.key == b"key",
-            1 if in_key_bucket && !v.bucket => {
-                if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
-                    visit(revision);
-                }
+    // The checks verify and the restore make, so that a db one refuses is refused here too.
+    checked_walk(&db, None, &mut |v| {
+        if v.depth == 1 && !v.bucket {
+            if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
+                visit(revision);
             }
-            _ => {}
         }
         Ok(())
     })
