@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
-use crate::etcd::bbolt::{Corruption, Meta, META_PAGE_PREFIX};
+use crate::etcd::bbolt::{Corruption, Meta, ReadError, META_PAGE_PREFIX};
 use crate::etcd::keys::{Revision, Revisions};
 use crate::etcd::stream::{self, Recorded, Stopped};
 use crate::etcd::{self, snapshot_status};
@@ -201,9 +201,13 @@ impl Revisions for Snapshot {
             snapshot.display(),
             scratch.display()
         );
-        recorded
-            .replay(wanted, map, visit)
-            .map_err(|e| etcd::Error::from_read(step, snapshot, e))?;
+        recorded.replay(wanted, map, visit).map_err(|e| match e {
+            ReadError::Scratch(e) => Error::Usage(format!(
+                "reading bundle {name}: {}",
+                scratch_failed(&scratch, &e)
+            )),
+            e => etcd::Error::from_read(step, snapshot, e).into(),
+        })?;
         Ok(())
     }
 }
@@ -216,7 +220,7 @@ struct StreamToRecords<'a, T> {
     recorded: Option<Recorded<T>>,
     /// No meta page is valid: said once the digests are checked, which a tampered bundle fails.
     damaged: Option<Corruption>,
-    /// Why the scratch dir cannot take the spill; the reader would blame the bundle.
+    /// Why the scratch dir did not take the spill; the reader would blame the bundle.
     no_room: Option<String>,
 }
 
@@ -231,16 +235,26 @@ impl<T: prost::Message + Default> Sink for StreamToRecords<'_, T> {
             Err(Stopped::Read(e)) => return Err(e),
             Err(Stopped::Damaged(detail)) => self.damaged = Some(detail),
             Err(Stopped::Scratch(e)) => {
-                let why = format!(
-                    "the filesystem of {} ran out of room for what the streamed read of its etcd snapshot spills ({e}): point --scratch (or TMPDIR) at a directory on a filesystem with more free space. Nothing was left there",
-                    self.scratch.display()
-                );
+                let why = scratch_failed(self.scratch, &e);
                 self.no_room = Some(why.clone());
-                return Err(io::Error::new(io::ErrorKind::StorageFull, why));
+                return Err(io::Error::new(e.kind(), why));
             }
         }
         Ok(())
     }
+}
+
+/// Why the streamed read stopped when its spill in the scratch dir failed (`e`), and what to do.
+fn scratch_failed(scratch: &Path, e: &io::Error) -> String {
+    let fix = if e.kind() == io::ErrorKind::StorageFull {
+        "point --scratch (or TMPDIR) at a directory on a filesystem with more free space"
+    } else {
+        "point --scratch (or TMPDIR) at a directory cpr can create files in and read them back"
+    };
+    format!(
+        "the streamed read of its etcd snapshot spills past its memory budget into --scratch {}, which failed ({e}): {fix}. The spill files are unlinked: nothing is left there",
+        scratch.display()
+    )
 }
 
 /// The snapshot a reading command was pointed at, and its name: an etcd snapshot or bbolt db file

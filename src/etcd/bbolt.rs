@@ -55,11 +55,13 @@ pub(crate) fn corrupt(page: Option<u64>, problem: impl Into<String>) -> Corrupti
     }
 }
 
-/// Errors while reading a db: either the bytes are wrong or the file could not be read.
+/// Errors while reading a db: either the bytes are wrong or the file could not be read, or, for a
+/// db that streamed past, what it left in the scratch dir (skeletons, records) does not read back.
 #[derive(Debug)]
 pub enum ReadError {
     Corrupt(Corruption),
     Io(std::io::Error),
+    Scratch(std::io::Error),
 }
 
 impl From<Corruption> for ReadError {
@@ -602,15 +604,22 @@ impl Walker<'_, '_> {
         let (id, bytes) = match root {
             BucketRoot::Inline(b) => (holder, b),
             BucketRoot::Page(id) => {
-                let (bytes, pages) = match self.skeletons.and_then(|s| s.image(id, &mut buf)) {
-                    Some(()) => {
-                        self.db.check_id(id)?;
-                        (&buf[..], self.db.check_header(id, &buf)?)
-                    }
-                    None => {
-                        let pages = self.db.read_page(id, &mut buf)?;
-                        (&buf[..], pages)
-                    }
+                let image = match self.skeletons.map(|s| s.image(id, &mut buf)) {
+                    Some(Ok(found)) => found,
+                    // A spill that does not read back is no fault of the db, which a db in a file
+                    // still has; one that streamed past has nothing else.
+                    Some(Err(e)) => match self.db.pages {
+                        Pages::File(_) => false,
+                        Pages::Gone(_) => return Err(ReadError::Scratch(e)),
+                    },
+                    None => false,
+                };
+                let (bytes, pages) = if image {
+                    self.db.check_id(id)?;
+                    (&buf[..], self.db.check_header(id, &buf)?)
+                } else {
+                    let pages = self.db.read_page(id, &mut buf)?;
+                    (&buf[..], pages)
                 };
                 self.mark(id, pages)?;
                 (id, bytes)

@@ -23,13 +23,13 @@ struct KeyOnly {
 
 /// `mvccpb.KeyValue`: key (1), mod_revision (3) and value (5).
 #[derive(Clone, PartialEq, prost::Message)]
-struct KeyValue {
+pub(crate) struct KeyValue {
     #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
+    pub(crate) key: Vec<u8>,
     #[prost(int64, tag = "3")]
-    mod_revision: i64,
+    pub(crate) mod_revision: i64,
     #[prost(bytes = "vec", tag = "5")]
-    value: Vec<u8>,
+    pub(crate) value: Vec<u8>,
 }
 
 /// etcd's revision keys (server/storage/mvcc/revision.go): 8 bytes of main revision, `_`, 8 bytes

@@ -101,6 +101,11 @@ impl Error {
                 path: path.into(),
                 source,
             },
+            bbolt::ReadError::Scratch(source) => Error::Io {
+                step: "reading the scratch dir's spill of",
+                path: path.into(),
+                source,
+            },
         }
     }
 }

@@ -21,7 +21,7 @@ use super::bbolt::{
 };
 use super::patch::{encode, Elem};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 
 /// Skeletons past the memory budget: offsets continue from the budget on.
@@ -30,6 +30,8 @@ struct Spill {
     len: u64,
     /// A write failed: what the file holds is not trusted, its pages are read from the db.
     failed: bool,
+    /// The failed write's error, until [`Skeletons::finish_recording`] hands it out.
+    error: Option<io::Error>,
 }
 
 /// Images of the pages of one db, by page id.
@@ -171,8 +173,8 @@ impl Skeletons {
             self.spent = true;
             return Ok(());
         }
-        if spill.file.write_all(record).is_err() {
-            spill.failed = true;
+        if let Err(e) = spill.file.write_all(record) {
+            spill.fail(e);
             self.spent = true;
             return Ok(());
         }
@@ -189,23 +191,38 @@ impl Skeletons {
         self.index[slot] = at as u32 + 1;
     }
 
-    /// The skeleton of page `id` into `buf`, if one was recorded (and its spill file reads back).
-    pub fn image(&self, id: u64, buf: &mut Vec<u8>) -> Option<()> {
-        let at = *self.index.get(usize::try_from(id).ok()?)?;
-        let at = at.checked_sub(1)? as usize;
+    /// The skeleton of page `id` into `buf`: whether one was recorded (none when its spill file
+    /// failed), or the error of a spill file that does not read back.
+    pub fn image(&self, id: u64, buf: &mut Vec<u8>) -> io::Result<bool> {
+        let Some(&at) = usize::try_from(id).ok().and_then(|id| self.index.get(id)) else {
+            return Ok(false);
+        };
+        let Some(at) = (at as usize).checked_sub(1) else {
+            return Ok(false);
+        };
         buf.clear();
         if at < self.budget {
             let len = le_u32(&self.images, at) as usize;
             buf.extend_from_slice(&self.images[at + 4..at + 4 + len]);
-            return Some(());
+            return Ok(true);
         }
-        let spill = self.spill.as_ref().filter(|s| !s.failed)?;
+        let Some(spill) = self.spill.as_ref().filter(|s| !s.failed) else {
+            return Ok(false);
+        };
         let file = spill.file.get_ref();
         let at = (at - self.budget) as u64;
         let mut len = [0u8; 4];
-        file.read_exact_at(&mut len, at).ok()?;
+        file.read_exact_at(&mut len, at)?;
         buf.resize(u32::from_le_bytes(len) as usize, 0);
-        file.read_exact_at(buf, at + 4).ok()
+        file.read_exact_at(buf, at + 4)?;
+        Ok(true)
+    }
+}
+
+impl Spill {
+    fn fail(&mut self, e: io::Error) {
+        self.failed = true;
+        self.error.get_or_insert(e);
     }
 }
 

@@ -100,7 +100,7 @@ fn record_within<T: prost::Message + Default>(
         .map_err(Stopped::Read)?;
     let meta = pick_meta(size, &mut |buf, at| window.read_at(buf, at)).map_err(|e| match e {
         ReadError::Corrupt(c) => Stopped::Damaged(c),
-        ReadError::Io(e) => Stopped::Read(e),
+        ReadError::Io(e) | ReadError::Scratch(e) => Stopped::Read(e),
     })?;
     let ps = meta.page_size as u64;
     let spill = tempfile::tempfile_in(scratch).map_err(Stopped::Scratch)?;
@@ -156,9 +156,14 @@ fn record_within<T: prost::Message + Default>(
             continue;
         }
         if recorded.skeletons.spent() {
-            return Err(Stopped::Scratch(io::Error::other(
-                "the page skeletons' spill file could not be written",
-            )));
+            return Err(Stopped::Scratch(
+                recorded.skeletons.finish_recording().unwrap_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::FileTooLarge,
+                        "the page skeletons' spill reached the 4 GiB its offsets address",
+                    )
+                }),
+            ));
         }
         provisional_records(id, bytes, wanted, map, &mut block);
         if block.len() > 1 {
@@ -166,7 +171,9 @@ fn record_within<T: prost::Message + Default>(
             recorded.blocks.push((id, at));
         }
     }
-    recorded.skeletons.finish_recording();
+    if let Some(e) = recorded.skeletons.finish_recording() {
+        return Err(Stopped::Scratch(e));
+    }
     recorded.records.finish().map_err(Stopped::Scratch)?;
     Ok(recorded)
 }
@@ -269,17 +276,19 @@ impl<T: prost::Message + Default> Recorded<T> {
             let Ok(i) = self.blocks.binary_search_by_key(&id, |&(page, _)| page) else {
                 continue;
             };
-            self.records.read(self.blocks[i].1, &mut block)?;
+            self.records
+                .read(self.blocks[i].1, &mut block)
+                .map_err(ReadError::Scratch)?;
             let (&tag, mut records) = block.split_first().unwrap_or((&RECORDS, &[]));
             if tag == PROBLEM {
                 return Err(corrupt(Some(id), String::from_utf8_lossy(records)).into());
             }
             while !records.is_empty() {
                 let record = T::decode_length_delimited(&mut records).map_err(|e| {
-                    io::Error::new(
+                    ReadError::Scratch(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("a record of page {id} does not read back from the spill: {e}"),
-                    )
+                    ))
                 })?;
                 visit(record);
             }
@@ -417,6 +426,7 @@ impl Arena {
 mod tests {
     use super::*;
     use crate::etcd::keys::each_revision;
+    use crate::etcd::patch::{encode, Elem};
 
     /// `mvccpb.KeyValue`'s key and mod revision, and the value's length: enough to tell revisions
     /// apart.
@@ -479,7 +489,7 @@ mod tests {
             .replay(&everything, &mut seen, &mut |s| out.push(s))
             .map_err(|e| match e {
                 ReadError::Corrupt(c) => c.to_string(),
-                ReadError::Io(e) => e.to_string(),
+                ReadError::Io(e) | ReadError::Scratch(e) => e.to_string(),
             })?;
         Ok(out)
     }
@@ -505,6 +515,137 @@ mod tests {
         assert_eq!(streamed(0, SEED, dir.path()).unwrap(), want);
     }
 
+    /// Revision `main` of etcd key `key` in bucket `key`: a put of `value`, or a deletion.
+    fn revision(main: u64, key: &str, value: Option<Vec<u8>>) -> (Vec<u8>, Vec<u8>) {
+        let mut revision = main.to_be_bytes().to_vec();
+        revision.push(b'_');
+        revision.extend_from_slice(&0u64.to_be_bytes());
+        revision.extend(value.is_none().then_some(b't'));
+        let kv = crate::etcd::keys::KeyValue {
+            key: key.into(),
+            mod_revision: if value.is_some() { main as i64 } else { 0 },
+            value: value.unwrap_or_default(),
+        };
+        (revision, prost::Message::encode_to_vec(&kv))
+    }
+
+    /// Page `id` of `ps` bytes (with overflow pages if it needs them) holding `elems`.
+    fn page(ps: usize, id: u64, leaf: bool, elems: &[Elem<'_>]) -> Vec<u8> {
+        let mut page = Vec::new();
+        encode(id, leaf, elems, &mut page);
+        let overflow = page.len().div_ceil(ps) - 1;
+        page[12..16].copy_from_slice(&(overflow as u32).to_le_bytes());
+        page.resize((overflow + 1) * ps, 0);
+        page
+    }
+
+    fn leaf_page(ps: usize, id: u64, revisions: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+        let elems: Vec<_> = revisions.iter().map(|(k, v)| Elem::leaf(0, k, v)).collect();
+        page(ps, id, true, &elems)
+    }
+
+    /// A db of `ps`-byte pages whose bucket `key` is rooted in a branch page (page 7) over four
+    /// leaves, three laid out before it, one of them with an overflow page for a value larger than
+    /// a page; a freed leaf (page 3) holds stale revisions that no branch reaches. Bucket `meta` is
+    /// inline in the root bucket's leaf, the last page.
+    fn branched_db(ps: usize) -> Vec<u8> {
+        let live = |mains: std::ops::RangeInclusive<u64>| -> Vec<_> {
+            mains
+                .map(|main| {
+                    let value = match main {
+                        7 => Some(vec![b'v'; ps + ps / 2]),
+                        8 => None,
+                        _ => Some(format!("value {main}").into_bytes()),
+                    };
+                    revision(
+                        main,
+                        &format!("/registry/pods/default/p{}", main % 5),
+                        value,
+                    )
+                })
+                .collect()
+        };
+        let stale: Vec<_> = (2..=4)
+            .map(|main| revision(main, "stale", Some(b"compacted".to_vec())))
+            .collect();
+        let leaves = [
+            (4, live(1..=5)),
+            (5, live(6..=8)),
+            (2, live(9..=13)),
+            (8, live(14..=16)),
+        ];
+        let mut pages = BTreeMap::new();
+        pages.insert(3, leaf_page(ps, 3, &stale));
+        for (id, revisions) in &leaves {
+            pages.insert(*id, leaf_page(ps, *id, revisions));
+        }
+        let branch: Vec<_> = leaves
+            .iter()
+            .map(|(id, revisions)| Elem::branch(&revisions[0].0, *id))
+            .collect();
+        pages.insert(7, page(ps, 7, false, &branch));
+        let key_bucket = [7u64.to_le_bytes(), 0u64.to_le_bytes()].concat();
+        let consistent_index = 16u64.to_be_bytes();
+        let mut meta_bucket = vec![0; 16];
+        encode(
+            0,
+            true,
+            &[Elem::leaf(0, b"consistent_index", &consistent_index)],
+            &mut meta_bucket,
+        );
+        let root = [
+            Elem::leaf(FLAG_BUCKET, b"key", &key_bucket),
+            Elem::leaf(FLAG_BUCKET, b"meta", &meta_bucket),
+        ];
+        pages.insert(9, page(ps, 9, true, &root));
+        let mut db = Vec::new();
+        for txid in [2, 1] {
+            let meta = Meta {
+                page_size: ps as u32,
+                flags: 0,
+                root: 9,
+                root_sequence: 0,
+                freelist: u64::MAX,
+                hwm: 10,
+                txid,
+            };
+            db.extend_from_slice(&meta.page_bytes());
+        }
+        for (id, page) in pages {
+            assert_eq!(
+                db.len() as u64,
+                id * ps as u64,
+                "page {id} follows the one before"
+            );
+            db.extend_from_slice(&page);
+        }
+        db
+    }
+
+    #[test]
+    fn a_branched_key_bucket_replays_its_live_leaves_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for ps in [4096, 16384] {
+            let db = branched_db(ps);
+            let want = in_place(&db, dir.path()).unwrap();
+            assert_eq!(want.len(), 16, "page size {ps}");
+            assert!(want.iter().all(|s| s.key != b"stale"));
+            assert!(want.iter().any(|s| s.size == Some((ps + ps / 2) as u64)));
+            assert!(want.iter().any(|s| s.size.is_none()));
+            assert_eq!(streamed(MEMORY_BUDGET, &db, dir.path()).unwrap(), want);
+            assert_eq!(streamed(0, &db, dir.path()).unwrap(), want);
+        }
+    }
+
+    /// The fuzz target's seed of a db whose bucket `key` is no inline bucket.
+    #[test]
+    fn the_branched_fuzz_seed_is_the_branched_db() {
+        assert_eq!(
+            include_bytes!("../../fuzz/corpus/bbolt/seed-branched-4k").as_slice(),
+            branched_db(4096)
+        );
+    }
+
     #[test]
     fn a_scratch_dir_that_takes_no_spill_stops_the_read() {
         let dir = tempfile::tempdir().unwrap();
@@ -521,6 +662,74 @@ mod tests {
             matches!(&stopped, Err(Stopped::Scratch(e)) if e.kind() == io::ErrorKind::NotFound),
             "{:?}",
             stopped.map(drop)
+        );
+    }
+
+    /// The spill files of a scratch dir that failed: one that takes no write (a full disk's
+    /// last flush), one that does not read back.
+    fn broken_spills(dir: &Path) -> (File, File) {
+        let path = dir.join("spill");
+        let unreadable = File::options()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        (File::open(&path).unwrap(), unreadable)
+    }
+
+    fn is_bad_descriptor(e: &io::Error) -> bool {
+        e.raw_os_error() == Some(nix::errno::Errno::EBADF as i32)
+    }
+
+    #[test]
+    fn a_page_image_spill_that_failed_is_a_scratch_error_not_a_missing_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let (unwritable, unreadable) = broken_spills(dir.path());
+        // Every image fits the 1 MiB write buffer: only the last flush fails.
+        let mut skeletons = Skeletons::spilling(0, unwritable);
+        skeletons.record(0, SEED);
+        assert!(!skeletons.spent());
+        let flushed = skeletons.finish_recording();
+        assert!(
+            flushed.as_ref().is_some_and(is_bad_descriptor),
+            "{flushed:?}"
+        );
+
+        let mut skeletons = Skeletons::spilling(0, unreadable);
+        skeletons.record(0, SEED);
+        assert!(skeletons.finish_recording().is_none());
+        let meta = Meta::parse(0, SEED).unwrap();
+        let never = |id| corrupt(Some(id), "not recorded");
+        let walked = checked_walk(&Db::streamed(meta, &never), Some(&skeletons), &mut |_| {
+            Ok(())
+        });
+        assert!(
+            matches!(&walked, Err(ReadError::Scratch(e)) if is_bad_descriptor(e)),
+            "{walked:?}"
+        );
+    }
+
+    #[test]
+    fn a_records_spill_that_does_not_read_back_is_a_scratch_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = branched_db(4096);
+        let mut recorded = record_within(
+            0,
+            &mut Trickle(&db),
+            db.len() as u64,
+            dir.path(),
+            &|_| true,
+            &mut seen,
+        )
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+        let (_, unreadable) = broken_spills(dir.path());
+        recorded.records.spill.as_mut().unwrap().file = BufWriter::new(unreadable);
+        let replayed = recorded.replay(&|_| true, &mut seen, &mut drop);
+        assert!(
+            matches!(&replayed, Err(ReadError::Scratch(e)) if is_bad_descriptor(e)),
+            "{replayed:?}"
         );
     }
 
