@@ -55,8 +55,9 @@ pub struct Recorded<T> {
     meta: Meta,
     skeletons: Skeletons,
     records: Arena,
-    /// Leaf pages with records or a problem, ascending, and where their block is in `records`.
-    blocks: Vec<(u64, u64)>,
+    /// Per page id: 1 + where its block (records or a problem) is in `records`; 0 for none. 4
+    /// bytes a page, as the skeletons' index, where a (page, offset) pair per leaf took 16.
+    blocks: Vec<u32>,
     /// Why a page has no skeleton, for the first `MAX_REASONS` such pages.
     reasons: BTreeMap<u64, Corruption>,
     record: PhantomData<T>,
@@ -168,7 +169,17 @@ fn record_within<T: prost::Message + Default>(
         provisional_records(id, bytes, wanted, map, &mut block);
         if block.len() > 1 {
             let at = recorded.records.push(&block).map_err(Stopped::Scratch)?;
-            recorded.blocks.push((id, at));
+            let slot = u32::try_from(at + 1).map_err(|_| {
+                Stopped::Scratch(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "the records' spill reached the 4 GiB its offsets address",
+                ))
+            })?;
+            let id = id as usize;
+            if recorded.blocks.len() <= id {
+                recorded.blocks.resize(id + 1, 0);
+            }
+            recorded.blocks[id] = slot;
         }
     }
     if let Some(e) = recorded.skeletons.finish_recording() {
@@ -248,15 +259,21 @@ impl<T: prost::Message + Default> Recorded<T> {
         let reasons = &self.reasons;
         let missing = |id: u64| {
             reasons.get(&id).cloned().unwrap_or_else(|| {
+                let why = if reasons.len() < MAX_REASONS {
+                    "its header carries another id"
+                } else {
+                    "its header carries another id, or it failed a check; the first pages that did are named, not this one"
+                };
                 corrupt(
                     Some(id),
-                    "no branch or leaf page of this db (its header carries another id)",
+                    format!("no branch or leaf page of this db as it streamed past ({why})"),
                 )
             })
         };
         let db = Db::streamed(self.meta, &missing);
-        let mut leaves = Vec::new();
         let mut inline = false;
+        let mut replayed = None;
+        let mut block = Vec::new();
         checked_walk(&db, Some(&self.skeletons), &mut |v| {
             if v.depth == 0 {
                 inline = matches!(bucket_root(v.page, v.value)?.0, BucketRoot::Inline(_));
@@ -265,33 +282,46 @@ impl<T: prost::Message + Default> Recorded<T> {
                     if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
                         visit(map(revision));
                     }
-                } else if leaves.last() != Some(&v.page) {
-                    leaves.push(v.page);
+                } else if replayed != Some(v.page) {
+                    // A leaf's elements are visited together: its records go out at the first.
+                    replayed = Some(v.page);
+                    self.replay_leaf(v.page, &mut block, visit)?;
                 }
             }
             Ok(())
         })?;
-        let mut block = Vec::new();
-        for id in leaves {
-            let Ok(i) = self.blocks.binary_search_by_key(&id, |&(page, _)| page) else {
-                continue;
-            };
-            self.records
-                .read(self.blocks[i].1, &mut block)
-                .map_err(ReadError::Scratch)?;
-            let (&tag, mut records) = block.split_first().unwrap_or((&RECORDS, &[]));
-            if tag == PROBLEM {
-                return Err(corrupt(Some(id), String::from_utf8_lossy(records)).into());
-            }
-            while !records.is_empty() {
-                let record = T::decode_length_delimited(&mut records).map_err(|e| {
-                    ReadError::Scratch(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a record of page {id} does not read back from the spill: {e}"),
-                    ))
-                })?;
-                visit(record);
-            }
+        Ok(())
+    }
+
+    /// Hands `visit` the records of live leaf page `id` (`block`: room to read them into).
+    fn replay_leaf(
+        &self,
+        id: u64,
+        block: &mut Vec<u8>,
+        visit: &mut dyn FnMut(T),
+    ) -> Result<(), ReadError> {
+        let Some(at) = self
+            .blocks
+            .get(id as usize)
+            .and_then(|&slot| slot.checked_sub(1))
+        else {
+            return Ok(());
+        };
+        self.records
+            .read(u64::from(at), block)
+            .map_err(ReadError::Scratch)?;
+        let (&tag, mut records) = block.split_first().unwrap_or((&RECORDS, &[]));
+        if tag == PROBLEM {
+            return Err(corrupt(Some(id), String::from_utf8_lossy(records)).into());
+        }
+        while !records.is_empty() {
+            let record = T::decode_length_delimited(&mut records).map_err(|e| {
+                ReadError::Scratch(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("a record of page {id} does not read back from the spill: {e}"),
+                ))
+            })?;
+            visit(record);
         }
         Ok(())
     }
@@ -735,15 +765,21 @@ mod tests {
 
     #[test]
     fn damage_is_refused_naming_the_page_as_in_place() {
-        let page_size = Meta::parse(0, SEED).unwrap().page_size as usize;
-        let pages = SEED.len() / page_size;
+        for db in [SEED.to_vec(), branched_db(4096)] {
+            refused_as_in_place(&db);
+        }
+    }
+
+    fn refused_as_in_place(seed: &[u8]) {
+        let page_size = Meta::parse(0, seed).unwrap().page_size as usize;
+        let pages = seed.len() / page_size;
         let dir = tempfile::tempdir().unwrap();
         let mut refused = 0;
         // Every page's element count and first element's position, in turn: a live page's
         // damage is refused alike, a free page's is not seen by either.
         for id in 2..pages {
             for (at, value) in [(10, 0xfff0u16.to_le_bytes()), (16 + 4, [0xff, 0x7f])] {
-                let mut db = SEED.to_vec();
+                let mut db = seed.to_vec();
                 let at = id * page_size + at;
                 db[at..at + 2].copy_from_slice(&value);
                 let want = in_place(&db, dir.path());
