@@ -337,26 +337,21 @@ struct Window<'r> {
 }
 
 impl Window<'_> {
-    /// Reads until the bytes up to offset `end` are in (fewer at the end of the stream).
+    /// Reads until the bytes up to offset `end` are in (fewer at the end of the stream), at least
+    /// `READ_SIZE` at a time, into the window's spare room: a decompressing reader hands out some
+    /// 128 KiB a call, and zeroing a whole `READ_SIZE` before each call cost as much as the data.
     fn fill(&mut self, end: u64) -> io::Result<()> {
         let end = end.min(self.limit);
-        while self.start + (self.bytes.len() as u64) < end {
-            let have = self.bytes.len();
-            let want = ((end - self.start) as usize - have)
-                .max(READ_SIZE)
-                .min((self.limit - self.start) as usize - have);
-            self.bytes.resize(have + want, 0);
-            let read = self.reader.read(&mut self.bytes[have..]);
-            self.bytes.truncate(have + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => {
-                    self.limit = self.start + have as u64;
-                    return Ok(());
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+        let have = self.start + self.bytes.len() as u64;
+        if have >= end {
+            return Ok(());
+        }
+        let want = (end - have).max(READ_SIZE as u64).min(self.limit - have);
+        let read = (&mut *self.reader)
+            .take(want)
+            .read_to_end(&mut self.bytes)?;
+        if (read as u64) < want {
+            self.limit = self.start + self.bytes.len() as u64;
         }
         Ok(())
     }
