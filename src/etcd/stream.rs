@@ -31,8 +31,9 @@ use super::status::checked_walk;
 /// Memory for page skeletons and for records each; the rest is spilled. Small against the 64 MiB
 /// budget of the whole command, which also holds what the caller keeps (the inventory itself).
 const MEMORY_BUDGET: usize = 2 << 20;
-/// A page with its overflow pages is held whole to be decoded; a larger one (a value beyond any
-/// etcd request limit) is refused when it is live.
+/// A page with its overflow pages is held whole to be decoded; a larger one is refused when it is
+/// live. etcd takes values up to its --max-request-bytes, 1.5 MiB unless raised: one raised past
+/// this has its largest values read from the extracted snapshot file (README says how).
 const MAX_SPAN: u64 = 32 << 20;
 /// Bytes asked of the stream at a time.
 const READ_SIZE: usize = 1 << 20;
@@ -145,7 +146,7 @@ fn record_within<T: prost::Message + Default>(
         }
         if span > MAX_SPAN {
             recorded.reason(id, format!(
-                "with its {overflow} overflow pages it is larger than the {} MiB a streamed read holds; extract etcd/snapshot.db from the bundle (zstd -dc BUNDLE | tar -x etcd/snapshot.db) and read that file",
+                "with its {overflow} overflow pages it is larger than the {} MiB a streamed read holds; extract etcd/snapshot.db from the bundle file (age -d -i IDENTITY first if it is encrypted, then zstd -dc | tar -x etcd/snapshot.db) and read that file",
                 MAX_SPAN >> 20
             ));
             continue;
@@ -372,12 +373,16 @@ impl Window<'_> {
         Ok(())
     }
 
-    /// Forgets the bytes before offset `at`, a few MiB at a time.
+    /// Forgets the bytes before offset `at`, a few MiB at a time, and the room a large span grew
+    /// the window to once it has passed.
     fn release(&mut self, at: u64) {
         let done = (at - self.start) as usize;
         if done >= 4 * READ_SIZE {
             self.bytes.drain(..done);
             self.start = at;
+            if self.bytes.capacity() > 8 * READ_SIZE && self.bytes.len() < 4 * READ_SIZE {
+                self.bytes.shrink_to(4 * READ_SIZE);
+            }
         }
     }
 }
@@ -755,6 +760,26 @@ mod tests {
         assert!(
             matches!(&replayed, Err(ReadError::Scratch(e)) if is_bad_descriptor(e)),
             "{replayed:?}"
+        );
+    }
+
+    #[test]
+    fn the_window_gives_back_the_room_of_a_large_span() {
+        let data = vec![0u8; MAX_SPAN as usize + 8 * READ_SIZE];
+        let mut window = Window {
+            reader: &mut Trickle(&data),
+            bytes: Vec::new(),
+            start: 0,
+            limit: data.len() as u64,
+        };
+        window.fill(MAX_SPAN).unwrap();
+        assert!(window.bytes.capacity() >= MAX_SPAN as usize);
+        window.release(MAX_SPAN);
+        window.fill(MAX_SPAN + 4096).unwrap();
+        assert!(
+            window.bytes.capacity() <= 8 * READ_SIZE,
+            "{} bytes held",
+            window.bytes.capacity()
         );
     }
 
