@@ -12,6 +12,16 @@
 //! restore's checks, and only the records of the live leaves of bucket `key` are replayed, in key
 //! order: what `keys::each_revision` gives of the same db as a file. A damaged page is refused by
 //! the walk, naming the page, as it is when the db is read in place.
+//!
+//! Recording decodes bytes not yet known to be the ones backed up: a bundle's digests are checked
+//! at the end of its stream (a signature, with a verify key, before any of it is read), so pages,
+//! `mvccpb.KeyValue`s and what `map` reads of a value (the inventory: an object's metadata) are
+//! decoded first. That is acceptable because these decoders are memory-safe, check every length
+//! and offset against their page (fuzzed: fuzz/fuzz_targets/bbolt.rs), and are bounded (a page
+//! and its overflow at most `MAX_SPAN`, memory budgets, spills the scratch dir's size); and because
+//! nothing derived from them is shown or written before the check, but the unlinked spills: the
+//! caller replays, and says that no meta page is valid, only once the bundle has read whole and
+//! its digests passed (`cli::verify`'s `Snapshot`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
