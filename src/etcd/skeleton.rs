@@ -74,16 +74,24 @@ impl Skeletons {
                 file: BufWriter::with_capacity(1 << 20, spill),
                 len: 0,
                 failed: false,
+                error: None,
             }),
             ..Skeletons::new(budget)
         }
     }
 
-    /// Makes the spilled images readable; call once every chunk is recorded.
-    pub fn finish_recording(&mut self) {
-        if let Some(spill) = &mut self.spill {
-            spill.failed |= spill.file.flush().is_err();
+    /// Makes the spilled images readable; call once every chunk is recorded. Returns the error
+    /// of the write (or final flush) that left the spill incomplete, if one did: the pages whose
+    /// images were lost have none, which a caller that has no db to read them from must not take
+    /// for pages the db lacks.
+    pub fn finish_recording(&mut self) -> Option<io::Error> {
+        let spill = self.spill.as_mut()?;
+        if !spill.failed {
+            if let Err(e) = spill.file.flush() {
+                spill.fail(e);
+            }
         }
+        spill.error.take()
     }
 
     pub fn page_size(&self) -> Option<usize> {
