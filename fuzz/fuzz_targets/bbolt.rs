@@ -7,7 +7,7 @@
 #![no_main]
 
 use cpr::etcd::bbolt::Db;
-use cpr::etcd::keys::{each_revision, Revision};
+use cpr::etcd::keys::{each_revision, Record};
 use cpr::etcd::skeleton::Skeletons;
 use cpr::etcd::status::checked_revision;
 use cpr::etcd::stream;
@@ -36,9 +36,11 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(checked_revision(&db, Some(&skeletons)).ok(), pages);
         }
         let mut in_place = Vec::new();
-        let in_place = each_revision(file.path(), &|_| true, &mut |r| in_place.push(seen(r)))
-            .ok()
-            .map(|()| in_place);
+        let in_place = each_revision(file.path(), &|_| true, &mut |r| {
+            in_place.push(Record::from(r))
+        })
+        .ok()
+        .map(|()| in_place);
         SCRATCH.with(|scratch| {
             let mut streamed = Vec::new();
             let streamed = stream::record(
@@ -46,12 +48,12 @@ fuzz_target!(|data: &[u8]| {
                 data.len() as u64,
                 scratch.path(),
                 &|_| true,
-                &mut seen,
+                &mut Record::from,
             )
             .ok()
             .and_then(|recorded| {
                 recorded
-                    .replay(&|_| true, &mut seen, &mut |s| streamed.push(s))
+                    .replay(&|_| true, &mut Record::from, &mut |s| streamed.push(s))
                     .ok()
             })
             .map(|()| streamed);
@@ -62,34 +64,4 @@ fuzz_target!(|data: &[u8]| {
 
 thread_local! {
     static SCRATCH: tempfile::TempDir = tempfile::tempdir().expect("scratch dir");
-}
-
-/// What tells revisions apart: the etcd key, the mod revision and the value (none: a deletion).
-#[derive(Clone, PartialEq, prost::Message)]
-struct Seen {
-    #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
-    #[prost(int64, tag = "2")]
-    mod_revision: i64,
-    #[prost(bytes = "vec", optional, tag = "3")]
-    value: Option<Vec<u8>>,
-}
-
-fn seen(revision: Revision) -> Seen {
-    match revision {
-        Revision::Put {
-            key,
-            mod_revision,
-            value,
-        } => Seen {
-            key,
-            mod_revision,
-            value: Some(value),
-        },
-        Revision::Delete { key } => Seen {
-            key,
-            mod_revision: 0,
-            value: None,
-        },
-    }
 }

@@ -34,7 +34,7 @@ pub(crate) struct KeyValue {
 
 /// etcd's revision keys (server/storage/mvcc/revision.go): 8 bytes of main revision, `_`, 8 bytes
 /// of sub revision; a deletion adds `t` (`markedRevBytesLen`, `markTombstone`).
-const REVISION_KEY_LEN: usize = 17;
+pub(crate) const REVISION_KEY_LEN: usize = 17;
 const TOMBSTONE_KEY_LEN: usize = 18;
 
 /// One revision of an etcd key, in revision order.
@@ -144,13 +144,37 @@ impl Revisions for &Path {
     }
 }
 
-/// What [`current_values`] keeps of a revision: no value for a deletion.
+/// A revision as a record (what `etcd::stream` keeps until it knows which are live): the etcd key,
+/// its mod revision and value; no value for a deletion.
 #[derive(Clone, PartialEq, prost::Message)]
-struct Latest {
+pub struct Record {
     #[prost(bytes = "vec", tag = "1")]
-    key: Vec<u8>,
-    #[prost(bytes = "vec", optional, tag = "2")]
-    value: Option<Vec<u8>>,
+    pub key: Vec<u8>,
+    #[prost(int64, tag = "2")]
+    pub mod_revision: i64,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub value: Option<Vec<u8>>,
+}
+
+impl From<Revision> for Record {
+    fn from(revision: Revision) -> Record {
+        match revision {
+            Revision::Put {
+                key,
+                mod_revision,
+                value,
+            } => Record {
+                key,
+                mod_revision,
+                value: Some(value),
+            },
+            Revision::Delete { key } => Record {
+                key,
+                mod_revision: 0,
+                value: None,
+            },
+        }
+    }
 }
 
 /// The current value of every etcd key for which `wanted` is true, in `source`. A key deleted at
@@ -162,19 +186,13 @@ pub fn current_values<S: Revisions>(
     let mut values = BTreeMap::new();
     source.each(
         wanted,
-        &mut |revision| match revision {
-            Revision::Put { key, value, .. } => Latest {
-                key,
-                value: Some(value),
-            },
-            Revision::Delete { key } => Latest { key, value: None },
-        },
-        &mut |latest| match latest.value {
+        &mut Record::from,
+        &mut |record| match record.value {
             Some(value) => {
-                values.insert(latest.key, value);
+                values.insert(record.key, value);
             }
             None => {
-                values.remove(&latest.key);
+                values.remove(&record.key);
             }
         },
     )?;

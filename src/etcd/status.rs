@@ -1,6 +1,7 @@
 //! `snapshot status`: the figures `etcdutl snapshot status` prints, from a full checked walk.
 
 use super::bbolt::{corrupt, Db, ReadError, Visit};
+use super::keys::REVISION_KEY_LEN;
 use super::skeleton::Skeletons;
 use super::Error;
 use std::fs::File;
@@ -109,9 +110,6 @@ pub(crate) fn checked_walk(
     }
     Ok(revision)
 }
-
-/// etcd's revision keys: 8 bytes of main revision, `_`, 8 bytes of sub revision (a tombstone adds `t`).
-const REVISION_KEY_LEN: usize = 17;
 
 fn main_revision(key: &[u8]) -> i64 {
     i64::from_be_bytes(key[..8].try_into().expect("8 bytes"))

@@ -21,7 +21,7 @@
 //! and its overflow at most `MAX_SPAN`, memory budgets, spills the scratch dir's size); and because
 //! nothing derived from them is shown or written before the check, but the unlinked spills: the
 //! caller replays, and says that no meta page is valid, only once the bundle has read whole and
-//! its digests passed (`cli::verify`'s `Snapshot`).
+//! its digests passed (`cli::snapshot`'s `Snapshot`).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -203,7 +203,7 @@ fn record_within<T: prost::Message + Default>(
 /// The block of leaf page `id` (`bytes`, overflow included): the records of its elements read as
 /// revisions of bucket `key`, or the first problem with them (a page of another bucket, or a stale
 /// one, has problems that count only if the walk finds it live in bucket `key`). Empty for a page
-/// that is no leaf, or that fails a check its skeleton has already reported.
+/// that is no leaf (its skeleton's checks report what is wrong with a page that fails to parse).
 fn provisional_records<T: prost::Message>(
     id: u64,
     bytes: &[u8],
@@ -219,27 +219,32 @@ fn provisional_records<T: prost::Message>(
         return;
     }
     block.push(RECORDS);
+    if let Err(problem) = leaf_records(&page, wanted, map, block) {
+        block.clear();
+        block.push(PROBLEM);
+        block.extend_from_slice(problem.problem.as_bytes());
+    }
+}
+
+/// Appends the records of the revisions on leaf `page` to `block`; the first problem with them.
+fn leaf_records<T: prost::Message>(
+    page: &Page<'_>,
+    wanted: &dyn Fn(&[u8]) -> bool,
+    map: &mut dyn FnMut(Revision) -> T,
+    block: &mut Vec<u8>,
+) -> Result<(), Corruption> {
     for i in 0..page.count {
-        let Ok(e) = page.leaf(i) else {
-            block.clear();
-            return;
-        };
+        let e = page.leaf(i)?;
         if e.flags & FLAG_BUCKET != 0 {
             continue;
         }
-        match revision_of(id, e.key, e.value, wanted) {
-            Ok(Some(revision)) => map(revision)
+        if let Some(revision) = revision_of(page.id, e.key, e.value, wanted)? {
+            map(revision)
                 .encode_length_delimited(block)
-                .expect("a Vec grows as needed"),
-            Ok(None) => {}
-            Err(problem) => {
-                block.clear();
-                block.push(PROBLEM);
-                block.extend_from_slice(problem.problem.as_bytes());
-                return;
-            }
+                .expect("a Vec grows as needed");
         }
     }
+    Ok(())
 }
 
 impl<T: prost::Message + Default> Recorded<T> {
@@ -465,39 +470,8 @@ impl Arena {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::etcd::keys::each_revision;
+    use crate::etcd::keys::{each_revision, Record};
     use crate::etcd::patch::{encode, Elem};
-
-    /// `mvccpb.KeyValue`'s key and mod revision, and the value's length: enough to tell revisions
-    /// apart.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct Seen {
-        #[prost(bytes = "vec", tag = "1")]
-        key: Vec<u8>,
-        #[prost(int64, tag = "2")]
-        mod_revision: i64,
-        #[prost(uint64, optional, tag = "3")]
-        size: Option<u64>,
-    }
-
-    fn seen(revision: Revision) -> Seen {
-        match revision {
-            Revision::Put {
-                key,
-                mod_revision,
-                value,
-            } => Seen {
-                key,
-                mod_revision,
-                size: Some(value.len() as u64),
-            },
-            Revision::Delete { key } => Seen {
-                key,
-                mod_revision: 0,
-                size: None,
-            },
-        }
-    }
 
     const SEED: &[u8] = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4");
 
@@ -513,7 +487,7 @@ mod tests {
         }
     }
 
-    fn streamed(budget: usize, db: &[u8], scratch: &Path) -> Result<Vec<Seen>, String> {
+    fn streamed(budget: usize, db: &[u8], scratch: &Path) -> Result<Vec<Record>, String> {
         let everything = |_: &[u8]| true;
         let recorded = record_within(
             budget,
@@ -521,12 +495,12 @@ mod tests {
             db.len() as u64,
             scratch,
             &everything,
-            &mut seen,
+            &mut Record::from,
         )
         .map_err(|e| format!("{e:?}"))?;
         let mut out = Vec::new();
         recorded
-            .replay(&everything, &mut seen, &mut |s| out.push(s))
+            .replay(&everything, &mut Record::from, &mut |s| out.push(s))
             .map_err(|e| match e {
                 ReadError::Corrupt(c) => c.to_string(),
                 ReadError::Io(e) | ReadError::Scratch(e) => e.to_string(),
@@ -534,11 +508,11 @@ mod tests {
         Ok(out)
     }
 
-    fn in_place(db: &[u8], dir: &Path) -> Result<Vec<Seen>, String> {
+    fn in_place(db: &[u8], dir: &Path) -> Result<Vec<Record>, String> {
         let path = dir.join("db");
         std::fs::write(&path, db).unwrap();
         let mut out = Vec::new();
-        each_revision(&path, &|_| true, &mut |r| out.push(seen(r))).map_err(|e| match e {
+        each_revision(&path, &|_| true, &mut |r| out.push(r.into())).map_err(|e| match e {
             crate::etcd::Error::Corrupt { detail, .. } => detail.to_string(),
             other => other.to_string(),
         })?;
@@ -670,8 +644,10 @@ mod tests {
             let want = in_place(&db, dir.path()).unwrap();
             assert_eq!(want.len(), 16, "page size {ps}");
             assert!(want.iter().all(|s| s.key != b"stale"));
-            assert!(want.iter().any(|s| s.size == Some((ps + ps / 2) as u64)));
-            assert!(want.iter().any(|s| s.size.is_none()));
+            assert!(want
+                .iter()
+                .any(|s| s.value.as_ref().is_some_and(|v| v.len() == ps + ps / 2)));
+            assert!(want.iter().any(|s| s.value.is_none()));
             assert_eq!(streamed(MEMORY_BUDGET, &db, dir.path()).unwrap(), want);
             assert_eq!(streamed(0, &db, dir.path()).unwrap(), want);
         }
@@ -696,7 +672,7 @@ mod tests {
             SEED.len() as u64,
             &gone,
             &|_| true,
-            &mut seen,
+            &mut Record::from,
         );
         assert!(
             matches!(&stopped, Err(Stopped::Scratch(e)) if e.kind() == io::ErrorKind::NotFound),
@@ -760,13 +736,13 @@ mod tests {
             db.len() as u64,
             dir.path(),
             &|_| true,
-            &mut seen,
+            &mut Record::from,
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
         let (_, unreadable) = broken_spills(dir.path());
         recorded.records.spill.as_mut().unwrap().file = BufWriter::new(unreadable);
-        let replayed = recorded.replay(&|_| true, &mut seen, &mut drop);
+        let replayed = recorded.replay(&|_| true, &mut Record::from, &mut drop);
         assert!(
             matches!(&replayed, Err(ReadError::Scratch(e)) if is_bad_descriptor(e)),
             "{replayed:?}"
