@@ -4,7 +4,7 @@
 use argh::FromArgs;
 use std::path::{Path, PathBuf};
 
-use super::verify::snapshot_of;
+use super::snapshot::snapshot_of;
 use super::{scratch_dir, KeyFlags, Output};
 use crate::ops::diff::{describe, diff, live_client, live_listing, Listing};
 use crate::ops::inventory;

@@ -3,7 +3,7 @@
 use argh::FromArgs;
 use std::path::PathBuf;
 
-use super::verify::snapshot_of;
+use super::snapshot::snapshot_of;
 use super::{scratch_dir, KeyFlags};
 use crate::ops::get::{get, Wanted};
 use crate::Error;

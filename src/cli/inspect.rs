@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use super::verify::snapshot_of;
+use super::snapshot::snapshot_of;
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_manifest, Manifest};
 use crate::ops::inventory::{self, Inventory};

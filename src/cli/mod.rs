@@ -22,6 +22,7 @@ pub mod keygen;
 pub mod list;
 pub mod prune;
 pub mod restore;
+mod snapshot;
 pub mod verify;
 pub mod version;
 pub mod worker;
