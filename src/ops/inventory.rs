@@ -84,18 +84,22 @@ struct Seen {
     uid: Option<String>,
     #[prost(string, optional, tag = "6")]
     created: Option<String>,
-    /// `STORED_AS` index of the `Storage` variant.
-    #[prost(uint32, tag = "7")]
-    storage: u32,
+    #[prost(enumeration = "StoredAs", tag = "7")]
+    storage: i32,
     /// An encrypted value's provider, or why a value is no object.
     #[prost(string, tag = "8")]
     detail: String,
 }
 
-const PROTOBUF: u32 = 0;
-const JSON: u32 = 1;
-const ENCRYPTED: u32 = 2;
-const UNDECODABLE: u32 = 3;
+/// The `Storage` variant of a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+enum StoredAs {
+    Protobuf = 0,
+    Json = 1,
+    Encrypted = 2,
+    Undecodable = 3,
+}
 
 /// Reads the inventory of `source` (a snapshot or bbolt db file, or a bundle's snapshot as it
 /// streams); `prefix` is kube-apiserver's `--etcd-prefix`.
@@ -153,19 +157,19 @@ fn seen(prefix: &str, revision: Revision) -> Seen {
     if registry::locate(prefix, &key).is_some() {
         match k8s::metadata(&value) {
             Ok(meta) => {
-                seen.storage = match meta.encoding {
-                    Encoding::Protobuf => PROTOBUF,
-                    Encoding::Json => JSON,
-                };
+                seen.set_storage(match meta.encoding {
+                    Encoding::Protobuf => StoredAs::Protobuf,
+                    Encoding::Json => StoredAs::Json,
+                });
                 seen.uid = Some(meta.uid).filter(|u| !u.is_empty());
                 seen.created = meta.created;
             }
             Err(k8s::Error::Encrypted { provider }) => {
-                seen.storage = ENCRYPTED;
+                seen.set_storage(StoredAs::Encrypted);
                 seen.detail = provider;
             }
             Err(e) => {
-                seen.storage = UNDECODABLE;
+                seen.set_storage(StoredAs::Undecodable);
                 seen.detail = e.to_string();
             }
         }
@@ -183,11 +187,11 @@ fn object(location: registry::Location, seen: &Seen) -> Object {
         creation_timestamp: seen.created.clone(),
         mod_revision: seen.mod_revision,
         size: seen.size,
-        storage: match seen.storage {
-            PROTOBUF => Storage::Protobuf,
-            JSON => Storage::Json,
-            ENCRYPTED => Storage::Encrypted(seen.detail.clone()),
-            _ => Storage::Undecodable(seen.detail.clone()),
+        storage: match seen.storage() {
+            StoredAs::Protobuf => Storage::Protobuf,
+            StoredAs::Json => Storage::Json,
+            StoredAs::Encrypted => Storage::Encrypted(seen.detail.clone()),
+            StoredAs::Undecodable => Storage::Undecodable(seen.detail.clone()),
         },
     }
 }
