@@ -34,7 +34,11 @@ pub fn sha256() -> ring::digest::Context {
 
 /// Bytes handed to the hashing thread at a time.
 const BATCH: usize = 1 << 20;
-const BATCHES_IN_FLIGHT: usize = 4;
+/// Queued for the hashing thread. Recycled batches stay resident, so each hasher holds at most this
+/// many plus the one being hashed and the one being filled; two keep BLAKE3 (several times
+/// faster than zstd's decompression feeding it) and SHA-256 behind a stream with no more memory
+/// than fresh batches took.
+const BATCHES_IN_FLIGHT: usize = 2;
 
 pub struct Background<H> {
     state: State<H>,
