@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::etcd_cluster::{check, free_port, v34, v35, Server, Spec, Tools};
+use common::etcd_cluster::{check, free_port, txn, v34, v35, Server, Spec, Tools};
 use cpr::etcd::bbolt::{Db, Meta};
 use cpr::etcd::skeleton::Skeletons;
 use cpr::etcd::status::checked_revision;
@@ -44,15 +44,17 @@ fn source() -> &'static Source {
         server.wait_healthy();
         // Two full rewrites of 3000 keys: a `key` bucket several levels deep, with history.
         for round in 0..2 {
-            let mut txn = String::from("\n");
+            let mut script = String::from("\n");
             for i in 0..3000 {
-                txn.push_str(&format!(
+                script.push_str(&format!(
                     "put a/{i:05} {}\n",
                     format!("{round}").repeat(200)
                 ));
             }
-            txn.push_str("\n\n");
-            txn_stdin(&server, &txn);
+            script.push_str("\n\n");
+            let mut etcdctl = std::process::Command::new(&server.tools.etcdctl);
+            etcdctl.args(["--endpoints", &server.client]);
+            txn(etcdctl, &script);
         }
         let lease = server.ctl_ok(&["lease", "grant", "3600"]);
         let lease = lease.split_whitespace().nth(1).unwrap().to_string();
@@ -72,25 +74,6 @@ fn source() -> &'static Source {
             count,
         }
     })
-}
-
-fn txn_stdin(server: &Server, script: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new(&server.tools.etcdctl)
-        .args(["--endpoints", &server.client, "txn"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    check(child.wait_with_output().unwrap(), "etcdctl txn");
 }
 
 /// Restore arguments as both cpr and the etcd tools take them.

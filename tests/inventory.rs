@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
-use common::etcd_cluster::{check, v34, v35, Server, Spec, Tools};
+use common::etcd_cluster::{check, txn, v34, v35, Server, Spec, Tools};
 use common::objects::etcdctl_put;
 use common::{cpr, fixtures, ok, EtcdVersion, KubeadmNode};
 use serde_json::Value;
@@ -1250,27 +1250,13 @@ fn a_drill_of_a_several_member_bundle_restores_a_lone_member_and_claims_nothing(
 /// Puts `count` keys `PREFIX<i>` of `size` bytes each through etcdctl txn, 100 to a transaction
 /// (etcd's --max-txn-ops is 128 by default).
 fn put_many(node: &KubeadmNode, prefix: &str, count: usize, size: usize) {
-    use std::io::Write as _;
     for first in (0..count).step_by(100) {
-        let mut txn = String::from("\n");
+        let mut script = String::from("\n");
         for i in first..(first + 100).min(count) {
-            txn.push_str(&format!("put {prefix}{i} {}\n", "s".repeat(size)));
+            script.push_str(&format!("put {prefix}{i} {}\n", "s".repeat(size)));
         }
-        txn.push_str("\n\n");
-        let mut child = node
-            .etcdctl_command()
-            .arg("txn")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(txn.as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success(), "etcdctl txn");
+        script.push_str("\n\n");
+        txn(node.etcdctl_command(), &script);
     }
 }
 

@@ -70,6 +70,25 @@ pub fn check(out: Output, what: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// Runs `etcdctl txn` with `script` on its stdin; `etcdctl` carries the endpoint (and TLS) flags.
+pub fn txn(mut etcdctl: Command, script: &str) {
+    use std::io::Write;
+    let mut child = etcdctl
+        .arg("txn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    check(child.wait_with_output().unwrap(), "etcdctl txn");
+}
+
 /// A running etcd member.
 pub struct Server {
     child: Child,
