@@ -118,10 +118,15 @@ impl<T: prost::Message + Default> Sink for StreamToRecords<'_, T> {
 
 /// Why the streamed read stopped when its spill in the scratch dir failed (`e`), and what to do.
 fn scratch_failed(scratch: &Path, e: &io::Error) -> String {
-    let fix = if e.kind() == io::ErrorKind::StorageFull {
-        "point --scratch (or TMPDIR) at a directory on a filesystem with more free space"
-    } else {
-        "point --scratch (or TMPDIR) at a directory cpr can create files in and read them back"
+    let fix = match e.kind() {
+        io::ErrorKind::StorageFull => {
+            "point --scratch (or TMPDIR) at a directory on a filesystem with more free space"
+        }
+        // A spill past what its 4-byte offsets address: no scratch dir takes it.
+        io::ErrorKind::FileTooLarge => {
+            "read the snapshot as a file instead: extract etcd/snapshot.db from the bundle file (age -d -i IDENTITY first if it is encrypted, then zstd -dc | tar -x etcd/snapshot.db)"
+        }
+        _ => "point --scratch (or TMPDIR) at a directory cpr can create files in and read them back",
     };
     format!(
         "the streamed read of its etcd snapshot spills past its memory budget into --scratch {}, which failed ({e}): {fix}. The spill files are unlinked: nothing is left there",
