@@ -89,9 +89,9 @@ pub(crate) fn checked_walk(
         match v.depth {
             0 => in_key_bucket = top_level_bucket(db, &v)?,
             1 if in_key_bucket => {
-                // All that etcd's status reads of the last key (a main revision); the readers of
-                // values check each key's whole shape (`keys::revision_of`), which a db etcd
-                // serves may not pass for every key, so verify and the restore do not.
+                // Only what etcd's status reads of the last key (its main revision): verify and
+                // the restore keep to etcd's own checks; the readers of values need, and check,
+                // each key's whole shape (`keys::revision_of`).
                 last_is_revision = v.key.len() >= REVISION_KEY_LEN;
                 if last_is_revision {
                     revision = main_revision(v.key);
