@@ -1050,10 +1050,10 @@ fn resealed(
     resealed
 }
 
-/// `verify` spools a bundle's snapshot, and `inspect --objects`, `get` and `diff` spill what their
-/// streamed read does not keep in memory, into unlinked files in --scratch, else TMPDIR: nothing is
-/// left there, and a --scratch too small for verify's spool (an 8 KiB tmpfs, in a mount namespace
-/// of its own) is refused before anything is written, naming it.
+/// `verify`, `inspect --objects`, `get` and `diff` spill what their streamed read of a bundle's
+/// snapshot does not keep in memory into unlinked files in --scratch, else TMPDIR: nothing is left
+/// there, and verify needs no room for the snapshot itself: an 8 KiB tmpfs (in a mount namespace of
+/// its own) does for this small one.
 fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path) {
     let tmp = work.join("tmp");
     std::fs::create_dir(&tmp).unwrap();
@@ -1089,13 +1089,10 @@ fn reading_a_bundle_leaves_no_temp_file(store: &Path, bundle: &str, work: &Path)
         .args([store.to_str().unwrap(), bundle])
         .output()
         .unwrap();
-    let text = common::stderr(&small);
-    assert!(!small.status.success(), "{text}");
+    assert!(small.status.success(), "{}", common::stderr(&small));
     assert!(
-        text.contains(
-            "free: point --scratch (or TMPDIR) at a directory on a larger filesystem. Nothing was written"
-        ) && !text.contains("corrupt"),
-        "{text}"
+        String::from_utf8_lossy(&small.stdout).contains(": OK"),
+        "{small:?}"
     );
 }
 

@@ -2,14 +2,14 @@
 //! arbitrary db files: an error or a status, never a panic, a hang or an allocation beyond the file.
 //! The restore's check through page skeletons must give the verdict of the walk over the pages,
 //! however the db was cut into chunks on its way; the streamed read of bucket `key`
-//! (`etcd::stream`, a bundle's snapshot) must give the revisions the read in place gives, or fail
-//! where it fails.
+//! (`etcd::stream`, a bundle's snapshot) must give the revisions the read in place gives, and the
+//! streamed status (`cpr verify`) the status in place, or fail where they fail.
 #![no_main]
 
 use cpr::etcd::bbolt::Db;
 use cpr::etcd::keys::{each_revision, Record};
 use cpr::etcd::skeleton::Skeletons;
-use cpr::etcd::status::checked_revision;
+use cpr::etcd::status::{checked_revision, streamed_status, Tally};
 use cpr::etcd::stream;
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::fs::FileExt;
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let handle = file.as_file();
         handle.set_len(0).expect("truncate");
         handle.write_all_at(data, 0).expect("write");
-        let _ = cpr::etcd::snapshot_status(file.path());
+        let status = cpr::etcd::snapshot_status(file.path()).ok();
         let Ok(db) = Db::open(handle, data.len() as u64) else {
             return;
         };
@@ -43,12 +43,20 @@ fuzz_target!(|data: &[u8]| {
         .map(|()| in_place);
         SCRATCH.with(|scratch| {
             let mut streamed = Vec::new();
+            let streamed_status = stream::record(
+                &mut &data[..],
+                data.len() as u64,
+                scratch.path(),
+                &mut Tally::of_leaf,
+            )
+            .ok()
+            .and_then(|recorded| streamed_status(&recorded).ok());
+            assert_eq!(streamed_status, status);
             let streamed = stream::record(
                 &mut &data[..],
                 data.len() as u64,
                 scratch.path(),
-                &|_| true,
-                &mut Record::from,
+                &mut stream::revisions(&|_| true, &mut Record::from),
             )
             .ok()
             .and_then(|recorded| {

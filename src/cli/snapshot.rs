@@ -6,11 +6,11 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::{open_bundle, KeyFlags};
-use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
 use crate::etcd;
 use crate::etcd::bbolt::{Corruption, Meta, ReadError, META_PAGE_PREFIX};
 use crate::etcd::keys::{Revision, Revisions};
-use crate::etcd::stream::{self, Recorded, Stopped};
+use crate::etcd::stream::{self, LeafRecords, Recorded, Stopped};
 use crate::ops::sealed::Opened;
 use crate::Error;
 
@@ -32,63 +32,97 @@ impl Revisions for Snapshot {
         map: &mut dyn FnMut(Revision) -> T,
         visit: &mut dyn FnMut(T),
     ) -> Result<(), Error> {
-        let (mut input, scratch) = match self {
+        let (input, scratch) = match self {
             Snapshot::InPlace(path) => return Ok(path.as_path().each(wanted, map, visit)?),
             Snapshot::Bundle { input, scratch } => (input, scratch),
         };
-        let name = input.name.clone();
-        let mut sink = StreamToRecords {
-            scratch: &scratch,
-            wanted,
-            map: &mut *map,
-            recorded: None,
-            damaged: None,
-            no_room: None,
-        };
-        let read = read_bundle(&mut input, &name, &mut sink);
-        let StreamToRecords {
-            recorded,
-            damaged,
-            no_room,
-            ..
-        } = sink;
-        if let Some(why) = no_room {
-            return Err(Error::Usage(format!("reading bundle {name}: {why}")));
-        }
-        let manifest = read?;
-        input.finish()?;
-        let snapshot = PathBuf::from(format!("{} in bundle {name}", manifest.snapshot.path));
-        let step = "reading snapshot";
-        if let Some(detail) = damaged {
-            return Err(etcd::Error::Corrupt {
-                path: snapshot,
-                detail,
-            }
-            .into());
-        }
-        let recorded = recorded.expect("a verified bundle has a snapshot");
-        let (skeletons, records) = recorded.spilled();
-        log::debug!(
-            "{}: streamed, {skeletons} bytes of page skeletons and {records} bytes of records spilled into {}",
-            snapshot.display(),
-            scratch.display()
-        );
-        recorded.replay(wanted, map, visit).map_err(|e| match e {
-            ReadError::Scratch(e) => Error::Usage(format!(
-                "reading bundle {name}: {}",
-                scratch_failed(&scratch, &e)
-            )),
-            e => etcd::Error::from_read(step, snapshot, e).into(),
-        })?;
-        Ok(())
+        let streamed = stream_bundle(input, &scratch, &mut stream::revisions(wanted, map))?;
+        streamed.finish(streamed.recorded.replay(wanted, map, visit))
     }
 }
 
+/// A bundle read and checked whole, its snapshot recorded as it streamed past.
+pub(crate) struct Streamed<T> {
+    pub name: String,
+    pub manifest: Manifest,
+    pub recorded: Recorded<T>,
+    scratch: PathBuf,
+}
+
+/// Reads bundle `input` whole, checking every digest, while its snapshot streams through
+/// `etcd::stream`, which records `leaf` of each leaf page and spills into `scratch`.
+pub(crate) fn stream_bundle<T: prost::Message + Default>(
+    mut input: Opened,
+    scratch: &Path,
+    leaf: &mut LeafRecords<'_, T>,
+) -> Result<Streamed<T>, Error> {
+    let name = input.name.clone();
+    let mut sink = StreamToRecords {
+        scratch,
+        leaf,
+        recorded: None,
+        damaged: None,
+        no_room: None,
+    };
+    let read = read_bundle(&mut input, &name, &mut sink);
+    let StreamToRecords {
+        recorded,
+        damaged,
+        no_room,
+        ..
+    } = sink;
+    if let Some(why) = no_room {
+        return Err(Error::Usage(format!("reading bundle {name}: {why}")));
+    }
+    let manifest = read?;
+    input.finish()?;
+    if let Some(detail) = damaged {
+        return Err(etcd::Error::Corrupt {
+            path: snapshot_in(&manifest, &name),
+            detail,
+        }
+        .into());
+    }
+    let recorded = recorded.expect("a verified bundle has a snapshot");
+    let (skeletons, records) = recorded.spilled();
+    log::debug!(
+        "{}: streamed, {skeletons} bytes of page skeletons and {records} bytes of records spilled into {}",
+        snapshot_in(&manifest, &name).display(),
+        scratch.display()
+    );
+    Ok(Streamed {
+        name,
+        manifest,
+        recorded,
+        scratch: scratch.to_path_buf(),
+    })
+}
+
+impl<T> Streamed<T> {
+    /// The outcome of the walk over the recorded snapshot: what is wrong names the snapshot in
+    /// its bundle, or the scratch dir whose spill failed.
+    pub fn finish<R>(&self, walked: Result<R, ReadError>) -> Result<R, Error> {
+        let name = &self.name;
+        walked.map_err(|e| match e {
+            ReadError::Scratch(e) => Error::Usage(format!(
+                "reading bundle {name}: {}",
+                scratch_failed(&self.scratch, &e)
+            )),
+            e => etcd::Error::from_read("reading snapshot", snapshot_in(&self.manifest, name), e)
+                .into(),
+        })
+    }
+}
+
+/// How errors name a bundle's snapshot.
+fn snapshot_in(manifest: &Manifest, bundle: &str) -> PathBuf {
+    PathBuf::from(format!("{} in bundle {bundle}", manifest.snapshot.path))
+}
+
 /// Hands the bundle's snapshot to `etcd::stream` as it passes; the files are checked and dropped.
-struct StreamToRecords<'a, T> {
+struct StreamToRecords<'a, 'l, T> {
     scratch: &'a Path,
-    wanted: &'a dyn Fn(&[u8]) -> bool,
-    map: &'a mut dyn FnMut(Revision) -> T,
+    leaf: &'a mut LeafRecords<'l, T>,
     recorded: Option<Recorded<T>>,
     /// No meta page is valid: said once the digests are checked, which a tampered bundle fails.
     damaged: Option<Corruption>,
@@ -96,13 +130,13 @@ struct StreamToRecords<'a, T> {
     no_room: Option<String>,
 }
 
-impl<T: prost::Message + Default> Sink for StreamToRecords<'_, T> {
+impl<T: prost::Message + Default> Sink for StreamToRecords<'_, '_, T> {
     fn file(&mut self, _: &FileEntry, data: &mut dyn Read) -> io::Result<()> {
         io::copy(data, &mut io::sink()).map(drop)
     }
 
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        match stream::record(data, entry.size, self.scratch, self.wanted, self.map) {
+        match stream::record(data, entry.size, self.scratch, self.leaf) {
             Ok(recorded) => self.recorded = Some(recorded),
             Err(Stopped::Read(e)) => return Err(e),
             Err(Stopped::Damaged(detail)) => self.damaged = Some(detail),

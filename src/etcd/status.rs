@@ -1,8 +1,11 @@
 //! `snapshot status`: the figures `etcdutl snapshot status` prints, from a full checked walk.
 
-use super::bbolt::{corrupt, Db, ReadError, Visit};
+use super::bbolt::{
+    bucket_root, corrupt, BucketRoot, Corruption, Db, Page, ReadError, Visit, FLAG_BUCKET,
+};
 use super::keys::REVISION_KEY_LEN;
 use super::skeleton::Skeletons;
+use super::stream::Recorded;
 use super::Error;
 use std::fs::File;
 use std::path::Path;
@@ -35,37 +38,150 @@ pub fn snapshot_status(path: &Path) -> Result<Status, Error> {
 
 /// The status of an open db, from a walk over every page.
 pub(crate) fn status_of(db: &Db<'_>) -> Result<Status, ReadError> {
-    let mut hash = 0u32;
-    let mut revision = 0i64;
-    let mut total_key = 0u64;
-    let mut in_key_bucket = false;
+    let mut status = StatusWalk::default();
     db.walk(None, &mut |v| {
         match v.depth {
-            0 => {
-                in_key_bucket = top_level_bucket(db, &v)?;
-                hash = crc32c::crc32c_append(hash, v.key);
-            }
-            1 => {
-                // Go's bucket ForEach yields a nil value for a nested bucket.
-                hash = crc32c::crc32c_append(hash, v.key);
-                if !v.bucket {
-                    hash = crc32c::crc32c_append(hash, v.value);
-                }
-                if in_key_bucket && v.key.len() >= 8 {
-                    revision = main_revision(v.key);
-                }
-                total_key += 1;
-            }
+            0 => status.bucket(db, &v)?,
+            1 => status.total.element(v.key, v.value, v.bucket),
             _ => {}
         }
         Ok(())
     })?;
-    Ok(Status {
-        hash,
-        revision,
-        total_key,
-        total_size: db.meta.hwm * db.page_size as u64,
+    Ok(status.finish(db))
+}
+
+/// The status of a snapshot that streamed past (`etcd::stream`) with a [`Tally`] recorded of each
+/// leaf page ([`Tally::of_leaf`]): what [`status_of`] gives of the same db, from a walk over its
+/// skeletons that adds each live leaf's tally where the walk over pages would hash its elements.
+pub fn streamed_status(recorded: &Recorded<Tally>) -> Result<Status, ReadError> {
+    recorded.walk(|db, skeletons, leaves| {
+        let mut status = StatusWalk::default();
+        let mut inline = false;
+        db.walk(Some(skeletons), &mut |v| {
+            match v.depth {
+                0 => {
+                    status.bucket(db, &v)?;
+                    inline = matches!(bucket_root(v.page, v.value)?.0, BucketRoot::Inline(_));
+                }
+                // An inline bucket's elements are met whole, in its holder's skeleton.
+                1 if inline => status.total.element(v.key, v.value, v.bucket),
+                1 => leaves.replay(v.page, &mut |page| status.total.then(&page))?,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(status.finish(db))
     })
+}
+
+/// A run of elements of one bucket, as the status counts them: their part of the hash (CRC-32C
+/// from 0 over each key, and each value that is not a nested bucket's), its length, how many,
+/// and the main revision of the last key long enough to carry one. A streamed snapshot keeps one
+/// per leaf page instead of the page.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Tally {
+    #[prost(fixed32, tag = "1")]
+    hash: u32,
+    #[prost(uint64, tag = "2")]
+    len: u64,
+    #[prost(uint64, tag = "3")]
+    keys: u64,
+    #[prost(int64, optional, tag = "4")]
+    revision: Option<i64>,
+}
+
+impl Tally {
+    /// Hands `out` the tally of every element of leaf `page` (what `etcd::stream` records of a
+    /// leaf for [`streamed_status`]); the first element that does not parse.
+    pub fn of_leaf(page: &Page<'_>, out: &mut dyn FnMut(Tally)) -> Result<(), Corruption> {
+        let mut tally = Tally::default();
+        for i in 0..page.count {
+            let e = page.leaf(i)?;
+            tally.element(e.key, e.value, e.flags & FLAG_BUCKET != 0);
+        }
+        out(tally);
+        Ok(())
+    }
+
+    fn element(&mut self, key: &[u8], value: &[u8], bucket: bool) {
+        self.bytes(key);
+        // Go's bucket ForEach yields a nil value for a nested bucket.
+        if !bucket {
+            self.bytes(value);
+        }
+        self.keys += 1;
+        if key.len() >= 8 {
+            self.revision = Some(main_revision(key));
+        }
+    }
+
+    fn bytes(&mut self, data: &[u8]) {
+        self.hash = crc32c::crc32c_append(self.hash, data);
+        self.len += data.len() as u64;
+    }
+
+    /// Adds the run `next` tallies, which follows this one.
+    fn then(&mut self, next: &Tally) {
+        self.hash = crc32c_combine(self.hash, next.hash, next.len);
+        self.len += next.len;
+        self.keys += next.keys;
+        if next.revision.is_some() {
+            self.revision = next.revision;
+        }
+    }
+}
+
+/// The status as a walk meets the db: `total` tallies all the hash (top-level bucket names
+/// included) and the revision of the open top-level bucket's keys.
+#[derive(Default)]
+struct StatusWalk {
+    total: Tally,
+    in_key_bucket: bool,
+    revision: i64,
+}
+
+impl StatusWalk {
+    /// Opens the top-level bucket named at `v`.
+    fn bucket(&mut self, db: &Db<'_>, v: &Visit<'_>) -> Result<(), ReadError> {
+        self.close_bucket();
+        self.in_key_bucket = top_level_bucket(db, v)?;
+        self.total.bytes(v.key);
+        Ok(())
+    }
+
+    fn close_bucket(&mut self) {
+        if self.in_key_bucket {
+            self.revision = self.total.revision.unwrap_or(0);
+        }
+        self.total.revision = None;
+    }
+
+    fn finish(mut self, db: &Db<'_>) -> Status {
+        self.close_bucket();
+        Status {
+            hash: self.total.hash,
+            revision: self.revision,
+            total_key: self.total.keys,
+            total_size: db.meta.hwm * db.page_size as u64,
+        }
+    }
+}
+
+/// The CRC-32C of A then B from `crc1` of A, `crc2` of B and B's length: `crc1` carried past as
+/// many zero bytes (the register without its inversions, CRC-32C being linear), then `crc2`
+/// added. What `crc32c::crc32c_combine` computes, through the CPU's CRC instruction: the crate's is
+/// zlib's, which squares 32×32 bit matrices anew at each call, 12 µs for a 4 KiB page (3.2 s for
+/// the 260,000 leaves of a 1 GiB db of small objects) against 0.3 µs here.
+fn crc32c_combine(crc1: u32, crc2: u32, len2: u64) -> u32 {
+    const ZEROS: [u8; 4096] = [0; 4096];
+    let mut register = crc1;
+    let mut left = len2;
+    while left > 0 {
+        let n = left.min(ZEROS.len() as u64) as usize;
+        register = !crc32c::crc32c_append(!register, &ZEROS[..n]);
+        left -= n as u64;
+    }
+    register ^ crc2
 }
 
 /// The consistency check a restore runs before patching: the whole tree, checked as for
@@ -161,6 +277,18 @@ fn human_bytes(n: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn combined_crcs_are_the_crc_of_the_whole() {
+        let whole: Vec<u8> = (0..20_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        for (at, end) in [(0, 0), (0, 100), (3, 3), (1000, 5096), (7, 20_000)] {
+            let (a, b) = (&whole[..at], &whole[at..end]);
+            let (crc1, crc2) = (crc32c::crc32c(a), crc32c::crc32c(b));
+            let combined = super::crc32c_combine(crc1, crc2, b.len() as u64);
+            assert_eq!(combined, crc32c::crc32c(&whole[..end]), "{at}..{end}");
+            assert_eq!(combined, crc32c::crc32c_combine(crc1, crc2, b.len()));
+        }
+    }
+
     #[test]
     fn human_bytes_like_go_humanize() {
         assert_eq!(super::human_bytes(20480), "20 kB");

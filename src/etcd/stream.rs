@@ -78,17 +78,41 @@ pub struct Recorded<T> {
 const RECORDS: u8 = 0;
 const PROBLEM: u8 = 1;
 
+/// What is recorded of a leaf page (read as a page of whatever bucket the walk finds it in): its
+/// records, handed out in order; the first problem with them.
+pub type LeafRecords<'a, T> =
+    dyn FnMut(&Page<'_>, &mut dyn FnMut(T)) -> Result<(), Corruption> + 'a;
+
 /// Records the snapshot of `size` bytes (sha256 trailer included) that `data` streams, spilling
-/// past the memory budget into unlinked files in `scratch`; `map` makes a record of each revision
-/// whose etcd key `wanted` accepts. Reads the db's pages, not the trailer after them.
+/// past the memory budget into unlinked files in `scratch`; `leaf` makes the records of each leaf
+/// page ([`revisions`] for the inventory). Reads the db's pages, not the trailer after them.
 pub fn record<T: prost::Message + Default>(
     data: &mut dyn Read,
     size: u64,
     scratch: &Path,
-    wanted: &dyn Fn(&[u8]) -> bool,
-    map: &mut dyn FnMut(Revision) -> T,
+    leaf: &mut LeafRecords<'_, T>,
 ) -> Result<Recorded<T>, Stopped> {
-    record_within(MEMORY_BUDGET, data, size, scratch, wanted, map)
+    record_within(MEMORY_BUDGET, data, size, scratch, leaf)
+}
+
+/// The records of a leaf page read as one of bucket `key`: `map` of each revision whose etcd key
+/// `wanted` accepts.
+pub fn revisions<'a, T>(
+    wanted: &'a dyn Fn(&[u8]) -> bool,
+    map: &'a mut dyn FnMut(Revision) -> T,
+) -> impl FnMut(&Page<'_>, &mut dyn FnMut(T)) -> Result<(), Corruption> + 'a {
+    move |page, out| {
+        for i in 0..page.count {
+            let e = page.leaf(i)?;
+            if e.flags & FLAG_BUCKET != 0 {
+                continue;
+            }
+            if let Some(revision) = revision_of(page.id, e.key, e.value, wanted)? {
+                out(map(revision));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// [`record`] with `budget` bytes of memory for skeletons and records each.
@@ -97,8 +121,7 @@ fn record_within<T: prost::Message + Default>(
     data: &mut dyn Read,
     size: u64,
     scratch: &Path,
-    wanted: &dyn Fn(&[u8]) -> bool,
-    map: &mut dyn FnMut(Revision) -> T,
+    leaf: &mut LeafRecords<'_, T>,
 ) -> Result<Recorded<T>, Stopped> {
     let mut window = Window {
         reader: data,
@@ -177,7 +200,7 @@ fn record_within<T: prost::Message + Default>(
                 }),
             ));
         }
-        provisional_records(id, bytes, wanted, map, &mut block);
+        provisional_records(id, bytes, leaf, &mut block);
         if block.len() > 1 {
             let at = recorded.records.push(&block).map_err(Stopped::Scratch)?;
             let slot = u32::try_from(at + 1).map_err(|_| {
@@ -200,15 +223,14 @@ fn record_within<T: prost::Message + Default>(
     Ok(recorded)
 }
 
-/// The block of leaf page `id` (`bytes`, overflow included): the records of its elements read as
-/// revisions of bucket `key`, or the first problem with them (a page of another bucket, or a stale
-/// one, has problems that count only if the walk finds it live in bucket `key`). Empty for a page
-/// that is no leaf (its skeleton's checks report what is wrong with a page that fails to parse).
+/// The block of leaf page `id` (`bytes`, overflow included): the records `leaf` makes of it, or
+/// the first problem with them (a page of another bucket, or a stale one, has problems that count
+/// only if the walk finds it live where they matter). Empty for a page that is no leaf (its
+/// skeleton's checks report what is wrong with a page that fails to parse).
 fn provisional_records<T: prost::Message>(
     id: u64,
     bytes: &[u8],
-    wanted: &dyn Fn(&[u8]) -> bool,
-    map: &mut dyn FnMut(Revision) -> T,
+    leaf: &mut LeafRecords<'_, T>,
     block: &mut Vec<u8>,
 ) {
     block.clear();
@@ -219,32 +241,16 @@ fn provisional_records<T: prost::Message>(
         return;
     }
     block.push(RECORDS);
-    if let Err(problem) = leaf_records(&page, wanted, map, block) {
+    let made = leaf(&page, &mut |record| {
+        record
+            .encode_length_delimited(block)
+            .expect("a Vec grows as needed")
+    });
+    if let Err(problem) = made {
         block.clear();
         block.push(PROBLEM);
         block.extend_from_slice(problem.problem.as_bytes());
     }
-}
-
-/// Appends the records of the revisions on leaf `page` to `block`; the first problem with them.
-fn leaf_records<T: prost::Message>(
-    page: &Page<'_>,
-    wanted: &dyn Fn(&[u8]) -> bool,
-    map: &mut dyn FnMut(Revision) -> T,
-    block: &mut Vec<u8>,
-) -> Result<(), Corruption> {
-    for i in 0..page.count {
-        let e = page.leaf(i)?;
-        if e.flags & FLAG_BUCKET != 0 {
-            continue;
-        }
-        if let Some(revision) = revision_of(page.id, e.key, e.value, wanted)? {
-            map(revision)
-                .encode_length_delimited(block)
-                .expect("a Vec grows as needed");
-        }
-    }
-    Ok(())
 }
 
 impl<T: prost::Message + Default> Recorded<T> {
@@ -267,11 +273,38 @@ impl<T: prost::Message + Default> Recorded<T> {
     /// (`wanted` and `map` as for [`record`], for a bucket `key` inline in the root bucket's leaf,
     /// whose revisions the walk meets whole).
     pub fn replay(
-        self,
+        &self,
         wanted: &dyn Fn(&[u8]) -> bool,
         map: &mut dyn FnMut(Revision) -> T,
         visit: &mut dyn FnMut(T),
     ) -> Result<(), ReadError> {
+        self.walk(|db, skeletons, leaves| {
+            let mut inline = false;
+            checked_walk(db, Some(skeletons), &mut |v| {
+                if v.depth == 0 {
+                    inline = matches!(bucket_root(v.page, v.value)?.0, BucketRoot::Inline(_));
+                } else if v.depth == 1 && !v.bucket {
+                    if inline {
+                        if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
+                            visit(map(revision));
+                        }
+                    } else {
+                        leaves.replay(v.page, visit)?;
+                    }
+                }
+                Ok(())
+            })
+            .map(drop)
+        })
+    }
+
+    /// Hands `walk` the db from the meta page bbolt would pick, its skeletons, and the records
+    /// of its leaf pages, for a walk over the skeletons that replays the records of each live leaf
+    /// it meets.
+    pub fn walk<R>(
+        &self,
+        walk: impl FnOnce(&Db<'_>, &Skeletons, &mut Leaves<'_, T>) -> Result<R, ReadError>,
+    ) -> Result<R, ReadError> {
         let reasons = &self.reasons;
         let missing = |id: u64| {
             reasons.get(&id).cloned().unwrap_or_else(|| {
@@ -287,26 +320,12 @@ impl<T: prost::Message + Default> Recorded<T> {
             })
         };
         let db = Db::streamed(self.meta, &missing);
-        let mut inline = false;
-        let mut replayed = None;
-        let mut block = Vec::new();
-        checked_walk(&db, Some(&self.skeletons), &mut |v| {
-            if v.depth == 0 {
-                inline = matches!(bucket_root(v.page, v.value)?.0, BucketRoot::Inline(_));
-            } else if v.depth == 1 && !v.bucket {
-                if inline {
-                    if let Some(revision) = revision_of(v.page, v.key, v.value, wanted)? {
-                        visit(map(revision));
-                    }
-                } else if replayed != Some(v.page) {
-                    // A leaf's elements are visited together: its records go out at the first.
-                    replayed = Some(v.page);
-                    self.replay_leaf(v.page, &mut block, visit)?;
-                }
-            }
-            Ok(())
-        })?;
-        Ok(())
+        let mut leaves = Leaves {
+            recorded: self,
+            replayed: None,
+            block: Vec::new(),
+        };
+        walk(&db, &self.skeletons, &mut leaves)
     }
 
     /// Hands `visit` the records of live leaf page `id` (`block`: room to read them into).
@@ -340,6 +359,27 @@ impl<T: prost::Message + Default> Recorded<T> {
             visit(record);
         }
         Ok(())
+    }
+}
+
+/// The records of the leaf pages of a walk (see [`Recorded::walk`]).
+pub struct Leaves<'r, T> {
+    recorded: &'r Recorded<T>,
+    /// The leaf whose records went out last.
+    replayed: Option<u64>,
+    /// Room to read a block into.
+    block: Vec<u8>,
+}
+
+impl<T: prost::Message + Default> Leaves<'_, T> {
+    /// Hands `visit` the records of live leaf page `id` at the walk's first visit of one of its
+    /// elements; nothing at the others (a leaf's elements are visited together).
+    pub fn replay(&mut self, id: u64, visit: &mut dyn FnMut(T)) -> Result<(), ReadError> {
+        if self.replayed == Some(id) {
+            return Ok(());
+        }
+        self.replayed = Some(id);
+        self.recorded.replay_leaf(id, &mut self.block, visit)
     }
 }
 
@@ -472,6 +512,8 @@ mod tests {
     use super::*;
     use crate::etcd::keys::{each_revision, Record};
     use crate::etcd::patch::{encode, Elem};
+    use crate::etcd::snapshot_status;
+    use crate::etcd::status::{streamed_status, Status, Tally};
 
     const SEED: &[u8] = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4");
 
@@ -494,8 +536,7 @@ mod tests {
             &mut Trickle(db),
             db.len() as u64,
             scratch,
-            &everything,
-            &mut Record::from,
+            &mut revisions(&everything, &mut Record::from),
         )
         .map_err(|e| format!("{e:?}"))?;
         let mut out = Vec::new();
@@ -517,6 +558,46 @@ mod tests {
             other => other.to_string(),
         })?;
         Ok(out)
+    }
+
+    /// `etcdutl snapshot status` of `db` streamed (`cpr verify`): none where it fails.
+    fn streamed_status_of(budget: usize, db: &[u8], scratch: &Path) -> Option<Status> {
+        let recorded = record_within(
+            budget,
+            &mut Trickle(db),
+            db.len() as u64,
+            scratch,
+            &mut Tally::of_leaf,
+        )
+        .ok()?;
+        streamed_status(&recorded).ok()
+    }
+
+    /// `etcdutl snapshot status` of `db` read in place: none where it fails.
+    fn status_in_place(db: &[u8], dir: &Path) -> Option<Status> {
+        let path = dir.join("db");
+        std::fs::write(&path, db).unwrap();
+        snapshot_status(&path).ok()
+    }
+
+    #[test]
+    fn a_streamed_status_is_the_status_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/bbolt");
+        let mut dbs: Vec<_> = std::fs::read_dir(&corpus)
+            .unwrap()
+            .map(|f| std::fs::read(f.unwrap().path()).unwrap())
+            .collect();
+        dbs.extend([branched_db(4096), branched_db(16384)]);
+        let mut statuses = 0;
+        for db in &dbs {
+            let want = status_in_place(db, dir.path());
+            for budget in [MEMORY_BUDGET, 0] {
+                assert_eq!(streamed_status_of(budget, db, dir.path()), want);
+            }
+            statuses += usize::from(want.is_some());
+        }
+        assert!(statuses >= 3, "{statuses} dbs have a status");
     }
 
     #[test]
@@ -671,8 +752,7 @@ mod tests {
             &mut Trickle(SEED),
             SEED.len() as u64,
             &gone,
-            &|_| true,
-            &mut Record::from,
+            &mut revisions(&|_| true, &mut Record::from),
         );
         assert!(
             matches!(&stopped, Err(Stopped::Scratch(e)) if e.kind() == io::ErrorKind::NotFound),
@@ -735,8 +815,7 @@ mod tests {
             &mut Trickle(&db),
             db.len() as u64,
             dir.path(),
-            &|_| true,
-            &mut Record::from,
+            &mut revisions(&|_| true, &mut Record::from),
         )
         .map_err(|e| format!("{e:?}"))
         .unwrap();
@@ -793,6 +872,11 @@ mod tests {
                     streamed(MEMORY_BUDGET, &db, dir.path()),
                     want,
                     "page {id}, byte {at}"
+                );
+                assert_eq!(
+                    streamed_status_of(MEMORY_BUDGET, &db, dir.path()),
+                    status_in_place(&db, dir.path()),
+                    "status, page {id}, byte {at}"
                 );
                 refused += usize::from(want.is_err());
             }
