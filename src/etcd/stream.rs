@@ -1,17 +1,20 @@
-//! The revisions of bucket `key` of a snapshot that streams past once (out of a bundle), with no
-//! copy of it on disk.
+//! The revisions of bucket `key` of a snapshot that streams past once (out of a bundle), or its
+//! status (`cpr verify`), with no copy of it on disk.
 //!
 //! One pass cannot read a bbolt db: pages arrive in file order, a leaf can come before the branch
 //! that points to it, freed pages keep stale leaves (revisions compacted or deleted since), and
 //! bucket `key`'s root is only known from the root bucket's leaf. So as the db streams past, each
 //! page's skeleton is recorded (`Skeletons`: what the restore's consistency walk needs of it), and
-//! each leaf page is decoded provisionally as a leaf of bucket `key`: every revision goes through
-//! the caller's `map` into a compact record (the inventory keeps a little metadata, never the
-//! value), kept per page in a memory budget and past it in an unlinked spill file. After the last
-//! page, the meta page is picked as bbolt picks it, the skeletons are walked from the root with the
-//! restore's checks, and only the records of the live leaves of bucket `key` are replayed, in key
-//! order: what `keys::each_revision` gives of the same db as a file. A damaged page is refused by
-//! the walk, naming the page, as it is when the db is read in place.
+//! each leaf page is decoded provisionally into compact records, kept per page in a memory budget
+//! and past it in an unlinked spill file: read as a leaf of bucket `key`, every revision goes
+//! through the caller's `map` into one ([`revisions`]: the inventory keeps a little metadata, never
+//! the value); for the status, the page's tally (`status::Tally`). After the last page, the meta
+//! page is picked as bbolt picks it, the skeletons are walked from the root with the restore's
+//! checks, and only the records of the live leaves are replayed, in key order, each at the walk's
+//! first visit of its page: for [`Recorded::replay`], those of bucket `key`, what
+//! `keys::each_revision` gives of the same db as a file; for `status::streamed_status`, those of
+//! every top-level bucket, what `status_of` hashes of it. A damaged page is refused by the walk,
+//! naming the page, as it is when the db is read in place.
 //!
 //! Recording decodes bytes not yet known to be the ones backed up: a bundle's digests are checked
 //! at the end of its stream (a signature, with a verify key, before any of it is read), so pages,
@@ -270,7 +273,7 @@ impl<T: prost::Message + Default> Recorded<T> {
 
     /// Walks the db from the meta page bbolt would pick, with the restore's checks over the
     /// skeletons, and hands `visit` the records of the live revisions of bucket `key`, in order
-    /// (`wanted` and `map` as for [`record`], for a bucket `key` inline in the root bucket's leaf,
+    /// (`wanted` and `map` as for [`revisions`], for a bucket `key` inline in the root bucket's leaf,
     /// whose revisions the walk meets whole).
     pub fn replay(
         &self,
