@@ -44,7 +44,7 @@ fn address(node: usize) -> String {
 /// The source cluster's nodes, backed up and gone.
 struct Lost {
     /// The nodes' roots and the store holding their bundles.
-    dir: tempfile::TempDir,
+    dir: std::path::PathBuf,
     /// Each node's bundle, one snapshot each of the same cluster, in one directory store.
     bundles: Vec<Source>,
 }
@@ -52,14 +52,7 @@ struct Lost {
 impl Lost {
     /// A file of node `n`'s own PKI as it was backed up.
     fn pki(&self, n: usize, file: &str) -> Vec<u8> {
-        std::fs::read(
-            self.dir
-                .path()
-                .join(name(n))
-                .join("etc/kubernetes/pki")
-                .join(file),
-        )
-        .unwrap()
+        std::fs::read(self.dir.join(name(n)).join("etc/kubernetes/pki").join(file)).unwrap()
     }
 }
 
@@ -73,8 +66,8 @@ fn lost() -> &'static Lost {
 /// namespace with its address on one bridge; seeds it; backs each node up with `cpr backup` of its own
 /// member; and stops them all, as the loss of every control-plane machine would.
 fn back_up_a_three_member_cluster() -> Lost {
-    let temp = tempfile::tempdir().unwrap();
-    let dir = temp.path();
+    let temp = common::run_dir("boot-ha-cluster");
+    let dir = temp.as_path();
     let store = dir.join("store");
     let hub = NetNs::hub();
     let nss: Vec<NetNs> = (0..NODES).map(|_| NetNs::new()).collect();

@@ -177,7 +177,7 @@ fn unreachable_store_powers_off_and_leaves_the_disk_alone() {
 #[test]
 fn corrupt_bundle_is_refused_and_the_machine_reboots() {
     let f = fixture();
-    let corrupt = f.dir.path().join("corrupt-store");
+    let corrupt = f.dir.join("corrupt-store");
     let copy = corrupt.join(&f.small.bundle);
     std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
     let mut bytes = std::fs::read(f.small.store.join(&f.small.bundle)).unwrap();

@@ -30,7 +30,6 @@ fn fixture(name: &str) -> String {
 /// `/registry` a customised kubeadm cluster, `/bare` one without kube-proxy and CoreDNS, `/enc`
 /// one whose ConfigMaps and Nodes are encrypted at rest, `/bad` one with a value that is no object.
 struct Snapshot {
-    _tmp: TempDir,
     path: PathBuf,
     bundle: PathBuf,
 }
@@ -42,8 +41,8 @@ fn snapshot() -> &'static Snapshot {
 }
 
 fn build_snapshot() -> Snapshot {
-    let tmp = TempDir::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let mut server = Server::start(&Spec::single(&v35(), &tmp.path().join("data")));
+    let tmp = common::run_dir("carryover-snapshot");
+    let mut server = Server::start(&Spec::single(&v35(), &tmp.join("data")));
     server.wait_healthy();
     let config_map = |prefix: &str, name: &str, pairs: &[&str]| {
         let key = format!("{prefix}/configmaps/kube-system/{name}");
@@ -68,7 +67,7 @@ fn build_snapshot() -> Snapshot {
 
     // /registry: history first (kubeadm's default kube-proxy config, older kubelet-config-1.X,
     // an untainted node), then the current objects.
-    let default_proxy = tmp.path().join("default-proxy.conf");
+    let default_proxy = tmp.join("default-proxy.conf");
     std::fs::write(
         &default_proxy,
         "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: \"\"\n",
@@ -145,20 +144,16 @@ fn build_snapshot() -> Snapshot {
         b"\x00\x01garbage",
     );
 
-    let path = tmp.path().join("snapshot.db");
+    let path = tmp.join("snapshot.db");
     server.ctl_ok(&["snapshot", "save", path.to_str().unwrap()]);
-    let bundle = tmp.path().join("bundle");
+    let bundle = tmp.join("bundle");
     std::fs::create_dir_all(bundle.join("var/lib/kubelet")).unwrap();
     std::fs::copy(
         fixtures().join("component-configs/kubeadm-flags.env"),
         bundle.join("var/lib/kubelet/kubeadm-flags.env"),
     )
     .unwrap();
-    Snapshot {
-        _tmp: tmp,
-        path,
-        bundle,
-    }
+    Snapshot { path, bundle }
 }
 
 fn taint(key: &str, value: &str, effect: &str, added: Option<&str>) -> Taint {

@@ -25,10 +25,7 @@ struct Source {
 fn source() -> &'static Source {
     static SOURCE: OnceLock<Source> = OnceLock::new();
     SOURCE.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("etcd-source-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = common::run_dir("etcd-source");
         let tools = v35();
         let mut spec = Spec::single(&tools, &dir.join("data"));
         spec.extra = [

@@ -517,7 +517,7 @@ fn node_disk(dir: &Path) -> PathBuf {
     let tree = dir.join("node");
     run(Command::new("cp")
         .arg("-a")
-        .arg(fixture().dir.path().join("node"))
+        .arg(fixture().dir.join("node"))
         .arg(&tree));
     let restored = restore_on_the_host(&fixture().small);
     std::fs::remove_dir_all(tree.join("var/lib/etcd")).ok();

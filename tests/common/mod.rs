@@ -66,6 +66,29 @@ pub fn etcdutl() -> PathBuf {
     etcd35_dir().join("etcdutl")
 }
 
+/// A directory for what a test binary builds once and keeps in a `static` for all its tests.
+/// Statics are never dropped, so a `TempDir` there outlives the run; instead the directory is
+/// `target/tmp/NAME-PID`, and the ones left by earlier runs (whose process is gone, however it
+/// ended) are removed when the next run makes its own.
+pub fn run_dir(name: &str) -> PathBuf {
+    let parent = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prefix = format!("{name}-");
+    for entry in std::fs::read_dir(parent).unwrap().flatten() {
+        let file_name = entry.file_name();
+        let pid = file_name.to_str().and_then(|n| n.strip_prefix(&prefix));
+        let gone = pid.is_some_and(|pid| {
+            pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists()
+        });
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let dir = parent.join(format!("{prefix}{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }

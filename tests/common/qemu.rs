@@ -36,7 +36,7 @@ static BOOTS: Mutex<()> = Mutex::new(());
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
 pub struct Fixture {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     /// The node's bundle as its etcd was seeded, and again after ETCD_FILL_MB more, each in a
@@ -83,7 +83,7 @@ pub fn release_cpr() -> PathBuf {
 
 /// The recovery image and the blank target disk every boot starts from, built once.
 pub struct Image {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
     /// The replacement machine's disk before recovery: a busybox "normal OS" with etcd installed.
@@ -93,26 +93,26 @@ pub struct Image {
 impl Image {
     /// The key that signs bundles; the image carries its public half as /etc/cpr/minisign.pub.
     pub fn sign_key(&self) -> PathBuf {
-        self.dir.path().join("keys/minisign.key")
+        self.dir.join("keys/minisign.key")
     }
 }
 
 pub fn image() -> &'static Image {
     static IMAGE: OnceLock<Image> = OnceLock::new();
     IMAGE.get_or_init(|| {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = run_dir("boot-image");
         // Bundles are signed, and the image carries the verify key as /etc/cpr/minisign.pub (boots
         // that name it with cpr.verify_key= check the signature).
-        let keys = dir.path().join("keys");
+        let keys = dir.join("keys");
         ok(&cpr(&["keygen", "--out", keys.to_str().unwrap()]));
-        let initramfs = dir.path().join("initramfs.img");
+        let initramfs = dir.join("initramfs.img");
         let kernel = run(Command::new(repo().join("image/build-initramfs"))
             .arg(release_cpr())
             .arg(&initramfs)
             .arg("--verify-key")
             .arg(keys.join("minisign.pub")));
         let kernel = PathBuf::from(kernel.trim());
-        let disk = dir.path().join("disk.img");
+        let disk = dir.join("disk.img");
         make_disk(&disk);
         Image {
             dir,
@@ -126,8 +126,8 @@ pub fn image() -> &'static Image {
 pub fn fixture() -> &'static Fixture {
     FIXTURE.get_or_init(|| {
         let image = image();
-        let dir = tempfile::tempdir().unwrap();
-        let (small, large) = make_bundles(dir.path(), &image.sign_key());
+        let dir = run_dir("boot-fixture");
+        let (small, large) = make_bundles(&dir, &image.sign_key());
         Fixture {
             dir,
             kernel: image.kernel.clone(),
