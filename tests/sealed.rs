@@ -340,6 +340,9 @@ fn refusals_leave_the_root_unchanged_and_latest_falls_back_past_a_bad_signature(
         assert_eq!(out.status.code(), Some(4), "{what}: {}", stderr(&out));
     }
 
+    put_back();
+    signature_checked_at_the_end_of_the_stream(&url, &keys, (&older, &newer));
+
     // "latest": a newest bundle that fails its signature is skipped for the older, good one.
     put_back();
     let mut bytes = pristine.0.clone();
@@ -360,6 +363,67 @@ fn refusals_leave_the_root_unchanged_and_latest_falls_back_past_a_bad_signature(
         skipped.contains(&newer) && skipped.contains("signature"),
         "{skipped}"
     );
+}
+
+/// `cpr ARGS --scratch DIR` with DIR on an 8 KiB tmpfs (in a mount namespace of its own).
+fn in_small_scratch(args: &[String]) -> Output {
+    let scratch = tempfile::tempdir().unwrap();
+    Command::new("unshare")
+        .args(["--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=8k cpr-test "$1" && shift && exec "$@" --scratch "$0""#)
+        .arg(scratch.path())
+        .arg(scratch.path())
+        .arg(cpr_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// inspect --objects and verify of a signed bundle in the store stream it, the signature checked
+/// when the stream ends: with --scratch far smaller than the bundle they print what they print
+/// without the verify key; the bytes of the other bundle under the name of `bundles`' larger one
+/// (its signature and index entry kept) are refused for their signature, exit 4, nothing printed.
+fn signature_checked_at_the_end_of_the_stream(store: &str, keys: &Keys, bundles: (&str, &str)) {
+    let object = |name: &str| Path::new(store).join(name);
+    let size = |name: &str| fs::metadata(object(name)).unwrap().len();
+    let (smaller, larger) = if size(bundles.0) <= size(bundles.1) {
+        bundles
+    } else {
+        (bundles.1, bundles.0)
+    };
+    assert!(size(smaller) > 8 << 10, "the bundle outgrows the scratch");
+    let commands = |name: &str| {
+        [
+            &["inspect", "--objects", "--output", "json"][..],
+            &["verify"],
+        ]
+        .map(|command| {
+            let mut args: Vec<String> = command.iter().map(|w| w.to_string()).collect();
+            args.extend(["--store".into(), store.into(), name.into()]);
+            args
+        })
+    };
+    let identity = keys.path("age.key");
+    for command in commands(larger) {
+        let unsigned = ok(&cpr(&with(&command, &["--identity", &identity])));
+        let signed = in_small_scratch(&[command.clone(), keys.restore_args()].concat());
+        assert_eq!(ok(&signed), unsigned, "{command:?}");
+        assert!(stderr(&signed).contains("signature by key"), "{command:?}");
+    }
+    let pristine = fs::read(object(larger)).unwrap();
+    fs::copy(object(smaller), object(larger)).unwrap();
+    for command in commands(larger) {
+        let out = in_small_scratch(&[command.clone(), keys.restore_args()].concat());
+        let text = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "{command:?}: {text}");
+        assert!(
+            text.contains(&format!("bundle {larger}: signature refused"))
+                && text.contains("does not match the bundle's bytes"),
+            "{command:?}: {text}"
+        );
+        assert!(out.stdout.is_empty(), "{command:?}: {out:?}");
+    }
+    fs::write(object(larger), pristine).unwrap();
 }
 
 #[test]

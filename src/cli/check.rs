@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use super::{load_config, open_bundle, open_store, scratch_dir, KeyFlags, Output};
 use crate::ops::check::{check_bundle, check_node, CheckReport};
+use crate::ops::sealed::SignatureCheck;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -57,6 +58,7 @@ pub fn run(cmd: CheckCmd) -> Result<(), Error> {
                     identity: cmd.identity,
                     verify_key: cmd.verify_key,
                 },
+                SignatureCheck::BeforeReading,
                 scratch.path(),
             )?;
             let name = input.name.clone();

@@ -10,6 +10,7 @@ use super::snapshot::snapshot_of;
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::bundle::{read_manifest, Manifest};
 use crate::ops::inventory::{self, Inventory};
+use crate::ops::sealed::SignatureCheck;
 use crate::store::human_bytes;
 use crate::Error;
 
@@ -79,6 +80,7 @@ pub fn run(cmd: InspectCmd) -> Result<(), Error> {
             identity: cmd.identity,
             verify_key: cmd.verify_key,
         },
+        SignatureCheck::BeforeReading,
         scratch.path(),
     )?;
     let name = input.name.clone();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::{self, ConfigFile};
 use crate::node::layout;
-use crate::ops::sealed::{self, OpenKeys, Opened, Source};
+use crate::ops::sealed::{self, OpenKeys, Opened, SignatureCheck, Source};
 use crate::store::{self, Store};
 use crate::Error;
 
@@ -188,23 +188,27 @@ pub struct KeyFlags {
 }
 
 /// A bundle given on the command line: a local file, or a name (or "latest") in the store, opened
-/// with its signature checked (when a verify key is set) and decrypted; `scratch` is a private
-/// directory for the download a signature check needs.
+/// with its signature checked (when a verify key is set) when `signature` says, and decrypted;
+/// `scratch` is a private directory for the download a signature check before reading needs.
 pub fn open_bundle(
     bundle: &str,
     store_flag: Option<String>,
     config_flag: Option<&Path>,
     (cluster, node): (Option<&str>, Option<&str>),
     keys: KeyFlags,
+    signature: SignatureCheck,
     scratch: &Path,
 ) -> Result<Opened, Error> {
     let (config, config_path) = load_config(config_flag, Path::new("/"))?;
-    let keys = OpenKeys::load(
-        keys.identity.or(config.restore.identity.clone()).as_deref(),
-        keys.verify_key
-            .or(config.restore.verify_key.clone())
-            .as_deref(),
-    )?;
+    let keys = OpenKeys {
+        signature,
+        ..OpenKeys::load(
+            keys.identity.or(config.restore.identity.clone()).as_deref(),
+            keys.verify_key
+                .or(config.restore.verify_key.clone())
+                .as_deref(),
+        )?
+    };
     if store_flag.is_none() && Path::new(bundle).is_file() {
         return Ok(sealed::open(
             Source::File(Path::new(bundle)),

@@ -11,7 +11,7 @@ use crate::etcd;
 use crate::etcd::bbolt::{Corruption, Meta, ReadError, META_PAGE_PREFIX};
 use crate::etcd::keys::{Revision, Revisions};
 use crate::etcd::stream::{self, LeafRecords, Recorded, Stopped};
-use crate::ops::sealed::Opened;
+use crate::ops::sealed::{Opened, SignatureCheck};
 use crate::Error;
 
 /// The snapshot a reading command (inspect --objects, get, diff) reads.
@@ -74,7 +74,10 @@ pub(crate) fn stream_bundle<T: prost::Message + Default>(
     if let Some(why) = no_room {
         return Err(Error::Usage(format!("reading bundle {name}: {why}")));
     }
-    let manifest = read?;
+    let manifest = match read {
+        Ok(manifest) => manifest,
+        Err(e) => return Err(input.refused_at_end().unwrap_or(e).into()),
+    };
     input.finish()?;
     if let Some(detail) = damaged {
         return Err(etcd::Error::Corrupt {
@@ -183,7 +186,15 @@ pub(crate) fn snapshot_of(
     if store.is_none() && is_bbolt_file(path) {
         return Ok((bundle.to_string(), Snapshot::InPlace(path.to_path_buf())));
     }
-    let input = open_bundle(bundle, store, config, cluster_node, keys, scratch)?;
+    let input = open_bundle(
+        bundle,
+        store,
+        config,
+        cluster_node,
+        keys,
+        SignatureCheck::AtEnd,
+        scratch,
+    )?;
     Ok((
         input.name.clone(),
         Snapshot::Bundle {

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::snapshot::{stream_bundle, Streamed};
 use super::{open_bundle, scratch_dir, KeyFlags, Output};
 use crate::etcd::status::{streamed_status, Tally};
+use crate::ops::sealed::SignatureCheck;
 use crate::Error;
 
 #[derive(FromArgs, Debug)]
@@ -53,6 +54,7 @@ pub fn run(cmd: VerifyCmd) -> Result<(), Error> {
             identity: cmd.identity,
             verify_key: cmd.verify_key,
         },
+        SignatureCheck::AtEnd,
         scratch.path(),
     )?;
     // The status hash covers every key and value in walk order: each leaf page is kept as its

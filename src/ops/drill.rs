@@ -221,8 +221,8 @@ fn rehearse(
     // bundle, so checking it here would fetch all of it before the free-space check, and
     // restore() checks it anyway before it uses anything.
     let unsigned = OpenKeys {
-        identities: keys.identities,
         verify_key: None,
+        ..keys
     };
     let manifest = read_manifest(
         sealed::open(Source::Store(request.store, name), &unsigned, dir)?,

@@ -4,12 +4,25 @@
 //! Writing streams: bundle → age → hashing → store upload, and the signature of the stored bytes is
 //! uploaded beside the bundle once the bundle is committed, then the index records both.
 //!
-//! Reading with a verify key never lets an unverified byte reach the bundle reader: the stored object
-//! is spooled to an unnamed 0600 file in the caller's private scratch dir while it is hashed, the
-//! signature is checked, and only then is the file read from its start. (Verifying while extracting
-//! would need every extracted byte to be undone on a bad signature; downloading twice would trust the
-//! store to send the same bytes twice.) The spool holds the stored bytes — ciphertext when encrypted —
-//! and costs one bundle's size of scratch space, beside a staging dir that holds the plaintext anyway.
+//! Reading with a verify key checks the signature file first: a wrong key or an old signature is
+//! refused before the download, and the signed size bounds it. What happens to the stored object
+//! then is the caller's choice (`SignatureCheck`):
+//!
+//! - Before reading (restore, drill: what writes what it reads): no unverified byte reaches the bundle
+//!   reader. The stored object is spooled to an unnamed 0600 file in the caller's private scratch dir
+//!   while it is hashed, the signature is checked, and only then is the file read from its start.
+//!   (Verifying while extracting would need every extracted byte to be undone on a bad signature;
+//!   downloading twice would trust the store to send the same bytes twice.) The spool holds the
+//!   stored bytes — ciphertext when encrypted — and costs one bundle's size of scratch space, beside
+//!   a staging dir that holds the plaintext anyway.
+//! - At the end of the stream (inspect --objects, get, diff, verify of a store's bundle): the object
+//!   streams through the hash, and the signature is checked where the index's digest is, when the
+//!   stream ends (a local bundle file is verified in place first, needing no spool). Unverified
+//!   bytes reach the bundle reader and `etcd::stream`, but these commands show and write nothing
+//!   derived from them until `Opened::finish` has checked the signature, exactly as they already
+//!   trust nothing before the bundle's own digests are checked (see `etcd::stream`'s design comment:
+//!   what is decoded before the check is memory-safe, bounded and fuzzed). No spool: a signed
+//!   bundle needs no more scratch than an unsigned one.
 //!
 //! Without a verify key the bundle streams; the index's sha256 of the stored object, when recorded, is
 //! checked at the end of the stream, before any caller moves staged data into place. That catches
@@ -111,11 +124,26 @@ pub fn store_sealed(
     })
 }
 
-/// The keys a reader checks and decrypts with.
+/// The keys a reader checks and decrypts with, and when it checks the signature.
 #[derive(Default)]
 pub struct OpenKeys {
     pub identities: Option<Identities>,
     pub verify_key: Option<PublicKey>,
+    pub signature: SignatureCheck,
+}
+
+/// When the signature over a stored object is checked, with a verify key (see the module comment).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum SignatureCheck {
+    /// The whole object is fetched and verified before any byte reaches the bundle reader: for a
+    /// caller that writes or acts on what it reads before the end.
+    #[default]
+    BeforeReading,
+    /// A store's object streams and the signature is checked when it ends (a read that hits the
+    /// end fails, and `Opened::finish` returns the refusal): only for a caller that shows and
+    /// writes nothing of the bundle before `finish` succeeded. A local file is still verified in
+    /// place before reading, which needs no spool.
+    AtEnd,
 }
 
 impl OpenKeys {
@@ -123,6 +151,7 @@ impl OpenKeys {
         Ok(OpenKeys {
             identities: identity.map(Identities::load).transpose()?,
             verify_key: verify_key.map(PublicKey::load).transpose()?,
+            signature: SignatureCheck::default(),
         })
     }
 }
@@ -161,24 +190,43 @@ impl Opened {
     pub fn finish(mut self) -> Result<(), Error> {
         // The bundle reader stops at the end of the archive; age's final chunk and any trailing bytes
         // must still pass through the digest.
-        io::copy(&mut self.reader, &mut io::sink()).map_err(|source| BundleError::Read {
-            bundle: self.name.clone(),
-            at: "end of the stored object".to_string(),
-            source,
-        })?;
+        let drained = io::copy(&mut self.reader, &mut io::sink());
         let ended = self.ended.lock().expect("digest state").take();
-        Ok(ended.unwrap_or_else(|| {
-            Err(BundleError::Read {
+        match (drained, ended) {
+            (_, Some(Err(refused))) => Err(refused.into()),
+            (Err(source), _) => Err(BundleError::Read {
+                bundle: self.name.clone(),
+                at: "end of the stored object".to_string(),
+                source,
+            }
+            .into()),
+            (Ok(_), Some(Ok(()))) => Ok(()),
+            (Ok(_), None) => Err(BundleError::Read {
                 bundle: self.name.clone(),
                 at: "end of the stored object".to_string(),
                 source: io::Error::other("bytes follow the end of the encrypted stream"),
-            })
-        })?)
+            }
+            .into()),
+        }
+    }
+
+    /// What the check at the end of the stored object refused, if the stream got there: a read
+    /// that failed there is better told as the signature or digest that did not match.
+    pub fn refused_at_end(&self) -> Option<BundleError> {
+        let mut ended = self.ended.lock().expect("digest state");
+        match ended.take() {
+            Some(Err(refused)) => Some(refused),
+            other => {
+                *ended = other;
+                None
+            }
+        }
     }
 }
 
-/// Opens a bundle: signature first when `keys.verify_key` is set (spooling into `scratch`, a private
-/// directory), then decryption when it is an age file.
+/// Opens a bundle: its signature checked when `keys.verify_key` is set, before reading (spooling
+/// into `scratch`, a private directory) or at the end, as `keys.signature` says; then decryption
+/// when it is an age file.
 pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opened, Error> {
     let name = source.name();
     let ended = Arc::new(Mutex::new(None));
@@ -188,38 +236,54 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
     };
     let indexed_size = entry.as_ref().map(|e| e.size);
     let expected = entry.and_then(|e| e.sha256);
-    let raw: Box<dyn Read + Send> = match &keys.verify_key {
-        Some(key) => {
-            // The signature file first: a wrong key or an old signature is refused before the
-            // download, and the signed size bounds the download (an endless body stops there).
-            let signature = signature_of(&source, &name)?;
-            let refused = |rejection| BundleError::Signature {
+    let mut size = indexed_size;
+    let mut signed = None;
+    if let Some(key) = &keys.verify_key {
+        // The signature file first: a wrong key or an old signature is refused before the
+        // download, and the signed size bounds the download (an endless body stops there).
+        let signature = signature_of(&source, &name)?;
+        let basename_only = matches!(source, Source::File(_));
+        let signed_size = key
+            .check_comment(&signature, &name, basename_only)
+            .map_err(|rejection| BundleError::Signature {
                 bundle: name.clone(),
                 rejection,
-            };
-            let basename_only = matches!(source, Source::File(_));
-            let signed_size = key
-                .check_comment(&signature, &name, basename_only)
-                .map_err(refused)?;
-            let (file, digest) = fetch_whole(&source, signed_size.or(indexed_size), scratch)?;
-            let blake2b = digest.blake2b.expect("fetch_whole hashes for a signature");
-            key.check_digest(&signature, &blake2b).map_err(refused)?;
-            log::info!("{name}: signature by key {} verified", key.id());
+            })?;
+        size = signed_size.or(indexed_size);
+        signed = Some(Signed {
+            key: key.clone(),
+            signature,
+        });
+    }
+    let raw: Box<dyn Read + Send> = match signed {
+        // A local file is verified in place before reading either way: that costs no scratch.
+        Some(signed)
+            if keys.signature == SignatureCheck::BeforeReading
+                || matches!(source, Source::File(_)) =>
+        {
+            let (file, digest) = fetch_whole(&source, size, scratch)?;
+            signed.check(&name, &digest)?;
             check_digest(&name, expected.as_deref(), &digest)?;
             *ended.lock().expect("digest state") = Some(Ok(()));
             Box::new(file)
         }
-        None => {
+        signed => {
             let input = match source {
-                Source::Store(store, object) => open_object(store, object, indexed_size)?,
+                Source::Store(store, object) => open_object(store, object, size)?,
                 Source::File(path) => open_file(path)?,
             };
-            let streamed = match expected {
-                Some(expected) => Streamed::Hashed {
-                    reader: Box::new(Digesting::new(input)),
+            let streamed = match (signed, expected) {
+                (Some(signed), expected) => Streamed::Hashed {
+                    reader: Box::new(Digesting::signable(input)),
+                    signed: Some(Box::new(signed)),
                     expected,
                 },
-                None => Streamed::Plain(input),
+                (None, Some(expected)) => Streamed::Hashed {
+                    reader: Box::new(Digesting::new(input)),
+                    signed: None,
+                    expected: Some(expected),
+                },
+                (None, None) => Streamed::Plain(input),
             };
             Box::new(CheckAtEnd {
                 inner: Some(streamed),
@@ -234,6 +298,28 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
         reader,
         ended,
     })
+}
+
+/// A signature whose comment the verify key accepted; its digest is checked against the object's.
+struct Signed {
+    key: PublicKey,
+    signature: Signature,
+}
+
+impl Signed {
+    fn check(&self, name: &str, digest: &ObjectDigest) -> Result<(), BundleError> {
+        let blake2b = digest
+            .blake2b
+            .expect("a signed object is hashed as signable");
+        self.key
+            .check_digest(&self.signature, &blake2b)
+            .map_err(|rejection| BundleError::Signature {
+                bundle: name.to_string(),
+                rejection,
+            })?;
+        log::info!("{name}: signature by key {} verified", self.key.id());
+        Ok(())
+    }
 }
 
 fn open_file(path: &Path) -> Result<Box<dyn Read + Send>, Error> {
@@ -396,19 +482,21 @@ fn check_digest(
     }
 }
 
-/// Records the end of a streamed object and, when the index has its digest, compares the digest of
-/// what streamed past; a mismatch fails the read that hit the end, so the bundle reader reports it.
+/// Records the end of a streamed object and, when there is a signature or an index digest to check,
+/// checks what streamed past; a mismatch fails the read that hit the end, so the bundle reader
+/// reports it.
 struct CheckAtEnd {
     inner: Option<Streamed>,
     name: String,
     ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
 }
 
-/// A stored object as it streams: hashed only when there is a digest to compare with.
+/// A stored object as it streams: hashed only when there is a signature or a digest to check.
 enum Streamed {
     Hashed {
         reader: Box<Digesting<Box<dyn Read + Send>>>,
-        expected: String,
+        signed: Option<Box<Signed>>,
+        expected: Option<String>,
     },
     Plain(Box<dyn Read + Send>),
 }
@@ -424,8 +512,15 @@ impl Read for CheckAtEnd {
             return Ok(n);
         }
         let result = match self.inner.take().expect("checked above") {
-            Streamed::Hashed { reader, expected } => {
-                check_digest(&self.name, Some(&expected), &reader.finish().1)
+            Streamed::Hashed {
+                reader,
+                signed,
+                expected,
+            } => {
+                let digest = reader.finish().1;
+                signed
+                    .map_or(Ok(()), |signed| signed.check(&self.name, &digest))
+                    .and_then(|()| check_digest(&self.name, expected.as_deref(), &digest))
             }
             Streamed::Plain(_) => Ok(()),
         };
