@@ -1,4 +1,5 @@
-//! `cpr verify`: check every digest of a bundle and its etcd snapshot, writing only to a temp dir.
+//! `cpr verify`: check every digest of a bundle and its etcd snapshot as it streams; nothing is written but the
+//! streamed read's spill past its memory budget (unlinked files in --scratch).
 
 use argh::FromArgs;
 use std::path::PathBuf;
