@@ -493,14 +493,21 @@ fn stream_restore_equals_file_restore() {
     etcd::restore_from_file(&src.path, &a, &opts).unwrap();
     let size = fs::metadata(&src.path).unwrap().len();
     let reader = Trickle(fs::File::open(&src.path).unwrap());
+    let mut blake3 = blake3::Hasher::new();
     etcd::restore_from_reader(
         reader,
         size,
         Path::new("bundle:etcd/snapshot.db"),
         &b,
         &opts,
+        Some(&mut blake3),
     )
     .unwrap();
+    // A bundle's digest of its snapshot entry: every byte, the sha256 trailer included.
+    assert_eq!(
+        blake3.finalize(),
+        blake3::hash(&fs::read(&src.path).unwrap())
+    );
     for f in [
         "member/snap/db",
         "member/snap/0000000000000001-0000000000000001.snap",

@@ -34,6 +34,20 @@ pub trait Sink {
     }
     fn file(&mut self, entry: &FileEntry, data: &mut dyn Read) -> io::Result<()>;
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()>;
+    /// `snapshot` for a bundle that carries the snapshot's BLAKE3: reads `data` to its end and
+    /// returns the BLAKE3 of all of it. By default each read is copied to a hashing thread; a sink
+    /// that passes the bytes through buffers of its own (the restore's copy pipeline) hashes them
+    /// there instead and spares the copy, a tenth of a restore's time.
+    fn snapshot_blake3(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+    ) -> io::Result<blake3::Hash> {
+        let mut digested = Blake3Reader::new(data);
+        self.snapshot(entry, &mut digested)?;
+        io::copy(&mut digested, &mut io::sink())?;
+        Ok(digested.finish().1)
+    }
 }
 
 /// Reads and checks everything, keeping nothing.
@@ -156,9 +170,11 @@ pub fn read_bundle<R: Read>(
         let snapshot = &manifest.snapshot;
         let entry = expect_entry(&mut entries, &snapshot.path, snapshot.size, bundle)?;
         if snapshot.blake3.is_some() {
-            let mut digested = Blake3Reader::new(entry);
-            pass_snapshot(sink, snapshot, &mut digested, bundle)?;
-            blake3 = Some(digested.finish().1);
+            let mut entry = entry;
+            let digest = sink
+                .snapshot_blake3(snapshot, &mut entry)
+                .map_err(read_err(bundle, &snapshot.path))?;
+            blake3 = Some(digest);
         } else {
             // Format 1.0 and 1.1: etcd's sha256 trailer is all there is.
             let mut checked = TrailerReader::new(entry);

@@ -21,8 +21,10 @@ const TRAILER: u64 = 32;
 const CHUNK: usize = 4 << 20;
 /// What direct I/O asks of buffer addresses, file offsets and lengths (the largest logical block size).
 const DIRECT_ALIGN: usize = 4096;
-/// Chunks in flight between the copy loop and the hasher.
-const BUFFERS: usize = 3;
+/// A buffer, how many of its aligned bytes hold data, and their offset in the db.
+type Chunk = (Vec<u8>, usize, u64);
+/// Chunks in flight in the copy pipeline: one per stage.
+const BUFFERS: usize = 4;
 /// Memory for page skeletons: an etcd db of small objects needs about 2 % of its size; the
 /// skeletons of a larger db past the budget go to a spill file.
 const SKELETON_BUDGET: usize = 16 << 20;
@@ -103,7 +105,7 @@ pub fn restore_from_file(
         .metadata()
         .map_err(Error::io("reading snapshot", snapshot))?
         .len();
-    restore_from_reader(&*file, size, snapshot, data_dir, opts)
+    restore_from_reader(&*file, size, snapshot, data_dir, opts, None)
 }
 
 /// Restores from a stream of `size` bytes (a snapshot straight out of a bundle). `source` names the
@@ -114,16 +116,20 @@ pub fn restore_from_file(
 /// memory goes back to the hypervisor, several times more). It is hashed on the way and checked
 /// against the sha256 trailer at the end; then its whole tree is checked through the page
 /// skeletons recorded on the way (so the db is not read back), and it is patched in place.
+///
+/// `blake3` is fed all `size` bytes (a bundle's digest of its snapshot entry) from the copy's own
+/// buffers, so the bytes need not be copied to a hashing thread of the bundle reader's.
 pub fn restore_from_reader(
     reader: impl Read,
     size: u64,
     source: &Path,
     data_dir: &Path,
     opts: &RestoreOptions,
+    blake3: Option<&mut blake3::Hasher>,
 ) -> Result<Restored, Error> {
     let plan = Plan::new(size, source, data_dir, opts)?;
     let result = plan
-        .build(reader)
+        .build(reader, blake3)
         .and_then(|restored| plan.commit().map(|()| restored));
     if result.is_err() {
         plan.clean_up();
@@ -238,7 +244,11 @@ impl<'a> Plan<'a> {
         })
     }
 
-    fn build(&self, reader: impl Read) -> Result<Restored, Error> {
+    fn build(
+        &self,
+        reader: impl Read,
+        blake3: Option<&mut blake3::Hasher>,
+    ) -> Result<Restored, Error> {
         for dir in std::iter::once(&self.tmp).chain(self.wal.as_ref().map(|(_, t)| t)) {
             if dir.symlink_metadata().is_ok() {
                 // etcd's own WAL creation clears a stale `.tmp` the same way: it can only be ours.
@@ -256,7 +266,7 @@ impl<'a> Plan<'a> {
         let db_path = snap_dir.join("db");
         let db_file = create(&db_path, 0o600)?;
         let db_len = self.db_len();
-        let skeletons = self.copy_db(reader, &db_file, &db_path)?;
+        let skeletons = self.copy_db(reader, blake3, &db_file, &db_path)?;
 
         let read_err = |e| Error::from_read("reading", self.source, e);
         let db = Db::open(&db_file, db_len).map_err(read_err)?;
@@ -330,9 +340,15 @@ impl<'a> Plan<'a> {
     }
 
     /// Streams the db part of the snapshot into `file`, hashing it and recording its pages'
-    /// skeletons, and checks the trailer. Whole blocks bypass the page cache when the filesystem
-    /// allows it.
-    fn copy_db(&self, mut reader: impl Read, file: &File, path: &Path) -> Result<Skeletons, Error> {
+    /// skeletons, and checks the trailer; `blake3` is fed every byte read, the trailer included.
+    /// Whole blocks bypass the page cache when the filesystem allows it.
+    fn copy_db(
+        &self,
+        mut reader: impl Read,
+        mut blake3: Option<&mut blake3::Hasher>,
+        file: &File,
+        path: &Path,
+    ) -> Result<Skeletons, Error> {
         let len = self.db_len();
         let mut out = DbWriter {
             buffered: file,
@@ -349,19 +365,23 @@ impl<'a> Plan<'a> {
                 e
             }
         };
-        let hash = !self.opts.skip_hash_check;
+        let mut sha256 =
+            (!self.opts.skip_hash_check).then(|| ring::digest::Context::new(&ring::digest::SHA256));
         // Skeletons past the memory budget, beside the db (unlinked: nothing to clean up). Without
         // one, the pages past the budget are read back from the db instead.
         let spill = path
             .parent()
             .and_then(|dir| tempfile::tempfile_in(dir).ok());
-        // A pipeline of three stages, each on its own thread, passing buffers along: this thread
+        // A pipeline of four stages, each on its own thread, passing buffers along: this thread
         // reads (decompresses, for a bundle: the reader need not be `Send`), the next writes, the
-        // last hashes, records skeletons and hands the buffer back. A stage that fails drops its
-        // channels, which stops the others.
-        let ((actual, skeletons), written, copied) = std::thread::scope(|s| {
-            let (to_writer, chunks) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(BUFFERS);
-            let (to_hasher, written) = mpsc::sync_channel::<(Vec<u8>, usize, u64)>(BUFFERS);
+        // next hashes, the last records skeletons and hands the buffer back. Hashing and recording
+        // are stages of their own so that neither waits for the other: SHA-256 without SHA
+        // extensions, or the skeletons of a db of small objects, each take about as long as the
+        // write. A stage that fails drops its channels, which stops the others.
+        let (skeletons, written, copied) = std::thread::scope(|s| {
+            let (to_writer, chunks) = mpsc::sync_channel::<Chunk>(BUFFERS);
+            let (to_hasher, written) = mpsc::sync_channel::<Chunk>(BUFFERS);
+            let (to_recorder, hashed) = mpsc::sync_channel::<Chunk>(BUFFERS);
             let (recycle, free) = mpsc::sync_channel::<Vec<u8>>(BUFFERS);
             for _ in 0..BUFFERS {
                 recycle
@@ -377,25 +397,33 @@ impl<'a> Plan<'a> {
                 }
                 Ok(())
             });
-            let hasher = s.spawn(move || {
-                // ring's SHA-256 (OpenSSL's assembly): about twice the sha2 crate's speed without
-                // SHA extensions, the restore's slowest stage there.
-                let mut hasher = ring::digest::Context::new(&ring::digest::SHA256);
+            let sha256 = &mut sha256;
+            let blake3 = &mut blake3;
+            s.spawn(move || {
+                for (buf, n, offset) in written {
+                    let data = &buf[aligned(&buf)][..n];
+                    if let Some(hasher) = sha256.as_mut() {
+                        hasher.update(data);
+                    }
+                    if let Some(hasher) = blake3.as_deref_mut() {
+                        hasher.update(data);
+                    }
+                    // Once the recorder has stopped, nobody takes buffers on; hash what is queued.
+                    let _ = to_recorder.send((buf, n, offset));
+                }
+            });
+            let recorder = s.spawn(move || {
                 let mut skeletons = match spill {
                     Some(file) => Skeletons::spilling(SKELETON_BUDGET, file),
                     None => Skeletons::new(SKELETON_BUDGET),
                 };
-                for (buf, n, offset) in written {
-                    let data = &buf[aligned(&buf)][..n];
-                    if hash {
-                        hasher.update(data);
-                    }
-                    skeletons.record(offset, data);
-                    // Once the reader has stopped, nobody takes buffers back; hash what is queued.
+                for (buf, n, offset) in hashed {
+                    skeletons.record(offset, &buf[aligned(&buf)][..n]);
+                    // Once the reader has stopped, nobody takes buffers back.
                     let _ = recycle.send(buf);
                 }
                 skeletons.finish_recording();
-                (hasher.finish(), skeletons)
+                skeletons
             });
             let mut copy = || -> Result<(), Error> {
                 let mut offset = 0;
@@ -420,7 +448,7 @@ impl<'a> Plan<'a> {
             drop(to_writer);
             let written = writer.join().expect("writing does not panic");
             (
-                hasher.join().expect("hashing does not panic"),
+                recorder.join().expect("recording does not panic"),
                 written,
                 copied,
             )
@@ -432,12 +460,17 @@ impl<'a> Plan<'a> {
             reader
                 .read_exact(&mut trailer)
                 .map_err(|e| Error::io("reading", self.source)(short(e)))?;
-            if !self.opts.skip_hash_check && actual.as_ref() != trailer {
-                return Err(Error::HashMismatch {
-                    path: self.source.to_path_buf(),
-                    expected: hex::encode(trailer),
-                    actual: hex::encode(actual.as_ref()),
-                });
+            if let Some(hasher) = blake3 {
+                hasher.update(&trailer);
+            }
+            if let Some(actual) = sha256.map(ring::digest::Context::finish) {
+                if actual.as_ref() != trailer {
+                    return Err(Error::HashMismatch {
+                        path: self.source.to_path_buf(),
+                        expected: hex::encode(trailer),
+                        actual: hex::encode(actual.as_ref()),
+                    });
+                }
             }
         }
         Ok(skeletons)
@@ -585,7 +618,7 @@ mod tests {
         } else {
             (File::open(&path).unwrap(), dir.path().join("absent"))
         };
-        let result = plan.copy_db(Trickle(input), &file, &named).map(drop);
+        let result = plan.copy_db(Trickle(input), None, &file, &named).map(drop);
         (result, fs::read(&path).unwrap())
     }
 

@@ -653,23 +653,61 @@ impl Sink for PointSink<'_> {
     }
 
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        self.restore_snapshot(entry, data, None)
+    }
+
+    fn snapshot_blake3(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+    ) -> io::Result<blake3::Hash> {
+        hashing_blake3(|hasher| self.restore_snapshot(entry, data, Some(hasher)))
+    }
+}
+
+impl PointSink<'_> {
+    fn restore_snapshot(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+        mut blake3: Option<&mut blake3::Hasher>,
+    ) -> io::Result<()> {
         let options = self.options.clone().expect("the manifest comes first");
         log_member_restore(&options);
         let restored = restore_from_reader(
-            data,
+            &mut *data,
             entry.size,
             Path::new(&entry.path),
             self.target,
             &options,
+            blake3.as_deref_mut(),
         );
         match restored {
             Ok(restored) => {
                 self.restored = Some(restored);
-                Ok(())
+                read_rest(data, blake3)
             }
             Err(error) => Err(self.fail(error.into())),
         }
     }
+}
+
+/// The BLAKE3 of what `read` fed the hasher it is given.
+fn hashing_blake3(
+    read: impl FnOnce(&mut blake3::Hasher) -> io::Result<()>,
+) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    read(&mut hasher)?;
+    Ok(hasher.finalize())
+}
+
+/// Reads what is left of a bundle entry, hashing it when the sink hashes the entry itself.
+fn read_rest(data: &mut dyn Read, blake3: Option<&mut blake3::Hasher>) -> io::Result<()> {
+    match blake3 {
+        Some(hasher) => io::copy(data, hasher),
+        None => io::copy(data, &mut io::sink()),
+    }
+    .map(drop)
 }
 
 /// Where this node's etcd member comes from, as the sink decides on reaching the snapshot.
@@ -1027,6 +1065,25 @@ impl Sink for RestoreSink<'_> {
     }
 
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+        self.restore_snapshot(entry, data, None)
+    }
+
+    fn snapshot_blake3(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+    ) -> io::Result<blake3::Hash> {
+        hashing_blake3(|hasher| self.restore_snapshot(entry, data, Some(hasher)))
+    }
+}
+
+impl RestoreSink<'_> {
+    fn restore_snapshot(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+        mut blake3: Option<&mut blake3::Hasher>,
+    ) -> io::Result<()> {
         let manifest = self.manifest.clone().expect("the manifest comes first");
         let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
         let member = self.check_identity(&manifest, Some(&pki)).and_then(|()| {
@@ -1062,7 +1119,7 @@ impl Sink for RestoreSink<'_> {
                     Ok((point @ (Point::Other(_) | Point::Rejoin(_) | Point::Survivor(_)), _)) => {
                         self.point = point;
                         // Read through, so that this bundle's own files are known to be intact.
-                        return io::copy(data, &mut io::sink()).map(drop);
+                        return read_rest(data, blake3);
                     }
                     Ok((point, options)) => {
                         self.point = point;
@@ -1090,24 +1147,25 @@ impl Sink for RestoreSink<'_> {
             .map_err(Error::from)
             .and_then(|()| {
                 log_member_restore(&options);
-                let mut data = Halfway {
-                    inner: data,
+                let mut halfway = Halfway {
+                    inner: &mut *data,
                     seen: 0,
                     half: entry.size / 2,
                 };
                 restore_from_reader(
-                    &mut data,
+                    &mut halfway,
                     entry.size,
                     Path::new(&entry.path),
                     &etcd_target(&live),
                     &options,
+                    blake3.as_deref_mut(),
                 )
                 .map_err(Error::from)
             });
         match result {
             Ok(restored) => {
                 self.restored = Some(restored);
-                Ok(())
+                read_rest(data, blake3)
             }
             Err(error) => Err(self.fail(error)),
         }
