@@ -28,8 +28,8 @@ impl Revisions for Snapshot {
 
     fn each<T: prost::Message + Default>(
         self,
-        wanted: &dyn Fn(&[u8]) -> bool,
-        map: &mut dyn FnMut(Revision) -> T,
+        wanted: &(dyn Fn(&[u8]) -> bool + Sync),
+        map: &mut (dyn FnMut(Revision) -> T + Send),
         visit: &mut dyn FnMut(T),
     ) -> Result<(), Error> {
         let (input, scratch) = match self {

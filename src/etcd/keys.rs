@@ -125,8 +125,8 @@ pub trait Revisions {
     /// first. A stream keeps `map`'s records, not the revisions, until it knows which are live.
     fn each<T: prost::Message + Default>(
         self,
-        wanted: &dyn Fn(&[u8]) -> bool,
-        map: &mut dyn FnMut(Revision) -> T,
+        wanted: &(dyn Fn(&[u8]) -> bool + Sync),
+        map: &mut (dyn FnMut(Revision) -> T + Send),
         visit: &mut dyn FnMut(T),
     ) -> Result<(), Self::Error>;
 }
@@ -136,8 +136,8 @@ impl Revisions for &Path {
 
     fn each<T: prost::Message + Default>(
         self,
-        wanted: &dyn Fn(&[u8]) -> bool,
-        map: &mut dyn FnMut(Revision) -> T,
+        wanted: &(dyn Fn(&[u8]) -> bool + Sync),
+        map: &mut (dyn FnMut(Revision) -> T + Send),
         visit: &mut dyn FnMut(T),
     ) -> Result<(), Error> {
         each_revision(self, wanted, &mut |revision| visit(map(revision)))
@@ -181,7 +181,7 @@ impl From<Revision> for Record {
 /// its last revision is absent.
 pub fn current_values<S: Revisions>(
     source: S,
-    wanted: &dyn Fn(&[u8]) -> bool,
+    wanted: &(dyn Fn(&[u8]) -> bool + Sync),
 ) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, S::Error> {
     let mut values = BTreeMap::new();
     source.each(
