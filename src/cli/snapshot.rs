@@ -139,7 +139,30 @@ impl<T: prost::Message + Default> Sink for StreamToRecords<'_, '_, T> {
     }
 
     fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        match stream::record(data, entry.size, self.scratch, self.leaf) {
+        let recorded = stream::record(data, entry.size, self.scratch, self.leaf);
+        self.record(recorded)
+    }
+
+    /// Hashes the snapshot where `etcd::stream` records its pages, sparing the copy of each
+    /// read to a hashing thread (a tenth of the reading thread's time).
+    fn snapshot_blake3(
+        &mut self,
+        entry: &SnapshotEntry,
+        data: &mut dyn Read,
+    ) -> io::Result<blake3::Hash> {
+        let mut blake3 = blake3::Hasher::new();
+        let recorded =
+            stream::record_hashing(&mut *data, entry.size, self.scratch, self.leaf, &mut blake3);
+        self.record(recorded)?;
+        io::copy(data, &mut blake3)?;
+        Ok(blake3.finalize())
+    }
+}
+
+impl<T: prost::Message + Default> StreamToRecords<'_, '_, T> {
+    /// Keeps what recording the snapshot gave, or the error the bundle's reader is to stop on.
+    fn record(&mut self, recorded: Result<Recorded<T>, Stopped>) -> io::Result<()> {
+        match recorded {
             Ok(recorded) => self.recorded = Some(recorded),
             Err(Stopped::Read(e)) => return Err(e),
             Err(Stopped::Damaged(detail)) => self.damaged = Some(detail),

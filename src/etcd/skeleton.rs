@@ -60,20 +60,21 @@ impl Window {
     }
 }
 
+/// Reads back the spill files of `etcd::stream` too (its records).
 #[derive(Default)]
-struct ReadBack {
+pub(super) struct ReadBack {
     windows: [Window; WINDOWS],
     reads: u64,
 }
 
 impl ReadBack {
     /// The `len` bytes at `at` of a spill of `end` bytes.
-    fn get(&mut self, file: &File, at: u64, len: usize, end: u64) -> io::Result<&[u8]> {
+    pub(super) fn get(&mut self, file: &File, at: u64, len: usize, end: u64) -> io::Result<&[u8]> {
         let stop = at.checked_add(len as u64).filter(|&stop| stop <= end);
         let Some(stop) = stop else {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
-                format!("a skeleton at byte {at} runs past the spill file's {end} bytes"),
+                format!("{len} bytes at byte {at} run past the spill file's {end} bytes"),
             ));
         };
         self.reads += 1;

@@ -26,11 +26,11 @@
 //! caller replays, and says that no meta page is valid, only once the bundle has read whole and
 //! its digests passed (`cli::snapshot`'s `Snapshot`).
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::marker::PhantomData;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -39,7 +39,7 @@ use super::bbolt::{
     ReadError, FLAG_BUCKET, PAGE_HEADER_SIZE,
 };
 use super::keys::{revision_of, Revision};
-use super::skeleton::Skeletons;
+use super::skeleton::{ReadBack, Skeletons};
 use super::status::checked_walk;
 
 /// Memory for page skeletons and for records each; the rest is spilled. Small against the 64 MiB
@@ -99,7 +99,21 @@ pub fn record<T: prost::Message + Default>(
     scratch: &Path,
     leaf: &mut LeafRecords<'_, T>,
 ) -> Result<Recorded<T>, Stopped> {
-    record_within(MEMORY_BUDGET, data, size, scratch, leaf)
+    record_within(MEMORY_BUDGET, None, data, size, scratch, leaf)
+}
+
+/// [`record`], feeding `blake3` every byte read of `data` (a bundle's digest of its snapshot
+/// entry) where the pages are recorded, instead of copying each read to a hashing thread: when it
+/// returns the recorded pages or `Stopped::Damaged`, the hasher has every byte read so far, and
+/// the caller reads (and hashes) what is left.
+pub fn record_hashing<T: prost::Message + Default>(
+    data: &mut dyn Read,
+    size: u64,
+    scratch: &Path,
+    leaf: &mut LeafRecords<'_, T>,
+    blake3: &mut blake3::Hasher,
+) -> Result<Recorded<T>, Stopped> {
+    record_within(MEMORY_BUDGET, Some(blake3), data, size, scratch, leaf)
 }
 
 /// The records of a leaf page read as one of bucket `key`: `map` of each revision whose etcd key
@@ -128,6 +142,7 @@ pub fn revisions<'a, T>(
 /// path and take a core each. When no thread can be had, both are done here.
 fn record_within<T: prost::Message + Default>(
     budget: usize,
+    mut blake3: Option<&mut blake3::Hasher>,
     data: &mut dyn Read,
     size: u64,
     scratch: &Path,
@@ -137,6 +152,7 @@ fn record_within<T: prost::Message + Default>(
     let (give_back, recycled) = sync_channel(READS_IN_FLIGHT + 2);
     let threaded = std::thread::scope(|scope| {
         let pages = &mut *leaf;
+        let hasher = blake3.as_deref_mut();
         let worker = std::thread::Builder::new()
             .name("cpr-pages".into())
             .spawn_scoped(scope, move || {
@@ -145,8 +161,14 @@ fn record_within<T: prost::Message + Default>(
                     give_back,
                     current: Vec::new(),
                     at: 0,
+                    blake3: hasher,
                 };
-                record_pages(budget, &mut queued, size, scratch, pages)
+                let recorded = record_pages(budget, &mut queued, size, scratch, pages);
+                if matches!(recorded, Ok(_) | Err(Stopped::Damaged(_))) {
+                    // The bundle's reader goes on: what was read past the pages is hashed too.
+                    queued.take_the_rest();
+                }
+                recorded
             })
             .ok()?;
         let undelivered = feed(data, size, &reads, &recycled);
@@ -161,7 +183,24 @@ fn record_within<T: prost::Message + Default>(
             (recorded, _) => recorded,
         })
     });
-    threaded.unwrap_or_else(|| record_pages(budget, data, size, scratch, leaf))
+    threaded.unwrap_or_else(|| match blake3 {
+        Some(blake3) => record_pages(budget, &mut Hashing { data, blake3 }, size, scratch, leaf),
+        None => record_pages(budget, data, size, scratch, leaf),
+    })
+}
+
+/// A stream whose every byte read is fed to a BLAKE3 hasher.
+struct Hashing<'a> {
+    data: &'a mut dyn Read,
+    blake3: &'a mut blake3::Hasher,
+}
+
+impl Read for Hashing<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.data.read(buf)?;
+        self.blake3.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Reads the first `size` bytes of `data` into buffers (recycled from the recording thread) and
@@ -207,21 +246,42 @@ fn feed(
 }
 
 /// The stream as `feed` queues it, read in the recording thread.
-struct Queued {
+struct Queued<'h> {
     receiver: Receiver<io::Result<Vec<u8>>>,
     give_back: SyncSender<Vec<u8>>,
     /// The read being taken, from `at` on.
     current: Vec<u8>,
     at: usize,
+    /// Fed each read as it is taken.
+    blake3: Option<&'h mut blake3::Hasher>,
 }
 
-impl Read for Queued {
+impl Queued<'_> {
+    /// The next read, hashed; none at the end of the stream.
+    fn next(&mut self) -> io::Result<Option<Vec<u8>>> {
+        let Ok(next) = self.receiver.recv() else {
+            return Ok(None);
+        };
+        let next = next?;
+        if let Some(blake3) = self.blake3.as_deref_mut() {
+            blake3.update(&next);
+        }
+        Ok(Some(next))
+    }
+
+    /// Takes (and hashes) the reads left, up to the end of the stream or a read that failed.
+    fn take_the_rest(&mut self) {
+        while let Ok(Some(read)) = self.next() {
+            let _ = self.give_back.try_send(read);
+        }
+    }
+}
+
+impl Read for Queued<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         while self.at == self.current.len() {
-            let next = match self.receiver.recv() {
-                Ok(next) => next?,
-                // The stream ended.
-                Err(_) => return Ok(0),
+            let Some(next) = self.next()? else {
+                return Ok(0);
             };
             let done = std::mem::replace(&mut self.current, next);
             self.at = 0;
@@ -574,6 +634,8 @@ struct Arena {
 struct Spill {
     file: BufWriter<File>,
     len: u64,
+    /// Records are read back in about the order they were written (see `ReadBack`).
+    read_back: RefCell<ReadBack>,
 }
 
 impl Arena {
@@ -592,6 +654,7 @@ impl Arena {
             None => self.spill.insert(Spill {
                 file: BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(&self.scratch)?),
                 len: 0,
+                read_back: RefCell::default(),
             }),
         };
         spill.file.write_all(&len)?;
@@ -613,17 +676,16 @@ impl Arena {
             block.extend_from_slice(&self.memory[at + 4..at + 4 + len]);
             return Ok(());
         }
-        let file = self
+        let spill = self
             .spill
             .as_ref()
-            .expect("an offset past the budget is in the spill")
-            .file
-            .get_ref();
+            .expect("an offset past the budget is in the spill");
+        let file = spill.file.get_ref();
         let at = at - self.budget as u64;
-        let mut len = [0u8; 4];
-        file.read_exact_at(&mut len, at)?;
-        block.resize(u32::from_le_bytes(len) as usize, 0);
-        file.read_exact_at(block, at + 4)
+        let mut read_back = spill.read_back.borrow_mut();
+        let len = le_u32(read_back.get(file, at, 4, spill.len)?, 0) as usize;
+        block.extend_from_slice(read_back.get(file, at + 4, len, spill.len)?);
+        Ok(())
     }
 }
 
@@ -653,6 +715,7 @@ mod tests {
         let everything = |_: &[u8]| true;
         let recorded = record_within(
             budget,
+            None,
             &mut Trickle(db),
             db.len() as u64,
             scratch,
@@ -684,6 +747,7 @@ mod tests {
     fn streamed_status_of(budget: usize, db: &[u8], scratch: &Path) -> Option<Status> {
         let recorded = record_within(
             budget,
+            None,
             &mut Trickle(db),
             db.len() as u64,
             scratch,
@@ -884,6 +948,7 @@ mod tests {
         for good in [0, 4096 * 3, db.len() - 1] {
             let stopped = record_within(
                 MEMORY_BUDGET,
+                None,
                 &mut FailingAfter(&db[..good]),
                 db.len() as u64,
                 dir.path(),
@@ -904,6 +969,7 @@ mod tests {
         let db = vec![0u8; (READS_IN_FLIGHT + 4) * READ_SIZE];
         let stopped = record_within(
             MEMORY_BUDGET,
+            None,
             &mut &db[..],
             db.len() as u64,
             dir.path(),
@@ -917,11 +983,36 @@ mod tests {
     }
 
     #[test]
+    fn the_hasher_is_fed_every_byte_read_whether_the_pages_are_read_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        // A db with its sha256 trailer, and a stream many reads long with no valid meta page.
+        let mut db = branched_db(4096);
+        db.extend_from_slice(&[7; 32]);
+        let damaged = vec![0u8; (READS_IN_FLIGHT + 4) * READ_SIZE + 5];
+        for (stream, readable) in [(db, true), (damaged, false)] {
+            let mut blake3 = blake3::Hasher::new();
+            let mut data = Trickle(&stream);
+            let recorded = record_within(
+                MEMORY_BUDGET,
+                Some(&mut blake3),
+                &mut data,
+                stream.len() as u64,
+                dir.path(),
+                &mut Tally::of_leaf,
+            );
+            assert_eq!(recorded.is_ok(), readable);
+            io::copy(&mut data, &mut blake3).unwrap();
+            assert_eq!(blake3.finalize(), blake3::hash(&stream));
+        }
+    }
+
+    #[test]
     fn a_scratch_dir_that_takes_no_spill_stops_the_read() {
         let dir = tempfile::tempdir().unwrap();
         let gone = dir.path().join("gone");
         let stopped = record_within(
             0,
+            None,
             &mut Trickle(SEED),
             SEED.len() as u64,
             &gone,
@@ -985,6 +1076,7 @@ mod tests {
         let db = branched_db(4096);
         let mut recorded = record_within(
             0,
+            None,
             &mut Trickle(&db),
             db.len() as u64,
             dir.path(),
