@@ -206,8 +206,8 @@ impl Read for Hashing<'_> {
 /// Reads the first `size` bytes of `data` into buffers (recycled from the recording thread) and
 /// queues them for it, with the error of a read that fails where it fails; stops early when the
 /// thread stopped taking them, returning the error of a read it did not take. A recycled buffer
-/// is read into as it is: zeroing its spare room before each read (as `read_to_end` does) cost a
-/// tenth of the reading thread's time.
+/// is read into as it is: `read_to_end` zeroes the spare room before each read (memset was 3.5 %
+/// of verify's CPU).
 fn feed(
     data: &mut dyn Read,
     size: u64,
