@@ -604,6 +604,26 @@ fn stage_point_snapshot(
     Ok(sink.restored.expect("a verified bundle has a snapshot"))
 }
 
+/// The snapshot steps of a sink whose `restore_snapshot` restores the snapshot and, given a hasher,
+/// feeds it the bytes from the restore's copy pipeline.
+macro_rules! snapshot_steps_through_restore_snapshot {
+    () => {
+        fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
+            self.restore_snapshot(entry, data, None)
+        }
+
+        fn snapshot_blake3(
+            &mut self,
+            entry: &SnapshotEntry,
+            data: &mut dyn Read,
+        ) -> io::Result<blake3::Hash> {
+            let mut hasher = blake3::Hasher::new();
+            self.restore_snapshot(entry, data, Some(&mut hasher))?;
+            Ok(hasher.finalize())
+        }
+    };
+}
+
 /// Reads the restore point's bundle for its snapshot alone; its files belong to another node.
 struct PointSink<'a> {
     own: &'a Manifest,
@@ -652,17 +672,7 @@ impl Sink for PointSink<'_> {
         io::copy(data, &mut io::sink()).map(drop)
     }
 
-    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        self.restore_snapshot(entry, data, None)
-    }
-
-    fn snapshot_blake3(
-        &mut self,
-        entry: &SnapshotEntry,
-        data: &mut dyn Read,
-    ) -> io::Result<blake3::Hash> {
-        hashing_blake3(|hasher| self.restore_snapshot(entry, data, Some(hasher)))
-    }
+    snapshot_steps_through_restore_snapshot!();
 }
 
 impl PointSink<'_> {
@@ -690,15 +700,6 @@ impl PointSink<'_> {
             Err(error) => Err(self.fail(error.into())),
         }
     }
-}
-
-/// The BLAKE3 of what `read` fed the hasher it is given.
-fn hashing_blake3(
-    read: impl FnOnce(&mut blake3::Hasher) -> io::Result<()>,
-) -> io::Result<blake3::Hash> {
-    let mut hasher = blake3::Hasher::new();
-    read(&mut hasher)?;
-    Ok(hasher.finalize())
 }
 
 /// Reads what is left of a bundle entry, hashing it when the sink hashes the entry itself.
@@ -1064,17 +1065,7 @@ impl Sink for RestoreSink<'_> {
         self.files.file(entry, data)
     }
 
-    fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
-        self.restore_snapshot(entry, data, None)
-    }
-
-    fn snapshot_blake3(
-        &mut self,
-        entry: &SnapshotEntry,
-        data: &mut dyn Read,
-    ) -> io::Result<blake3::Hash> {
-        hashing_blake3(|hasher| self.restore_snapshot(entry, data, Some(hasher)))
-    }
+    snapshot_steps_through_restore_snapshot!();
 }
 
 impl RestoreSink<'_> {
