@@ -164,11 +164,16 @@ fn record_within<T: prost::Message + Default>(
                     blake3: hasher,
                 };
                 let recorded = record_pages(budget, &mut queued, size, scratch, pages);
-                if matches!(recorded, Ok(_) | Err(Stopped::Damaged(_))) {
-                    // The bundle's reader goes on: what was read past the pages is hashed too.
-                    queued.take_the_rest();
+                if !matches!(recorded, Ok(_) | Err(Stopped::Damaged(_))) {
+                    return recorded;
                 }
-                recorded
+                // The bundle's reader goes on: what was read past the pages is hashed too, and a
+                // read that failed there fails the stream as it would have failed that reader
+                // (which does not fail twice: zstd, age and tar readers may return 0 after an error).
+                match queued.take_the_rest() {
+                    Some(e) => Err(Stopped::Read(e)),
+                    None => recorded,
+                }
             })
             .ok()?;
         let undelivered = feed(data, size, &reads, &recycled);
@@ -177,8 +182,8 @@ fn record_within<T: prost::Message + Default>(
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         Some(match (recorded, undelivered) {
-            // A read that failed after the pages were recorded fails the stream as it would
-            // have when the bundle's reader went on past them.
+            // The thread stopped taking reads before this one failed: the pages were recorded (or
+            // found damaged) before it, and the failed read is what stops the stream.
             (Ok(_) | Err(Stopped::Damaged(_)), Some(e)) => Err(Stopped::Read(e)),
             (recorded, _) => recorded,
         })
@@ -269,10 +274,17 @@ impl Queued<'_> {
         Ok(Some(next))
     }
 
-    /// Takes (and hashes) the reads left, up to the end of the stream or a read that failed.
-    fn take_the_rest(&mut self) {
-        while let Ok(Some(read)) = self.next() {
-            let _ = self.give_back.try_send(read);
+    /// Takes (and hashes) the reads left, up to the end of the stream; the error of a read that
+    /// failed.
+    fn take_the_rest(&mut self) -> Option<io::Error> {
+        loop {
+            match self.next() {
+                Ok(Some(read)) => {
+                    let _ = self.give_back.try_send(read);
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            }
         }
     }
 }
@@ -960,6 +972,22 @@ mod tests {
                 stopped.map(drop)
             );
         }
+        // A stream with no valid meta page stops the recording at its start; a read that fails
+        // later, while the rest is only being hashed, is still what stops it.
+        let damaged = vec![0u8; (READS_IN_FLIGHT + 4) * READ_SIZE];
+        let stopped = record_within(
+            MEMORY_BUDGET,
+            None,
+            &mut FailingAfter(&damaged),
+            damaged.len() as u64 + 1,
+            dir.path(),
+            &mut Tally::of_leaf,
+        );
+        assert!(
+            matches!(&stopped, Err(Stopped::Read(e)) if e.to_string() == "frame checksum mismatch"),
+            "{:?}",
+            stopped.map(drop)
+        );
     }
 
     #[test]
