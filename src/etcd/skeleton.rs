@@ -68,15 +68,34 @@ pub(super) struct ReadBack {
 }
 
 impl ReadBack {
-    /// The `len` bytes at `at` of a spill of `end` bytes.
-    pub(super) fn get(&mut self, file: &File, at: u64, len: usize, end: u64) -> io::Result<&[u8]> {
-        let stop = at.checked_add(len as u64).filter(|&stop| stop <= end);
-        let Some(stop) = stop else {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{len} bytes at byte {at} run past the spill file's {end} bytes"),
-            ));
-        };
+    /// Appends to `out` the record at `at` of a spill of `end` bytes: a little-endian u32 length,
+    /// then that many bytes.
+    pub(super) fn record(
+        &mut self,
+        file: &File,
+        at: u64,
+        end: u64,
+        out: &mut Vec<u8>,
+    ) -> io::Result<()> {
+        let len = le_u32(self.get(file, at, 4, end)?, 0) as usize;
+        let at = at + 4;
+        if len <= READ_AHEAD {
+            out.extend_from_slice(self.get(file, at, len, end)?);
+            return Ok(());
+        }
+        // Past the windows, which would keep the size of a large record (a value of up to 32 MiB
+        // for `cpr get`) for the rest of the walk.
+        within(at, len, end)?;
+        let start = out.len();
+        out.resize(start + len, 0);
+        file.read_exact_at(&mut out[start..], at).inspect_err(|_| {
+            out.truncate(start);
+        })
+    }
+
+    /// The `len` bytes at `at` of a spill of `end` bytes; `len` at most `READ_AHEAD`.
+    fn get(&mut self, file: &File, at: u64, len: usize, end: u64) -> io::Result<&[u8]> {
+        let stop = within(at, len, end)?;
         self.reads += 1;
         let held = self
             .windows
@@ -95,13 +114,11 @@ impl ReadBack {
                         let lru = (0..WINDOWS)
                             .min_by_key(|&i| self.windows[i].used)
                             .expect("there are windows");
-                        (lru, SMALL_READ)
+                        (lru, SMALL_READ.max(len))
                     }
                 };
                 let window = &mut self.windows[index];
-                window
-                    .bytes
-                    .resize((end - at).min(size.max(len) as u64) as usize, 0);
+                window.bytes.resize((end - at).min(size as u64) as usize, 0);
                 if let Err(e) = file.read_exact_at(&mut window.bytes, at) {
                     window.bytes.clear();
                     return Err(e);
@@ -115,6 +132,18 @@ impl ReadBack {
         let from = (at - window.start) as usize;
         Ok(&window.bytes[from..from + len])
     }
+}
+
+/// Where `len` bytes at `at` stop, if a spill of `end` bytes holds them.
+fn within(at: u64, len: usize, end: u64) -> io::Result<u64> {
+    at.checked_add(len as u64)
+        .filter(|&stop| stop <= end)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{len} bytes at byte {at} run past the spill file's {end} bytes"),
+            )
+        })
 }
 
 /// Images of the pages of one db, by page id.
@@ -304,9 +333,9 @@ impl Skeletons {
         };
         let file = spill.file.get_ref();
         let at = (at - self.budget) as u64;
-        let mut window = self.read_back.borrow_mut();
-        let len = le_u32(window.get(file, at, 4, spill.len)?, 0) as usize;
-        buf.extend_from_slice(window.get(file, at + 4, len, spill.len)?);
+        self.read_back
+            .borrow_mut()
+            .record(file, at, spill.len, buf)?;
         Ok(true)
     }
 }
@@ -355,32 +384,56 @@ fn keep<'a>(id: u64, bytes: &'a [u8], elems: &mut Vec<Elem<'a>>) -> Result<bool,
 mod tests {
     use super::*;
 
-    /// Every page of a real etcd 3.4 db (the fuzz seed), each on its own, as a walk finds them.
-    fn seed_pages() -> (Vec<u8>, usize) {
-        let db = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4").to_vec();
-        let page_size = Meta::parse(0, &db).unwrap().page_size as usize;
-        (db, page_size)
+    /// A real etcd 3.4 db (the fuzz seed) followed by `copies` copies of one of its leaf pages,
+    /// each with the id of where it lies: a db whose skeletons span many read-back windows.
+    fn db_of_leaves(copies: u64) -> (Vec<u8>, usize) {
+        let mut db = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4").to_vec();
+        let ps = Meta::parse(0, &db).unwrap().page_size as usize;
+        let leaf = (2..db.len() / ps)
+            .map(|id| db[id * ps..(id + 1) * ps].to_vec())
+            .find(|page| Page::parse(le_u64(page, 0), page).is_ok_and(|p| p.is_leaf()))
+            .expect("the seed has a leaf page");
+        let first = (db.len() / ps) as u64;
+        for id in first..first + copies {
+            let mut page = leaf.clone();
+            page[..8].copy_from_slice(&id.to_le_bytes());
+            db.extend_from_slice(&page);
+        }
+        (db, ps)
+    }
+
+    /// The same db recorded in memory and, budget 0, all in a spill file.
+    fn recorded_both_ways(db: &[u8]) -> (Skeletons, Skeletons) {
+        let mut in_memory = Skeletons::new(usize::MAX);
+        in_memory.record(0, db);
+        let mut spilled = Skeletons::spilling(0, tempfile::tempfile().unwrap());
+        spilled.record(0, db);
+        assert!(spilled.finish_recording().is_none());
+        (in_memory, spilled)
     }
 
     #[test]
     fn spilled_images_read_back_in_any_order_as_they_were_recorded() {
-        let (db, ps) = seed_pages();
-        let mut in_memory = Skeletons::new(usize::MAX);
-        in_memory.record(0, &db);
-        // Budget 0: every image goes to the spill file, and the window is smaller than the spill
-        // only if the test reads out of order, which it does.
-        let mut spilled = Skeletons::spilling(0, tempfile::tempfile().unwrap());
-        spilled.record(0, &db);
-        assert!(spilled.finish_recording().is_none());
-        assert!(spilled.spilled() > 0);
+        let (db, ps) = db_of_leaves(8000);
+        let (in_memory, spilled) = recorded_both_ways(&db);
+        assert!(
+            spilled.spilled() > 2 * READ_AHEAD as u64,
+            "{}",
+            spilled.spilled()
+        );
         let ids: Vec<u64> = (0..(db.len() / ps) as u64).collect();
         let (mut expected, mut actual) = (Vec::new(), Vec::new());
         let mut compared = 0;
-        for &id in ids
+        // In order (one window reading ahead), backwards (small reads), and in two interleaved
+        // runs, as the walk reads leaves and the branches elsewhere that point to them.
+        let half = ids.len() / 2;
+        let interleaved = (0..half).flat_map(|i| [ids[i], ids[half + i]]);
+        let order = ids
             .iter()
-            .chain(ids.iter().rev())
-            .chain(ids.iter().step_by(3))
-        {
+            .copied()
+            .chain(ids.iter().rev().copied())
+            .chain(interleaved);
+        for id in order {
             let recorded = in_memory.image(id, &mut expected).unwrap();
             assert_eq!(
                 spilled.image(id, &mut actual).unwrap(),
@@ -392,60 +445,70 @@ mod tests {
                 compared += 1;
             }
         }
-        assert!(compared > 3, "only {compared} pages had skeletons");
+        assert!(compared > 3 * 8000, "only {compared} pages had skeletons");
     }
 
     #[test]
-    fn read_back_returns_the_bytes_asked_for_in_runs_and_jumps() {
-        let bytes: Vec<u8> = (0..3 * READ_AHEAD as u32 + 999)
-            .map(|i| (i * 7 + i / 251) as u8)
+    fn records_read_back_in_runs_and_jumps_and_past_the_windows() {
+        let lens: Vec<usize> = (0..3000)
+            .map(|i| [90, 4, 300, 17, 2500, 0][i % 6])
+            .chain([READ_AHEAD + 1, 3 * READ_AHEAD, 5])
             .collect();
+        let (mut bytes, mut records) = (Vec::new(), Vec::new());
+        for (i, &len) in lens.iter().enumerate() {
+            let body: Vec<u8> = (0..len).map(|j| (i * 31 + j * 7) as u8).collect();
+            records.push((bytes.len() as u64, body.clone()));
+            bytes.extend_from_slice(&(len as u32).to_le_bytes());
+            bytes.extend_from_slice(&body);
+        }
         let mut file = tempfile::tempfile().unwrap();
         file.write_all(&bytes).unwrap();
         let end = bytes.len() as u64;
         let mut read_back = ReadBack::default();
-        let mut check = |at: usize, len: usize| {
-            let got = read_back.get(&file, at as u64, len, end).unwrap();
-            assert!(got == &bytes[at..at + len], "{len} bytes at {at}");
+        let mut check = |i: usize| {
+            let (at, body) = &records[i];
+            let mut out = vec![1, 2, 3];
+            read_back.record(&file, *at, end, &mut out).unwrap();
+            assert!(out[..3] == [1, 2, 3] && out[3..] == body[..], "record {i}");
         };
-        // Two interleaved runs (leaves, and the branches that point to them), as the walk reads.
-        let (mut leaves, mut branches) = (0, 2 * READ_AHEAD + 100);
-        while branches + 3000 < bytes.len() {
-            for len in [90, 4, 300, 17] {
-                check(leaves, len);
-                leaves += len;
-            }
-            check(branches, 2500);
-            branches += 2500;
-        }
-        // Jumps, an image larger than a window, and the last byte.
-        let mut at = 12345;
+        let n = records.len();
+        (0..n).for_each(&mut check);
+        (0..n / 2).flat_map(|i| [i, n / 2 + i]).for_each(&mut check);
+        let mut i = 17;
         for _ in 0..500 {
-            at = (at * 7919 + 13) % (bytes.len() - 5000);
-            check(at, 1 + at % 4000);
+            i = (i * 7919 + 13) % n;
+            check(i);
         }
-        check(7, READ_AHEAD + SMALL_READ);
-        check(bytes.len() - 1, 1);
+        let windows: usize = read_back.windows.iter().map(|w| w.bytes.capacity()).sum();
+        assert!(windows <= WINDOWS * READ_AHEAD, "{windows} bytes held");
+        let mut out = Vec::new();
         assert!(read_back.get(&file, end - 3, 4, end).is_err());
+        // The largest record, one byte past a spill that ends where the next record starts.
+        let cut = records[n - 1].0 - 1;
+        assert!(read_back
+            .record(&file, records[n - 2].0, cut, &mut out)
+            .is_err());
+        assert!(out.is_empty());
     }
 
     #[test]
-    fn a_spill_cut_short_is_an_error_when_read_back() {
-        let (db, ps) = seed_pages();
-        let mut spilled = Skeletons::spilling(0, tempfile::tempfile().unwrap());
-        spilled.record(0, &db);
-        assert!(spilled.finish_recording().is_none());
+    fn a_spill_cut_short_reads_back_whole_images_or_errors() {
+        let (db, ps) = db_of_leaves(8000);
+        let (in_memory, spilled) = recorded_both_ways(&db);
         let spill = spilled.spill.as_ref().unwrap();
         spill.file.get_ref().set_len(spill.len / 2).unwrap();
-        let ids = 0..(db.len() / ps) as u64;
-        let failed = ids
-            .clone()
-            .filter(|&id| spilled.image(id, &mut Vec::new()).is_err())
-            .count();
-        let recorded = ids
-            .filter(|&id| spilled.index.get(id as usize).is_some_and(|&at| at > 0))
-            .count();
-        // Whatever the window read before, every image read back fails: none is half read.
-        assert_eq!(failed, recorded);
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        let (mut whole, mut failed) = (0, 0);
+        for id in 0..(db.len() / ps) as u64 {
+            if !in_memory.image(id, &mut expected).unwrap() {
+                continue;
+            }
+            match spilled.image(id, &mut actual) {
+                Ok(true) if actual == expected => whole += 1,
+                Ok(found) => panic!("page {id}: {found}, {} bytes", actual.len()),
+                Err(_) => failed += 1,
+            }
+        }
+        assert!(whole > 0 && failed > 0, "{whole} whole, {failed} failed");
     }
 }

@@ -694,10 +694,10 @@ impl Arena {
             .expect("an offset past the budget is in the spill");
         let file = spill.file.get_ref();
         let at = at - self.budget as u64;
-        let mut read_back = spill.read_back.borrow_mut();
-        let len = le_u32(read_back.get(file, at, 4, spill.len)?, 0) as usize;
-        block.extend_from_slice(read_back.get(file, at + 4, len, spill.len)?);
-        Ok(())
+        spill
+            .read_back
+            .borrow_mut()
+            .record(file, at, spill.len, block)
     }
 }
 
