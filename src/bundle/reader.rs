@@ -173,6 +173,13 @@ pub fn read_bundle<R: Read>(
             let mut entry = entry;
             let digest = sink
                 .snapshot_blake3(snapshot, &mut entry)
+                .and_then(|digest| match entry.read(&mut [0])? {
+                    0 => Ok(digest),
+                    // A digest of part of the snapshot would be blamed on the bundle.
+                    _ => Err(io::Error::other(
+                        "cpr stopped reading the snapshot before its end; report this as a bug",
+                    )),
+                })
                 .map_err(read_err(bundle, &snapshot.path))?;
             blake3 = Some(digest);
         } else {
