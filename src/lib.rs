@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod etcd;
 pub mod fsutil;
+pub mod hashing;
 pub mod host;
 pub mod k8s;
 pub mod logger;

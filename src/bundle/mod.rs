@@ -6,7 +6,6 @@
 //! a stored bundle (age) and `sign` signs its stored bytes (minisign).
 
 pub mod crypt;
-mod hashing;
 pub mod keyfile;
 pub mod manifest;
 pub mod name;

@@ -14,10 +14,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::hashing::Blake3Reader;
 use super::manifest::{FileEntry, Manifest, SnapshotEntry, MANIFEST_PATH, MAX_MANIFEST_BYTES};
 use super::trailer::TrailerReader;
 use super::Error;
+use crate::hashing::HashingReader;
 
 /// zstd windows above 128 MiB are refused: the writer never uses them, and they cost memory.
 const MAX_WINDOW_LOG: u32 = 27;
@@ -43,7 +43,7 @@ pub trait Sink {
         entry: &SnapshotEntry,
         data: &mut dyn Read,
     ) -> io::Result<blake3::Hash> {
-        let mut digested = Blake3Reader::new(data);
+        let mut digested = HashingReader::blake3(data);
         self.snapshot(entry, &mut digested)?;
         io::copy(&mut digested, &mut io::sink())?;
         Ok(digested.finish().1)
@@ -150,14 +150,11 @@ pub fn read_bundle<R: Read>(
             .map_err(read_err(bundle, MANIFEST_PATH))?;
         for file in &manifest.files {
             let entry = expect_entry(&mut entries, &file.path, file.size, bundle)?;
-            let mut hashing = HashingReader {
-                inner: entry,
-                hasher: Sha256::new(),
-            };
+            let mut hashing = HashingReader::new(entry, Sha256::new());
             sink.file(file, &mut hashing)
                 .and_then(|()| io::copy(&mut hashing, &mut io::sink()).map(drop))
                 .map_err(read_err(bundle, &file.path))?;
-            let actual = hex::encode(hashing.hasher.finalize());
+            let actual = hex::encode(hashing.into_parts().1.finalize());
             if actual != file.sha256 {
                 return Err(Error::DigestMismatch {
                     bundle: bundle.to_string(),
@@ -421,17 +418,4 @@ fn expect_entry<'a, R: Read>(
 fn read_err(bundle: &str, at: &str) -> impl FnOnce(io::Error) -> Error {
     let (bundle, at) = (bundle.to_string(), at.to_string());
     move |source| Error::Read { bundle, at, source }
-}
-
-struct HashingReader<R> {
-    inner: R,
-    hasher: Sha256,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
 }

@@ -24,8 +24,8 @@ use std::fmt;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use super::hashing::{sha256, Background, Hasher};
 use super::keyfile::{self, KeyError};
+use crate::hashing::{sha256, Background, Hasher};
 
 const SIG_ALG: &[u8; 2] = b"Ed";
 const SIG_ALG_HASHED: &[u8; 2] = b"ED";

@@ -5,7 +5,7 @@
 
 use std::io::{self, Read};
 
-use super::hashing::{sha256, Background};
+use crate::hashing::{sha256, Background};
 
 const TRAILER: usize = 32;
 

@@ -4,10 +4,10 @@
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
 
-use super::hashing::Blake3Reader;
 use super::manifest::{Manifest, MANIFEST_PATH};
 use super::trailer::TrailerReader;
 use super::Error;
+use crate::hashing::HashingReader;
 
 const ZSTD_JOB_BYTES: u32 = 2 << 20;
 
@@ -92,7 +92,7 @@ pub fn write_bundle<W: Write>(
     let expected = manifest.snapshot.size;
     // etcd's trailer is checked here, once, as the snapshot streams out of etcd; restores check
     // the BLAKE3 digest, fast without SHA hardware.
-    let mut digested = Blake3Reader::new(TrailerReader::new(snapshot.take(expected)));
+    let mut digested = HashingReader::blake3(TrailerReader::new(snapshot.take(expected)));
     append(
         &mut tar,
         &meta(&manifest.snapshot.path, 0o600, expected),

@@ -41,6 +41,7 @@ use super::bbolt::{
 use super::keys::{revision_of, Revision};
 use super::skeleton::{ReadBack, Skeletons};
 use super::status::checked_walk;
+use crate::hashing::HashingReader;
 
 /// Memory for page skeletons and for records each; the rest is spilled. Small against the 64 MiB
 /// budget of the whole command, which also holds what the caller keeps (the inventory itself).
@@ -189,23 +190,15 @@ fn record_within<T: prost::Message + Default>(
         })
     });
     threaded.unwrap_or_else(|| match blake3 {
-        Some(blake3) => record_pages(budget, &mut Hashing { data, blake3 }, size, scratch, leaf),
+        Some(blake3) => record_pages(
+            budget,
+            &mut HashingReader::new(data, blake3),
+            size,
+            scratch,
+            leaf,
+        ),
         None => record_pages(budget, data, size, scratch, leaf),
     })
-}
-
-/// A stream whose every byte read is fed to a BLAKE3 hasher.
-struct Hashing<'a> {
-    data: &'a mut dyn Read,
-    blake3: &'a mut blake3::Hasher,
-}
-
-impl Read for Hashing<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.data.read(buf)?;
-        self.blake3.update(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// Reads the first `size` bytes of `data` into buffers (recycled from the recording thread) and

@@ -1,4 +1,6 @@
-//! Hashing on a thread of its own. sha256 (and BLAKE2b for signatures) of a multi-GiB stream costs
+//! Hashing of streams, for the bundle format and for the etcd snapshot streaming out of a bundle.
+//!
+//! Mostly on a thread of its own: sha256 (and BLAKE2b for signatures) of a multi-GiB stream costs
 //! as much as decompressing and writing it, so readers and writers hand the bytes over in batches
 //! and go on; a few batches in flight bound the memory.
 //!
@@ -10,9 +12,16 @@ use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-/// A streaming hash the hashing thread can feed.
-pub trait Hasher: Send + 'static {
+/// A streaming hash: the hashing thread's, or one a reader feeds where it reads.
+pub trait Hasher {
     fn update(&mut self, data: &[u8]);
+}
+
+/// A hasher the caller keeps, to hash more of the stream or finalize.
+impl<H: Hasher + ?Sized> Hasher for &mut H {
+    fn update(&mut self, data: &[u8]) {
+        H::update(self, data);
+    }
 }
 
 impl Hasher for ring::digest::Context {
@@ -24,6 +33,12 @@ impl Hasher for ring::digest::Context {
 impl Hasher for blake3::Hasher {
     fn update(&mut self, data: &[u8]) {
         blake3::Hasher::update(self, data);
+    }
+}
+
+impl Hasher for sha2::Sha256 {
+    fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(self, data);
     }
 }
 
@@ -57,7 +72,7 @@ enum State<H> {
     Inline(H),
 }
 
-impl<H: Hasher> Background<H> {
+impl<H: Hasher + Send + 'static> Background<H> {
     /// `make` builds the hasher, in the worker or, when no thread can be had, here.
     pub fn new(make: impl Fn() -> H + Clone + Send + 'static) -> Self {
         let (sender, receiver) = sync_channel::<Vec<u8>>(BATCHES_IN_FLIGHT);
@@ -136,18 +151,33 @@ impl<H: Hasher> Background<H> {
     }
 }
 
-/// Passes a stream through, hashing it with BLAKE3 on the hashing thread.
-pub struct Blake3Reader<R> {
-    inner: R,
-    hasher: Background<blake3::Hasher>,
+impl<H: Hasher + Send + 'static> Hasher for Background<H> {
+    fn update(&mut self, data: &[u8]) {
+        Background::update(self, data);
+    }
 }
 
-impl<R> Blake3Reader<R> {
-    pub fn new(inner: R) -> Self {
-        Blake3Reader {
-            inner,
-            hasher: Background::new(blake3::Hasher::new),
-        }
+/// Passes a stream through, feeding `hasher` every byte read.
+pub struct HashingReader<R, H> {
+    inner: R,
+    hasher: H,
+}
+
+impl<R, H> HashingReader<R, H> {
+    pub fn new(inner: R, hasher: H) -> Self {
+        HashingReader { inner, hasher }
+    }
+
+    /// The stream, and the hasher fed everything read through it.
+    pub fn into_parts(self) -> (R, H) {
+        (self.inner, self.hasher)
+    }
+}
+
+impl<R> HashingReader<R, Background<blake3::Hasher>> {
+    /// Hashing with BLAKE3 on the hashing thread.
+    pub fn blake3(inner: R) -> Self {
+        HashingReader::new(inner, Background::new(blake3::Hasher::new))
     }
 
     /// The stream, and the digest of everything read through it.
@@ -156,7 +186,7 @@ impl<R> Blake3Reader<R> {
     }
 }
 
-impl<R: Read> Read for Blake3Reader<R> {
+impl<R: Read, H: Hasher> Read for HashingReader<R, H> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
@@ -189,11 +219,23 @@ mod tests {
     #[test]
     fn blake3_reader_passes_the_stream_through_and_hashes_all_of_it() {
         let data: Vec<u8> = (0..2 * BATCH as u32 + 5).map(|i| (i * 7) as u8).collect();
-        let mut reader = Blake3Reader::new(&data[..]);
+        let mut reader = HashingReader::blake3(&data[..]);
         let mut out = Vec::new();
         reader.read_to_end(&mut out).unwrap();
         let (_, digest) = reader.finish();
         assert!(out == data);
         assert_eq!(digest, blake3::hash(&data));
+    }
+
+    #[test]
+    fn a_borrowed_hasher_keeps_what_was_read_through_it() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 13) as u8).collect();
+        let mut blake3 = blake3::Hasher::new();
+        let mut reader = HashingReader::new(&data[..], &mut blake3);
+        let mut first = vec![0; 777];
+        reader.read_exact(&mut first).unwrap();
+        let (mut rest, _) = reader.into_parts();
+        io::copy(&mut rest, &mut blake3).unwrap();
+        assert_eq!(blake3.finalize(), blake3::hash(&data));
     }
 }
