@@ -9,8 +9,8 @@
 //! between pages through first and last keys, order within a page when the skeleton is made,
 //! reachability and overlap through the page count kept in the header, top-level keys being
 //! buckets through the one plain key kept. A page whose skeleton cannot be made (it fails a check,
-//! straddles two chunks, or the budget is spent) gets none: the walk reads that page from the file
-//! and reports what is wrong with it there.
+//! spans more than `STRADDLING_MAX` across chunks, or the budget is spent) gets none: the walk reads
+//! that page from the file and reports what is wrong with it there.
 //!
 //! Skeletons take about 2 % of a db of small objects: past the memory budget they go to a spill
 //! file (unlinked, through the page cache), so a db of several GiB is not read back either: reading
@@ -44,6 +44,22 @@ struct Spill {
 const READ_AHEAD: usize = 256 << 10;
 const SMALL_READ: usize = 4 << 10;
 const WINDOWS: usize = 4;
+
+/// A page whose span goes past its chunk is put together from the chunks that follow, up to this
+/// size: etcd refuses requests over 1.5 MiB by default (`--max-request-bytes`), so larger values
+/// are rare. Reading such a page from the db instead costs a disk read: the db was written past
+/// the page cache. With 1 MiB chunks and 10 KiB values, two in three chunks end inside a page; read
+/// back, those pages were a fifth of a 1 GiB restore.
+const STRADDLING_MAX: usize = 2 << 20;
+
+/// The start of a page whose span goes past the chunk it starts in.
+struct Straddling {
+    id: u64,
+    span: usize,
+    bytes: Vec<u8>,
+    /// Where the next chunk must start for the page to be put together.
+    next: u64,
+}
 
 /// A part of the spill file read back.
 #[derive(Default)]
@@ -162,6 +178,7 @@ pub struct Skeletons {
     spent: bool,
     /// One record (length prefix and image) being made.
     record: Vec<u8>,
+    straddling: Option<Straddling>,
     read_back: RefCell<ReadBack>,
 }
 
@@ -177,6 +194,7 @@ impl Skeletons {
             spill: None,
             spent: false,
             record: Vec::new(),
+            straddling: None,
             read_back: RefCell::default(),
         }
     }
@@ -226,18 +244,42 @@ impl Skeletons {
         if self.spent || offset % ps as u64 != 0 {
             return;
         }
+        if let Some(mut page) = self.straddling.take().filter(|p| p.next == offset) {
+            let wanted = page.span - page.bytes.len();
+            if data.len() < wanted {
+                page.bytes.extend_from_slice(data);
+                page.next += data.len() as u64;
+                self.straddling = Some(page);
+                return;
+            }
+            page.bytes.extend_from_slice(&data[..wanted]);
+            // A page without a skeleton is read from the db by the walk, which says what is wrong.
+            let _ = self.add(page.id, &page.bytes, &mut Vec::new());
+            if self.spent {
+                return;
+            }
+        }
         let first = offset / ps as u64;
         let mut elems = Vec::new();
-        for (i, start) in (0..data.len()).step_by(ps).enumerate() {
-            let id = first + i as u64;
+        for start in (0..data.len()).step_by(ps) {
+            let id = first + (start / ps) as u64;
             if id < 2 || start + ps > data.len() || le_u64(data, start) != id {
                 continue;
             }
             let span = (u64::from(le_u32(data, start + 12)) + 1).saturating_mul(ps as u64);
             let Some(bytes) = data.get(start..).and_then(|d| d.get(..span as usize)) else {
+                // The last such page is the one that goes on: what a page before it seemed to
+                // span was not a page.
+                if span <= STRADDLING_MAX as u64 {
+                    self.straddling = Some(Straddling {
+                        id,
+                        span: span as usize,
+                        bytes: data[start..].to_vec(),
+                        next: offset + data.len() as u64,
+                    });
+                }
                 continue;
             };
-            // A page without a skeleton is read from the db by the walk, which says what is wrong.
             let _ = self.add(id, bytes, &mut elems);
             if self.spent {
                 return;
@@ -385,8 +427,9 @@ mod tests {
     use super::*;
 
     /// A real etcd 3.4 db (the fuzz seed) followed by `copies` copies of one of its leaf pages,
-    /// each with the id of where it lies: a db whose skeletons span many read-back windows.
-    fn db_of_leaves(copies: u64) -> (Vec<u8>, usize) {
+    /// each with the id of where it lies and `overflow` pages of filler: a db whose skeletons span
+    /// many read-back windows.
+    fn db_of_leaves(copies: u64, overflow: u32) -> (Vec<u8>, usize) {
         let mut db = include_bytes!("../../fuzz/corpus/bbolt/seed-etcd-3.4").to_vec();
         let ps = Meta::parse(0, &db).unwrap().page_size as usize;
         let leaf = (2..db.len() / ps)
@@ -394,10 +437,13 @@ mod tests {
             .find(|page| Page::parse(le_u64(page, 0), page).is_ok_and(|p| p.is_leaf()))
             .expect("the seed has a leaf page");
         let first = (db.len() / ps) as u64;
-        for id in first..first + copies {
+        let span = 1 + u64::from(overflow);
+        for id in (first..).step_by(span as usize).take(copies as usize) {
             let mut page = leaf.clone();
             page[..8].copy_from_slice(&id.to_le_bytes());
+            page[12..16].copy_from_slice(&overflow.to_le_bytes());
             db.extend_from_slice(&page);
+            db.resize(db.len() + overflow as usize * ps, 0xee);
         }
         (db, ps)
     }
@@ -414,7 +460,7 @@ mod tests {
 
     #[test]
     fn spilled_images_read_back_in_any_order_as_they_were_recorded() {
-        let (db, ps) = db_of_leaves(8000);
+        let (db, ps) = db_of_leaves(8000, 0);
         let (in_memory, spilled) = recorded_both_ways(&db);
         assert!(
             spilled.spilled() > 2 * READ_AHEAD as u64,
@@ -446,6 +492,38 @@ mod tests {
             }
         }
         assert!(compared > 3 * 8000, "only {compared} pages had skeletons");
+    }
+
+    #[test]
+    fn pages_that_straddle_chunks_get_the_skeletons_they_get_whole() {
+        let (db, ps) = db_of_leaves(60, 2);
+        let mut whole = Skeletons::new(usize::MAX);
+        whole.record(0, &db);
+        let pages = (db.len() / ps) as u64;
+        let leaves = (0..pages)
+            .filter(|&id| whole.image(id, &mut Vec::new()).unwrap())
+            .count();
+        assert!(leaves >= 60, "only {leaves} pages had skeletons");
+        let (mut expected, mut actual) = (Vec::new(), Vec::new());
+        // Chunks of one page, shorter than a page's span, and of spans that end in every page of one.
+        for pages_per_chunk in [1, 2, 4, 5, 7] {
+            let mut chunked = Skeletons::new(usize::MAX);
+            for (i, chunk) in db.chunks(pages_per_chunk * ps).enumerate() {
+                chunked.record((i * pages_per_chunk * ps) as u64, chunk);
+            }
+            for id in 0..pages {
+                let recorded = whole.image(id, &mut expected).unwrap();
+                assert_eq!(
+                    chunked.image(id, &mut actual).unwrap(),
+                    recorded,
+                    "page {id}, chunks of {pages_per_chunk} pages"
+                );
+                assert!(
+                    !recorded || actual == expected,
+                    "page {id}, chunks of {pages_per_chunk} pages"
+                );
+            }
+        }
     }
 
     #[test]
@@ -493,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_spill_cut_short_reads_back_whole_images_or_errors() {
-        let (db, ps) = db_of_leaves(8000);
+        let (db, ps) = db_of_leaves(8000, 0);
         let (in_memory, spilled) = recorded_both_ways(&db);
         let spill = spilled.spill.as_ref().unwrap();
         spill.file.get_ref().set_len(spill.len / 2).unwrap();
