@@ -50,6 +50,19 @@ pub trait Sink {
     }
 }
 
+/// `Sink::snapshot_blake3` of a sink that hashes the snapshot where it passes the bytes on:
+/// `pass` reads `data`, feeding the hasher every byte it takes; what it leaves is hashed here, so
+/// the digest covers all of the snapshot.
+pub fn blake3_to_end(
+    data: &mut dyn Read,
+    pass: impl FnOnce(&mut dyn Read, &mut blake3::Hasher) -> io::Result<()>,
+) -> io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    pass(&mut *data, &mut hasher)?;
+    io::copy(data, &mut hasher)?;
+    Ok(hasher.finalize())
+}
+
 /// Reads and checks everything, keeping nothing.
 pub struct Discard;
 

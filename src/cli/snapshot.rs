@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::{open_bundle, KeyFlags};
-use crate::bundle::{read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
+use crate::bundle::{blake3_to_end, read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
 use crate::etcd;
 use crate::etcd::bbolt::{Corruption, Meta, ReadError, META_PAGE_PREFIX};
 use crate::etcd::keys::{Revision, Revisions};
@@ -150,12 +150,11 @@ impl<T: prost::Message + Default> Sink for StreamToRecords<'_, '_, T> {
         entry: &SnapshotEntry,
         data: &mut dyn Read,
     ) -> io::Result<blake3::Hash> {
-        let mut blake3 = blake3::Hasher::new();
-        let recorded =
-            stream::record_hashing(&mut *data, entry.size, self.scratch, self.leaf, &mut blake3);
-        self.record(recorded)?;
-        io::copy(data, &mut blake3)?;
-        Ok(blake3.finalize())
+        blake3_to_end(data, |data, blake3| {
+            let recorded =
+                stream::record_hashing(data, entry.size, self.scratch, self.leaf, blake3);
+            self.record(recorded)
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use super::state::{self, Phase, State};
 use super::Error;
 use crate::bundle::manifest::{FileEntry, Manifest, SnapshotEntry};
 use crate::bundle::name::BundleName;
-use crate::bundle::{read_bundle, Extract, Sink};
+use crate::bundle::{blake3_to_end, read_bundle, Extract, Sink};
 use crate::etcd::restore::{ensure_not_in_use, restore_from_reader, RestoreOptions, Restored};
 use crate::etcd::Error as EtcdError;
 use crate::fsutil;
@@ -605,7 +605,8 @@ fn stage_point_snapshot(
 }
 
 /// The snapshot steps of a sink whose `restore_snapshot` restores the snapshot and, given a hasher,
-/// feeds it the bytes from the restore's copy pipeline.
+/// feeds it the bytes from the restore's copy pipeline. The bundle reader, or `blake3_to_end`
+/// hashing it, reads what `restore_snapshot` leaves of the snapshot.
 macro_rules! snapshot_steps_through_restore_snapshot {
     () => {
         fn snapshot(&mut self, entry: &SnapshotEntry, data: &mut dyn Read) -> io::Result<()> {
@@ -617,9 +618,9 @@ macro_rules! snapshot_steps_through_restore_snapshot {
             entry: &SnapshotEntry,
             data: &mut dyn Read,
         ) -> io::Result<blake3::Hash> {
-            let mut hasher = blake3::Hasher::new();
-            self.restore_snapshot(entry, data, Some(&mut hasher))?;
-            Ok(hasher.finalize())
+            blake3_to_end(data, |data, hasher| {
+                self.restore_snapshot(entry, data, Some(hasher))
+            })
         }
     };
 }
@@ -680,35 +681,26 @@ impl PointSink<'_> {
         &mut self,
         entry: &SnapshotEntry,
         data: &mut dyn Read,
-        mut blake3: Option<&mut blake3::Hasher>,
+        blake3: Option<&mut blake3::Hasher>,
     ) -> io::Result<()> {
         let options = self.options.clone().expect("the manifest comes first");
         log_member_restore(&options);
         let restored = restore_from_reader(
-            &mut *data,
+            data,
             entry.size,
             Path::new(&entry.path),
             self.target,
             &options,
-            blake3.as_deref_mut(),
+            blake3,
         );
         match restored {
             Ok(restored) => {
                 self.restored = Some(restored);
-                read_rest(data, blake3)
+                Ok(())
             }
             Err(error) => Err(self.fail(error.into())),
         }
     }
-}
-
-/// Reads what is left of a bundle entry, hashing it when the sink hashes the entry itself.
-fn read_rest(data: &mut dyn Read, blake3: Option<&mut blake3::Hasher>) -> io::Result<()> {
-    match blake3 {
-        Some(hasher) => io::copy(data, hasher),
-        None => io::copy(data, &mut io::sink()),
-    }
-    .map(drop)
 }
 
 /// Where this node's etcd member comes from, as the sink decides on reaching the snapshot.
@@ -1073,7 +1065,7 @@ impl RestoreSink<'_> {
         &mut self,
         entry: &SnapshotEntry,
         data: &mut dyn Read,
-        mut blake3: Option<&mut blake3::Hasher>,
+        blake3: Option<&mut blake3::Hasher>,
     ) -> io::Result<()> {
         let manifest = self.manifest.clone().expect("the manifest comes first");
         let pki = self.staging.join(STAGED_BUNDLE).join(layout::PKI_DIR);
@@ -1109,8 +1101,9 @@ impl RestoreSink<'_> {
                 match point {
                     Ok((point @ (Point::Other(_) | Point::Rejoin(_) | Point::Survivor(_)), _)) => {
                         self.point = point;
-                        // Read through, so that this bundle's own files are known to be intact.
-                        return read_rest(data, blake3);
+                        // Not restored from, but still read through by the caller, so that this
+                        // bundle's own files are known to be intact.
+                        return Ok(());
                     }
                     Ok((point, options)) => {
                         self.point = point;
@@ -1149,14 +1142,14 @@ impl RestoreSink<'_> {
                     Path::new(&entry.path),
                     &etcd_target(&live),
                     &options,
-                    blake3.as_deref_mut(),
+                    blake3,
                 )
                 .map_err(Error::from)
             });
         match result {
             Ok(restored) => {
                 self.restored = Some(restored);
-                read_rest(data, blake3)
+                Ok(())
             }
             Err(error) => Err(self.fail(error)),
         }
