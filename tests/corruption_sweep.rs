@@ -4,8 +4,8 @@
 //!
 //! A flip can land where the bundle's own checks cannot see it: a zstd frame-header bit (the window
 //! size, the content-size flag) may leave every decoded byte the same. Two things close that gap,
-//! and the sweep runs once for each: the sha256 of the stored object that `cpr backup` records in the
-//! store's index (plain bundles), and the minisign signature over the stored bytes (encrypted and
+//! and the sweep runs once for each: the BLAKE3 digest of the stored object that `cpr backup` records
+//! in the store's index (plain bundles; an older cpr's index records sha256, which is checked too), and the minisign signature over the stored bytes (encrypted and
 //! signed bundles, where age's per-chunk authentication also refuses any changed ciphertext). Random
 //! flips rarely hit the frame header, so every bit of it is also flipped on purpose, and the ones
 //! the format cannot see must be refused by the index's digest.
@@ -43,7 +43,7 @@ impl Rng {
 /// Why a damaged bundle was refused, reduced to the first check that caught it.
 fn category(error: &str) -> &'static str {
     [
-        ("index recorded", "stored object's sha256 (index)"),
+        ("index recorded", "stored object's digest (index)"),
         ("signature refused", "minisign signature"),
         ("decryption failed", "age authentication"),
         ("has sha256", "file digest"),
@@ -147,8 +147,9 @@ impl Sweep<'_> {
     }
 
     /// Every bit of the zstd frame header, flipped: the ones the bundle format cannot see (the
-    /// decoded content is unchanged) must still be refused, by the index's digest.
-    fn frame_header_bits(&self) {
+    /// decoded content is unchanged) must still be refused, by the index's digest, named in the
+    /// error as `digest` ("BLAKE3 digest" as cpr records it, "sha256" in an older cpr's index).
+    fn frame_header_bits(&self, digest: &str) {
         let original = fs::read(self.store_dir.join(self.name)).unwrap();
         let root = provisioned_root();
         let before = tree_with_modes(root.path());
@@ -165,7 +166,8 @@ impl Sweep<'_> {
                     .attempt(&bytes, root.path())
                     .expect_err("a frame-header flip was restored");
                 assert!(
-                    error.contains("index recorded"),
+                    error.contains("index recorded")
+                        && error.contains(&format!("the stored object has {digest} ")),
                     "byte {at} bit {bit}: {error}"
                 );
             }
@@ -174,7 +176,7 @@ impl Sweep<'_> {
         let mut after = tree_with_modes(root.path());
         after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
         assert_eq!(after, before);
-        eprintln!("{blind} frame-header bit flips leave the content unchanged; the index's sha256 refused each");
+        eprintln!("{blind} frame-header bit flips leave the content unchanged; the index's {digest} refused each");
         assert!(
             blind > 0,
             "expected some invisible header bits to exercise the index check"
@@ -225,14 +227,31 @@ fn every_flip_and_truncation_is_detected_before_the_root_changes() {
         identity: None,
         verify_key: None,
     }
-    .run("plain bundle, index sha256");
-    Sweep {
+    .run("plain bundle, index BLAKE3 digest");
+    let sweep = Sweep {
         store_dir: store.path(),
         name: &plain,
         identity: None,
         verify_key: None,
-    }
-    .frame_header_bits();
+    };
+    let index = store
+        .path()
+        .join(format!("{CLUSTER}/{NODE_NAME}/index.json"));
+    let mut written: serde_json::Value =
+        serde_json::from_slice(&fs::read(&index).unwrap()).unwrap();
+    let entry = &mut written["bundles"][0];
+    assert_eq!(entry["name"], plain.as_str());
+    let object = fs::read(store.path().join(&plain)).unwrap();
+    assert_eq!(entry["blake3"], blake3::hash(&object).to_hex().as_str());
+    assert!(entry.get("sha256").is_none(), "{entry}");
+    sweep.frame_header_bits("BLAKE3 digest");
+    // The index as a cpr before BLAKE3 wrote it: its sha256 is still checked.
+    let entry = entry.as_object_mut().unwrap();
+    entry.remove("blake3");
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&object));
+    entry.insert("sha256".into(), sha256.into());
+    fs::write(&index, serde_json::to_vec_pretty(&written).unwrap()).unwrap();
+    sweep.frame_header_bits("sha256");
     Sweep {
         store_dir: store.path(),
         name: &sealed,

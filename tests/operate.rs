@@ -80,6 +80,7 @@ fn seed(store: &dyn Store, bundle: &[u8]) {
                 encrypted: false,
                 signed: true,
                 sha256: None,
+                blake3: None,
                 renamed_from: None,
                 etcd_members: Vec::new(),
                 extra: Default::default(),

@@ -91,9 +91,10 @@ pub enum Error {
         bundle: String,
         rejection: sign::Rejection,
     },
-    #[error("bundle {bundle}: the stored object has sha256 {actual}, the store's index recorded {expected}. The bundle is corrupt; use another bundle")]
+    #[error("bundle {bundle}: the stored object has {kind} {actual}, the store's index recorded {expected}. The bundle is corrupt; use another bundle")]
     ObjectDigest {
         bundle: String,
+        kind: sign::IndexDigest,
         expected: String,
         actual: String,
     },

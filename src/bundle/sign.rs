@@ -337,24 +337,54 @@ fn decode_key_line(text: &str, len: usize) -> Result<Vec<u8>, String> {
     Ok(raw)
 }
 
-/// What a stored object's bytes hash to: sha256 for the index, BLAKE2b-512 for a signature when
-/// one is made or checked.
+/// The digest a store's index records of a stored object. cpr writes BLAKE3: it runs at the same
+/// speed on every CPU, where SHA-256 without SHA extensions took a third of a restore's CPU time.
+/// Indexes written by cpr before it record sha256, which is still checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexDigest {
+    Blake3,
+    Sha256,
+}
+
+impl fmt::Display for IndexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IndexDigest::Blake3 => "BLAKE3 digest",
+            IndexDigest::Sha256 => "sha256",
+        })
+    }
+}
+
+/// What a stored object's bytes hash to: the index's digest when one is made or checked,
+/// BLAKE2b-512 for a signature when one is made or checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectDigest {
     pub blake2b: Option<[u8; 64]>,
-    pub sha256: String,
+    /// Hex, of the kind the `Digesting` was made for.
+    pub index: Option<String>,
     pub size: u64,
 }
 
 /// The object's hashes, fed on a background thread.
 struct ObjectHasher {
-    sha256: ring::digest::Context,
+    index: Option<IndexHasher>,
     blake2b: Option<Blake2b512>,
+}
+
+enum IndexHasher {
+    Blake3(Box<blake3::Hasher>),
+    Sha256(Box<ring::digest::Context>),
 }
 
 impl Hasher for ObjectHasher {
     fn update(&mut self, data: &[u8]) {
-        self.sha256.update(data);
+        match &mut self.index {
+            Some(IndexHasher::Blake3(hasher)) => {
+                hasher.update(data);
+            }
+            Some(IndexHasher::Sha256(context)) => context.update(data),
+            None => {}
+        }
         if let Some(blake2b) = &mut self.blake2b {
             Digest::update(blake2b, data);
         }
@@ -369,21 +399,26 @@ pub struct Digesting<T> {
 }
 
 impl<T> Digesting<T> {
-    /// sha256 only: for objects that are neither signed nor checked against a signature.
-    pub fn new(inner: T) -> Self {
-        Self::hashing(inner, false)
+    /// The index's digest only: for objects that are neither signed nor checked against a
+    /// signature.
+    pub fn new(inner: T, index: IndexDigest) -> Self {
+        Self::hashing(inner, Some(index), false)
     }
 
-    /// sha256 and the BLAKE2b-512 a minisign signature covers.
-    pub fn signable(inner: T) -> Self {
-        Self::hashing(inner, true)
+    /// The BLAKE2b-512 a minisign signature covers, and the index's digest when there is one to
+    /// make or check.
+    pub fn signable(inner: T, index: Option<IndexDigest>) -> Self {
+        Self::hashing(inner, index, true)
     }
 
-    fn hashing(inner: T, blake2b: bool) -> Self {
+    fn hashing(inner: T, index: Option<IndexDigest>, blake2b: bool) -> Self {
         Digesting {
             inner,
             hasher: Background::new(move || ObjectHasher {
-                sha256: sha256(),
+                index: index.map(|kind| match kind {
+                    IndexDigest::Blake3 => IndexHasher::Blake3(Box::default()),
+                    IndexDigest::Sha256 => IndexHasher::Sha256(Box::new(sha256())),
+                }),
                 blake2b: blake2b.then(Blake2b512::new),
             }),
             size: 0,
@@ -399,7 +434,10 @@ impl<T> Digesting<T> {
         let hashed = self.hasher.finish();
         let digest = ObjectDigest {
             blake2b: hashed.blake2b.map(|b| b.finalize().into()),
-            sha256: hex::encode(hashed.sha256.finish()),
+            index: hashed.index.map(|hasher| match hasher {
+                IndexHasher::Blake3(hasher) => hasher.finalize().to_hex().to_string(),
+                IndexHasher::Sha256(context) => hex::encode((*context).finish()),
+            }),
             size: self.size,
         };
         (self.inner, digest)
@@ -431,7 +469,7 @@ mod tests {
     use super::*;
 
     fn digest(bytes: &[u8]) -> [u8; 64] {
-        let mut d = Digesting::signable(io::sink());
+        let mut d = Digesting::signable(io::sink(), None);
         d.write_all(bytes).unwrap();
         d.finish().1.blake2b.unwrap()
     }

@@ -38,7 +38,9 @@ use super::Error;
 use crate::bundle::crypt::{self, Identities, Recipient, Sealing};
 use crate::bundle::manifest::{MAX_MANIFEST_BYTES, MAX_SNAPSHOT_BYTES, MAX_TOTAL_FILE_BYTES};
 use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
-use crate::bundle::sign::{self, Digesting, ObjectDigest, PublicKey, SecretKey, Signature};
+use crate::bundle::sign::{
+    self, Digesting, IndexDigest, ObjectDigest, PublicKey, SecretKey, Signature,
+};
 use crate::bundle::Error as BundleError;
 use crate::store::{index, ObjectInfo, Store};
 
@@ -73,7 +75,8 @@ impl SealOptions {
 /// What was stored.
 pub struct Sealed {
     pub object: ObjectInfo,
-    pub sha256: String,
+    /// The stored object's BLAKE3 digest, hex, for the index.
+    pub blake3: String,
     pub signed: bool,
 }
 
@@ -87,8 +90,8 @@ pub fn store_sealed(
 ) -> Result<Sealed, Error> {
     let upload = store.create_new(name)?;
     let upload = match options.sign_key {
-        Some(_) => Digesting::signable(upload),
-        None => Digesting::new(upload),
+        Some(_) => Digesting::signable(upload, Some(IndexDigest::Blake3)),
+        None => Digesting::new(upload, IndexDigest::Blake3),
     };
     let mut sealing = Sealing::new(upload, &options.recipients, name)?;
     write(&mut sealing)?;
@@ -119,7 +122,7 @@ pub fn store_sealed(
     };
     Ok(Sealed {
         object,
-        sha256: digest.sha256,
+        blake3: digest.index.expect("hashed for the index"),
         signed,
     })
 }
@@ -235,7 +238,7 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
         Source::File(_) => None,
     };
     let indexed_size = entry.as_ref().map(|e| e.size);
-    let expected = entry.and_then(|e| e.sha256);
+    let expected = entry.and_then(IndexedDigest::of);
     let mut size = indexed_size;
     let mut signed = None;
     if let Some(key) = &keys.verify_key {
@@ -261,9 +264,10 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
             if keys.signature == SignatureCheck::BeforeReading
                 || matches!(source, Source::File(_)) =>
         {
-            let (file, digest) = fetch_whole(&source, size, scratch)?;
+            let kind = expected.as_ref().map(|e| e.kind);
+            let (file, digest) = fetch_whole(&source, size, scratch, kind)?;
             signed.check(&name, &digest)?;
-            check_digest(&name, expected.as_deref(), &digest)?;
+            check_digest(&name, expected.as_ref(), &digest)?;
             *ended.lock().expect("digest state") = Some(Ok(()));
             Box::new(file)
         }
@@ -274,12 +278,15 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
             };
             let streamed = match (signed, expected) {
                 (Some(signed), expected) => Streamed::Hashed {
-                    reader: Box::new(Digesting::signable(input)),
+                    reader: Box::new(Digesting::signable(
+                        input,
+                        expected.as_ref().map(|e| e.kind),
+                    )),
                     signed: Some(Box::new(signed)),
                     expected,
                 },
                 (None, Some(expected)) => Streamed::Hashed {
-                    reader: Box::new(Digesting::new(input)),
+                    reader: Box::new(Digesting::new(input, expected.kind)),
                     signed: None,
                     expected: Some(expected),
                 },
@@ -358,6 +365,7 @@ fn fetch_whole(
     source: &Source<'_>,
     size: Option<u64>,
     scratch: &Path,
+    index: Option<IndexDigest>,
 ) -> Result<(File, ObjectDigest), Error> {
     let (mut file, digest) = match source {
         Source::File(path) => {
@@ -365,7 +373,7 @@ fn fetch_whole(
                 path: path.to_path_buf(),
                 source,
             })?;
-            let mut hashing = Digesting::signable(&mut file);
+            let mut hashing = Digesting::signable(&mut file, index);
             io::copy(&mut hashing, &mut io::sink()).map_err(|source| Error::Read {
                 path: path.to_path_buf(),
                 source,
@@ -380,7 +388,7 @@ fn fetch_whole(
             };
             // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
             let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
-            let mut input = Digesting::signable(open_object(*store, object, size)?);
+            let mut input = Digesting::signable(open_object(*store, object, size)?, index);
             io::copy(&mut input, &mut spool)
                 .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
             spool.flush().map_err(spool_err)?;
@@ -467,17 +475,42 @@ fn index_entry(store: &dyn Store, object: &str) -> Option<index::IndexEntry> {
     }
 }
 
+/// The digest the store's index recorded of an object.
+struct IndexedDigest {
+    kind: IndexDigest,
+    hex: String,
+}
+
+impl IndexedDigest {
+    fn of(entry: index::IndexEntry) -> Option<IndexedDigest> {
+        match (entry.blake3, entry.sha256) {
+            (Some(hex), _) => Some(IndexedDigest {
+                kind: IndexDigest::Blake3,
+                hex,
+            }),
+            (None, Some(hex)) => Some(IndexedDigest {
+                kind: IndexDigest::Sha256,
+                hex,
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 fn check_digest(
     name: &str,
-    expected: Option<&str>,
+    expected: Option<&IndexedDigest>,
     digest: &ObjectDigest,
 ) -> Result<(), BundleError> {
     match expected {
-        Some(expected) if expected != digest.sha256 => Err(BundleError::ObjectDigest {
-            bundle: name.to_string(),
-            expected: expected.to_string(),
-            actual: digest.sha256.clone(),
-        }),
+        Some(expected) if digest.index.as_ref() != Some(&expected.hex) => {
+            Err(BundleError::ObjectDigest {
+                bundle: name.to_string(),
+                kind: expected.kind,
+                expected: expected.hex.clone(),
+                actual: digest.index.clone().unwrap_or_default(),
+            })
+        }
         _ => Ok(()),
     }
 }
@@ -496,7 +529,7 @@ enum Streamed {
     Hashed {
         reader: Box<Digesting<Box<dyn Read + Send>>>,
         signed: Option<Box<Signed>>,
-        expected: Option<String>,
+        expected: Option<IndexedDigest>,
     },
     Plain(Box<dyn Read + Send>),
 }
@@ -520,7 +553,7 @@ impl Read for CheckAtEnd {
                 let digest = reader.finish().1;
                 signed
                     .map_or(Ok(()), |signed| signed.check(&self.name, &digest))
-                    .and_then(|()| check_digest(&self.name, expected.as_deref(), &digest))
+                    .and_then(|()| check_digest(&self.name, expected.as_ref(), &digest))
             }
             Streamed::Plain(_) => Ok(()),
         };

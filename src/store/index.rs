@@ -48,6 +48,10 @@ pub struct IndexEntry {
     /// it catches damage the bundle's own checks cannot see, such as a zstd frame-header bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// BLAKE3 of the stored object, checked the same way: what cpr records now, in place of
+    /// `sha256` (see `bundle::sign::IndexDigest`). An older cpr ignores it and checks nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
     /// The node's name before a restore onto a new address renamed it: that name's bundles are this
     /// node's older ones (`cpr list --node` shows them with it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,6 +220,7 @@ pub fn list_bundles(
                 encrypted: object.name.ends_with(ENCRYPTED_SUFFIX),
                 signed: names.contains(format!("{}{SIGNATURE_SUFFIX}", object.name).as_str()),
                 sha256: None,
+                blake3: None,
                 renamed_from: None,
                 etcd_members: Vec::new(),
                 extra: BTreeMap::new(),

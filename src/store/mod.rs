@@ -224,6 +224,7 @@ mod tests {
                 encrypted: false,
                 signed: false,
                 sha256: None,
+                blake3: None,
                 renamed_from: from.map(str::to_string),
                 etcd_members: Vec::new(),
                 extra: Default::default(),

@@ -180,6 +180,7 @@ mod tests {
             encrypted: false,
             signed: false,
             sha256: None,
+            blake3: None,
             renamed_from: None,
             etcd_members: Vec::new(),
             extra: Default::default(),

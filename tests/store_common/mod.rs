@@ -166,6 +166,7 @@ pub fn entry(name: &str, size: u64, revision: u64) -> IndexEntry {
         encrypted: false,
         signed: false,
         sha256: None,
+        blake3: None,
         renamed_from: None,
         etcd_members: Vec::new(),
         extra: Default::default(),
