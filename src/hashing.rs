@@ -194,6 +194,135 @@ impl<R: Read, H: Hasher> Read for HashingReader<R, H> {
     }
 }
 
+/// Bytes read ahead at a time, and how many such reads may wait for the caller.
+const READ_AHEAD: usize = 1 << 20;
+const READS_IN_FLIGHT: usize = 3;
+
+/// Reads a stream ahead of the caller on a thread of its own, which also feeds `H` what it reads:
+/// the caller (a restore's decompressing thread, its critical path) neither waits on the store nor
+/// copies what it read for the hashing thread. A failed read fails the caller's read that reaches
+/// it, and every read after.
+pub struct ReadAhead<R, H> {
+    state: AheadState<R, H>,
+}
+
+enum AheadState<R, H> {
+    Thread {
+        filled: Receiver<io::Result<(Vec<u8>, usize)>>,
+        give_back: SyncSender<Vec<u8>>,
+        /// The read being handed out, and how far.
+        current: Option<(Vec<u8>, usize, usize)>,
+        failed: Option<(io::ErrorKind, String)>,
+        worker: JoinHandle<H>,
+    },
+    /// No thread could be had: read and hash in the caller's thread.
+    Inline(HashingReader<R, H>),
+}
+
+impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
+    pub fn new(inner: R, hasher: H) -> Self {
+        let (filled_tx, filled) = sync_channel(READS_IN_FLIGHT);
+        let (give_back, recycled) = sync_channel::<Vec<u8>>(READS_IN_FLIGHT + 1);
+        // Handed over once the thread runs, so that they stay ours when it cannot be had.
+        let (start, started) = sync_channel::<(R, H)>(1);
+        let spawned = std::thread::Builder::new()
+            .name("cpr-read".into())
+            .spawn(move || {
+                let (mut inner, mut hasher) = started.recv().expect("handed over once spawned");
+                loop {
+                    let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0; READ_AHEAD]);
+                    let read = match inner.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            hasher.update(&buf[..n]);
+                            Ok((buf, n))
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => Err(e),
+                    };
+                    let stop = read.is_err();
+                    // The caller went away: nobody reads on.
+                    if filled_tx.send(read).is_err() || stop {
+                        break;
+                    }
+                }
+                hasher
+            });
+        let state = match spawned {
+            Ok(worker) => {
+                start
+                    .send((inner, hasher))
+                    .expect("the thread waits for them");
+                AheadState::Thread {
+                    filled,
+                    give_back,
+                    current: None,
+                    failed: None,
+                    worker,
+                }
+            }
+            Err(_) => AheadState::Inline(HashingReader::new(inner, hasher)),
+        };
+        ReadAhead { state }
+    }
+
+    /// The hasher fed everything read; call after the end of the stream.
+    pub fn finish(self) -> H {
+        match self.state {
+            AheadState::Inline(reader) => reader.into_parts().1,
+            AheadState::Thread { filled, worker, .. } => {
+                // Stops a thread that is still reading ahead.
+                drop(filled);
+                // A panic while reading or hashing is passed on as if it had happened inline.
+                worker
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }
+        }
+    }
+}
+
+impl<R: Read, H: Hasher> Read for ReadAhead<R, H> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let (filled, give_back, current, failed) = match &mut self.state {
+            AheadState::Inline(reader) => return reader.read(buf),
+            AheadState::Thread {
+                filled,
+                give_back,
+                current,
+                failed,
+                ..
+            } => (filled, give_back, current, failed),
+        };
+        loop {
+            if let Some((kind, message)) = failed {
+                return Err(io::Error::new(*kind, message.clone()));
+            }
+            if let Some((data, at, len)) = current {
+                if *at < *len {
+                    let n = (*len - *at).min(buf.len());
+                    buf[..n].copy_from_slice(&data[*at..*at + n]);
+                    *at += n;
+                    return Ok(n);
+                }
+            }
+            if let Some((data, _, _)) = current.take() {
+                // Full only if the thread has stopped: this one is dropped.
+                let _ = give_back.try_send(data);
+            }
+            match filled.recv() {
+                Ok(Ok((data, len))) => *current = Some((data, 0, len)),
+                Ok(Err(e)) => {
+                    *failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
+                // The thread read to the end.
+                Err(_) => return Ok(0),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +366,75 @@ mod tests {
         let (mut rest, _) = reader.into_parts();
         io::copy(&mut rest, &mut blake3).unwrap();
         assert_eq!(blake3.finalize(), blake3::hash(&data));
+    }
+
+    /// A reader that hands out `data` in reads of `step` bytes, then fails once if `fail` says so.
+    struct Steps {
+        data: Vec<u8>,
+        at: usize,
+        step: usize,
+        fail: bool,
+    }
+
+    impl Read for Steps {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.at == self.data.len() && std::mem::take(&mut self.fail) {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "reset by peer",
+                ));
+            }
+            let n = self.step.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_ahead_passes_the_stream_through_hashed_for_any_read_sizes() {
+        let data: Vec<u8> = (0..5 * READ_AHEAD as u32 / 2)
+            .map(|i| (i * 11) as u8)
+            .collect();
+        for (step, take) in [(READ_AHEAD, 4096), (1000, READ_AHEAD + 3), (7, 1 << 16)] {
+            let inner = Steps {
+                data: data.clone(),
+                at: 0,
+                step,
+                fail: false,
+            };
+            let mut ahead = ReadAhead::new(inner, blake3::Hasher::new());
+            let (mut out, mut buf) = (Vec::new(), vec![0; take]);
+            loop {
+                let n = ahead.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+            assert!(out == data, "reads of {step}, taken {take} at a time");
+            assert_eq!(ahead.finish().finalize(), blake3::hash(&data));
+        }
+    }
+
+    #[test]
+    fn read_ahead_fails_the_read_that_reaches_a_failed_read_and_every_one_after() {
+        let data = vec![5u8; READ_AHEAD + 10];
+        let inner = Steps {
+            data: data.clone(),
+            at: 0,
+            step: 4096,
+            fail: true,
+        };
+        let mut ahead = ReadAhead::new(inner, blake3::Hasher::new());
+        let mut out = Vec::new();
+        let error = ahead.read_to_end(&mut out).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+        assert!(out == data, "everything before the failure is handed out");
+        let again = ahead.read(&mut [0; 10]).unwrap_err();
+        assert_eq!(
+            (again.kind(), again.to_string()),
+            (error.kind(), error.to_string())
+        );
     }
 }

@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 
 use super::keyfile::{self, KeyError};
-use crate::hashing::{sha256, Background, Hasher};
+use crate::hashing::{sha256, Background, Hasher, ReadAhead};
 
 const SIG_ALG: &[u8; 2] = b"Ed";
 const SIG_ALG_HASHED: &[u8; 2] = b"ED";
@@ -376,6 +376,29 @@ enum IndexHasher {
     Sha256(Box<ring::digest::Context>),
 }
 
+impl ObjectHasher {
+    fn new(index: Option<IndexDigest>, blake2b: bool) -> Self {
+        ObjectHasher {
+            index: index.map(|kind| match kind {
+                IndexDigest::Blake3 => IndexHasher::Blake3(Box::default()),
+                IndexDigest::Sha256 => IndexHasher::Sha256(Box::new(sha256())),
+            }),
+            blake2b: blake2b.then(Blake2b512::new),
+        }
+    }
+
+    fn digest(self, size: u64) -> ObjectDigest {
+        ObjectDigest {
+            blake2b: self.blake2b.map(|b| b.finalize().into()),
+            index: self.index.map(|hasher| match hasher {
+                IndexHasher::Blake3(hasher) => hasher.finalize().to_hex().to_string(),
+                IndexHasher::Sha256(context) => hex::encode((*context).finish()),
+            }),
+            size,
+        }
+    }
+}
+
 impl Hasher for ObjectHasher {
     fn update(&mut self, data: &[u8]) {
         match &mut self.index {
@@ -414,13 +437,7 @@ impl<T> Digesting<T> {
     fn hashing(inner: T, index: Option<IndexDigest>, blake2b: bool) -> Self {
         Digesting {
             inner,
-            hasher: Background::new(move || ObjectHasher {
-                index: index.map(|kind| match kind {
-                    IndexDigest::Blake3 => IndexHasher::Blake3(Box::default()),
-                    IndexDigest::Sha256 => IndexHasher::Sha256(Box::new(sha256())),
-                }),
-                blake2b: blake2b.then(Blake2b512::new),
-            }),
+            hasher: Background::new(move || ObjectHasher::new(index, blake2b)),
             size: 0,
         }
     }
@@ -431,16 +448,40 @@ impl<T> Digesting<T> {
     }
 
     pub fn finish(self) -> (T, ObjectDigest) {
-        let hashed = self.hasher.finish();
-        let digest = ObjectDigest {
-            blake2b: hashed.blake2b.map(|b| b.finalize().into()),
-            index: hashed.index.map(|hasher| match hasher {
-                IndexHasher::Blake3(hasher) => hasher.finalize().to_hex().to_string(),
-                IndexHasher::Sha256(context) => hex::encode((*context).finish()),
-            }),
-            size: self.size,
-        };
+        let digest = self.hasher.finish().digest(self.size);
         (self.inner, digest)
+    }
+}
+
+/// A stored object read ahead of its reader and hashed as [`Digesting`] hashes it, both on a
+/// thread of their own (`ReadAhead`): what a streaming restore reads, so that its decompressing
+/// thread does neither.
+pub struct DigestingReader<R> {
+    ahead: ReadAhead<R, ObjectHasher>,
+    size: u64,
+}
+
+impl<R: Read + Send + 'static> DigestingReader<R> {
+    /// The index's digest when there is one to check, and the BLAKE2b-512 a signature covers
+    /// when `signed`.
+    pub fn new(inner: R, index: Option<IndexDigest>, signed: bool) -> Self {
+        DigestingReader {
+            ahead: ReadAhead::new(inner, ObjectHasher::new(index, signed)),
+            size: 0,
+        }
+    }
+
+    /// What the object hashed to; call after reading it to the end.
+    pub fn finish(self) -> ObjectDigest {
+        self.ahead.finish().digest(self.size)
+    }
+}
+
+impl<R: Read> Read for DigestingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.ahead.read(buf)?;
+        self.size += n as u64;
+        Ok(n)
     }
 }
 

@@ -39,7 +39,7 @@ use crate::bundle::crypt::{self, Identities, Recipient, Sealing};
 use crate::bundle::manifest::{MAX_MANIFEST_BYTES, MAX_SNAPSHOT_BYTES, MAX_TOTAL_FILE_BYTES};
 use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
 use crate::bundle::sign::{
-    self, Digesting, IndexDigest, ObjectDigest, PublicKey, SecretKey, Signature,
+    self, Digesting, DigestingReader, IndexDigest, ObjectDigest, PublicKey, SecretKey, Signature,
 };
 use crate::bundle::Error as BundleError;
 use crate::store::{index, ObjectInfo, Store};
@@ -278,15 +278,16 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
             };
             let streamed = match (signed, expected) {
                 (Some(signed), expected) => Streamed::Hashed {
-                    reader: Box::new(Digesting::signable(
+                    reader: Box::new(DigestingReader::new(
                         input,
                         expected.as_ref().map(|e| e.kind),
+                        true,
                     )),
                     signed: Some(Box::new(signed)),
                     expected,
                 },
                 (None, Some(expected)) => Streamed::Hashed {
-                    reader: Box::new(Digesting::new(input, expected.kind)),
+                    reader: Box::new(DigestingReader::new(input, Some(expected.kind), false)),
                     signed: None,
                     expected: Some(expected),
                 },
@@ -527,7 +528,7 @@ struct CheckAtEnd {
 /// A stored object as it streams: hashed only when there is a signature or a digest to check.
 enum Streamed {
     Hashed {
-        reader: Box<Digesting<Box<dyn Read + Send>>>,
+        reader: Box<DigestingReader<Box<dyn Read + Send>>>,
         signed: Option<Box<Signed>>,
         expected: Option<IndexedDigest>,
     },
@@ -550,7 +551,7 @@ impl Read for CheckAtEnd {
                 signed,
                 expected,
             } => {
-                let digest = reader.finish().1;
+                let digest = reader.finish();
                 signed
                     .map_or(Ok(()), |signed| signed.check(&self.name, &digest))
                     .and_then(|()| check_digest(&self.name, expected.as_ref(), &digest))
