@@ -45,9 +45,9 @@ const READ_AHEAD: usize = 256 << 10;
 const SMALL_READ: usize = 4 << 10;
 const WINDOWS: usize = 4;
 
-/// A page whose span goes past its chunk is put together from the chunks that follow, up to this
-/// size: etcd refuses requests over 1.5 MiB by default (`--max-request-bytes`), so larger values
-/// are rare. Reading such a page from the db instead costs a disk read: the db was written past
+/// Pages whose span goes past their chunk are put together from the chunks that follow, up to
+/// this size in all: etcd refuses requests over 1.5 MiB by default (`--max-request-bytes`), so
+/// larger values are rare. Reading such a page from the db instead costs a disk read: the db was written past
 /// the page cache. With 1 MiB chunks and 10 KiB values, two in three chunks end inside a page; read
 /// back, those pages were a fifth of a 1 GiB restore.
 const STRADDLING_MAX: usize = 2 << 20;
@@ -178,7 +178,9 @@ pub struct Skeletons {
     spent: bool,
     /// One record (length prefix and image) being made.
     record: Vec<u8>,
-    straddling: Option<Straddling>,
+    /// Usually one; more when bytes inside a page's overflow look like a page of their own, which
+    /// recording the db whole would also take for one.
+    straddling: Vec<Straddling>,
     read_back: RefCell<ReadBack>,
 }
 
@@ -194,7 +196,7 @@ impl Skeletons {
             spill: None,
             spent: false,
             record: Vec::new(),
-            straddling: None,
+            straddling: Vec::new(),
             read_back: RefCell::default(),
         }
     }
@@ -217,6 +219,7 @@ impl Skeletons {
     /// images were lost have none, which a caller that has no db to read them from must not take
     /// for pages the db lacks.
     pub fn finish_recording(&mut self) -> Option<io::Error> {
+        self.straddling = Vec::new();
         let spill = self.spill.as_mut()?;
         if !spill.failed {
             if let Err(e) = spill.file.flush() {
@@ -244,21 +247,27 @@ impl Skeletons {
         if self.spent || offset % ps as u64 != 0 {
             return;
         }
-        if let Some(mut page) = self.straddling.take().filter(|p| p.next == offset) {
-            let wanted = page.span - page.bytes.len();
-            if data.len() < wanted {
-                page.bytes.extend_from_slice(data);
-                page.next += data.len() as u64;
-                self.straddling = Some(page);
-                return;
+        let mut open = Vec::new();
+        for mut page in std::mem::take(&mut self.straddling) {
+            // A chunk that does not follow on leaves the page to be read from the db.
+            if page.next != offset {
+                continue;
             }
-            page.bytes.extend_from_slice(&data[..wanted]);
+            let wanted = page.span - page.bytes.len();
+            let taken = wanted.min(data.len());
+            page.bytes.extend_from_slice(&data[..taken]);
+            page.next += taken as u64;
+            if taken < wanted {
+                open.push(page);
+                continue;
+            }
             // A page without a skeleton is read from the db by the walk, which says what is wrong.
             let _ = self.add(page.id, &page.bytes, &mut Vec::new());
             if self.spent {
                 return;
             }
         }
+        self.straddling = open;
         let first = offset / ps as u64;
         let mut elems = Vec::new();
         for start in (0..data.len()).step_by(ps) {
@@ -268,13 +277,14 @@ impl Skeletons {
             }
             let span = (u64::from(le_u32(data, start + 12)) + 1).saturating_mul(ps as u64);
             let Some(bytes) = data.get(start..).and_then(|d| d.get(..span as usize)) else {
-                // The last such page is the one that goes on: what a page before it seemed to
-                // span was not a page.
-                if span <= STRADDLING_MAX as u64 {
-                    self.straddling = Some(Straddling {
+                let carried: usize = self.straddling.iter().map(|p| p.span).sum();
+                if carried as u64 + span <= STRADDLING_MAX as u64 {
+                    let mut bytes = Vec::with_capacity(span as usize);
+                    bytes.extend_from_slice(&data[start..]);
+                    self.straddling.push(Straddling {
                         id,
                         span: span as usize,
-                        bytes: data[start..].to_vec(),
+                        bytes,
                         next: offset + data.len() as u64,
                     });
                 }
@@ -496,14 +506,23 @@ mod tests {
 
     #[test]
     fn pages_that_straddle_chunks_get_the_skeletons_they_get_whole() {
-        let (db, ps) = db_of_leaves(60, 2);
+        let (mut db, ps) = db_of_leaves(60, 2);
+        // In every fourth copy's overflow, bytes that look like a page of two: recorded whole, they
+        // get a skeleton too, and one chunk may end inside both.
+        let leaf = db[db.len() - 3 * ps..db.len() - 2 * ps].to_vec();
+        for copy in (1..=60).step_by(4) {
+            let at = db.len() - copy * 3 * ps + ps;
+            db[at..at + ps].copy_from_slice(&leaf);
+            db[at..at + 8].copy_from_slice(&((at / ps) as u64).to_le_bytes());
+            db[at + 12..at + 16].copy_from_slice(&1u32.to_le_bytes());
+        }
         let mut whole = Skeletons::new(usize::MAX);
         whole.record(0, &db);
         let pages = (db.len() / ps) as u64;
         let leaves = (0..pages)
             .filter(|&id| whole.image(id, &mut Vec::new()).unwrap())
             .count();
-        assert!(leaves >= 60, "only {leaves} pages had skeletons");
+        assert!(leaves >= 60 + 15, "only {leaves} pages had skeletons");
         let (mut expected, mut actual) = (Vec::new(), Vec::new());
         // Chunks of one page, shorter than a page's span, and of spans that end in every page of one.
         for pages_per_chunk in [1, 2, 4, 5, 7] {
