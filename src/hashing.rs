@@ -206,12 +206,21 @@ pub struct ReadAhead<R, H> {
     state: AheadState<R, H>,
 }
 
+/// What the reading thread hands over, in order.
+enum Ahead {
+    /// A buffer and how many bytes of it were read.
+    Read(Vec<u8>, usize),
+    End,
+    Failed(io::Error),
+}
+
 enum AheadState<R, H> {
     Thread {
-        filled: Receiver<io::Result<(Vec<u8>, usize)>>,
+        filled: Receiver<Ahead>,
         give_back: SyncSender<Vec<u8>>,
         /// The read being handed out, and how far.
         current: Option<(Vec<u8>, usize, usize)>,
+        ended: bool,
         failed: Option<(io::ErrorKind, String)>,
         worker: JoinHandle<H>,
     },
@@ -231,22 +240,30 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
                 let (mut inner, mut hasher) = started.recv().expect("handed over once spawned");
                 loop {
                     let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0; READ_AHEAD]);
-                    let read = match inner.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            hasher.update(&buf[..n]);
-                            Ok((buf, n))
+                    // A download comes in pieces of a few KiB: each hop to the caller carries a
+                    // full buffer instead.
+                    let (mut n, mut last) = (0, None);
+                    while n < buf.len() && last.is_none() {
+                        match inner.read(&mut buf[n..]) {
+                            Ok(0) => last = Some(Ahead::End),
+                            Ok(read) => n += read,
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                            Err(e) => last = Some(Ahead::Failed(e)),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(e) => Err(e),
-                    };
-                    let stop = read.is_err();
-                    // The caller went away: nobody reads on.
-                    if filled_tx.send(read).is_err() || stop {
-                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                    let read = (n > 0).then_some(Ahead::Read(buf, n));
+                    let stop = last.is_some();
+                    for message in read.into_iter().chain(last) {
+                        // The caller went away: nobody reads on.
+                        if filled_tx.send(message).is_err() {
+                            return hasher;
+                        }
+                    }
+                    if stop {
+                        return hasher;
                     }
                 }
-                hasher
             });
         let state = match spawned {
             Ok(worker) => {
@@ -257,6 +274,7 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
                     filled,
                     give_back,
                     current: None,
+                    ended: false,
                     failed: None,
                     worker,
                 }
@@ -266,7 +284,8 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
         ReadAhead { state }
     }
 
-    /// The hasher fed everything read; call after the end of the stream.
+    /// The hasher fed everything read; call after the end of the stream (before it, the hasher
+    /// has been fed however far the thread read ahead).
     pub fn finish(self) -> H {
         match self.state {
             AheadState::Inline(reader) => reader.into_parts().1,
@@ -284,19 +303,23 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
 
 impl<R: Read, H: Hasher> Read for ReadAhead<R, H> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (filled, give_back, current, failed) = match &mut self.state {
+        let (filled, give_back, current, ended, failed) = match &mut self.state {
             AheadState::Inline(reader) => return reader.read(buf),
             AheadState::Thread {
                 filled,
                 give_back,
                 current,
+                ended,
                 failed,
                 ..
-            } => (filled, give_back, current, failed),
+            } => (filled, give_back, current, ended, failed),
         };
         loop {
             if let Some((kind, message)) = failed {
                 return Err(io::Error::new(*kind, message.clone()));
+            }
+            if *ended {
+                return Ok(0);
             }
             if let Some((data, at, len)) = current {
                 if *at < *len {
@@ -311,13 +334,18 @@ impl<R: Read, H: Hasher> Read for ReadAhead<R, H> {
                 let _ = give_back.try_send(data);
             }
             match filled.recv() {
-                Ok(Ok((data, len))) => *current = Some((data, 0, len)),
-                Ok(Err(e)) => {
+                Ok(Ahead::Read(data, len)) => *current = Some((data, 0, len)),
+                Ok(Ahead::End) => *ended = true,
+                Ok(Ahead::Failed(e)) => {
                     *failed = Some((e.kind(), e.to_string()));
                     return Err(e);
                 }
-                // The thread read to the end.
-                Err(_) => return Ok(0),
+                // Not an end: the thread panicked, which `finish` passes on.
+                Err(_) => {
+                    let e = io::Error::other("the thread reading ahead stopped before the end");
+                    *failed = Some((e.kind(), e.to_string()));
+                    return Err(e);
+                }
             }
         }
     }
@@ -404,15 +432,21 @@ mod tests {
                 fail: false,
             };
             let mut ahead = ReadAhead::new(inner, blake3::Hasher::new());
-            let (mut out, mut buf) = (Vec::new(), vec![0; take]);
+            let (mut out, mut buf, mut reads) = (Vec::new(), vec![0; take], Vec::new());
             loop {
                 let n = ahead.read(&mut buf).unwrap();
                 if n == 0 {
                     break;
                 }
+                reads.push(n);
                 out.extend_from_slice(&buf[..n]);
             }
             assert!(out == data, "reads of {step}, taken {take} at a time");
+            // Small reads reach the caller gathered into full buffers.
+            if take > READ_AHEAD {
+                assert_eq!(reads[..2], [READ_AHEAD; 2], "reads of {step}");
+            }
+            assert_eq!(ahead.read(&mut buf).unwrap(), 0, "the end stays the end");
             assert_eq!(ahead.finish().finalize(), blake3::hash(&data));
         }
     }

@@ -5,10 +5,11 @@
 //! A flip can land where the bundle's own checks cannot see it: a zstd frame-header bit (the window
 //! size, the content-size flag) may leave every decoded byte the same. Two things close that gap,
 //! and the sweep runs once for each: the BLAKE3 digest of the stored object that `cpr backup` records
-//! in the store's index (plain bundles; an older cpr's index records sha256, which is checked too), and the minisign signature over the stored bytes (encrypted and
-//! signed bundles, where age's per-chunk authentication also refuses any changed ciphertext). Random
-//! flips rarely hit the frame header, so every bit of it is also flipped on purpose, and the ones
-//! the format cannot see must be refused by the index's digest.
+//! in the store's index (plain bundles; an older cpr's index records sha256, which is checked too),
+//! and the minisign signature over the stored bytes (encrypted and signed bundles, where age's
+//! per-chunk authentication also refuses any changed ciphertext). Random flips rarely hit the frame
+//! header, so every bit of it is also flipped on purpose, and the ones the format cannot see must be
+//! refused by the index's digest.
 
 mod common;
 

@@ -6,7 +6,7 @@ APT_PACKAGES=(
   etcd-server etcd-client             # etcd 3.4.23: live node in tests, etcdctl snapshot restore
   openssl                             # the kubeadm-layout PKI of the test node
   zstd                                # bundles opened with standard tools in tests
-  b3sum                               # a bundle's snapshot digest (format 1.2) checked by hand, as README says
+  b3sum                               # a bundle's snapshot digest (format 1.2) and the index's digest of it, checked by hand as README says
   nginx-light                         # HTTP store: a real server that accepts PUT (WebDAV module)
   time                                # /usr/bin/time for benchmark peak RSS
   # Operating cpr (tests/operate.rs, tests/deploy.rs):

@@ -414,7 +414,7 @@ impl Hasher for ObjectHasher {
     }
 }
 
-/// Hashes everything that passes through it, read or written.
+/// Hashes everything written through it (what is read is hashed by [`DigestingReader`]).
 pub struct Digesting<T> {
     inner: T,
     hasher: Background<ObjectHasher>,
@@ -481,14 +481,6 @@ impl<R: Read> Read for DigestingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.ahead.read(buf)?;
         self.size += n as u64;
-        Ok(n)
-    }
-}
-
-impl<R: Read> Read for Digesting<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.update(&buf[..n]);
         Ok(n)
     }
 }

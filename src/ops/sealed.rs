@@ -24,8 +24,8 @@
 //!   what is decoded before the check is memory-safe, bounded and fuzzed). No spool: a signed
 //!   bundle needs no more scratch than an unsigned one.
 //!
-//! Without a verify key the bundle streams; the index's sha256 of the stored object, when recorded, is
-//! checked at the end of the stream, before any caller moves staged data into place. That catches
+//! Without a verify key the bundle streams; the index's digest of the stored object (BLAKE3, or sha256
+//! in an index an earlier cpr wrote), when recorded, is checked at the end of the stream, before any caller moves staged data into place. That catches
 //! what the bundle's own checks cannot: a flipped zstd frame-header bit that leaves the content
 //! unchanged still changes the stored object.
 
@@ -370,17 +370,18 @@ fn fetch_whole(
 ) -> Result<(File, ObjectDigest), Error> {
     let (mut file, digest) = match source {
         Source::File(path) => {
-            let mut file = File::open(path).map_err(|source| Error::Read {
+            let file = File::open(path).map_err(|source| Error::Read {
                 path: path.to_path_buf(),
                 source,
             })?;
-            let mut hashing = Digesting::signable(&mut file, index);
-            io::copy(&mut hashing, &mut io::sink()).map_err(|source| Error::Read {
+            let read_err = |source| Error::Read {
                 path: path.to_path_buf(),
                 source,
-            })?;
-            let digest = hashing.finish().1;
-            (file, digest)
+            };
+            let mut hashing =
+                DigestingReader::new(file.try_clone().map_err(read_err)?, index, true);
+            io::copy(&mut hashing, &mut io::sink()).map_err(read_err)?;
+            (file, hashing.finish())
         }
         Source::Store(store, object) => {
             let spool_err = |source| Error::Write {
@@ -389,11 +390,11 @@ fn fetch_whole(
             };
             // Unnamed (O_TMPFILE) and 0600: nothing else can open it, and it vanishes with us.
             let mut spool = tempfile::tempfile_in(scratch).map_err(spool_err)?;
-            let mut input = Digesting::signable(open_object(*store, object, size)?, index);
+            let mut input = DigestingReader::new(open_object(*store, object, size)?, index, true);
             io::copy(&mut input, &mut spool)
                 .map_err(|e| crate::store::Error::from_io("reading", object, e))?;
             spool.flush().map_err(spool_err)?;
-            (spool, input.finish().1)
+            (spool, input.finish())
         }
     };
     file.rewind().map_err(|e| Error::Read {
@@ -483,6 +484,7 @@ struct IndexedDigest {
 }
 
 impl IndexedDigest {
+    /// cpr records one or the other; an entry with both (written by hand) is held to its BLAKE3.
     fn of(entry: index::IndexEntry) -> Option<IndexedDigest> {
         match (entry.blake3, entry.sha256) {
             (Some(hex), _) => Some(IndexedDigest {

@@ -44,8 +44,9 @@ pub struct IndexEntry {
     pub encrypted: bool,
     #[serde(default)]
     pub signed: bool,
-    /// sha256 of the stored object (ciphertext when encrypted), checked when the bundle is read back:
-    /// it catches damage the bundle's own checks cannot see, such as a zstd frame-header bit.
+    /// sha256 of the stored object (ciphertext when encrypted), as earlier cpr versions recorded it;
+    /// checked when the bundle is read back: it catches damage the bundle's own checks cannot see,
+    /// such as a zstd frame-header bit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
     /// BLAKE3 of the stored object, checked the same way: what cpr records now, in place of
