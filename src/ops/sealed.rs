@@ -25,9 +25,9 @@
 //!   bundle needs no more scratch than an unsigned one.
 //!
 //! Without a verify key the bundle streams; the index's digest of the stored object (BLAKE3, or sha256
-//! in an index an earlier cpr wrote), when recorded, is checked at the end of the stream, before any caller moves staged data into place. That catches
-//! what the bundle's own checks cannot: a flipped zstd frame-header bit that leaves the content
-//! unchanged still changes the stored object.
+//! in an index an earlier cpr wrote), when recorded, is checked at the end of the stream, before any
+//! caller moves staged data into place. That catches what the bundle's own checks cannot: a flipped
+//! zstd frame-header bit that leaves the content unchanged still changes the stored object.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
