@@ -57,8 +57,6 @@ struct Straddling {
     id: u64,
     span: usize,
     bytes: Vec<u8>,
-    /// Where the next chunk must start for the page to be put together.
-    next: u64,
 }
 
 /// A part of the spill file read back.
@@ -181,6 +179,8 @@ pub struct Skeletons {
     /// Usually one; more when bytes inside a page's overflow look like a page of their own, which
     /// recording the db whole would also take for one.
     straddling: Vec<Straddling>,
+    /// The end of the last chunk recorded: where the next must start for them to be put together.
+    recorded_to: u64,
     read_back: RefCell<ReadBack>,
 }
 
@@ -197,6 +197,7 @@ impl Skeletons {
             spent: false,
             record: Vec::new(),
             straddling: Vec::new(),
+            recorded_to: 0,
             read_back: RefCell::default(),
         }
     }
@@ -247,16 +248,15 @@ impl Skeletons {
         if self.spent || offset % ps as u64 != 0 {
             return;
         }
+        // A chunk that does not follow on leaves the pages to be read from the db.
+        let carried = std::mem::take(&mut self.straddling);
+        let follows = self.recorded_to == offset;
+        self.recorded_to = offset + data.len() as u64;
         let mut open = Vec::new();
-        for mut page in std::mem::take(&mut self.straddling) {
-            // A chunk that does not follow on leaves the page to be read from the db.
-            if page.next != offset {
-                continue;
-            }
+        for mut page in carried.into_iter().filter(|_| follows) {
             let wanted = page.span - page.bytes.len();
             let taken = wanted.min(data.len());
             page.bytes.extend_from_slice(&data[..taken]);
-            page.next += taken as u64;
             if taken < wanted {
                 open.push(page);
                 continue;
@@ -285,7 +285,6 @@ impl Skeletons {
                         id,
                         span: span as usize,
                         bytes,
-                        next: offset + data.len() as u64,
                     });
                 }
                 continue;
