@@ -422,22 +422,20 @@ pub struct Digesting<T> {
 }
 
 impl<T> Digesting<T> {
-    /// The index's digest only: for objects that are neither signed nor checked against a
-    /// signature.
-    pub fn new(inner: T, index: IndexDigest) -> Self {
-        Self::hashing(inner, Some(index), false)
+    /// The index's digest (BLAKE3, as cpr records it) only: for an object that is not signed.
+    pub fn new(inner: T) -> Self {
+        Self::hashing(inner, false)
     }
 
-    /// The BLAKE2b-512 a minisign signature covers, and the index's digest when there is one to
-    /// make or check.
-    pub fn signable(inner: T, index: Option<IndexDigest>) -> Self {
-        Self::hashing(inner, index, true)
+    /// The index's digest and the BLAKE2b-512 a minisign signature covers.
+    pub fn signable(inner: T) -> Self {
+        Self::hashing(inner, true)
     }
 
-    fn hashing(inner: T, index: Option<IndexDigest>, blake2b: bool) -> Self {
+    fn hashing(inner: T, blake2b: bool) -> Self {
         Digesting {
             inner,
-            hasher: Background::new(move || ObjectHasher::new(index, blake2b)),
+            hasher: Background::new(move || ObjectHasher::new(Some(IndexDigest::Blake3), blake2b)),
             size: 0,
         }
     }
@@ -502,7 +500,7 @@ mod tests {
     use super::*;
 
     fn digest(bytes: &[u8]) -> [u8; 64] {
-        let mut d = Digesting::signable(io::sink(), None);
+        let mut d = Digesting::signable(io::sink());
         d.write_all(bytes).unwrap();
         d.finish().1.blake2b.unwrap()
     }

@@ -90,8 +90,8 @@ pub fn store_sealed(
 ) -> Result<Sealed, Error> {
     let upload = store.create_new(name)?;
     let upload = match options.sign_key {
-        Some(_) => Digesting::signable(upload, Some(IndexDigest::Blake3)),
-        None => Digesting::new(upload, IndexDigest::Blake3),
+        Some(_) => Digesting::signable(upload),
+        None => Digesting::new(upload),
     };
     let mut sealing = Sealing::new(upload, &options.recipients, name)?;
     write(&mut sealing)?;
