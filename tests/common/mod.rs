@@ -102,13 +102,22 @@ pub fn cpr_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cpr"))
 }
 
-/// A port nobody listens on right now (the kernel's pick for port 0).
+/// A port nobody listens on right now (the kernel's pick for port 0), and never handed out before in
+/// this test process: the kernel may give the port it just got back to the next bind, and a member
+/// whose client and peer URLs got the same port failed to start ("address already in use", CI).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if HANDED_OUT.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Runs cpr with `args`; never panics on a non-zero exit, so tests can assert on failures.
