@@ -248,12 +248,14 @@ impl Skeletons {
         if self.spent || offset % ps as u64 != 0 {
             return;
         }
-        // A chunk that does not follow on leaves the pages to be read from the db.
-        let carried = std::mem::take(&mut self.straddling);
-        let follows = self.recorded_to == offset;
+        let mut carried = std::mem::take(&mut self.straddling);
+        if self.recorded_to != offset {
+            // A chunk that does not follow on leaves the pages to be read from the db.
+            carried.clear();
+        }
         self.recorded_to = offset + data.len() as u64;
         let mut open = Vec::new();
-        for mut page in carried.into_iter().filter(|_| follows) {
+        for mut page in carried {
             let wanted = page.span - page.bytes.len();
             let taken = wanted.min(data.len());
             page.bytes.extend_from_slice(&data[..taken]);
