@@ -62,7 +62,20 @@ install_deps() {
       chmod 0755 "$policy"
       own_policy=1
     fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+    # QEMU's packages must come from one release: a machine image that carries a backported qemu-utils
+    # (10.x, bookworm-backports, with no backports source configured) Breaks bookworm's
+    # qemu-system-common, and apt refuses the install. qemu-img is then taken back to bookworm's QEMU.
+    local downgrade=()
+    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+      local qemu utils
+      qemu=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+      utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+      if [ -n "$utils" ] && [ "$utils" != "$qemu" ]; then
+        echo "deps: qemu-utils $utils is not from the archive's QEMU $qemu: installing qemu-utils=$qemu"
+        missing+=("qemu-utils=$qemu"); downgrade=(--allow-downgrades)
+      fi
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${downgrade[@]}" "${missing[@]}" >/dev/null \
       || { [ -z "$own_policy" ] || rm -f "$policy"; return 1; }
     [ -z "$own_policy" ] || rm -f "$policy"
     case " ${missing[*]} " in
