@@ -5,7 +5,7 @@ mod common;
 
 use cpr::bundle::manifest::{self, Cluster, Etcd, FileEntry, Manifest, Node, SnapshotEntry};
 use cpr::bundle::{
-    read_bundle, read_manifest, write_bundle, Discard, Error, Extract, WriteOptions,
+    read_bundle, read_manifest, write_bundle, Discard, Error, Extract, FrameChecksum, WriteOptions,
 };
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -102,7 +102,13 @@ fn round_trip_extracts_every_file_with_its_mode() {
     let (manifest, files, snap) = sample();
     assert_eq!(read_manifest(&bytes[..], NAME).unwrap(), manifest);
     let dir = tempfile::tempdir().unwrap();
-    let read = read_bundle(&bytes[..], NAME, &mut Extract::new(dir.path())).unwrap();
+    let read = read_bundle(
+        &bytes[..],
+        NAME,
+        FrameChecksum::Check,
+        &mut Extract::new(dir.path()),
+    )
+    .unwrap();
     assert_eq!(read, manifest);
     for (entry, data) in manifest.files.iter().zip(&files) {
         let path = dir.path().join(&entry.path);
@@ -203,7 +209,7 @@ fn format_1_1_bundles_without_a_snapshot_digest_are_checked_by_the_trailer() {
         content.ends_with(&[0; 1024]),
         "nothing after the end marker"
     );
-    let read = read_bundle(&bytes[..], NAME, &mut Discard).unwrap();
+    let read = read_bundle(&bytes[..], NAME, FrameChecksum::Check, &mut Discard).unwrap();
     assert_eq!(read.snapshot.blake3, None);
 }
 
@@ -229,6 +235,7 @@ fn a_snapshot_that_does_not_match_its_blake3_digest_is_refused() {
     let err = read_bundle(
         &zstd::encode_all(&crafted[..], 3).unwrap()[..],
         NAME,
+        FrameChecksum::Check,
         &mut Discard,
     )
     .unwrap_err();
@@ -256,6 +263,7 @@ fn a_1_2_bundle_without_its_blake3_line_right_after_the_end_is_refused() {
     assert!(read_bundle(
         &craft_with_tail(&entries, line.as_bytes())[..],
         NAME,
+        FrameChecksum::Check,
         &mut Discard
     )
     .is_ok());
@@ -283,6 +291,7 @@ fn a_1_2_bundle_without_its_blake3_line_right_after_the_end_is_refused() {
         let err = read_bundle(
             &craft_with_tail(&entries, &tail)[..],
             NAME,
+            FrameChecksum::Check,
             &mut Extract::new(dir.path()),
         )
         .unwrap_err();
@@ -336,11 +345,34 @@ fn every_truncation_is_detected() {
     let bytes = bundle_bytes();
     for cut in (0..bytes.len()).step_by(97).chain([bytes.len() - 1]) {
         assert!(
-            read_bundle(&bytes[..cut], NAME, &mut Discard).is_err(),
+            read_bundle(&bytes[..cut], NAME, FrameChecksum::Check, &mut Discard).is_err(),
             "a bundle cut at {cut} of {} passed",
             bytes.len()
         );
     }
+}
+
+/// zstd's frame checksum (the frame's last four bytes) is checked unless the caller has a digest
+/// of the stored object to check instead.
+#[test]
+fn the_frame_checksum_is_checked_unless_the_stored_object_is_digested() {
+    let bytes = bundle_bytes();
+    let good = read_bundle(&bytes[..], NAME, FrameChecksum::Check, &mut Discard).unwrap();
+    let mut bad = bytes.clone();
+    *bad.last_mut().unwrap() ^= 0x01;
+    let err = read_bundle(&bad[..], NAME, FrameChecksum::Check, &mut Discard).unwrap_err();
+    assert!(
+        err.to_string().contains("at end of archive") && err.to_string().contains("checksum"),
+        "{err}"
+    );
+    let read = read_bundle(
+        &bad[..],
+        NAME,
+        FrameChecksum::CoveredByObjectDigest,
+        &mut Discard,
+    )
+    .unwrap();
+    assert_eq!(read, good);
 }
 
 /// A flip either fails the read or provably changed nothing the reader returns (zstd header bits
@@ -354,7 +386,7 @@ fn every_flipped_byte_is_detected_or_harmless() {
     for at in 0..bytes.len() {
         let mut bad = bytes.clone();
         bad[at] ^= 0x20;
-        if read_bundle(&bad[..], NAME, &mut Discard).is_ok() {
+        if read_bundle(&bad[..], NAME, FrameChecksum::Check, &mut Discard).is_ok() {
             assert_eq!(
                 zstd::decode_all(&bad[..]).unwrap(),
                 content,
@@ -500,7 +532,7 @@ fn refuses_entries_that_differ_from_the_manifest() {
     ];
     let craft =
         |entries: &[(&str, tar::EntryType, &[u8])]| craft_with_tail(entries, line.as_bytes());
-    assert!(read_bundle(&craft(&good)[..], NAME, &mut Discard).is_ok());
+    assert!(read_bundle(&craft(&good)[..], NAME, FrameChecksum::Check, &mut Discard).is_ok());
 
     let mut symlink = good.clone();
     symlink[1].1 = tar::EntryType::Symlink;
@@ -531,7 +563,12 @@ fn refuses_entries_that_differ_from_the_manifest() {
         ("manifest not first", not_first),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let result = read_bundle(&craft(&entries)[..], NAME, &mut Extract::new(dir.path()));
+        let result = read_bundle(
+            &craft(&entries)[..],
+            NAME,
+            FrameChecksum::Check,
+            &mut Extract::new(dir.path()),
+        );
         assert!(result.is_err(), "{what} was accepted");
         assert!(
             !dir.path().join("etc/cron.d/evil").exists(),

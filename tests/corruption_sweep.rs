@@ -14,7 +14,7 @@
 mod common;
 
 use common::*;
-use cpr::bundle::{read_bundle, Discard};
+use cpr::bundle::{read_bundle, Discard, FrameChecksum};
 use cpr::node::identity::Machine;
 use cpr::ops::restore::{restore, RestoreRequest};
 use cpr::store::{self, StoreOptions};
@@ -125,7 +125,9 @@ impl Sweep<'_> {
         // object's digest or signature sees it.
         let mut format_blind = 0;
         for (what, bytes) in damaged {
-            if self.identity.is_none() && read_bundle(&bytes[..], self.name, &mut Discard).is_ok() {
+            if self.identity.is_none()
+                && read_bundle(&bytes[..], self.name, FrameChecksum::Check, &mut Discard).is_ok()
+            {
                 format_blind += 1;
             }
             match self.attempt(&bytes, root.path()) {
@@ -159,7 +161,7 @@ impl Sweep<'_> {
             for bit in 0..8 {
                 let mut bytes = original.clone();
                 bytes[at] ^= 1 << bit;
-                if read_bundle(&bytes[..], self.name, &mut Discard).is_err() {
+                if read_bundle(&bytes[..], self.name, FrameChecksum::Check, &mut Discard).is_err() {
                     continue;
                 }
                 blind += 1;
@@ -182,6 +184,42 @@ impl Sweep<'_> {
             blind > 0,
             "expected some invisible header bits to exercise the index check"
         );
+    }
+
+    /// Every bit of the zstd frame checksum, flipped. A restore with the index's digest to check
+    /// tells zstd not to check its own (`FrameChecksum::CoveredByObjectDigest`), so the digest is
+    /// what refuses each flip, and the root stays as it was.
+    fn frame_checksum_bits(&self) {
+        let original = fs::read(self.store_dir.join(self.name)).unwrap();
+        let root = provisioned_root();
+        let before = tree_with_modes(root.path());
+        for at in original.len() - 4..original.len() {
+            for bit in 0..8 {
+                let mut bytes = original.clone();
+                bytes[at] ^= 1 << bit;
+                let error = read_bundle(&bytes[..], self.name, FrameChecksum::Check, &mut Discard)
+                    .expect_err("zstd let a flipped checksum through");
+                assert!(error.to_string().contains("checksum"), "{error}");
+                read_bundle(
+                    &bytes[..],
+                    self.name,
+                    FrameChecksum::CoveredByObjectDigest,
+                    &mut Discard,
+                )
+                .unwrap_or_else(|e| panic!("byte {at} bit {bit}: zstd checked: {e}"));
+                let error = self
+                    .attempt(&bytes, root.path())
+                    .expect_err("a flipped frame checksum was restored");
+                assert!(
+                    error.contains("index recorded"),
+                    "byte {at} bit {bit}: {error}"
+                );
+            }
+        }
+        fs::write(self.store_dir.join(self.name), &original).unwrap();
+        let mut after = tree_with_modes(root.path());
+        after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
+        assert_eq!(after, before);
     }
 }
 
@@ -246,6 +284,7 @@ fn every_flip_and_truncation_is_detected_before_the_root_changes() {
     assert_eq!(entry["blake3"], blake3::hash(&object).to_hex().as_str());
     assert!(entry.get("sha256").is_none(), "{entry}");
     sweep.frame_header_bits("BLAKE3 digest");
+    sweep.frame_checksum_bits();
     // The index as a cpr before BLAKE3 wrote it: its sha256 is still checked.
     let entry = entry.as_object_mut().unwrap();
     entry.remove("blake3");

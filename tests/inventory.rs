@@ -1011,7 +1011,13 @@ fn resealed(
 ) -> String {
     let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
     let mut parts = Parts::default();
-    cpr::bundle::read_bundle(opened.open(good).unwrap(), good, &mut parts).unwrap();
+    cpr::bundle::read_bundle(
+        opened.open(good).unwrap(),
+        good,
+        cpr::bundle::FrameChecksum::Check,
+        &mut parts,
+    )
+    .unwrap();
     let mut manifest = parts.manifest.unwrap();
     let db_len = parts.snapshot.len() - 32;
     let (db, trailer) = parts.snapshot.split_at_mut(db_len);
@@ -1261,7 +1267,13 @@ fn put_many(node: &KubeadmNode, prefix: &str, count: usize, size: usize) {
 fn extract_snapshot(store: &Path, name: &str, path: &Path) {
     let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
     let mut parts = Parts::default();
-    cpr::bundle::read_bundle(opened.open(name).unwrap(), name, &mut parts).unwrap();
+    cpr::bundle::read_bundle(
+        opened.open(name).unwrap(),
+        name,
+        cpr::bundle::FrameChecksum::Check,
+        &mut parts,
+    )
+    .unwrap();
     std::fs::write(path, &parts.snapshot).unwrap();
 }
 

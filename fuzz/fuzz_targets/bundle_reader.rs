@@ -3,7 +3,7 @@
 //! the rest first so the fuzzer explores the tar and manifest checks behind it.
 #![no_main]
 
-use cpr::bundle::{read_bundle, read_manifest, Discard};
+use cpr::bundle::{read_bundle, read_manifest, Discard, FrameChecksum};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         zstd::encode_all(rest, 1).expect("compressing in memory")
     };
     let manifest = read_manifest(&stored[..], "fuzz");
-    if let Ok(full) = read_bundle(&stored[..], "fuzz", &mut Discard) {
+    if let Ok(full) = read_bundle(&stored[..], "fuzz", FrameChecksum::Check, &mut Discard) {
         // A bundle that reads whole has the manifest that inspect shows.
         assert_eq!(manifest.expect("the manifest of a readable bundle"), full);
     }

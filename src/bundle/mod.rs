@@ -15,7 +15,9 @@ mod trailer;
 pub mod writer;
 
 pub use manifest::{FileEntry, Manifest, SnapshotEntry};
-pub use reader::{blake3_to_end, read_bundle, read_manifest, Discard, Extract, Sink};
+pub use reader::{
+    blake3_to_end, read_bundle, read_manifest, Discard, Extract, FrameChecksum, Sink,
+};
 pub use writer::{write_bundle, WriteOptions, WriteStats};
 
 #[derive(Debug, thiserror::Error)]

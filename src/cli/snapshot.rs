@@ -64,7 +64,8 @@ pub(crate) fn stream_bundle<T: prost::Message + Default>(
         damaged: None,
         no_room: None,
     };
-    let read = read_bundle(&mut input, &name, &mut sink);
+    let checksum = input.frame_checksum;
+    let read = read_bundle(&mut input, &name, checksum, &mut sink);
     let StreamToRecords {
         recorded,
         damaged,

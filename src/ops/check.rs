@@ -11,7 +11,7 @@ use super::backup::{
     client_endpoint, client_tls, collect_files, encryption_configurations, unencrypted_keys,
 };
 use super::Error;
-use crate::bundle::{read_bundle, FileEntry, Sink, SnapshotEntry};
+use crate::bundle::{read_bundle, FileEntry, FrameChecksum, Sink, SnapshotEntry};
 use crate::etcd::client::EtcdClient;
 use crate::node::certs::{self, parse_cert, Due};
 use crate::node::inputs::is_encryption_configuration;
@@ -229,7 +229,7 @@ pub fn check_bundle(
     now: OffsetDateTime,
 ) -> Result<CheckReport, Error> {
     let mut sink = PemCollector::default();
-    match read_bundle(input, name, &mut sink) {
+    match read_bundle(input, name, FrameChecksum::Check, &mut sink) {
         Ok(_) => {}
         // The collector stops the read at the snapshot: every file before it was checked.
         Err(_) if sink.reached_snapshot => {}

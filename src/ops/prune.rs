@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::Error;
 use crate::bundle::name::{BundleName, ENCRYPTED_SUFFIX};
-use crate::bundle::{read_bundle, Discard};
+use crate::bundle::{read_bundle, Discard, FrameChecksum};
 use crate::store::index::{self, IndexEntry};
 use crate::store::retention::{self, Decision, Policy};
 use crate::store::{self, Store};
@@ -167,7 +167,7 @@ fn verify(store: &dyn Store, name: &str) -> Result<(), Error> {
     }
     log::info!("prune: verifying {name} before deleting anything older");
     let input = store.open(name)?;
-    read_bundle(input, name, &mut Discard)?;
+    read_bundle(input, name, FrameChecksum::Check, &mut Discard)?;
     Ok(())
 }
 

@@ -444,7 +444,8 @@ fn stage(
         quorum,
         point: Point::This,
     };
-    let result = read_bundle(&mut input, name, &mut sink);
+    let checksum = input.frame_checksum;
+    let result = read_bundle(&mut input, name, checksum, &mut sink);
     if let Some(failure) = sink.failure.take() {
         return Err(failure);
     }
@@ -595,7 +596,8 @@ fn stage_point_snapshot(
         failure: None,
         restored: None,
     };
-    let result = read_bundle(&mut input, point, &mut sink);
+    let checksum = input.frame_checksum;
+    let result = read_bundle(&mut input, point, checksum, &mut sink);
     if let Some(failure) = sink.failure.take() {
         return Err(fail(failure));
     }

@@ -41,7 +41,7 @@ use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
 use crate::bundle::sign::{
     self, Digesting, DigestingReader, IndexDigest, ObjectDigest, PublicKey, SecretKey, Signature,
 };
-use crate::bundle::Error as BundleError;
+use crate::bundle::{Error as BundleError, FrameChecksum};
 use crate::store::{index, ObjectInfo, Store};
 
 /// The largest stored bundle the format admits: its contents' limits plus tar, zstd and age framing
@@ -181,6 +181,8 @@ pub struct Opened {
     pub name: String,
     reader: Box<dyn Read + Send>,
     ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
+    /// What the bundle reader gets to pass to `read_bundle`.
+    pub frame_checksum: FrameChecksum,
 }
 
 impl Read for Opened {
@@ -241,6 +243,13 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
     let expected = entry.and_then(IndexedDigest::of);
     let mut size = indexed_size;
     let mut signed = None;
+    // Whenever there is a digest of the stored object to check, every byte the bundle reader
+    // decodes is checked before `finish` returns, and zstd's own checksum adds nothing.
+    let frame_checksum = if expected.is_some() || keys.verify_key.is_some() {
+        FrameChecksum::CoveredByObjectDigest
+    } else {
+        FrameChecksum::Check
+    };
     if let Some(key) = &keys.verify_key {
         // The signature file first: a wrong key or an old signature is refused before the
         // download, and the signed size bounds the download (an endless body stops there).
@@ -305,6 +314,7 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
         name,
         reader,
         ended,
+        frame_checksum,
     })
 }
 
