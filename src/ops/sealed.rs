@@ -181,7 +181,8 @@ pub struct Opened {
     pub name: String,
     reader: Box<dyn Read + Send>,
     ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
-    /// What the bundle reader gets to pass to `read_bundle`.
+    /// For `read_bundle`: whether zstd must check its own checksum, or a digest of the stored
+    /// object (the index's, a signature's) covers every byte already.
     pub frame_checksum: FrameChecksum,
 }
 
@@ -243,8 +244,9 @@ pub fn open(source: Source<'_>, keys: &OpenKeys, scratch: &Path) -> Result<Opene
     let expected = entry.and_then(IndexedDigest::of);
     let mut size = indexed_size;
     let mut signed = None;
-    // Whenever there is a digest of the stored object to check, every byte the bundle reader
-    // decodes is checked before `finish` returns, and zstd's own checksum adds nothing.
+    // With a digest of the stored object to check, every stored byte is checked against it before
+    // reading (a spooled object) or by `finish`, before any caller keeps what it read; zstd's own
+    // checksum would add nothing.
     let frame_checksum = if expected.is_some() || keys.verify_key.is_some() {
         FrameChecksum::CoveredByObjectDigest
     } else {
