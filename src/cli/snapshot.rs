@@ -6,7 +6,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::{open_bundle, KeyFlags};
-use crate::bundle::{blake3_to_end, read_bundle, FileEntry, Manifest, Sink, SnapshotEntry};
+use crate::bundle::{blake3_to_end, FileEntry, Manifest, Sink, SnapshotEntry};
 use crate::etcd;
 use crate::etcd::bbolt::{Corruption, Meta, ReadError, META_PAGE_PREFIX};
 use crate::etcd::keys::{Revision, Revisions};
@@ -64,8 +64,7 @@ pub(crate) fn stream_bundle<T: prost::Message + Default>(
         damaged: None,
         no_room: None,
     };
-    let checksum = input.frame_checksum;
-    let read = read_bundle(&mut input, &name, checksum, &mut sink);
+    let read = input.read_bundle(&mut sink);
     let StreamToRecords {
         recorded,
         damaged,

@@ -19,7 +19,7 @@ use super::state::{self, Phase, State};
 use super::Error;
 use crate::bundle::manifest::{FileEntry, Manifest, SnapshotEntry};
 use crate::bundle::name::BundleName;
-use crate::bundle::{blake3_to_end, read_bundle, Extract, Sink};
+use crate::bundle::{blake3_to_end, Extract, Sink};
 use crate::etcd::restore::{ensure_not_in_use, restore_from_reader, RestoreOptions, Restored};
 use crate::etcd::Error as EtcdError;
 use crate::fsutil;
@@ -444,8 +444,7 @@ fn stage(
         quorum,
         point: Point::This,
     };
-    let checksum = input.frame_checksum;
-    let result = read_bundle(&mut input, name, checksum, &mut sink);
+    let result = input.read_bundle(&mut sink);
     if let Some(failure) = sink.failure.take() {
         return Err(failure);
     }
@@ -596,8 +595,7 @@ fn stage_point_snapshot(
         failure: None,
         restored: None,
     };
-    let checksum = input.frame_checksum;
-    let result = read_bundle(&mut input, point, checksum, &mut sink);
+    let result = input.read_bundle(&mut sink);
     if let Some(failure) = sink.failure.take() {
         return Err(fail(failure));
     }

@@ -41,7 +41,7 @@ use crate::bundle::name::{BundleName, SIGNATURE_SUFFIX};
 use crate::bundle::sign::{
     self, Digesting, DigestingReader, IndexDigest, ObjectDigest, PublicKey, SecretKey, Signature,
 };
-use crate::bundle::{Error as BundleError, FrameChecksum};
+use crate::bundle::{read_bundle, Error as BundleError, FrameChecksum, Manifest, Sink};
 use crate::store::{index, ObjectInfo, Store};
 
 /// The largest stored bundle the format admits: its contents' limits plus tar, zstd and age framing
@@ -181,9 +181,9 @@ pub struct Opened {
     pub name: String,
     reader: Box<dyn Read + Send>,
     ended: Arc<Mutex<Option<Result<(), BundleError>>>>,
-    /// For `read_bundle`: whether zstd must check its own checksum, or a digest of the stored
-    /// object (the index's, a signature's) covers every byte already.
-    pub frame_checksum: FrameChecksum,
+    /// Whether zstd must check its own checksum, or a digest of the stored object (the index's, a
+    /// signature's) covers every byte already.
+    frame_checksum: FrameChecksum,
 }
 
 impl Read for Opened {
@@ -193,6 +193,12 @@ impl Read for Opened {
 }
 
 impl Opened {
+    /// `bundle::read_bundle` of this object, zstd's checksum checked unless a digest of the stored
+    /// object covers it. Call `finish` once it returns.
+    pub fn read_bundle(&mut self, sink: &mut dyn Sink) -> Result<Manifest, BundleError> {
+        read_bundle(&mut self.reader, &self.name, self.frame_checksum, sink)
+    }
+
     pub fn finish(mut self) -> Result<(), Error> {
         // The bundle reader stops at the end of the archive; age's final chunk and any trailing bytes
         // must still pass through the digest.
