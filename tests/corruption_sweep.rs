@@ -149,36 +149,45 @@ impl Sweep<'_> {
         fs::write(self.store_dir.join(self.name), &original).unwrap();
     }
 
-    /// Every bit of the zstd frame header, flipped: the ones the bundle format cannot see (the
-    /// decoded content is unchanged) must still be refused, by the index's digest, named in the
-    /// error as `digest` ("BLAKE3 digest" as cpr records it, "sha256" in an older cpr's index).
-    fn frame_header_bits(&self, digest: &str) {
+    /// Flips every bit of the stored bundle's bytes `at`, one at a time, and hands each damaged copy
+    /// with its position to `check`, which may restore it into `root`; then puts the bundle back and
+    /// asserts that `root` is as it was.
+    fn each_bit_of(&self, at: std::ops::Range<usize>, mut check: impl FnMut(&[u8], &str, &Path)) {
         let original = fs::read(self.store_dir.join(self.name)).unwrap();
         let root = provisioned_root();
         let before = tree_with_modes(root.path());
-        let mut blind = 0;
-        for at in 0..16 {
+        for at in at {
             for bit in 0..8 {
                 let mut bytes = original.clone();
                 bytes[at] ^= 1 << bit;
-                if read_bundle(&bytes[..], self.name, FrameChecksum::Check, &mut Discard).is_err() {
-                    continue;
-                }
-                blind += 1;
-                let error = self
-                    .attempt(&bytes, root.path())
-                    .expect_err("a frame-header flip was restored");
-                assert!(
-                    error.contains("index recorded")
-                        && error.contains(&format!("the stored object has {digest} ")),
-                    "byte {at} bit {bit}: {error}"
-                );
+                check(&bytes, &format!("byte {at} bit {bit}"), root.path());
             }
         }
         fs::write(self.store_dir.join(self.name), &original).unwrap();
         let mut after = tree_with_modes(root.path());
         after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
         assert_eq!(after, before);
+    }
+
+    /// Every bit of the zstd frame header, flipped: the ones the bundle format cannot see (the
+    /// decoded content is unchanged) must still be refused, by the index's digest, named in the
+    /// error as `digest` ("BLAKE3 digest" as cpr records it, "sha256" in an older cpr's index).
+    fn frame_header_bits(&self, digest: &str) {
+        let mut blind = 0;
+        self.each_bit_of(0..16, |bytes, flip, root| {
+            if read_bundle(bytes, self.name, FrameChecksum::Check, &mut Discard).is_err() {
+                return;
+            }
+            blind += 1;
+            let error = self
+                .attempt(bytes, root)
+                .expect_err("a frame-header flip was restored");
+            assert!(
+                error.contains("index recorded")
+                    && error.contains(&format!("the stored object has {digest} ")),
+                "{flip}: {error}"
+            );
+        });
         eprintln!("{blind} frame-header bit flips leave the content unchanged; the index's {digest} refused each");
         assert!(
             blind > 0,
@@ -190,36 +199,23 @@ impl Sweep<'_> {
     /// tells zstd not to check its own (`FrameChecksum::CoveredByObjectDigest`), so the digest is
     /// what refuses each flip, and the root stays as it was.
     fn frame_checksum_bits(&self) {
-        let original = fs::read(self.store_dir.join(self.name)).unwrap();
-        let root = provisioned_root();
-        let before = tree_with_modes(root.path());
-        for at in original.len() - 4..original.len() {
-            for bit in 0..8 {
-                let mut bytes = original.clone();
-                bytes[at] ^= 1 << bit;
-                let error = read_bundle(&bytes[..], self.name, FrameChecksum::Check, &mut Discard)
-                    .expect_err("zstd let a flipped checksum through");
-                assert!(error.to_string().contains("checksum"), "{error}");
-                read_bundle(
-                    &bytes[..],
-                    self.name,
-                    FrameChecksum::CoveredByObjectDigest,
-                    &mut Discard,
-                )
-                .unwrap_or_else(|e| panic!("byte {at} bit {bit}: zstd checked: {e}"));
-                let error = self
-                    .attempt(&bytes, root.path())
-                    .expect_err("a flipped frame checksum was restored");
-                assert!(
-                    error.contains("index recorded"),
-                    "byte {at} bit {bit}: {error}"
-                );
-            }
-        }
-        fs::write(self.store_dir.join(self.name), &original).unwrap();
-        let mut after = tree_with_modes(root.path());
-        after.retain(|(p, _, _)| p != Path::new("var/lib/cpr"));
-        assert_eq!(after, before);
+        let len = fs::metadata(self.store_dir.join(self.name)).unwrap().len() as usize;
+        self.each_bit_of(len - 4..len, |bytes, flip, root| {
+            let error = read_bundle(bytes, self.name, FrameChecksum::Check, &mut Discard)
+                .expect_err("zstd let a flipped checksum through");
+            assert!(error.to_string().contains("checksum"), "{flip}: {error}");
+            read_bundle(
+                bytes,
+                self.name,
+                FrameChecksum::CoveredByObjectDigest,
+                &mut Discard,
+            )
+            .unwrap_or_else(|e| panic!("{flip}: zstd checked: {e}"));
+            let error = self
+                .attempt(bytes, root)
+                .expect_err("a flipped frame checksum was restored");
+            assert!(error.contains("index recorded"), "{flip}: {error}");
+        });
     }
 }
 

@@ -1010,14 +1010,7 @@ fn resealed(
     edit: impl FnOnce(&mut cpr::bundle::Manifest, &mut Bbolt),
 ) -> String {
     let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
-    let mut parts = Parts::default();
-    cpr::bundle::read_bundle(
-        opened.open(good).unwrap(),
-        good,
-        cpr::bundle::FrameChecksum::Check,
-        &mut parts,
-    )
-    .unwrap();
+    let mut parts = read_parts(opened.as_ref(), good);
     let mut manifest = parts.manifest.unwrap();
     let db_len = parts.snapshot.len() - 32;
     let (db, trailer) = parts.snapshot.split_at_mut(db_len);
@@ -1266,15 +1259,20 @@ fn put_many(node: &KubeadmNode, prefix: &str, count: usize, size: usize) {
 /// The etcd snapshot of bundle `name` in the directory store `store`, written to `path`.
 fn extract_snapshot(store: &Path, name: &str, path: &Path) {
     let opened = cpr::store::open(store.to_str().unwrap(), &Default::default()).unwrap();
+    std::fs::write(path, read_parts(opened.as_ref(), name).snapshot).unwrap();
+}
+
+/// Bundle `name` of `store`, read whole by cpr's bundle reader.
+fn read_parts(store: &dyn cpr::store::Store, name: &str) -> Parts {
     let mut parts = Parts::default();
     cpr::bundle::read_bundle(
-        opened.open(name).unwrap(),
+        store.open(name).unwrap(),
         name,
         cpr::bundle::FrameChecksum::Check,
         &mut parts,
     )
     .unwrap();
-    std::fs::write(path, &parts.snapshot).unwrap();
+    parts
 }
 
 /// `cpr ARGS` of a bundle and of its snapshot extracted to a file (the streamed read and the read
