@@ -20,7 +20,7 @@ esac
 # build under target/sha-hidden from a copy of the working tree, so that the lock file of the patched
 # ring stays out of the repository (the copy keeps mtimes: cargo rebuilds only what changed).
 bench_cpr() {
-  local repo=$1 dir=$1/target/sha-hidden ring_dir intel
+  local repo=$1 dir=$1/target/sha-hidden ring_dir ring intel
   (cd "$repo" && cargo build --release --quiet)
   if [ "$SHA_NI" = detected ]; then
     echo "$repo/target/x86_64-unknown-linux-gnu/release/cpr"; return
@@ -28,21 +28,22 @@ bench_cpr() {
   ring_dir=$(cd "$repo" && cargo metadata --format-version 1 --locked | python3 -c '
 import json, os, sys
 print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] if p["name"] == "ring"))')
-  if [ ! -d "$dir/$(basename "$ring_dir")" ]; then
-    mkdir -p "$dir"; cp -a "$ring_dir" "$dir/$(basename "$ring_dir").tmp"
-    intel=$dir/$(basename "$ring_dir").tmp/src/cpu/intel.rs
+  ring=$dir/$(basename "$ring_dir")
+  if [ ! -d "$ring" ]; then
+    mkdir -p "$dir"; rm -rf "$ring.tmp"; cp -a "$ring_dir" "$ring.tmp"
+    intel=$ring.tmp/src/cpu/intel.rs
     # The one check that sets Shift::Sha (src/cpu/intel.rs, cpuid_to_caps_and_set_c_flags); another
     # ring must be read again before it is patched.
     [ "$(grep -c 'if check(extended_features_ebx, 29) {' "$intel")" = 1 ] ||
       { echo "bench_cpr: $intel has no single SHA check to remove; read ring's detection again" >&2; exit 1; }
     sed -i 's/if check(extended_features_ebx, 29) {/if false \&\& check(extended_features_ebx, 29) {/' "$intel"
-    mv "$dir/$(basename "$ring_dir").tmp" "$dir/$(basename "$ring_dir")"
+    mv "$ring.tmp" "$ring"
   fi
   rm -rf "$dir/src"; mkdir -p "$dir/src"
   (cd "$repo" && git ls-files -z --cached --others --exclude-standard | xargs -0 cp -a --parents -t "$dir/src")
   # ring is a path dependency here, so its lint warnings are printed: kept in a log unless it fails.
   (cd "$dir/src" && cargo build --release --quiet --features sha2/force-soft --target-dir "$dir/target" \
-    --config "patch.crates-io.ring.path=\"$dir/$(basename "$ring_dir")\"") > "$dir/build.log" 2>&1 ||
+    --config "patch.crates-io.ring.path=\"$ring\"") > "$dir/build.log" 2>&1 ||
     { cat "$dir/build.log" >&2; echo "bench_cpr: the SHA_NI=hidden build failed" >&2; exit 1; }
   echo "$dir/target/x86_64-unknown-linux-gnu/release/cpr"
 }
