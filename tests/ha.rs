@@ -55,6 +55,14 @@ impl Node {
         self.etcd = Some(child);
     }
 
+    /// What kubelet does once kubeadm wrote etcd's static pod (and `starts` accepts it): starts it.
+    fn start_etcd_once_written(&mut self, starts: fn(&str) -> bool) {
+        let manifest = std::fs::read_to_string(self.root().join(ETCD_MANIFEST));
+        if self.etcd.is_none() && manifest.is_ok_and(|m| starts(&m)) {
+            self.start_etcd();
+        }
+    }
+
     /// Stops etcd as kubelet stops a pod (SIGTERM, then waits for it to exit).
     fn stop_etcd(&mut self) {
         if let Some(mut child) = self.etcd.take() {
@@ -871,11 +879,7 @@ fn rejoin(
     let mut running = lost.to_vec();
     while !running.is_empty() {
         running.retain(|&i| {
-            let node = &mut cluster.nodes[i];
-            let manifest = std::fs::read_to_string(node.root().join(ETCD_MANIFEST));
-            if node.etcd.is_none() && manifest.is_ok_and(|m| starts(&m)) {
-                node.start_etcd();
-            }
+            cluster.nodes[i].start_etcd_once_written(starts);
             let at = lost.iter().position(|&l| l == i).unwrap();
             children[at].try_wait().unwrap().is_none()
         });
@@ -1260,6 +1264,106 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
     cluster.assert_one_cluster();
     eprintln!(
         "rejoin cut after kubeadm join, finished by a rerun: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The live cluster cannot commit the removal of the lost member for longer than one request
+/// waits: the other survivor's etcd is stalled (SIGSTOP, as on a node swapping or starved of CPU),
+/// so the member phase 2 talks to answers the member list but commits nothing. Phase 2 asks again
+/// until the stalled member is back, then joins: one slow answer does not fail the recovery.
+#[test]
+fn a_removal_the_live_cluster_cannot_commit_yet_is_asked_again() {
+    let started = Instant::now();
+    let mut cluster = Cluster::new(3);
+    seed_join_objects(&cluster, 0, "v1.27.4");
+    cluster.backup_all();
+    let before = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
+    let lost_id = before["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "master3")
+        .unwrap()["ID"]
+        .as_u64()
+        .unwrap();
+    cluster.nodes[2].wipe_root();
+    let _apiservers: Vec<KillOnDrop> = [0, 1]
+        .iter()
+        .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
+        .collect();
+    let phase1 = restore_with_doubles(&cluster, 2, "v1.27.4", &["--no-finish"])
+        .output()
+        .unwrap();
+    assert!(phase1.status.success(), "{}", common::stderr(&phase1));
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(cluster.nodes[2].root().join("var/lib/cpr/state.json")).unwrap(),
+    )
+    .unwrap();
+    let through = state["rejoin"]["etcdEndpoint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stalled = [0, 1]
+        .into_iter()
+        .find(|&i| cluster.nodes[i].endpoint() != through)
+        .unwrap();
+    let pid = cluster.nodes[stalled]
+        .etcd
+        .as_ref()
+        .unwrap()
+        .id()
+        .to_string();
+    run(Command::new("kill").args(["-STOP", &pid]));
+    let stalled_at = Instant::now();
+
+    let log_path = cluster.nodes[2].root().join("finish.log");
+    let mut finish = with_doubles(&cluster.nodes[2], &["finish", "--timeout", "60"], "v1.27.4")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !log().contains("asking again")
+        && finish.try_wait().unwrap().is_none()
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stalled_for = stalled_at.elapsed();
+    run(Command::new("kill").args(["-CONT", &pid]));
+    while finish.try_wait().unwrap().is_none() {
+        cluster.nodes[2].start_etcd_once_written(|_| true);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = finish.wait_with_output().unwrap();
+    let log = log();
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!(
+            "removing the lost etcd member master3 ({lost_id:x}) through {through}: etcd at {through}: member remove"
+        )) && log.contains("asking again"),
+        "the first removal failed while the cluster could not commit it, and was asked again: {log}"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for field in ["removedMember", "member"] {
+        assert!(
+            report["rejoin"][field]
+                .as_str()
+                .unwrap()
+                .starts_with("master3 ("),
+            "{report}"
+        );
+    }
+    let after = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
+    let members = after["members"].as_array().unwrap();
+    assert_eq!(members.len(), 3, "{after}");
+    assert!(members.iter().all(|m| m["ID"] != lost_id), "{after}");
+    cluster.assert_one_cluster();
+    eprintln!(
+        "removal asked again after a stall of {:.1} s; {:.1} s in all",
+        stalled_for.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
 }

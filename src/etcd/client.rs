@@ -160,12 +160,24 @@ impl EtcdClient {
             .collect())
     }
 
-    /// Removes the member `id` from the cluster (`etcdctl member remove`).
-    pub fn member_remove(&mut self, id: u64) -> Result<(), ClientError> {
+    /// Removes the member `id` from the cluster (`etcdctl member remove`). `Ok(false)`: the cluster
+    /// has no such member, so an earlier removal whose answer was lost went through. etcd answers
+    /// that with `ErrGRPCMemberNotFound` (`api/v3rpc/rpctypes/error.go`), which etcd's Go client
+    /// also recognises by its message.
+    pub fn member_remove(&mut self, id: u64) -> Result<bool, ClientError> {
         self.bounded("member remove", |c| {
-            Box::pin(async move { c.member_remove(id).await })
+            Box::pin(async move {
+                match c.member_remove(id).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::GRpcStatus(status))
+                        if status.message() == "etcdserver: member not found" =>
+                    {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
+                }
+            })
         })
-        .map(drop)
     }
 
     /// A linearizable read: etcd answers it only through a leader that a quorum follows. Returns the

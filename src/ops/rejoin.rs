@@ -36,6 +36,12 @@ pub const SHARED_PKI: [&str; 8] = [
 /// A token lives long enough for one join, retries included (kubeadm's default is 24 h).
 const TOKEN_TTL: time::Duration = time::Duration::hours(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long phase 2 keeps asking the live cluster to remove the lost member. One request waits
+/// 10 s, and etcd gives up on a proposal it cannot commit after 7 s (`ReqTimeout` in etcd's
+/// `server/config/config.go`: 5 s plus two election timeouts), so one attempt fails on a loaded
+/// cluster or one electing a leader. kubeadm retries a removal on any error as well
+/// (`cmd/kubeadm/app/util/etcd/etcd.go` `RemoveMember`).
+const REMOVE_PATIENCE: Duration = Duration::from_secs(120);
 /// A bootstrap token's Secret is this plus its ID (`k8s.io/cluster-bootstrap/token/api/types.go`
 /// `BootstrapTokenSecretPrefix`).
 const BOOTSTRAP_TOKEN_PREFIX: &str = "bootstrap-token-";
@@ -247,12 +253,44 @@ fn remove_lost_member(
         }
     }
     let named = format!("{} ({:x})", lost.name, lost.id);
-    etcd.member_remove(lost.id).map_err(|e| Error::Rejoin {
-        step: "remove the lost member",
-        object: format!("{named} through {endpoint}"),
-        why: e.to_string(),
-    })?;
-    log::info!("finish: removed the lost etcd member {named} through {endpoint}");
+    let deadline = Instant::now() + REMOVE_PATIENCE;
+    loop {
+        let failed = match etcd.member_remove(lost.id) {
+            Ok(true) => {
+                log::info!("finish: removed the lost etcd member {named} through {endpoint}");
+                break;
+            }
+            Ok(false) => {
+                log::info!("finish: the lost etcd member {named} is no longer a member: an earlier request removed it");
+                break;
+            }
+            Err(e) => e,
+        };
+        // A removal etcd committed after its answer was lost is done: asking again would only be
+        // told the member is not found.
+        if etcd
+            .members()
+            .is_ok_and(|now| now.iter().all(|m| m.id != lost.id))
+        {
+            log::info!("finish: the lost etcd member {named} is gone from the member list: the removal whose answer was lost ({failed}) went through");
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Rejoin {
+                step: "remove the lost member",
+                object: format!("{named} through {endpoint}"),
+                why: format!(
+                    "{failed}; asked for {} s. Check the live cluster's health (etcdctl endpoint status --cluster), then run cpr finish again",
+                    REMOVE_PATIENCE.as_secs()
+                ),
+            });
+        }
+        log::warn!(
+            "finish: removing the lost etcd member {named} through {endpoint}: {failed}; the member is still listed, asking again (for up to {} s in all)",
+            REMOVE_PATIENCE.as_secs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
     warn_of_unreachable_voters(&members, lost.id, tls);
     Ok(Some(named))
 }
