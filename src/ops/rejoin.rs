@@ -268,13 +268,14 @@ fn remove_lost_member(
         };
         // A removal etcd committed after its answer was lost is done: asking again would only be
         // told the member is not found.
-        if etcd
-            .members()
-            .is_ok_and(|now| now.iter().all(|m| m.id != lost.id))
-        {
-            log::info!("finish: the lost etcd member {named} is gone from the member list: the removal whose answer was lost ({failed}) went through");
-            break;
-        }
+        let listed = match etcd.members() {
+            Ok(now) if now.iter().all(|m| m.id != lost.id) => {
+                log::info!("finish: the lost etcd member {named} is gone from the member list: the removal whose answer was lost ({failed}) went through");
+                break;
+            }
+            Ok(_) => "the member is still listed".to_string(),
+            Err(e) => format!("the member list did not answer either ({e})"),
+        };
         if Instant::now() >= deadline {
             return Err(Error::Rejoin {
                 step: "remove the lost member",
@@ -286,7 +287,7 @@ fn remove_lost_member(
             });
         }
         log::warn!(
-            "finish: removing the lost etcd member {named} through {endpoint}: {failed}; the member is still listed, asking again (for up to {} s in all)",
+            "finish: removing the lost etcd member {named} through {endpoint}: {failed}; {listed}, asking again (for up to {} s in all)",
             REMOVE_PATIENCE.as_secs()
         );
         std::thread::sleep(Duration::from_secs(1));
