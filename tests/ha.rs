@@ -55,6 +55,12 @@ impl Node {
         self.etcd = Some(child);
     }
 
+    /// cpr's state file on this node.
+    fn cpr_state(&self) -> Value {
+        serde_json::from_slice(&std::fs::read(self.root().join("var/lib/cpr/state.json")).unwrap())
+            .unwrap()
+    }
+
     /// What kubelet does once kubeadm wrote etcd's static pod (and `starts` accepts it): starts it.
     fn start_etcd_once_written(&mut self, starts: fn(&str) -> bool) {
         let manifest = std::fs::read_to_string(self.root().join(ETCD_MANIFEST));
@@ -1191,6 +1197,19 @@ fn two_of_five_lost_rejoin_at_once() {
     a_lost_minority_rejoins_the_live_cluster(5, &[3, 4], "v1.27.4");
 }
 
+/// Three members backed up, then master3 lost (its root wiped), the survivors' API servers up.
+fn three_with_master3_lost() -> (Cluster, Vec<KillOnDrop>) {
+    let mut cluster = Cluster::new(3);
+    seed_join_objects(&cluster, 0, "v1.27.4");
+    cluster.backup_all();
+    cluster.nodes[2].wipe_root();
+    let apiservers = [0, 1]
+        .iter()
+        .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
+        .collect();
+    (cluster, apiservers)
+}
+
 /// `kubeadm join` succeeded but the member was not a voter within cpr's timeout (kubelet had not
 /// started it yet): the state keeps that it joined, and `cpr finish` run again only waits for the
 /// member and deletes the token. It moves none of the new member's files aside, runs no second
@@ -1198,14 +1217,7 @@ fn two_of_five_lost_rejoin_at_once() {
 #[test]
 fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
     let started = Instant::now();
-    let mut cluster = Cluster::new(3);
-    seed_join_objects(&cluster, 0, "v1.27.4");
-    cluster.backup_all();
-    cluster.nodes[2].wipe_root();
-    let _apiservers: Vec<KillOnDrop> = [0, 1]
-        .iter()
-        .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
-        .collect();
+    let (mut cluster, _apiservers) = three_with_master3_lost();
     let cut = restore_with_doubles(&cluster, 2, "v1.27.4", &["--timeout", "2"])
         .output()
         .unwrap();
@@ -1213,9 +1225,7 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
     let log = common::stderr(&cut);
     assert!(!cut.status.success(), "{log}");
     assert!(log.contains("wait for the new member"), "{log}");
-    let state: Value =
-        serde_json::from_slice(&std::fs::read(node.root().join("var/lib/cpr/state.json")).unwrap())
-            .unwrap();
+    let state = node.cpr_state();
     let token = state["rejoin"]["joined"]["tokenId"].as_str().unwrap();
     assert_eq!(
         bootstrap_tokens(&cluster.nodes[0]),
@@ -1275,9 +1285,7 @@ fn a_rejoin_cut_after_kubeadm_join_only_waits_for_the_member_when_run_again() {
 #[test]
 fn a_removal_the_live_cluster_cannot_commit_yet_is_asked_again() {
     let started = Instant::now();
-    let mut cluster = Cluster::new(3);
-    seed_join_objects(&cluster, 0, "v1.27.4");
-    cluster.backup_all();
+    let (mut cluster, _apiservers) = three_with_master3_lost();
     let before = cluster.nodes[0].etcdctl_json(&["member", "list", "-w", "json"]);
     let lost_id = before["members"]
         .as_array()
@@ -1287,19 +1295,11 @@ fn a_removal_the_live_cluster_cannot_commit_yet_is_asked_again() {
         .unwrap()["ID"]
         .as_u64()
         .unwrap();
-    cluster.nodes[2].wipe_root();
-    let _apiservers: Vec<KillOnDrop> = [0, 1]
-        .iter()
-        .map(|&i| KillOnDrop(cluster.nodes[i].start_apiserver()))
-        .collect();
     let phase1 = restore_with_doubles(&cluster, 2, "v1.27.4", &["--no-finish"])
         .output()
         .unwrap();
     assert!(phase1.status.success(), "{}", common::stderr(&phase1));
-    let state: Value = serde_json::from_slice(
-        &std::fs::read(cluster.nodes[2].root().join("var/lib/cpr/state.json")).unwrap(),
-    )
-    .unwrap();
+    let state = cluster.nodes[2].cpr_state();
     let through = state["rejoin"]["etcdEndpoint"]
         .as_str()
         .unwrap()
