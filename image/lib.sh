@@ -20,6 +20,7 @@ kernel_dir() {
   fi
   version=${package#linux-image-}
   dir=$cache/kernel-$version
+  lock_cache_dir "$dir" || return 1
   if [ ! -f "$dir/.complete" ]; then
     extract_debs "$dir.tmp" "$package" || return 1
     require_files "$dir.tmp/root" "$package" "boot/vmlinuz-$version" || return 1
@@ -47,6 +48,7 @@ signed_chain_dir() {
     return 1
   fi
   dir=$cache/signed-chain-${versions//[~:+]/-}
+  lock_cache_dir "$dir" || return 1
   if [ ! -f "$dir/.complete" ]; then
     extract_debs "$dir.tmp" "${packages[@]}" || return 1
     require_files "$dir.tmp/root" "${packages[*]}" usr/lib/shim/shimx64.efi.signed usr/lib/shim/mmx64.efi.signed \
@@ -58,6 +60,15 @@ signed_chain_dir() {
 
 # These run inside $(...), where bash turns set -e off: every step checks its own result, so a failed
 # download never leaves a cache directory marked complete.
+
+# Holds DIR.lock until the calling $(...) subshell exits: two image builds at once (the boot tests run
+# side by side) would otherwise download and extract into the same DIR.tmp.
+lock_cache_dir() {
+  if ! { exec {cache_lock}> "$1.lock" && flock "$cache_lock"; }; then
+    echo "image: cannot lock $1.lock (is target/image writable?)" >&2
+    return 1
+  fi
+}
 
 # Downloads each PACKAGE's .deb into TMP and extracts them all into TMP/root (TMP is made anew).
 extract_debs() {

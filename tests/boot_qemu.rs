@@ -5,7 +5,7 @@
 //! themselves, apply `cpr.on_failure`, leave the disk clean and never panic the kernel.
 //!
 //! Needs the release binary (`cargo build --release`, as scripts/test does) and the packages of
-//! scripts/lib/deps.sh. Boots run one at a time: the machines have two cores.
+//! scripts/lib/deps.sh. Boots run side by side, one per test thread (by default one per core).
 
 mod common;
 #[path = "common/qemu.rs"]

@@ -12,7 +12,7 @@ use crate::store_common::read_only_server;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 /// The address QEMU's DHCP server gives the first guest; the backed-up node has it too.
@@ -32,7 +32,9 @@ pub const OVMF_VARS_NO_KEYS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// What `cpr restore` adds to the etcd revision by default.
 pub const BUMP: i64 = 1_000_000_000;
 
-static BOOTS: Mutex<()> = Mutex::new(());
+/// Single boots run side by side, as many as the test harness's threads (by default one per core:
+/// each QEMU under TCG keeps one core busy); a cluster's VMs (`boot_together`) run with no other boot.
+static BOOTS: RwLock<()> = RwLock::new(());
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
 
 pub struct Fixture {
@@ -599,14 +601,14 @@ pub fn tamper(iso: &Path, file: Tampered) {
 }
 
 pub fn boot(spec: Boot) -> Outcome {
-    let _one_at_a_time = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _beside_other_single_boots = BOOTS.read().unwrap_or_else(|e| e.into_inner());
     power_on(spec)
 }
 
 /// Several VMs powered on at once (the nodes of one cluster), each as `boot` runs one; no other boot
 /// runs meanwhile. Returns when every VM has stopped.
 pub fn boot_together(specs: Vec<Boot>) -> Vec<Outcome> {
-    let _only_these = BOOTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _only_these = BOOTS.write().unwrap_or_else(|e| e.into_inner());
     std::thread::scope(|scope| {
         let vms: Vec<_> = specs
             .into_iter()
