@@ -61,8 +61,8 @@ signed_chain_dir() {
 # These run inside $(...), where bash turns set -e off: every step checks its own result, so a failed
 # download never leaves a cache directory marked complete.
 
-# Holds DIR.lock until the calling $(...) subshell exits: two image builds at once (the boot tests run
-# side by side) would otherwise download and extract into the same DIR.tmp.
+# Holds DIR.lock until the calling process exits (a $(...) subshell, or the script itself): two image
+# builds at once (the boot tests run side by side) would otherwise build into the same DIR.tmp.
 lock_cache_dir() {
   if ! { exec {cache_lock}> "$1.lock" && flock "$cache_lock"; }; then
     echo "image: cannot lock $1.lock (is target/image writable?)" >&2
