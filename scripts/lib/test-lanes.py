@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Runs every test binary of `cargo test`, two at a time, and reports as cargo test does.
+
+`cargo test` runs its test binaries one after another. Most of ours spend their time waiting (etcd's
+fsyncs, subprocesses, servers on loopback, mmdebstrap's downloads): run one after another on 2
+cores they used 46 min of CPU in 31 min, so two run side by side here. The binaries that boot VMs under QEMU's software emulation
+are the exception: each VM keeps a core busy, and a boot test's timeouts assume its VMs are not
+starved, so no two of them run at once (VM_BINARIES); a binary that waits runs beside them.
+
+Builds with `cargo test --no-run` first (a compile error fails here, as in cargo test), then runs
+the binaries from the repository root, as cargo does, with cargo's environment for them. Each
+binary's output goes to target/test-logs/NAME.log; target/test.log gets them all, one after
+another, for the summary line of scripts/test. Prints a line per binary as it ends, then the whole
+output of every binary that failed. Exit status 1 if any failed (all run, as --no-fail-fast).
+
+usage: scripts/lib/test-lanes.py [--serial]   (--serial: one binary at a time, as cargo test)
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+# Test binaries that boot VMs under QEMU (the ones that include tests/common/qemu.rs).
+VM_BINARIES = {"boot_qemu", "boot_ha", "power_loss"}
+LANES = 2
+# Run beside the test binaries, reported as they are: the doubles' own tests (tests/doubles/README.md).
+OTHER_TESTS = [("kubeadm double self-test", ["python3", "-m", "unittest", "discover", "-s", "tests/doubles"])]
+
+
+def test_binaries(repo):
+    """(name, executable) of every test harness `cargo test` would run, in cargo's order."""
+    build = subprocess.run(
+        ["cargo", "test", "--no-run", "--quiet", "--message-format=json-render-diagnostics"],
+        cwd=repo, stdout=subprocess.PIPE, text=True)
+    if build.returncode != 0:
+        sys.exit(f"tests: `cargo test --no-run` failed (exit {build.returncode}); the compiler's errors are above")
+    binaries = []
+    for line in build.stdout.splitlines():
+        message = json.loads(line)
+        if message.get("reason") != "compiler-artifact" or not message.get("profile", {}).get("test"):
+            continue
+        target = message["target"]
+        kind = target["kind"][0]
+        name = target["name"] if kind == "test" else f"{target['name']} ({kind} unit tests)"
+        binaries.append((name, message["executable"]))
+    return binaries
+
+
+class Run:
+    """One test command: a cargo test harness (`harness`: its summary is a `test result:` line) or
+    another (its summary is its output's last line)."""
+
+    def __init__(self, name, command, log, harness=True):
+        self.name, self.command, self.log, self.harness = name, command, log, harness
+        self.status = None
+        self.seconds = 0.0
+        self.result = ""
+
+    @property
+    def boots_vms(self):
+        return self.name in VM_BINARIES
+
+    def __call__(self, repo, env):
+        started = time.monotonic()
+        with open(self.log, "w") as out:
+            self.status = subprocess.run(self.command, cwd=repo, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT).returncode
+        self.seconds = time.monotonic() - started
+        with open(self.log) as out:
+            lines = [line.strip() for line in out if line.strip()]
+        if self.harness:
+            results = [line for line in lines if line.startswith("test result:")]
+            self.result = results[-1] if results else "no `test result:` line (the binary crashed?)"
+        else:
+            self.result = lines[-1] if lines else "no output"
+
+    @property
+    def passed(self):
+        return self.status == 0 and (not self.harness or self.result.startswith("test result: ok"))
+
+
+def run_all(repo, runs, lanes):
+    """Runs `runs` on `lanes` workers. A free worker takes the first VM binary if none is running (they
+    are the longest: started first, the others fill the other lane around them), else the first other."""
+    env = dict(os.environ, CARGO=os.environ.get("CARGO", "cargo"), CARGO_MANIFEST_DIR=repo)
+    pending = list(runs)
+    lock = threading.Condition()
+    vm_running = [False]
+
+    def take():
+        with lock:
+            while pending:
+                startable = [r for r in pending if not (r.boots_vms and vm_running[0])]
+                if startable:
+                    run = next((r for r in startable if r.boots_vms), startable[0])
+                    pending.remove(run)
+                    if run.boots_vms:
+                        vm_running[0] = True
+                    return run
+                lock.wait()
+            return None
+
+    def worker():
+        while (run := take()) is not None:
+            run(repo, env)
+            with lock:
+                if run.boots_vms:
+                    vm_running[0] = False
+                lock.notify_all()
+                print(f"tests: {run.name}: {'ok' if run.passed else 'FAILED'} in {run.seconds:.0f} s: {run.result}",
+                      flush=True)
+
+    workers = [threading.Thread(target=worker) for _ in range(lanes)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+
+
+def main():
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    lanes = 1 if sys.argv[1:] == ["--serial"] else LANES
+    logs = os.path.join(repo, "target", "test-logs")
+    os.makedirs(logs, exist_ok=True)
+    runs = [Run(name, [exe], os.path.join(logs, os.path.basename(exe) + ".log"))
+            for name, exe in test_binaries(repo)]
+    runs += [Run(name, command, os.path.join(logs, name.replace(" ", "-") + ".log"), harness=False)
+             for name, command in OTHER_TESTS]
+    started = time.monotonic()
+    print(f"tests: {len(runs)} test commands, {lanes} at a time (VM boots never two at once); logs in {logs}",
+          flush=True)
+    run_all(repo, runs, lanes)
+    with open(os.path.join(repo, "target", "test.log"), "w") as all_logs:
+        for run in runs:
+            with open(run.log) as out:
+                all_logs.write(f"     Running {run.name} ({' '.join(run.command)})\n{out.read()}\n")
+    failed = [run for run in runs if not run.passed]
+    for run in failed:
+        print(f"\n==== {run.name} FAILED (exit {run.status}); its output ({run.log}):", flush=True)
+        with open(run.log) as out:
+            sys.stdout.write(out.read())
+    print(f"tests: {len(runs) - len(failed)} of {len(runs)} test commands passed in "
+          f"{(time.monotonic() - started) / 60:.1f} min" + (f"; failed: {', '.join(r.name for r in failed)}" if failed else ""))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
