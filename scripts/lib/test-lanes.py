@@ -4,7 +4,7 @@ test does.
 
 `cargo test` runs its test binaries one after another. Many of ours spend much of their time waiting
 (etcd's fsyncs, subprocesses, servers on loopback, mmdebstrap's downloads), so those run two at a time.
-The binaries that boot VMs under QEMU's software emulation (VM_BINARIES) run alone: their VMs keep
+The binaries that boot VMs under QEMU's software emulation (QEMU_HARNESS) run alone: their VMs keep
 both cores busy, and their boot timeouts assume the VMs are not starved (boot_ha's three VMs timed out
 with another binary beside them, CI of 6f81250).
 
@@ -24,15 +24,15 @@ import sys
 import threading
 import time
 
-# Test binaries that boot VMs under QEMU (the ones that include tests/common/qemu.rs).
-VM_BINARIES = {"boot_qemu", "boot_ha", "power_loss"}
 LANES = 2
+# A test binary boots VMs under QEMU when its source includes the QEMU harness.
+QEMU_HARNESS = "common/qemu.rs"
 # Run beside the test binaries, reported as they are: the doubles' own tests (tests/doubles/README.md).
 OTHER_TESTS = [("kubeadm double self-test", ["python3", "-m", "unittest", "discover", "-s", "tests/doubles"])]
 
 
 def test_binaries(repo):
-    """(name, executable) of every test harness `cargo test` would run, in cargo's order."""
+    """(name, executable, boots VMs) of every test harness `cargo test` would run, in cargo's order."""
     build = subprocess.run(
         ["cargo", "test", "--no-run", "--quiet", "--message-format=json-render-diagnostics"],
         cwd=repo, stdout=subprocess.PIPE, text=True)
@@ -46,7 +46,9 @@ def test_binaries(repo):
         target = message["target"]
         kind = target["kind"][0]
         name = target["name"] if kind == "test" else f"{target['name']} ({kind} unit tests)"
-        binaries.append((name, message["executable"]))
+        with open(target["src_path"]) as source:
+            boots_vms = kind == "test" and QEMU_HARNESS in source.read()
+        binaries.append((name, message["executable"], boots_vms))
     return binaries
 
 
@@ -54,15 +56,11 @@ class Run:
     """One test command: a cargo test harness (`harness`: its summary is a `test result:` line) or
     another (its summary is its output's last line)."""
 
-    def __init__(self, name, command, log, harness=True):
-        self.name, self.command, self.log, self.harness = name, command, log, harness
+    def __init__(self, name, command, log, harness=True, boots_vms=False):
+        self.name, self.command, self.log, self.harness, self.boots_vms = name, command, log, harness, boots_vms
         self.status = None
         self.seconds = 0.0
         self.result = ""
-
-    @property
-    def boots_vms(self):
-        return self.name in VM_BINARIES
 
     def __call__(self, repo, env):
         started = time.monotonic()
@@ -132,8 +130,8 @@ def main():
     lanes = 1 if sys.argv[1:] == ["--serial"] else LANES
     logs = os.path.join(repo, "target", "test-logs")
     os.makedirs(logs, exist_ok=True)
-    runs = [Run(name, [exe], os.path.join(logs, os.path.basename(exe) + ".log"))
-            for name, exe in test_binaries(repo)]
+    runs = [Run(name, [exe], os.path.join(logs, os.path.basename(exe) + ".log"), boots_vms=vms)
+            for name, exe, vms in test_binaries(repo)]
     runs += [Run(name, command, os.path.join(logs, name.replace(" ", "-") + ".log"), harness=False)
              for name, command in OTHER_TESTS]
     started = time.monotonic()
