@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Installs what cpr's tests, demo and benchmarks need, idempotently. Sourced by scripts/test,
 # scripts/demo and scripts/bench. Debian 12 packages and PyPI wheels only.
 
