@@ -14,7 +14,7 @@ binary's output goes to target/test-logs/NAME.log; target/test.log gets them all
 another, for the summary line of scripts/test. Prints a line per binary as it ends, then the whole
 output of every binary that failed. Exit status 1 if any failed (all run, as --no-fail-fast).
 
-usage: scripts/lib/test-lanes.py [--serial]   (--serial: one binary at a time, as cargo test)
+usage: scripts/lib/test-lanes.py   (scripts/test runs it after its builds: the build here is then a no-op)
 """
 
 import json
@@ -127,7 +127,6 @@ def run_all(repo, runs, lanes):
 
 def main():
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    lanes = 1 if sys.argv[1:] == ["--serial"] else LANES
     logs = os.path.join(repo, "target", "test-logs")
     os.makedirs(logs, exist_ok=True)
     runs = [Run(name, [exe], os.path.join(logs, os.path.basename(exe) + ".log"), boots_vms=vms)
@@ -135,9 +134,9 @@ def main():
     runs += [Run(name, command, os.path.join(logs, name.replace(" ", "-") + ".log"), harness=False)
              for name, command in OTHER_TESTS]
     started = time.monotonic()
-    print(f"tests: {len(runs)} test commands, {lanes} at a time (those that boot VMs alone); logs in {logs}",
+    print(f"tests: {len(runs)} test commands, {LANES} at a time (those that boot VMs alone); logs in {logs}",
           flush=True)
-    run_all(repo, runs, lanes)
+    run_all(repo, runs, LANES)
     with open(os.path.join(repo, "target", "test.log"), "w") as all_logs:
         for run in runs:
             with open(run.log) as out:
