@@ -689,7 +689,7 @@ fn cpr_1_1() -> PathBuf {
         std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
     }
     common::run(
-        Command::new("cargo")
+        common::cargo()
             .args(["build", "--locked", "--bin", "cpr-1-1", "--target-dir"])
             .arg(&target)
             .arg("--manifest-path")

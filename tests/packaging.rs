@@ -29,8 +29,7 @@ fn text(out: &Output) -> String {
 /// otherwise the packages would hold old code. A copy, because other runs in this checkout rebuild
 /// target/ when a commit lands, and a package must be compared with the binary it holds.
 fn release_binary() -> (tempfile::TempDir, PathBuf) {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    run(Command::new(cargo)
+    run(cargo()
         .args(["build", "--release", "--quiet", "--bin", "cpr"])
         .current_dir(repo(".")));
     let dir = tempfile::tempdir().unwrap();

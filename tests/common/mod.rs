@@ -157,6 +157,33 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// What cargo sets in a test binary's environment and a developer's shell does not have (cargo's
+/// "environment variables Cargo sets for crates").
+const CARGO_SETS_FOR_CRATES: &[&str] = &[
+    "CARGO_MANIFEST_",
+    "CARGO_PKG_",
+    "CARGO_CRATE_NAME",
+    "CARGO_BIN_",
+    "CARGO_PRIMARY_PACKAGE",
+    "CARGO_TARGET_TMPDIR",
+    "CARGO_RUSTC_CURRENT_DIR",
+];
+
+/// cargo, run from a test as from a developer's shell. ring's build script reruns when
+/// CARGO_MANIFEST_DIR or CARGO_PKG_NAME differ from the last build's (`rerun-if-env-changed`): with
+/// the test's values, a `cargo build --release` that should be a no-op after scripts/test's rebuilt
+/// ring and everything above it (minutes of both cores), and the next build outside the tests again.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if CARGO_SETS_FOR_CRATES.iter().any(|set| name.starts_with(set)) {
+            command.env_remove(&*name);
+        }
+    }
+    command
+}
+
 pub fn run(command: &mut Command) -> String {
     let out = command
         .output()
