@@ -177,7 +177,10 @@ pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     for (name, _) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if CARGO_SETS_FOR_CRATES.iter().any(|set| name.starts_with(set)) {
+        if CARGO_SETS_FOR_CRATES
+            .iter()
+            .any(|set| name.starts_with(set))
+        {
             command.env_remove(&*name);
         }
     }
