@@ -158,7 +158,7 @@ pub fn stderr(output: &Output) -> String {
 }
 
 /// What cargo sets in a test binary's environment and a developer's shell does not have (cargo's
-/// "environment variables Cargo sets for crates").
+/// "environment variables Cargo sets for crates"): names, or the prefixes of families of names.
 const CARGO_SETS_FOR_CRATES: &[&str] = &[
     "CARGO_MANIFEST_",
     "CARGO_PKG_",
