@@ -2,10 +2,12 @@
 
 mod common;
 
+use common::bbolt_snapshot::{write_snapshot, Shape};
 use common::*;
 use serde_json::Value;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn json(out: &std::process::Output) -> Value {
     serde_json::from_str(&ok(out)).unwrap()
@@ -256,6 +258,48 @@ fn a_full_disk_fails_the_upload_as_a_store_error_and_leaves_nothing() {
     let _ = Command::new("umount").arg(&small).status();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("full"), "{}", stderr(&out));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// etcd killed while its snapshot streams: the backup fails as etcd's failure (exit 5, naming the
+/// endpoint and the stream), not as the store's, and leaves nothing in the store.
+#[test]
+fn etcd_dying_mid_snapshot_fails_as_etcd_and_leaves_nothing() {
+    let mut node = KubeadmNode::start(EtcdVersion::V3_5, 0);
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let snapshot = tmp.path().join("snapshot.db");
+    // Large enough that the stream outlasts the polling below by seconds.
+    write_snapshot(&snapshot, 512 << 20, Shape::Large);
+    node.load_snapshot(&snapshot);
+    std::fs::remove_file(&snapshot).unwrap();
+    let store = tmp.path().join("store");
+    // A panic below drops the node, which stops etcd: the backup then ends on its own.
+    let mut backup = Command::new(cpr_bin())
+        .args(["backup", "--root", node.root().to_str().unwrap(), "--store"])
+        .arg(&store)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !files_below(&store).iter().any(|part| {
+        part.to_string_lossy().ends_with(".part")
+            && std::fs::metadata(part).is_ok_and(|m| m.len() > 1 << 20)
+    }) {
+        assert!(
+            backup.try_wait().unwrap().is_none(),
+            "the backup ended before etcd was stopped"
+        );
+        assert!(Instant::now() < deadline, "no upload grew past 1 MiB");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.stop_etcd();
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let text = stderr(&out);
+    assert!(text.contains(&node.endpoint()), "{text}");
+    assert!(text.contains("snapshot stream"), "{text}");
+    let left = files_below(&store);
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 

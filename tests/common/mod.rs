@@ -324,15 +324,20 @@ impl KubeadmNode {
             etcd: None,
         };
         node.start_etcd();
+        node.seed(keys);
+        node
+    }
+
+    /// kubeadm's objects and `keys` others (tests/fixtures/seed-etcd).
+    fn seed(&self, keys: usize) {
         run(Command::new(fixtures().join("seed-etcd")).args([
-            node.root().to_str().unwrap(),
-            version.etcdctl().to_str().unwrap(),
-            &node.endpoint(),
+            self.root().to_str().unwrap(),
+            self.version.etcdctl().to_str().unwrap(),
+            &self.endpoint(),
             CLUSTER,
             NODE_IP,
             &keys.to_string(),
         ]));
-        node
     }
 
     /// Takes over a root laid out elsewhere (a restore target) and starts etcd from its manifest.
@@ -383,6 +388,25 @@ impl KubeadmNode {
             "etcd did not become healthy; log:\n{}",
             std::fs::read_to_string(self.root().join("etcd.log")).unwrap_or_default()
         );
+    }
+
+    /// Replaces etcd's db with `snapshot`, restored by cpr as this member (the seeded data dir is
+    /// moved aside), and seeds kubeadm's objects again: a node with a db as large as the caller wrote.
+    pub fn load_snapshot(&mut self, snapshot: &Path) {
+        self.stop_etcd();
+        let data = self.root().join("var/lib/etcd");
+        std::fs::rename(&data, self.root().join("var/lib/etcd.seeded")).unwrap();
+        let peer = format!("https://{NODE_IP}:{}", self.peer_port);
+        run(Command::new(cpr_bin())
+            .args(["etcd", "snapshot", "restore"])
+            .arg(snapshot)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--name", NODE_NAME])
+            .args(["--initial-cluster", &format!("{NODE_NAME}={peer}")])
+            .args(["--initial-advertise-peer-urls", &peer]));
+        self.start_etcd();
+        self.seed(0);
     }
 
     pub fn stop_etcd(&mut self) {
