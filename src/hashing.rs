@@ -12,6 +12,8 @@ use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
+use crate::batch::Batcher;
+
 /// A streaming hash: the hashing thread's, or one a reader feeds where it reads.
 pub trait Hasher {
     fn update(&mut self, data: &[u8]);
@@ -61,11 +63,9 @@ pub struct Background<H> {
 
 enum State<H> {
     Thread {
-        batch: Vec<u8>,
+        /// Filled with the worker's hashed batches.
+        batcher: Batcher,
         sender: SyncSender<Vec<u8>>,
-        /// Batches the worker has hashed, to fill again: a fresh one would be new pages for the
-        /// kernel to fault in and zero, a few percent of a restore's time.
-        hashed: Receiver<Vec<u8>>,
         worker: JoinHandle<H>,
     },
     /// No thread could be had: hash in the caller's thread.
@@ -92,9 +92,8 @@ impl<H: Hasher + Send + 'static> Background<H> {
             });
         let state = match spawned {
             Ok(worker) => State::Thread {
-                batch: Vec::with_capacity(BATCH),
+                batcher: Batcher::new(BATCH, hashed),
                 sender,
-                hashed,
                 worker,
             },
             Err(_) => State::Inline(make()),
@@ -102,29 +101,17 @@ impl<H: Hasher + Send + 'static> Background<H> {
         Background { state }
     }
 
-    pub fn update(&mut self, mut data: &[u8]) {
+    pub fn update(&mut self, data: &[u8]) {
         match &mut self.state {
             State::Inline(hasher) => hasher.update(data),
             State::Thread {
-                batch,
-                sender,
-                hashed,
-                ..
+                batcher, sender, ..
             } => {
-                // Batches are filled to BATCH exactly, never grown: a read of several MiB appended
-                // whole would reallocate and copy the batch again.
-                while !data.is_empty() {
-                    let take = (BATCH - batch.len()).min(data.len());
-                    batch.extend_from_slice(&data[..take]);
-                    data = &data[take..];
-                    if batch.len() == BATCH {
-                        let next = hashed
-                            .try_recv()
-                            .unwrap_or_else(|_| Vec::with_capacity(BATCH));
-                        let full = std::mem::replace(batch, next);
-                        // The worker only stops when the sender is dropped, so sending cannot fail.
-                        let _ = sender.send(full);
-                    }
+                let mut rest = data;
+                while let Some((full, more)) = batcher.push(rest) {
+                    // The worker only stops when the sender is dropped, so sending cannot fail.
+                    let _ = sender.send(full);
+                    rest = more;
                 }
             }
         }
@@ -135,12 +122,11 @@ impl<H: Hasher + Send + 'static> Background<H> {
         match self.state {
             State::Inline(hasher) => hasher,
             State::Thread {
-                batch,
+                batcher,
                 sender,
                 worker,
-                ..
             } => {
-                let _ = sender.send(batch);
+                let _ = sender.send(batcher.rest());
                 drop(sender);
                 // A panic while hashing is passed on as if it had happened inline.
                 worker

@@ -8,6 +8,7 @@ use etcd_client::{
     Certificate, Client, ConnectOptions, Identity, SnapshotResponse, SnapshotStreaming, TlsOptions,
 };
 
+use crate::batch::Batcher;
 use crate::rt;
 
 /// The snapshot stream ends with sha256(db) as a message of its own.
@@ -264,7 +265,7 @@ impl EtcdClient {
                 continue;
             }
             let size = first.blob().len() as u64 + first.remaining_bytes() + TRAILER_BYTES;
-            return Ok(SnapshotReader::start(stream, first.blob(), size, endpoint));
+            return Ok(SnapshotReader::start(stream, first, size, endpoint));
         }
     }
 
@@ -337,18 +338,22 @@ pub struct SnapshotReader {
 }
 
 impl SnapshotReader {
-    fn start(stream: SnapshotStreaming, first: &[u8], size: u64, endpoint: String) -> Self {
+    fn start(
+        stream: SnapshotStreaming,
+        first: SnapshotResponse,
+        size: u64,
+        endpoint: String,
+    ) -> Self {
         let (sender, batches) = tokio::sync::mpsc::channel(SNAPSHOT_BATCHES_IN_FLIGHT);
         let (spent, recycled) = std::sync::mpsc::sync_channel(SNAPSHOT_BATCHES_IN_FLIGHT + 1);
-        let mut batch = Vec::with_capacity(SNAPSHOT_BATCH);
-        batch.extend_from_slice(first);
         let receiving = ReceivedSnapshot {
             stream,
-            received: first.len() as u64,
+            received: first.blob().len() as u64,
             size,
             endpoint,
         };
-        rt::runtime().spawn(receiving.forward(batch, sender, recycled));
+        let batcher = Batcher::new(SNAPSHOT_BATCH, recycled);
+        rt::runtime().spawn(receiving.forward(first, batcher, sender));
         SnapshotReader {
             batches,
             spent,
@@ -377,47 +382,35 @@ impl ReceivedSnapshot {
     /// the stream here and so cancels the request).
     async fn forward(
         mut self,
-        mut batch: Vec<u8>,
+        first: SnapshotResponse,
+        mut batcher: Batcher,
         sender: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
-        recycled: std::sync::mpsc::Receiver<Vec<u8>>,
     ) {
+        let mut message = Ok(Some(first));
         loop {
-            match self.next_message().await {
-                Ok(Some(message)) => {
-                    let mut blob = message.blob();
-                    while !blob.is_empty() {
-                        let take = (SNAPSHOT_BATCH - batch.len()).min(blob.len());
-                        batch.extend_from_slice(&blob[..take]);
-                        blob = &blob[take..];
-                        if batch.len() == SNAPSHOT_BATCH {
-                            let next = recycled
-                                .try_recv()
-                                .unwrap_or_else(|_| Vec::with_capacity(SNAPSHOT_BATCH));
-                            if sender
-                                .send(Ok(std::mem::replace(&mut batch, next)))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
+            match message {
+                Ok(Some(received)) => {
+                    let mut rest = received.blob();
+                    while let Some((full, more)) = batcher.push(rest) {
+                        if sender.send(Ok(full)).await.is_err() {
+                            return;
                         }
+                        rest = more;
                     }
                 }
                 Ok(None) => {
-                    if !batch.is_empty() {
-                        let _ = sender.send(Ok(batch)).await;
-                    }
+                    let _ = sender.send(Ok(batcher.rest())).await;
                     return;
                 }
                 Err(error) => {
                     // What was received before the failure still goes first, in order.
-                    if !batch.is_empty() && sender.send(Ok(batch)).await.is_err() {
-                        return;
+                    if sender.send(Ok(batcher.rest())).await.is_ok() {
+                        let _ = sender.send(Err(error)).await;
                     }
-                    let _ = sender.send(Err(error)).await;
                     return;
                 }
             }
+            message = self.next_message().await;
         }
     }
 
