@@ -77,7 +77,7 @@ fn backup_matches_live_etcd(version: EtcdVersion) {
     );
     assert_eq!(manifest["etcd"]["memberName"], NODE_NAME);
     assert_eq!(manifest["etcd"]["dataDir"], "/var/lib/etcd");
-    let peer = format!("https://{NODE_IP}:{}", node.peer_port);
+    let peer = node.peer_url();
     assert_eq!(manifest["etcd"]["members"][0]["peerUrls"][0], peer.as_str());
     assert_eq!(manifest["etcd"]["peerUrls"][0], peer.as_str());
     let files: Vec<&str> = manifest["files"]

@@ -144,8 +144,7 @@ fn restore_brings_back_pki_and_an_etcd_that_serves_every_key() {
         );
         let members = String::from_utf8(restored.etcdctl(&["member", "list"]).stdout).unwrap();
         assert!(
-            members.contains(NODE_NAME)
-                && members.contains(&format!("https://{NODE_IP}:{}", backup.node.peer_port)),
+            members.contains(NODE_NAME) && members.contains(&backup.node.peer_url()),
             "{members}"
         );
         let put = restored.etcdctl(&["put", "/registry/after-restore", "x", "-w", "json"]);

@@ -348,7 +348,7 @@ impl SnapshotReader {
         let (spent, recycled) = std::sync::mpsc::sync_channel(SNAPSHOT_BATCHES_IN_FLIGHT + 1);
         let receiving = ReceivedSnapshot {
             stream,
-            received: first.blob().len() as u64,
+            received: 0,
             size,
             endpoint,
         };
@@ -388,7 +388,7 @@ impl ReceivedSnapshot {
     ) {
         let mut message = Ok(Some(first));
         loop {
-            match message {
+            match self.counted(message) {
                 Ok(Some(received)) => {
                     let mut rest = received.blob();
                     while let Some((full, more)) = batcher.push(rest) {
@@ -415,22 +415,28 @@ impl ReceivedSnapshot {
     }
 
     async fn next_message(&mut self) -> io::Result<Option<SnapshotResponse>> {
-        let Some(message) = self.stream.message().await.map_err(|e| {
+        self.stream.message().await.map_err(|e| {
             // The ClientError travels inside the io::Error so the caller can tell etcd's failure
             // from the destination's.
             io::Error::other(request_error(&self.endpoint, "snapshot stream", e))
-        })?
-        else {
-            return Ok(None);
-        };
-        self.received += message.blob().len() as u64;
-        if self.received > self.size {
-            return Err(io::Error::other(format!(
-                "etcd at {} sent {} snapshot bytes, more than the {} it announced",
-                self.endpoint, self.received, self.size
-            )));
+        })
+    }
+
+    /// `message`, or the error of a stream that outgrew the size etcd announced.
+    fn counted(
+        &mut self,
+        message: io::Result<Option<SnapshotResponse>>,
+    ) -> io::Result<Option<SnapshotResponse>> {
+        if let Ok(Some(received)) = &message {
+            self.received += received.blob().len() as u64;
+            if self.received > self.size {
+                return Err(io::Error::other(format!(
+                    "etcd at {} sent {} snapshot bytes, more than the {} it announced",
+                    self.endpoint, self.received, self.size
+                )));
+            }
         }
-        Ok(Some(message))
+        message
     }
 }
 

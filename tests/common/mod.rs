@@ -367,6 +367,11 @@ impl KubeadmNode {
         format!("https://127.0.0.1:{}", self.client_port)
     }
 
+    /// The member's peer URL, as kubeadm-node writes it into the etcd manifest.
+    pub fn peer_url(&self) -> String {
+        format!("https://{NODE_IP}:{}", self.peer_port)
+    }
+
     pub fn start_etcd(&mut self) {
         let log = std::fs::File::create(self.root().join("etcd.log")).unwrap();
         let child = Command::new(fixtures().join("run-static-etcd"))
@@ -396,7 +401,7 @@ impl KubeadmNode {
         self.stop_etcd();
         let data = self.root().join("var/lib/etcd");
         std::fs::rename(&data, self.root().join("var/lib/etcd.seeded")).unwrap();
-        let peer = format!("https://{NODE_IP}:{}", self.peer_port);
+        let peer = self.peer_url();
         run(Command::new(cpr_bin())
             .args(["etcd", "snapshot", "restore"])
             .arg(snapshot)
