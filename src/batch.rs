@@ -2,7 +2,8 @@
 //! be filled again: a fresh buffer is pages for the kernel to fault in and zero, a few percent of a
 //! restore's time.
 
-use std::sync::mpsc::Receiver;
+use std::io::{self, Read};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 pub struct Batcher {
     batch: Vec<u8>,
@@ -42,9 +43,119 @@ impl Batcher {
     }
 }
 
+/// A stream a task on the runtime receives in pieces (etcd's 32 KiB messages, an HTTP body's chunks)
+/// handed to a blocking reader in batches of `size`, `in_flight` of them ahead: the reading thread
+/// waits once per batch instead of once per piece, each wait a cross-thread wake-up that cost more
+/// CPU than decrypting the piece.
+pub fn stream(size: usize, in_flight: usize) -> (StreamSender, StreamReader) {
+    let (sender, handed) = tokio::sync::mpsc::channel(in_flight);
+    let (spent, recycled) = sync_channel(in_flight + 1);
+    (
+        StreamSender {
+            batcher: Batcher::new(size, recycled),
+            sender,
+        },
+        StreamReader {
+            handed,
+            spent,
+            batch: Vec::new(),
+            offset: 0,
+            ended: None,
+        },
+    )
+}
+
+/// What the task hands the reader, in order.
+enum Handed {
+    Batch(Vec<u8>),
+    End,
+    Failed(io::Error),
+}
+
+/// The task's end of a `stream`.
+pub struct StreamSender {
+    batcher: Batcher,
+    sender: tokio::sync::mpsc::Sender<Handed>,
+}
+
+impl StreamSender {
+    /// Passes `data` on; false once the reader is gone, and the task should stop receiving.
+    pub async fn send(&mut self, mut data: &[u8]) -> bool {
+        while let Some((full, rest)) = self.batcher.push(data) {
+            if self.sender.send(Handed::Batch(full)).await.is_err() {
+                return false;
+            }
+            data = rest;
+        }
+        true
+    }
+
+    /// Ends the stream: what was sent before goes first, in order, then the end or `end`'s error.
+    pub async fn end(self, end: io::Result<()>) {
+        if self
+            .sender
+            .send(Handed::Batch(self.batcher.rest()))
+            .await
+            .is_ok()
+        {
+            let last = end.map_or_else(Handed::Failed, |()| Handed::End);
+            let _ = self.sender.send(last).await;
+        }
+    }
+}
+
+/// The blocking reader's end of a `stream`. Dropping it stops the task at its next batch.
+pub struct StreamReader {
+    handed: tokio::sync::mpsc::Receiver<Handed>,
+    /// Batches read whole, back to the task: fresh ones would be pages to fault in.
+    spent: SyncSender<Vec<u8>>,
+    batch: Vec<u8>,
+    offset: usize,
+    /// How the stream ended, once it has: every read after it gives the same answer.
+    ended: Option<Result<(), (io::ErrorKind, String)>>,
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.offset == self.batch.len() {
+            match &self.ended {
+                Some(Ok(())) => return Ok(0),
+                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
+                None => {}
+            }
+            match self.handed.blocking_recv() {
+                Some(Handed::Batch(next)) => {
+                    let mut read = std::mem::replace(&mut self.batch, next);
+                    read.clear();
+                    // Full only if the task stopped taking batches back: this one is dropped.
+                    let _ = self.spent.try_send(read);
+                    self.offset = 0;
+                }
+                Some(Handed::End) => self.ended = Some(Ok(())),
+                Some(Handed::Failed(error)) => {
+                    self.ended = Some(Err((error.kind(), error.to_string())));
+                    return Err(error);
+                }
+                // Gone without an end (the runtime shut down): never taken for a complete stream.
+                None => {
+                    self.ended = Some(Err((
+                        io::ErrorKind::BrokenPipe,
+                        "the task receiving the stream stopped before its end".into(),
+                    )))
+                }
+            }
+        }
+        let n = buf.len().min(self.batch.len() - self.offset);
+        buf[..n].copy_from_slice(&self.batch[self.offset..self.offset + n]);
+        self.offset += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn batches_hold_the_stream_in_order_at_their_size_and_reuse_buffers() {
@@ -78,5 +189,46 @@ mod tests {
         assert_eq!(buffers.len(), 5);
         assert_ne!(buffers[0], buffers[1]);
         assert_eq!(&buffers[2..], &[buffers[0], buffers[1], buffers[0]]);
+    }
+    /// Pieces sent from a task come out of the reader whole and in order, then its end: a clean end
+    /// as the end of the stream, a failure after what came before it, and a task gone without an
+    /// end as an error, never as a complete stream.
+    #[test]
+    fn a_stream_hands_over_every_piece_then_how_it_ended() {
+        let read_all = |end: Option<io::Result<()>>| {
+            let (mut sender, mut reader) = stream(4, 2);
+            crate::rt::runtime().spawn(async move {
+                for piece in [&b"abc"[..], b"", b"defghij", b"k"] {
+                    assert!(sender.send(piece).await);
+                }
+                if let Some(end) = end {
+                    sender.end(end).await;
+                }
+            });
+            let mut got = Vec::new();
+            let ended = reader.read_to_end(&mut got).map(drop);
+            // Once ended, the reader keeps saying so.
+            let again = reader.read(&mut [0; 4]).map_err(|e| e.to_string());
+            (got, ended.map_err(|e| e.to_string()), again)
+        };
+        assert_eq!(
+            read_all(Some(Ok(()))),
+            (b"abcdefghijk".to_vec(), Ok(()), Ok(0))
+        );
+        let failed = read_all(Some(Err(io::Error::other("connection reset"))));
+        assert_eq!(failed.0, b"abcdefghijk");
+        assert_eq!(failed.1, Err("connection reset".into()));
+        assert_eq!(failed.2, Err("connection reset".into()));
+        let gone = read_all(None);
+        assert_eq!(gone.0, b"abcdefgh", "the last partial batch was never sent");
+        assert!(gone.1.unwrap_err().contains("stopped before its end"));
+    }
+
+    #[test]
+    fn a_dropped_reader_stops_the_task() {
+        let (mut sender, reader) = stream(4, 1);
+        drop(reader);
+        let sent = crate::rt::block_on(async move { sender.send(b"more than a batch").await });
+        assert!(!sent);
     }
 }

@@ -8,7 +8,7 @@ use etcd_client::{
     Certificate, Client, ConnectOptions, Identity, SnapshotResponse, SnapshotStreaming, TlsOptions,
 };
 
-use crate::batch::Batcher;
+use crate::batch::{self, StreamReader, StreamSender};
 use crate::rt;
 
 /// The snapshot stream ends with sha256(db) as a message of its own.
@@ -326,14 +326,10 @@ const SNAPSHOT_BATCH: usize = 1 << 20;
 const SNAPSHOT_BATCHES_IN_FLIGHT: usize = 2;
 
 /// The snapshot as a byte stream: the db, then its sha256 trailer, exactly as etcd sends it. A
-/// task on the runtime receives etcd's messages into batches, so the reading thread (the backup's
-/// tar and zstd) waits on the network once per batch, not once per message.
+/// task on the runtime receives etcd's messages (`batch::stream`), so the reading thread (the
+/// backup's tar and zstd) waits on the network once per batch, not once per message.
 pub struct SnapshotReader {
-    batches: tokio::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
-    /// Batches read whole, back to the receiving task: fresh ones would be pages to fault in.
-    spent: std::sync::mpsc::SyncSender<Vec<u8>>,
-    batch: Vec<u8>,
-    offset: usize,
+    batches: StreamReader,
     size: u64,
 }
 
@@ -344,23 +340,15 @@ impl SnapshotReader {
         size: u64,
         endpoint: String,
     ) -> Self {
-        let (sender, batches) = tokio::sync::mpsc::channel(SNAPSHOT_BATCHES_IN_FLIGHT);
-        let (spent, recycled) = std::sync::mpsc::sync_channel(SNAPSHOT_BATCHES_IN_FLIGHT + 1);
+        let (sender, batches) = batch::stream(SNAPSHOT_BATCH, SNAPSHOT_BATCHES_IN_FLIGHT);
         let receiving = ReceivedSnapshot {
             stream,
             received: 0,
             size,
             endpoint,
         };
-        let batcher = Batcher::new(SNAPSHOT_BATCH, recycled);
-        rt::runtime().spawn(receiving.forward(first, batcher, sender));
-        SnapshotReader {
-            batches,
-            spent,
-            batch: Vec::new(),
-            offset: 0,
-            size,
-        }
+        rt::runtime().spawn(receiving.forward(first, sender));
+        SnapshotReader { batches, size }
     }
 
     /// Total bytes the stream will yield, trailer included.
@@ -378,37 +366,19 @@ struct ReceivedSnapshot {
 }
 
 impl ReceivedSnapshot {
-    /// Sends the stream on in batches until it ends, fails, or the reader is dropped (which drops
-    /// the stream here and so cancels the request).
-    async fn forward(
-        mut self,
-        first: SnapshotResponse,
-        mut batcher: Batcher,
-        sender: tokio::sync::mpsc::Sender<io::Result<Vec<u8>>>,
-    ) {
+    /// Sends the stream on until it ends, fails, or the reader is dropped (which drops the stream
+    /// here and so cancels the request).
+    async fn forward(mut self, first: SnapshotResponse, mut sender: StreamSender) {
         let mut message = Ok(Some(first));
         loop {
             match self.counted(message) {
                 Ok(Some(received)) => {
-                    let mut rest = received.blob();
-                    while let Some((full, more)) = batcher.push(rest) {
-                        if sender.send(Ok(full)).await.is_err() {
-                            return;
-                        }
-                        rest = more;
+                    if !sender.send(received.blob()).await {
+                        return;
                     }
                 }
-                Ok(None) => {
-                    let _ = sender.send(Ok(batcher.rest())).await;
-                    return;
-                }
-                Err(error) => {
-                    // What was received before the failure still goes first, in order.
-                    if sender.send(Ok(batcher.rest())).await.is_ok() {
-                        let _ = sender.send(Err(error)).await;
-                    }
-                    return;
-                }
+                Ok(None) => return sender.end(Ok(())).await,
+                Err(error) => return sender.end(Err(error)).await,
             }
             message = self.next_message().await;
         }
@@ -442,19 +412,6 @@ impl ReceivedSnapshot {
 
 impl Read for SnapshotReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.offset == self.batch.len() {
-            let Some(next) = self.batches.blocking_recv() else {
-                return Ok(0);
-            };
-            let mut read = std::mem::replace(&mut self.batch, next?);
-            read.clear();
-            // Full only if the task stopped taking batches back: this one is dropped.
-            let _ = self.spent.try_send(read);
-            self.offset = 0;
-        }
-        let n = buf.len().min(self.batch.len() - self.offset);
-        buf[..n].copy_from_slice(&self.batch[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
+        self.batches.read(buf)
     }
 }

@@ -1,7 +1,7 @@
 //! What the HTTP and S3 stores share: the client (rustls with the ring provider and explicit roots),
 //! retries with backoff, the resuming download reader and the streaming upload body.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -15,6 +15,7 @@ use url::Url;
 
 use super::progress::Progress;
 use super::{Error, ObjectInfo, StoreOptions, Upload};
+use crate::batch::{self, StreamReader, StreamSender};
 use crate::rt;
 
 const MAX_REDIRECTS: usize = 5;
@@ -26,6 +27,11 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 const BODY_CHUNK: usize = 256 * 1024;
 /// Chunks queued between the writer and the request; bounds an upload's memory to a few MiB.
 const BODY_QUEUE: usize = 4;
+/// Bytes of a download handed to its reader at a time: a body arrives in chunks of a few KiB to a
+/// few dozen, each of which woke the reading thread.
+const DOWNLOAD_BATCH: usize = 1 << 20;
+/// Batches received ahead of the reader.
+const DOWNLOAD_BATCHES_IN_FLIGHT: usize = 2;
 
 /// How the server explains an error status: S3 puts an XML `<Code>` and `<Message>` in the body.
 #[derive(Clone, Copy)]
@@ -258,7 +264,8 @@ pub(crate) fn redact_str(text: &str) -> String {
 }
 
 /// A streaming GET that resumes with `Range` after a broken connection, checks that the object did not
-/// change in between (`If-Range`, size), and refuses bodies beyond `max_size`.
+/// change in between (`If-Range`, size), and refuses bodies beyond `max_size`. A task on the runtime
+/// receives the body and hands it to the reader in batches (`batch::stream`).
 pub(crate) struct Download {
     net: Arc<Net>,
     dialect: Dialect,
@@ -288,7 +295,7 @@ impl Download {
         url: String,
         request: Box<dyn Fn() -> RequestBuilder + Send + Sync>,
         max_size: Option<u64>,
-    ) -> Result<Download, Error> {
+    ) -> Result<StreamReader, Error> {
         let progress = Progress::new("downloading", url.clone(), net.progress_interval);
         let mut download = Download {
             net,
@@ -308,7 +315,26 @@ impl Download {
             progress,
         };
         rt::block_on(download.fill())?;
-        Ok(download)
+        let (sender, reader) = batch::stream(DOWNLOAD_BATCH, DOWNLOAD_BATCHES_IN_FLIGHT);
+        rt::runtime().spawn(download.forward(sender));
+        Ok(reader)
+    }
+
+    /// Sends the body on until it ends, fails for good, or the reader is dropped (which drops the
+    /// response here and so closes the connection).
+    async fn forward(mut self, mut sender: StreamSender) {
+        loop {
+            if !sender.send(&self.chunk).await {
+                return;
+            }
+            self.chunk.clear();
+            if self.done {
+                return sender.end(Ok(())).await;
+            }
+            if let Err(error) = self.fill().await {
+                return sender.end(Err(error.into_io())).await;
+            }
+        }
     }
 
     /// Gets the next chunk into `self.chunk` (or sets `done`), reconnecting as often as allowed.
@@ -460,22 +486,6 @@ impl Download {
             self.progress.set_total(total);
         }
         Ok(response)
-    }
-}
-
-impl Read for Download {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if !self.chunk.is_empty() {
-                let n = out.len().min(self.chunk.len());
-                self.chunk.copy_to_slice(&mut out[..n]);
-                return Ok(n);
-            }
-            if self.done || out.is_empty() {
-                return Ok(0);
-            }
-            rt::block_on(self.fill()).map_err(Error::into_io)?;
-        }
     }
 }
 
