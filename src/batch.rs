@@ -2,6 +2,7 @@
 //! be filled again: a fresh buffer is pages for the kernel to fault in and zero, a few percent of a
 //! restore's time.
 
+use std::future::Future;
 use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
@@ -88,6 +89,16 @@ impl StreamSender {
             data = rest;
         }
         true
+    }
+
+    /// Awaits `receiving` (the next piece, a reconnection), unless the reader goes away first:
+    /// then `None`, and the task stops at once instead of holding its connection until the peer
+    /// sends more.
+    pub async fn unless_abandoned<T>(&mut self, receiving: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            received = receiving => Some(received),
+            () = self.sender.closed() => None,
+        }
     }
 
     /// Ends the stream: what was sent before goes first, in order, then the end or `end`'s error.
@@ -225,10 +236,17 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_reader_stops_the_task() {
+    fn a_dropped_reader_stops_the_task_even_while_it_waits_for_more() {
         let (mut sender, reader) = stream(4, 1);
         drop(reader);
-        let sent = crate::rt::block_on(async move { sender.send(b"more than a batch").await });
+        let (sent, waited) = crate::rt::block_on(async move {
+            let sent = sender.send(b"more than a batch").await;
+            (
+                sent,
+                sender.unless_abandoned(std::future::pending::<()>()).await,
+            )
+        });
         assert!(!sent);
+        assert_eq!(waited, None);
     }
 }

@@ -380,7 +380,10 @@ impl ReceivedSnapshot {
                 Ok(None) => return sender.end(Ok(())).await,
                 Err(error) => return sender.end(Err(error)).await,
             }
-            message = self.next_message().await;
+            match sender.unless_abandoned(self.next_message()).await {
+                Some(next) => message = next,
+                None => return,
+            }
         }
     }
 

@@ -331,8 +331,10 @@ impl Download {
             if self.done {
                 return sender.end(Ok(())).await;
             }
-            if let Err(error) = self.fill().await {
-                return sender.end(Err(error.into_io())).await;
+            match sender.unless_abandoned(self.fill()).await {
+                Some(Ok(())) => {}
+                Some(Err(error)) => return sender.end(Err(error.into_io())).await,
+                None => return,
             }
         }
     }
