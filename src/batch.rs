@@ -44,11 +44,20 @@ impl Batcher {
     }
 }
 
-/// A stream a task on the runtime receives in pieces (etcd's 32 KiB messages, an HTTP body's chunks)
-/// handed to a blocking reader in batches of `size`, `in_flight` of them ahead: the reading thread
-/// waits once per batch instead of once per piece, each wait a cross-thread wake-up that cost more
-/// CPU than decrypting the piece.
-pub fn stream(size: usize, in_flight: usize) -> (StreamSender, StreamReader) {
+/// Bytes a `stream` hands its reader at a time.
+const STREAM_BATCH: usize = 1 << 20;
+/// Batches received ahead of the reader.
+const STREAM_BATCHES_IN_FLIGHT: usize = 2;
+
+/// A stream a task on the runtime receives in pieces (etcd's 32 KiB messages, an HTTP body's chunks
+/// of a few KiB to a few dozen) handed to a blocking reader in 1 MiB batches, two of them ahead: the
+/// reading thread waits once per batch instead of once per piece, each wait a cross-thread wake-up
+/// that cost more CPU than decrypting the piece.
+pub fn stream() -> (StreamSender, StreamReader) {
+    stream_of(STREAM_BATCH, STREAM_BATCHES_IN_FLIGHT)
+}
+
+fn stream_of(size: usize, in_flight: usize) -> (StreamSender, StreamReader) {
     let (sender, handed) = tokio::sync::mpsc::channel(in_flight);
     let (spent, recycled) = sync_channel(in_flight + 1);
     (
@@ -115,7 +124,7 @@ impl StreamSender {
     }
 }
 
-/// The blocking reader's end of a `stream`. Dropping it stops the task at its next batch.
+/// The blocking reader's end of a `stream`. Dropping it stops the task.
 pub struct StreamReader {
     handed: tokio::sync::mpsc::Receiver<Handed>,
     /// Batches read whole, back to the task: fresh ones would be pages to fault in.
@@ -166,7 +175,6 @@ impl Read for StreamReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
 
     #[test]
     fn batches_hold_the_stream_in_order_at_their_size_and_reuse_buffers() {
@@ -201,13 +209,14 @@ mod tests {
         assert_ne!(buffers[0], buffers[1]);
         assert_eq!(&buffers[2..], &[buffers[0], buffers[1], buffers[0]]);
     }
+
     /// Pieces sent from a task come out of the reader whole and in order, then its end: a clean end
     /// as the end of the stream, a failure after what came before it, and a task gone without an
     /// end as an error, never as a complete stream.
     #[test]
     fn a_stream_hands_over_every_piece_then_how_it_ended() {
         let read_all = |end: Option<io::Result<()>>| {
-            let (mut sender, mut reader) = stream(4, 2);
+            let (mut sender, mut reader) = stream_of(4, 2);
             crate::rt::runtime().spawn(async move {
                 for piece in [&b"abc"[..], b"", b"defghij", b"k"] {
                     assert!(sender.send(piece).await);
@@ -237,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_dropped_reader_stops_the_task_even_while_it_waits_for_more() {
-        let (mut sender, reader) = stream(4, 1);
+        let (mut sender, reader) = stream_of(4, 1);
         drop(reader);
         let (sent, waited) = crate::rt::block_on(async move {
             let sent = sender.send(b"more than a batch").await;

@@ -319,12 +319,6 @@ fn request_error(endpoint: &str, step: &'static str, error: etcd_client::Error) 
     }
 }
 
-/// Bytes of the snapshot handed from the runtime to the reader at a time: etcd sends 32 KiB
-/// messages, and waking the reading thread for each one cost more CPU than TLS did.
-const SNAPSHOT_BATCH: usize = 1 << 20;
-/// Batches received ahead of the reader.
-const SNAPSHOT_BATCHES_IN_FLIGHT: usize = 2;
-
 /// The snapshot as a byte stream: the db, then its sha256 trailer, exactly as etcd sends it. A
 /// task on the runtime receives etcd's messages (`batch::stream`), so the reading thread (the
 /// backup's tar and zstd) waits on the network once per batch, not once per message.
@@ -340,7 +334,7 @@ impl SnapshotReader {
         size: u64,
         endpoint: String,
     ) -> Self {
-        let (sender, batches) = batch::stream(SNAPSHOT_BATCH, SNAPSHOT_BATCHES_IN_FLIGHT);
+        let (sender, batches) = batch::stream();
         let receiving = ReceivedSnapshot {
             stream,
             received: 0,

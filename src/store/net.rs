@@ -27,11 +27,6 @@ const MAX_ERROR_BODY: usize = 16 * 1024;
 const BODY_CHUNK: usize = 256 * 1024;
 /// Chunks queued between the writer and the request; bounds an upload's memory to a few MiB.
 const BODY_QUEUE: usize = 4;
-/// Bytes of a download handed to its reader at a time: a body arrives in chunks of a few KiB to a
-/// few dozen, each of which woke the reading thread.
-const DOWNLOAD_BATCH: usize = 1 << 20;
-/// Batches received ahead of the reader.
-const DOWNLOAD_BATCHES_IN_FLIGHT: usize = 2;
 
 /// How the server explains an error status: S3 puts an XML `<Code>` and `<Message>` in the body.
 #[derive(Clone, Copy)]
@@ -315,7 +310,7 @@ impl Download {
             progress,
         };
         rt::block_on(download.fill())?;
-        let (sender, reader) = batch::stream(DOWNLOAD_BATCH, DOWNLOAD_BATCHES_IN_FLIGHT);
+        let (sender, reader) = batch::stream();
         rt::runtime().spawn(download.forward(sender));
         Ok(reader)
     }
