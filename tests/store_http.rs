@@ -201,6 +201,7 @@ fn a_download_dropped_halfway_closes_its_connection() {
     let mut first = [0; 1024];
     reader.read_exact(&mut first).unwrap();
     assert_eq!(&first[..], &data(1024, 9)[..]);
+    // Time for the download to take in what was sent and wait on the server for more.
     std::thread::sleep(std::time::Duration::from_millis(200));
     drop(reader);
     let (closed, after) = served.join().unwrap();
