@@ -9,7 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 pub struct Batcher {
     batch: Vec<u8>,
     size: usize,
-    /// Batches the other side is done with.
+    /// Batches the other side is done with, given back as they were.
     recycled: Receiver<Vec<u8>>,
 }
 
@@ -31,10 +31,13 @@ impl Batcher {
         if self.batch.len() < self.size {
             return None;
         }
-        let next = self
-            .recycled
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(self.size));
+        let next = match self.recycled.try_recv() {
+            Ok(mut spent) => {
+                spent.clear();
+                spent
+            }
+            Err(_) => Vec::with_capacity(self.size),
+        };
         Some((std::mem::replace(&mut self.batch, next), &data[take..]))
     }
 
@@ -65,22 +68,104 @@ fn stream_of(size: usize, in_flight: usize) -> (StreamSender, StreamReader) {
             batcher: Batcher::new(size, recycled),
             sender,
         },
-        StreamReader {
+        Handover::new(
             handed,
             spent,
-            batch: Vec::new(),
-            offset: 0,
-            ended: None,
-        },
+            "the task receiving the stream stopped before its end",
+        ),
     )
 }
 
-/// What the task hands the reader, in order.
-enum Handed {
-    Batch(Vec<u8>),
+/// What a producer (a thread, a task) hands a `Handover`, in order.
+pub enum Handed {
+    /// A buffer, and how many bytes at its start are the stream's.
+    Batch(Vec<u8>, usize),
     End,
     Failed(io::Error),
 }
+
+/// Where a `Handover` waits for what comes next: `None` once the producer is gone.
+pub trait Producer {
+    fn next(&mut self) -> Option<Handed>;
+}
+
+/// A thread's channel.
+impl Producer for Receiver<Handed> {
+    fn next(&mut self) -> Option<Handed> {
+        self.recv().ok()
+    }
+}
+
+/// A task's channel, waited on from a thread outside the runtime.
+impl Producer for tokio::sync::mpsc::Receiver<Handed> {
+    fn next(&mut self) -> Option<Handed> {
+        self.blocking_recv()
+    }
+}
+
+/// A blocking reader of what a producer hands over: it hands out each batch, gives the buffer back
+/// to be filled again (fresh ones would be pages to fault in), and answers every read after the
+/// end as the end did. Dropping it tells the producer to stop.
+pub struct Handover<P> {
+    producer: P,
+    give_back: SyncSender<Vec<u8>>,
+    batch: Vec<u8>,
+    at: usize,
+    len: usize,
+    ended: Option<Result<(), (io::ErrorKind, String)>>,
+    /// The error of a producer gone without an end, which is never taken for a complete stream.
+    vanished: &'static str,
+}
+
+impl<P> Handover<P> {
+    pub fn new(producer: P, give_back: SyncSender<Vec<u8>>, vanished: &'static str) -> Self {
+        Handover {
+            producer,
+            give_back,
+            batch: Vec::new(),
+            at: 0,
+            len: 0,
+            ended: None,
+            vanished,
+        }
+    }
+}
+
+impl<P: Producer> Read for Handover<P> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.at == self.len {
+            match &self.ended {
+                Some(Ok(())) => return Ok(0),
+                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
+                None => {}
+            }
+            match self.producer.next() {
+                Some(Handed::Batch(next, len)) => {
+                    let spent = std::mem::replace(&mut self.batch, next);
+                    (self.at, self.len) = (0, len);
+                    // Full only if the producer stopped taking buffers back: this one is dropped.
+                    // The empty one a reader starts with is nothing to fill.
+                    if spent.capacity() > 0 {
+                        let _ = self.give_back.try_send(spent);
+                    }
+                }
+                Some(Handed::End) => self.ended = Some(Ok(())),
+                Some(Handed::Failed(error)) => {
+                    self.ended = Some(Err((error.kind(), error.to_string())));
+                    return Err(error);
+                }
+                None => self.ended = Some(Err((io::ErrorKind::Other, self.vanished.into()))),
+            }
+        }
+        let n = buf.len().min(self.len - self.at);
+        buf[..n].copy_from_slice(&self.batch[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// The blocking reader's end of a `stream`.
+pub type StreamReader = Handover<tokio::sync::mpsc::Receiver<Handed>>;
 
 /// The task's end of a `stream`.
 pub struct StreamSender {
@@ -92,7 +177,8 @@ impl StreamSender {
     /// Passes `data` on; false once the reader is gone, and the task should stop receiving.
     pub async fn send(&mut self, mut data: &[u8]) -> bool {
         while let Some((full, rest)) = self.batcher.push(data) {
-            if self.sender.send(Handed::Batch(full)).await.is_err() {
+            let len = full.len();
+            if self.sender.send(Handed::Batch(full, len)).await.is_err() {
                 return false;
             }
             data = rest;
@@ -112,63 +198,12 @@ impl StreamSender {
 
     /// Ends the stream: what was sent before goes first, in order, then the end or `end`'s error.
     pub async fn end(self, end: io::Result<()>) {
-        if self
-            .sender
-            .send(Handed::Batch(self.batcher.rest()))
-            .await
-            .is_ok()
-        {
+        let rest = self.batcher.rest();
+        let len = rest.len();
+        if self.sender.send(Handed::Batch(rest, len)).await.is_ok() {
             let last = end.map_or_else(Handed::Failed, |()| Handed::End);
             let _ = self.sender.send(last).await;
         }
-    }
-}
-
-/// The blocking reader's end of a `stream`. Dropping it stops the task.
-pub struct StreamReader {
-    handed: tokio::sync::mpsc::Receiver<Handed>,
-    /// Batches read whole, back to the task: fresh ones would be pages to fault in.
-    spent: SyncSender<Vec<u8>>,
-    batch: Vec<u8>,
-    offset: usize,
-    /// How the stream ended, once it has: every read after it gives the same answer.
-    ended: Option<Result<(), (io::ErrorKind, String)>>,
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.offset == self.batch.len() {
-            match &self.ended {
-                Some(Ok(())) => return Ok(0),
-                Some(Err((kind, message))) => return Err(io::Error::new(*kind, message.clone())),
-                None => {}
-            }
-            match self.handed.blocking_recv() {
-                Some(Handed::Batch(next)) => {
-                    let mut read = std::mem::replace(&mut self.batch, next);
-                    read.clear();
-                    // Full only if the task stopped taking batches back: this one is dropped.
-                    let _ = self.spent.try_send(read);
-                    self.offset = 0;
-                }
-                Some(Handed::End) => self.ended = Some(Ok(())),
-                Some(Handed::Failed(error)) => {
-                    self.ended = Some(Err((error.kind(), error.to_string())));
-                    return Err(error);
-                }
-                // Gone without an end (the runtime shut down): never taken for a complete stream.
-                None => {
-                    self.ended = Some(Err((
-                        io::ErrorKind::BrokenPipe,
-                        "the task receiving the stream stopped before its end".into(),
-                    )))
-                }
-            }
-        }
-        let n = buf.len().min(self.batch.len() - self.offset);
-        buf[..n].copy_from_slice(&self.batch[self.offset..self.offset + n]);
-        self.offset += n;
-        Ok(n)
     }
 }
 
@@ -194,9 +229,8 @@ mod tests {
                 assert_eq!(batch.len(), 4);
                 full.extend_from_slice(&batch);
                 buffers.push(batch.as_ptr());
-                let mut spent = batch;
-                spent.clear();
-                give_back.send(spent).unwrap();
+                // Given back as it was: the batcher empties it.
+                give_back.send(batch).unwrap();
                 rest = more;
             }
         }

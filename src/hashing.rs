@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use crate::batch::Batcher;
+use crate::batch::{Batcher, Handed, Handover};
 
 /// A streaming hash: the hashing thread's, or one a reader feeds where it reads.
 pub trait Hasher {
@@ -82,9 +82,8 @@ impl<H: Hasher + Send + 'static> Background<H> {
             .name("cpr-hash".into())
             .spawn(move || {
                 let mut hasher = theirs();
-                for mut batch in receiver {
+                for batch in receiver {
                     hasher.update(&batch);
-                    batch.clear();
                     // Full only if the caller stopped taking batches back: this one is dropped.
                     let _ = give_back.try_send(batch);
                 }
@@ -192,22 +191,9 @@ pub struct ReadAhead<R, H> {
     state: AheadState<R, H>,
 }
 
-/// What the reading thread hands over, in order.
-enum Ahead {
-    /// A buffer and how many bytes of it were read.
-    Read(Vec<u8>, usize),
-    End,
-    Failed(io::Error),
-}
-
 enum AheadState<R, H> {
     Thread {
-        filled: Receiver<Ahead>,
-        give_back: SyncSender<Vec<u8>>,
-        /// The read being handed out, and how far.
-        current: Option<(Vec<u8>, usize, usize)>,
-        ended: bool,
-        failed: Option<(io::ErrorKind, String)>,
+        filled: Handover<Receiver<Handed>>,
         worker: JoinHandle<H>,
     },
     /// No thread could be had: read and hash in the caller's thread.
@@ -231,14 +217,14 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
                     let (mut n, mut last) = (0, None);
                     while n < buf.len() && last.is_none() {
                         match inner.read(&mut buf[n..]) {
-                            Ok(0) => last = Some(Ahead::End),
+                            Ok(0) => last = Some(Handed::End),
                             Ok(read) => n += read,
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                            Err(e) => last = Some(Ahead::Failed(e)),
+                            Err(e) => last = Some(Handed::Failed(e)),
                         }
                     }
                     hasher.update(&buf[..n]);
-                    let read = (n > 0).then_some(Ahead::Read(buf, n));
+                    let read = (n > 0).then_some(Handed::Batch(buf, n));
                     let stop = last.is_some();
                     for message in read.into_iter().chain(last) {
                         // The caller went away: nobody reads on.
@@ -257,11 +243,11 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
                     .send((inner, hasher))
                     .expect("the thread waits for them");
                 AheadState::Thread {
-                    filled,
-                    give_back,
-                    current: None,
-                    ended: false,
-                    failed: None,
+                    filled: Handover::new(
+                        filled,
+                        give_back,
+                        "the thread reading ahead stopped before the end",
+                    ),
                     worker,
                 }
             }
@@ -275,7 +261,7 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
     pub fn finish(self) -> H {
         match self.state {
             AheadState::Inline(reader) => reader.into_parts().1,
-            AheadState::Thread { filled, worker, .. } => {
+            AheadState::Thread { filled, worker } => {
                 // Stops a thread that is still reading ahead.
                 drop(filled);
                 // A panic while reading or hashing is passed on as if it had happened inline.
@@ -289,50 +275,10 @@ impl<R: Read + Send + 'static, H: Hasher + Send + 'static> ReadAhead<R, H> {
 
 impl<R: Read, H: Hasher> Read for ReadAhead<R, H> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (filled, give_back, current, ended, failed) = match &mut self.state {
-            AheadState::Inline(reader) => return reader.read(buf),
-            AheadState::Thread {
-                filled,
-                give_back,
-                current,
-                ended,
-                failed,
-                ..
-            } => (filled, give_back, current, ended, failed),
-        };
-        loop {
-            if let Some((kind, message)) = failed {
-                return Err(io::Error::new(*kind, message.clone()));
-            }
-            if *ended {
-                return Ok(0);
-            }
-            if let Some((data, at, len)) = current {
-                if *at < *len {
-                    let n = (*len - *at).min(buf.len());
-                    buf[..n].copy_from_slice(&data[*at..*at + n]);
-                    *at += n;
-                    return Ok(n);
-                }
-            }
-            if let Some((data, _, _)) = current.take() {
-                // Full only if the thread has stopped: this one is dropped.
-                let _ = give_back.try_send(data);
-            }
-            match filled.recv() {
-                Ok(Ahead::Read(data, len)) => *current = Some((data, 0, len)),
-                Ok(Ahead::End) => *ended = true,
-                Ok(Ahead::Failed(e)) => {
-                    *failed = Some((e.kind(), e.to_string()));
-                    return Err(e);
-                }
-                // Not an end: the thread panicked, which `finish` passes on.
-                Err(_) => {
-                    let e = io::Error::other("the thread reading ahead stopped before the end");
-                    *failed = Some((e.kind(), e.to_string()));
-                    return Err(e);
-                }
-            }
+        match &mut self.state {
+            AheadState::Inline(reader) => reader.read(buf),
+            // A vanished thread is not an end: it panicked, which `finish` passes on.
+            AheadState::Thread { filled, .. } => filled.read(buf),
         }
     }
 }
